@@ -1,0 +1,28 @@
+# The registry server.  Build: docker build -t ota-server .
+# Run:   docker run -p 8000:8000 -v ota-data:/data -e OTA_ENV=development ota-server
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    OTA_DATA_DIR=/data
+
+RUN useradd --create-home --uid 10001 ota
+WORKDIR /app
+
+# Dependencies first so code edits do not invalidate this layer.
+COPY pyproject.toml README.md ./
+COPY models ./models
+COPY server ./server
+COPY client ./client
+COPY cli ./cli
+COPY migrations ./migrations
+COPY alembic.ini ./
+RUN pip install --no-compile . && mkdir -p /data && chown ota:ota /data
+
+USER ota
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=3s --start-period=20s \
+    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"
+ENTRYPOINT ["ota", "serve", "--host", "0.0.0.0", "--port", "8000"]

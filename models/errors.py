@@ -1,0 +1,38 @@
+"""Errors raised by the model codecs.
+
+    ModelError                  anything wrong with a model, package or patch
+    ├── InvalidModel            the input is not a usable ONNX model
+    ├── CorruptPackage          package bytes fail their format or hash checks
+    ├── DeltaError              a patch cannot be applied
+    │   └── BaseMismatch        the patch was made for a different base package
+    └── FidelityGateError       no encoding meets the requested agreement
+
+Callers decide on the class: a corrupt download is refetched, a wrong base
+falls back to the full package, a failed gate is reported to the publisher.
+"""
+
+from __future__ import annotations
+
+
+class ModelError(Exception):
+    """Base class for every error raised by ``models``."""
+
+
+class InvalidModel(ModelError):
+    """The bytes are not an ONNX model the codec can handle."""
+
+
+class CorruptPackage(ModelError):
+    """A package is truncated, malformed, or does not match its hash."""
+
+
+class DeltaError(ModelError):
+    """A delta (patch) is malformed or does not reproduce its target."""
+
+
+class BaseMismatch(DeltaError):
+    """The patch names a base package other than the one supplied."""
+
+
+class FidelityGateError(ModelError):
+    """No encoding reaches the requested agreement with the fp32 model."""
