@@ -10,8 +10,8 @@ night, then reduced to ``IMAGE_SIZE``.  Everything is driven by one
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
