@@ -1,0 +1,124 @@
+"""``ota agent`` (run a car agent) and ``ota classify`` (ask the installed model about an image)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("agent", help="run a car agent: enrol, poll, download, verify, hot-swap")
+    p.add_argument("--server", required=True, help="registry URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--device-id", required=True)
+    p.add_argument("--enroll-token", help="fleet enrollment token (needed on the first start only)")
+    p.add_argument("--state-dir", type=Path, default=Path(".ota-agent"), help="slots, journal, identity")
+    p.add_argument("--line", default="road-signs", help="model line to follow")
+    p.add_argument("--tag", action="append", default=[], metavar="K=V", help="device tag (repeatable)")
+    p.add_argument("--max-rate", type=float, metavar="BYTES_PER_S", help="download rate limit")
+    p.add_argument("--poll-interval", type=float, metavar="S", help="override the server-given poll interval")
+    p.add_argument("--once", action="store_true", help="poll once, apply any offer, and exit")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_agent)
+
+    c = subparsers.add_parser("classify", help="classify an image with the model the agent has installed")
+    c.add_argument("image", type=Path)
+    c.add_argument("--agent-dir", type=Path, default=Path(".ota-agent"), help="the agent's --state-dir")
+    c.set_defaults(func=cmd_classify)
+
+
+def _tags(pairs: list[str]) -> dict[str, str]:
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"ota agent: --tag expects K=V, got {pair!r}")
+        tags[key] = value
+    return tags
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from client import Agent, AgentConfig
+    from client.errors import AgentError
+
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        stream=sys.stdout,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    config = AgentConfig(
+        server_url=args.server,
+        device_id=args.device_id,
+        state_dir=args.state_dir,
+        line=args.line,
+        enroll_token=args.enroll_token,
+        tags=_tags(args.tag),
+        poll_interval_s=args.poll_interval,
+        max_rate_bytes_per_s=args.max_rate,
+    )
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    agent = Agent(config)
+    if not args.once:
+        try:
+            agent.run()
+        except AgentError as e:
+            print(f"ota agent: {e}", file=sys.stderr)
+            return 1
+        return 0
+
+    async def once() -> None:
+        try:
+            await agent.start()
+            await agent.ensure_enrolled()
+            await agent.poll_once()
+        finally:
+            await agent.aclose()
+
+    try:
+        asyncio.run(once())
+    except AgentError as e:
+        print(f"ota agent: {e}", file=sys.stderr)
+        return 1
+    print(f"running v{agent.running_version}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from client import Agent, AgentConfig
+    from client.hotswap import NoModel
+
+    if not (args.agent_dir / "journal.json").exists():
+        print(f"ota classify: no agent state in {args.agent_dir} (run `ota agent --state-dir` first)", file=sys.stderr)
+        return 1
+    agent = Agent(AgentConfig(server_url="http://offline.invalid", device_id="", state_dir=args.agent_dir))
+    asyncio.run(agent.start())
+    try:
+        with Image.open(args.image) as im:
+            image = np.asarray(im.convert("RGB").resize(_input_hw(agent)), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as e:
+        print(f"ota classify: cannot read {args.image}: {e}", file=sys.stderr)
+        return 1
+    try:
+        print(agent.predict(image))
+    except NoModel as e:
+        print(f"ota classify: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _input_hw(agent: object) -> tuple[int, int]:
+    """(width, height) the live model expects; the road-sign models take 64x64."""
+    current = agent.swapper.current  # type: ignore[attr-defined]
+    if current is None:
+        return (64, 64)
+    shape = current.session.get_inputs()[0].shape
+    h, w = (shape[2], shape[3]) if len(shape) == 4 and all(isinstance(s, int) for s in shape[2:]) else (64, 64)
+    return (w, h)

@@ -1,0 +1,544 @@
+"""The car agent: enrol, poll, download, verify, install, hot-swap, report.
+
+Read ``run_forever`` -> ``poll_once`` -> ``handle_offer`` -> ``_install`` top to
+bottom: that is the whole update path.  The core is async so a simulator can
+run thousands of agents in one event loop; ``run()`` is the blocking wrapper
+``ota agent`` uses.  ONNX Runtime loads and smoke tests run in worker threads.
+``predict`` is plain and thread-safe: the camera thread calls it while all of
+this happens.
+
+Crash safety comes from ``slots`` (what is installed, in one atomic journal);
+this module only decides.  Trust comes from ``manifest`` (pure checks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import numpy as np
+
+from client import reports
+from client.api import RegistryClient
+from client.config import AgentConfig
+from client.download import DownloadSpec, fetch, remove_partial
+from client.errors import (
+    AgentError,
+    DownloadError,
+    HashMismatch,
+    OfferRejected,
+    ServerError,
+    SmokeTestFailed,
+    StorageError,
+    Unauthorized,
+    VerificationError,
+)
+from client.hotswap import HotSwapper, LoadedModel, Prediction, SessionFactory, default_session_factory
+from client.identity import Identity, load_identity, save_identity
+from client.manifest import Artifact, Offer, check_offer, verify_signature
+from client.ratelimit import TokenBucket
+from client.slots import Journal, SlotRecord, SlotStore
+from models import codec
+from models.errors import BaseMismatch, CorruptPackage, DeltaError
+
+log = logging.getLogger("client.agent")
+
+__all__ = ["Agent", "Prediction"]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Agent:
+    """One car.  Build it, ``await start()``, then ``await run_forever()`` (or ``run()`` to block)."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        session_factory: SessionFactory | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.store = SlotStore(config.state_dir, fsync=config.fsync)
+        self.swapper = HotSwapper(session_factory or default_session_factory(config.inference_threads))
+        self.api = RegistryClient(config.server_url, transport=transport, timeout_s=config.http_timeout_s)
+        self.bucket = (
+            TokenBucket(config.max_rate_bytes_per_s, config.rate_burst_bytes, clock=clock, sleep=sleep)
+            if config.max_rate_bytes_per_s
+            else None
+        )
+        self._sleep = sleep
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._rng = rng or random.Random()
+        self.journal = Journal()
+        self.identity: Identity | None = None
+        self.poll_interval_s = config.poll_interval_s or 60.0
+        self.agent_state = "idle"
+        self._health_deadline: float | None = None
+        #: Phase durations of the latest install (patch_ms, decode_ms, load_smoke_ms, commit_ms, swap_ms).
+        self.last_install: dict[str, float] = {}
+        #: Artifact bytes read from the wire by this agent object (all downloads, retries included).
+        self.bytes_received_total = 0
+        self._stop = asyncio.Event()
+
+    # -- the application's API ---------------------------------------------
+
+    def predict(self, image_uint8_hwc: np.ndarray) -> Prediction:
+        """Classify a uint8 HWC image with the live model; safe from any thread, answers during updates.
+
+        Raises:
+            NoModel: the car has never installed a model.
+        """
+        return self.swapper.predict(image_uint8_hwc)
+
+    @property
+    def running_version(self) -> int:
+        return self.journal.active.version if self.journal.active else 0
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read identity and journal, and boot the newest slot that still verifies."""
+        self.identity = load_identity(self.config.state_dir / "identity.json")
+        if self.identity:
+            self.api.device_token = self.identity.device_token
+        self.journal = self.store.load()
+        await self._boot()
+
+    async def _boot(self) -> None:
+        j = self.journal
+        changed = False
+        for name in ("active", "previous"):
+            rec: SlotRecord | None = getattr(j, name)
+            if rec is not None and not await asyncio.to_thread(self.store.verify, rec):
+                log.warning("%s slot %s (v%d) fails verification at boot; dropping it", name, rec.slot, rec.version)
+                setattr(j, name, None)
+                changed = True
+        if j.active is None and j.previous is not None:
+            j.active, j.previous = j.previous, None
+            changed = True
+        if j.active is not None:
+            rec = j.active
+            model = await asyncio.to_thread(self.store.read_model, rec)
+            loaded = await asyncio.to_thread(
+                self.swapper.load_sync, model, version=rec.version, model_sha256=rec.model_sha256,
+                labels=tuple(rec.labels), input_name=rec.input_name,
+            )
+            self.swapper.swap(loaded, health_window=False)
+            log.info("booted v%d from slot %s (model %s)", rec.version, rec.slot, rec.model_sha256[:12])
+        else:
+            log.info("no verified model on disk; waiting for the first update")
+        if changed:
+            self.store.save(j)
+
+    async def aclose(self) -> None:
+        await self.api.aclose()
+
+    def stop(self) -> None:
+        """Ask ``run_forever`` to return after its current step."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Blocking entry point for ``ota agent``: start, then poll until stopped (Ctrl-C)."""
+
+        async def main() -> None:
+            try:
+                await self.start()
+                await self.run_forever()
+            finally:
+                await self.aclose()
+
+        asyncio.run(main())
+
+    async def run_forever(self) -> None:
+        """Poll at the server's interval with jitter; back off exponentially (full jitter) on errors."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                await self.ensure_enrolled()
+                await self.poll_once()
+                failures = 0
+                base = self.config.poll_interval_s or self.poll_interval_s
+                j = self.config.poll_jitter_fraction
+                delay = base * self._rng.uniform(1 - j, 1 + j)
+            except Unauthorized as e:
+                log.warning("%s; re-enrolling", e)
+                self.identity = None if self.config.enroll_token else self.identity
+                failures += 1
+                delay = self._backoff(failures)
+            except (ServerError, DownloadError, StorageError) as e:
+                failures += 1
+                delay = self._backoff(failures)
+                log.warning("poll failed (%s); retrying in %.1fs", e, delay)
+            await self._wait(delay)
+
+    def _backoff(self, failures: int) -> float:
+        cap = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (failures - 1))
+        return self._rng.uniform(0, cap)  # full jitter: a fleet that lost the server does not return in step
+
+    async def _wait(self, delay: float) -> None:
+        """Sleep ``delay`` (on the injected clock), judging an open health window meanwhile; stop wakes it."""
+        end = self._clock() + delay
+        while not self._stop.is_set():
+            left = end - self._clock()
+            if left <= 0:
+                return
+            step = left
+            if self._health_deadline is not None:
+                await self.check_health()
+                step = min(left, 0.05)
+            sleeper = asyncio.ensure_future(self._sleep(step))
+            stopper = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            sleeper.cancel()
+            stopper.cancel()
+
+    async def ensure_enrolled(self) -> None:
+        """Enrol once and pin the fleet key; later enrolments (token rotation) must present the same key.
+
+        Raises:
+            AgentError: never enrolled and no enrollment token given.
+            OfferRejected: the server now presents a different fleet key.
+        """
+        if self.identity is not None:
+            return
+        if not self.config.enroll_token:
+            raise AgentError("this car is not enrolled: start it once with --enroll-token")
+        e = await self.api.enroll(self.config.device_id, self.config.enroll_token, self.config.tags)
+        pinned = load_identity(self.config.state_dir / "identity.json")
+        if pinned is not None and pinned.public_key != e.public_key:
+            raise OfferRejected(
+                f"server presented fleet key {e.key_id[:12]} but this car pinned {pinned.key_id[:12]}; "
+                "delete identity.json only if the key was deliberately rotated"
+            )
+        self.identity = Identity(e.device_id, e.device_token, e.public_key, e.key_id)
+        save_identity(self.config.state_dir / "identity.json", self.identity, fsync=self.config.fsync)
+        self.api.device_token = e.device_token
+        self.poll_interval_s = e.poll_interval_s
+        log.info("enrolled as %s; pinned key %s", e.device_id, e.key_id[:12])
+
+    async def poll_once(self) -> None:
+        """One cycle: send queued reports, poll, act on an offer, send the new reports.
+
+        Raises:
+            Offline, ServerError, Unauthorized: the poll itself failed (reports stay queued).
+        """
+        await self.flush_reports()
+        active = self.journal.active
+        result = await self.api.poll(
+            self.config.line,
+            active.version if active else 0,
+            active.model_sha256 if active else None,
+            active.package_sha256 if active else None,
+            self.agent_state,
+        )
+        self.poll_interval_s = result.poll_interval_s
+        if result.offer is not None:
+            await self.handle_offer(result.offer)
+        await self.flush_reports()
+
+    async def flush_reports(self) -> None:
+        """Send the outbox if the server is reachable; otherwise keep it on disk for later."""
+        if not self.journal.outbox:
+            return
+        try:
+            answered = await reports.flush(self.api, self.journal)
+        except (ServerError, DownloadError) as e:
+            log.info("reports kept for later (%d queued): %s", len(self.journal.outbox), e)
+            return
+        if answered:
+            self.store.save(self.journal)
+
+    # -- offers -------------------------------------------------------------
+
+    def _report(self, offer: Offer, state: str, **kw: Any) -> None:
+        pending = self.journal.pending or {}
+        started = pending.get("started_at", self._wall_clock().timestamp())
+        reports.enqueue(
+            self.journal, state=state, rollout_id=offer.rollout_id, manifest_version=offer.manifest_version,
+            target_version=offer.target_version, elapsed_s=self._wall_clock().timestamp() - started,
+            now=self._wall_clock(), queue_max=self.config.report_queue_max, **kw,
+        )
+        if self.journal.pending is not None:
+            self.journal.pending["state"] = state
+
+    async def handle_offer(self, envelope: dict[str, Any]) -> None:
+        """Verify a signed offer and act on it.  Never raises for a bad offer: it is refused and reported."""
+        assert self.identity is not None, "enrol before handling offers"
+        try:
+            signed = verify_signature(envelope, self.identity.public_key)
+            offer = check_offer(
+                signed, device_id=self.identity.device_id, now=self._wall_clock(),
+                highest_manifest_version=self.journal.highest_manifest_version,
+                current_version=self.running_version,
+            )
+        except OfferRejected as e:
+            log.warning("offer refused: %s", e)
+            return
+        j = self.journal
+        j.highest_manifest_version = offer.manifest_version
+        if j.active is not None and j.active.model_sha256 == offer.model_sha256:
+            # The server thinks this car needs what it already runs (its state drifted): walk the
+            # update through its states with zero bytes so the server's record converges.
+            if j.active.rollout_id != offer.rollout_id:
+                self._walk_to_installed(offer, "already running this model")
+                j.active.rollout_id, j.active.manifest_version = offer.rollout_id, offer.manifest_version
+            self.store.save(j)
+            return
+        if offer.model_sha256 in j.bad_models and not offer.rollback:
+            if (j.pending or {}).get("mv") != offer.manifest_version:
+                j.pending = {"mv": offer.manifest_version, "started_at": self._wall_clock().timestamp(), "state": "failed"}
+                self._report(offer, "failed", reason="model failed its smoke test or health window on this car before")
+            self.store.save(j)
+            return
+        self.agent_state = "downloading"
+        try:
+            if offer.rollback and j.previous is not None and j.previous.model_sha256 == offer.model_sha256:
+                await self._rollback_to_previous(offer, reason=f"signed rollback to v{offer.target_version}")
+            else:
+                await self._install(offer)
+        except AgentError as e:
+            log.warning("update to v%d not installed: %s", offer.target_version, e)
+        finally:
+            self.agent_state = "idle"
+
+    def _walk_to_installed(self, offer: Offer, reason: str) -> None:
+        """Report an offer installed without a transfer (the model is already on the car), 0 bytes."""
+        self.journal.pending = {"mv": offer.manifest_version, "model_sha256": offer.model_sha256,
+                                "started_at": self._wall_clock().timestamp(), "state": "offered"}
+        for state in ("downloading", "downloaded", "verified", "installed"):
+            self._report(offer, state, reason=reason if state == "installed" else None)
+        self.journal.pending = None
+
+    def _begin(self, offer: Offer) -> None:
+        """Record the update in the journal; a restart resumes it without repeating its reports."""
+        j = self.journal
+        p = j.pending
+        same = p is not None and p.get("model_sha256") == offer.model_sha256 and p.get("state") != "failed"
+        if not same:
+            j.pending = {"mv": offer.manifest_version, "model_sha256": offer.model_sha256,
+                         "started_at": self._wall_clock().timestamp(), "state": "offered"}
+        assert j.pending is not None
+        j.pending["mv"] = offer.manifest_version
+        if j.pending["state"] in ("offered", "failed"):
+            self._report(offer, "downloading")
+        self.store.save(j)
+
+    _ORDER = ("offered", "downloading", "downloaded", "verified")
+
+    def _advance(self, offer: Offer, state: str, **kw: Any) -> None:
+        """Report ``state`` unless this update already reported it before a restart; save the journal."""
+        p = self.journal.pending or {}
+        if self._ORDER.index(p.get("state", "offered")) < self._ORDER.index(state):
+            self._report(offer, state, **kw)
+            self.store.save(self.journal)
+
+    async def _install(self, offer: Offer) -> None:
+        """Download (delta if it fits, else full), decode, verify, smoke-test, commit, swap.
+
+        Raises:
+            DownloadError: the link failed; the partial file is kept and the next poll resumes.
+            AgentError: any other failure, already reported as ``failed``.
+        """
+        self._begin(offer)
+        received = 0
+        artifact = "full"
+        timings = self.last_install = {}
+        try:
+            package, received, artifact = await self._obtain_package(offer)
+            self._advance(offer, "downloaded", bytes_received=received, artifact=artifact)
+            self.agent_state = "installing"
+            log.info("installing v%d: decode", offer.target_version)
+            t = self._clock()
+            model = await asyncio.to_thread(self._decode, package, offer)
+            timings["decode_ms"] = (self._clock() - t) * 1000
+            self._advance(offer, "verified", bytes_received=received, artifact=artifact)
+            log.info("installing v%d: load and smoke test", offer.target_version)
+            t = self._clock()
+            loaded = await self.swapper.load_and_smoke(
+                model, version=offer.target_version, model_sha256=offer.model_sha256,
+                labels=offer.labels, smoke=offer.smoke,
+            )
+            timings["load_smoke_ms"] = (self._clock() - t) * 1000
+            log.info("installing v%d: commit slot", offer.target_version)
+            await self._commit(offer, package, model, loaded, received, artifact)
+        except (DownloadError, Unauthorized):
+            self.store.save(self.journal)
+            raise
+        except (VerificationError, StorageError, ServerError) as e:
+            if isinstance(e, SmokeTestFailed):
+                self.journal.bad_models.append(offer.model_sha256)
+            self._report(offer, "failed", reason=f"{type(e).__name__}: {e}", bytes_received=received,
+                         artifact=artifact)
+            self._forget_downloads(offer)
+            try:
+                self.store.save(self.journal)
+            except StorageError:
+                log.error("journal not saved (disk full?); the failure report is kept in memory")
+            raise
+
+    async def _obtain_package(self, offer: Offer) -> tuple[bytes, int, str]:
+        """The offered package bytes, via the delta when it applies to what this car holds."""
+        active = self.journal.active
+        delta = offer.delta
+        pending = self.journal.pending or {}
+        if (delta is not None and active is not None and active.package_sha256 == delta.base_package_sha256
+                and not pending.get("delta_failed")):
+            got = 0
+            try:
+                path, got = await self._download(delta)
+                t = self._clock()
+                package = await asyncio.to_thread(codec.patch, self.store.read_package(active), path.read_bytes())
+                self.last_install["patch_ms"] = (self._clock() - t) * 1000
+                if _sha(package) != offer.package.sha256:
+                    raise DeltaError("patched package does not match the offer's package sha256")
+                return package, got, "delta"
+            except (BaseMismatch, DeltaError, HashMismatch) as e:
+                log.warning("delta unusable (%s); falling back to the full package", e)
+                pending["delta_failed"] = True
+                remove_partial(self.store.downloads_dir, delta.sha256)
+                (self.store.downloads_dir / delta.sha256).unlink(missing_ok=True)
+                self.store.save(self.journal)
+        path, got = await self._download(offer.package)
+        return path.read_bytes(), got, "full"
+
+    async def _download(self, art: Artifact) -> tuple[Any, int]:
+        spec = DownloadSpec(
+            url=art.url, sha256=art.sha256, size=art.size, dest_dir=self.store.downloads_dir,
+            chunk_bytes=self.config.download_chunk_bytes, max_attempts=self.config.download_max_attempts,
+            backoff_initial_s=min(1.0, self.config.backoff_initial_s), fsync=self.config.fsync, bucket=self.bucket,
+            on_bytes=self._count_bytes,
+        )
+        self.api.http.headers.update(self.api.auth_headers())
+        log.info("download %s (%d bytes) from %s", art.sha256[:12], art.size, art.url)
+        result = await fetch(self.api.http, spec, sleep=self._sleep, rng=self._rng)
+        log.info("download %s done: %d bytes on the wire, resumed from %d, %d attempt(s)",
+                 art.sha256[:12], result.bytes_received, result.resumed_from, result.attempts)
+        return result.path, result.bytes_received + result.resumed_from
+
+    def _count_bytes(self, n: int) -> None:
+        self.bytes_received_total += n
+
+    @staticmethod
+    def _decode(package: bytes, offer: Offer) -> bytes:
+        if _sha(package) != offer.package.sha256:
+            raise HashMismatch("package does not match the offer's sha256")
+        try:
+            model = codec.unpack(package)
+        except CorruptPackage as e:
+            raise VerificationError(f"package for v{offer.target_version} does not decode: {e}") from e
+        if _sha(model) != offer.model_sha256:
+            raise HashMismatch(f"decoded model for v{offer.target_version} does not match the offer's model_sha256")
+        return model
+
+    async def _commit(self, offer: Offer, package: bytes, model: bytes, loaded: LoadedModel,
+                      received: int, artifact: str) -> None:
+        """Write the free slot, flip the journal (with the ``installed`` report), then swap."""
+        j = self.journal
+        t = self._clock()
+        slot = self.store.free_slot(j)
+        if j.previous is not None and j.previous.slot == slot:
+            j.previous = None  # about to be overwritten
+            self.store.save(j)
+        await asyncio.to_thread(self.store.write_slot, slot, package, model)
+        record = SlotRecord(slot, offer.target_version, offer.model_sha256, offer.package.sha256, offer.codec,
+                            list(offer.labels), offer.manifest_version, offer.rollout_id, offer.smoke.input_name)
+        old = j.active
+        j.previous, j.active = old, record
+        self._report(offer, "installed", bytes_received=received, artifact=artifact)
+        j.pending = None
+        self.store.save(j)
+        t1 = self._clock()
+        self.swapper.swap(loaded, health_window=old is not None)
+        self.last_install.update(commit_ms=(t1 - t) * 1000, swap_ms=(self._clock() - t1) * 1000)
+        if old is not None:
+            self._health_deadline = self._clock() + self.config.health_window_max_s
+        self._forget_downloads(offer)
+        log.info("installed v%d in slot %s (%s, %d bytes)", offer.target_version, slot, artifact, received)
+
+    def _forget_downloads(self, offer: Offer) -> None:
+        for art in (offer.package, offer.delta):
+            if art is not None:
+                remove_partial(self.store.downloads_dir, art.sha256)
+                (self.store.downloads_dir / art.sha256).unlink(missing_ok=True)
+
+    # -- health window and rollback ----------------------------------------
+
+    async def check_health(self) -> bool | None:
+        """Judge the open health window: True kept, False rolled back, None still open (or none)."""
+        if self._health_deadline is None:
+            return None
+        calls, errors = self.swapper.health()
+        cfg = self.config
+        if calls and errors / calls > cfg.health_max_error_rate and calls >= min(cfg.health_window_inferences, 5):
+            self._health_deadline = None
+            await self._health_rollback(f"health window: {errors} of {calls} live inferences failed on the new model")
+            return False
+        if calls >= cfg.health_window_inferences or self._clock() >= self._health_deadline:
+            self._health_deadline = None
+            self.swapper.close_health_window()
+            log.info("health window passed (%d inferences, %d errors)", calls, errors)
+            return True
+        return None
+
+    async def _health_rollback(self, reason: str) -> None:
+        j = self.journal
+        bad, good = j.active, j.previous
+        assert bad is not None and good is not None
+        fallback = self.swapper.fallback
+        if fallback is None:
+            model = await asyncio.to_thread(self.store.read_model, good)
+            fallback = await asyncio.to_thread(
+                self.swapper.load_sync, model, version=good.version, model_sha256=good.model_sha256,
+                labels=tuple(good.labels), input_name=good.input_name,
+            )
+        self.swapper.swap(fallback, health_window=False)
+        j.active, j.previous = good, None
+        j.bad_models.append(bad.model_sha256)
+        reports.enqueue(j, state="rolled_back", rollout_id=bad.rollout_id, manifest_version=bad.manifest_version,
+                        target_version=bad.version, reason=reason, now=self._wall_clock(),
+                        queue_max=self.config.report_queue_max)
+        self.store.save(j)
+        log.warning("rolled back to v%d: %s", good.version, reason)
+        await self.flush_reports()
+
+    async def _rollback_to_previous(self, offer: Offer, reason: str) -> None:
+        """A signed rollback naming the previous slot's model: verify it, smoke-test it, swap it back in."""
+        j = self.journal
+        prev, cur = j.previous, j.active
+        assert prev is not None
+        try:
+            if not await asyncio.to_thread(self.store.verify, prev):
+                raise HashMismatch(f"previous slot {prev.slot} no longer verifies")
+            model = await asyncio.to_thread(self.store.read_model, prev)
+            loaded = await self.swapper.load_and_smoke(model, version=prev.version, model_sha256=prev.model_sha256,
+                                                       labels=tuple(prev.labels), smoke=offer.smoke)
+        except VerificationError as e:
+            log.warning("rollback via previous slot impossible (%s); fetching v%d in full", e, offer.target_version)
+            j.previous = None
+            await self._install(offer)
+            return
+        self.swapper.swap(loaded, health_window=False)
+        j.active, j.previous = prev, cur
+        if cur is not None:  # the update being undone: installed -> rolled_back on its own record
+            reports.enqueue(j, state="rolled_back", rollout_id=cur.rollout_id, manifest_version=cur.manifest_version,
+                            target_version=cur.version, reason=reason, now=self._wall_clock(),
+                            queue_max=self.config.report_queue_max)
+        self._walk_to_installed(offer, f"{reason}: restored from slot {prev.slot}, no download")
+        prev.rollout_id, prev.manifest_version = offer.rollout_id, offer.manifest_version
+        self.store.save(j)
+        log.info("rolled back to v%d from the previous slot", prev.version)

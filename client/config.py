@@ -1,0 +1,52 @@
+"""``AgentConfig``: the one place an agent's settings live.
+
+The caller (``ota agent``, the simulator, a test) builds it; library code never
+reads the environment.  Units are in the field names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class AgentConfig:
+    """Everything an agent needs to know that is not on its disk yet."""
+
+    server_url: str
+    device_id: str
+    state_dir: Path
+    line: str = "road-signs"
+    #: Fleet enrollment token; needed only for the first start (or if the device token is revoked).
+    enroll_token: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    #: Overrides the server-given poll interval when set (tests, the demo).
+    poll_interval_s: float | None = None
+    #: Each wait is the interval times a uniform factor in [1 - j, 1 + j].
+    poll_jitter_fraction: float = 0.2
+    #: Exponential backoff on errors, with full jitter so a fleet does not return in step.
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 300.0
+
+    #: Download pacing (token bucket); None means as fast as the link allows.
+    max_rate_bytes_per_s: float | None = None
+    rate_burst_bytes: int = 64 * 1024
+    download_chunk_bytes: int = 64 * 1024
+    #: Attempts per artifact before the update is reported failed (each resumes the partial file).
+    download_max_attempts: int = 6
+    http_timeout_s: float = 30.0
+
+    #: ONNX Runtime threads per session; the car shares its cores with the camera pipeline.
+    inference_threads: int = 1
+    #: After a swap the new model must answer this many live inferences with at most this error rate.
+    health_window_inferences: int = 20
+    health_max_error_rate: float = 0.2
+    #: A swap is kept if no inference arrives within this time (a parked car still counts as healthy).
+    health_window_max_s: float = 60.0
+
+    #: Reports kept on disk while offline; the oldest progress reports go first when full.
+    report_queue_max: int = 500
+    #: fsync on every atomic write.  Only a simulator running thousands of agents on one disk turns it off.
+    fsync: bool = True

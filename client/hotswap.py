@@ -1,0 +1,230 @@
+"""The live ONNX Runtime session, replaced without stopping inference.
+
+``HotSwapper`` holds one immutable ``_Live`` record (current model, plus the
+previous one during a health window).  ``predict`` reads that reference once
+and runs on what it got, so a call that started before a swap finishes on the
+old session; a swap is a single reference assignment.  Loading and smoke
+testing happen in a worker thread and never touch the reference, so
+``predict`` takes no lock the loader holds.
+
+After a swap the previous session stays alive for a short health window: a
+live inference that fails (exception or non-finite output) on the new model is
+counted and answered by the previous model, so the camera pipeline never sees
+the error; the agent reads the counters and rolls back if the rate is too high.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from client.errors import AgentError, SmokeTestFailed
+from client.manifest import Smoke
+from models.preprocess import softmax, to_input
+from models.smoke import golden_inputs
+
+SessionFactory = Callable[[bytes, str], ort.InferenceSession]
+
+
+class NoModel(AgentError):
+    """``predict`` was called before any verified model was installed."""
+
+
+class InferenceFailed(AgentError):
+    """The live model raised or produced non-finite outputs."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer for one image: label, its softmax probability, and the model version that gave it."""
+
+    label: str
+    probability: float
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.label}, {self.probability * 100:.1f}%"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A ready session and what it is."""
+
+    session: ort.InferenceSession
+    version: int
+    model_sha256: str
+    labels: tuple[str, ...]
+    input_name: str
+
+
+@dataclass(frozen=True)
+class _Live:
+    current: LoadedModel
+    fallback: LoadedModel | None  # the model swapped out, kept during the health window
+
+
+def default_session_factory(threads: int = 1) -> SessionFactory:
+    """Sessions with a fixed, small thread count (the car's cores belong to the camera too)."""
+
+    def make(model_bytes: bytes, model_sha256: str) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+
+    return make
+
+
+class HotSwapper:
+    """Owns the live session; thread-safe ``predict``, async ``load``, atomic ``swap``."""
+
+    def __init__(self, session_factory: SessionFactory | None = None) -> None:
+        self._factory = session_factory or default_session_factory()
+        self._live: _Live | None = None
+        self._count_lock = threading.Lock()  # only guards the health counters, never held during a load
+        self._window_calls = 0
+        self._window_errors = 0
+
+    # -- the inference path -------------------------------------------------
+
+    @property
+    def current(self) -> LoadedModel | None:
+        live = self._live
+        return live.current if live else None
+
+    @property
+    def fallback(self) -> LoadedModel | None:
+        """The model swapped out, while the health window keeps it alive."""
+        live = self._live
+        return live.fallback if live else None
+
+    def predict_logits(self, x: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
+        """Run the live model on a prepared NCHW batch; returns logits and the model that answered.
+
+        Raises:
+            NoModel: nothing installed yet.
+            InferenceFailed: the model failed and no previous model was there to answer.
+        """
+        live = self._live  # one read: this call finishes on whatever it got here
+        if live is None:
+            raise NoModel("no verified model installed yet; the agent has not completed its first update")
+        try:
+            logits = _run(live.current, x)
+            failed = None
+        except InferenceFailed as e:
+            failed = e
+        if live.fallback is not None:
+            with self._count_lock:
+                self._window_calls += 1
+                self._window_errors += failed is not None
+        if failed is None:
+            return logits, live.current
+        if live.fallback is None:
+            raise failed
+        return _run(live.fallback, x), live.fallback
+
+    def predict(self, image_uint8_hwc: np.ndarray) -> Prediction:
+        """Classify one uint8 HWC image with the live model (never blocked by an update)."""
+        logits, model = self.predict_logits(to_input(image_uint8_hwc))
+        probs = softmax(logits[0].astype(np.float64))
+        i = int(np.argmax(probs))
+        label = model.labels[i] if i < len(model.labels) else f"class_{i}"
+        return Prediction(label, float(probs[i]), model.version)
+
+    # -- the update path ----------------------------------------------------
+
+    def load_sync(self, model_bytes: bytes, *, version: int, model_sha256: str, labels: tuple[str, ...],
+                  input_name: str) -> LoadedModel:
+        """Build a session (blocking; call from a worker thread).
+
+        Raises:
+            SmokeTestFailed: ONNX Runtime cannot load the model.
+        """
+        try:
+            session = self._factory(model_bytes, model_sha256)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise SmokeTestFailed(f"ONNX Runtime cannot load model {model_sha256[:12]}: {e}") from e
+        names = [i.name for i in session.get_inputs()]
+        if input_name not in names:
+            raise SmokeTestFailed(f"model has inputs {names}, the offer names {input_name!r}")
+        return LoadedModel(session, version, model_sha256, labels, input_name)
+
+    async def load_and_smoke(self, model_bytes: bytes, *, version: int, model_sha256: str,
+                             labels: tuple[str, ...], smoke: Smoke) -> LoadedModel:
+        """Load off the event loop and off the inference path, then run the golden probe.
+
+        Raises:
+            SmokeTestFailed: load failed or outputs differ from the manifest beyond ``atol``.
+        """
+
+        def work() -> LoadedModel:
+            loaded = self.load_sync(model_bytes, version=version, model_sha256=model_sha256, labels=labels,
+                                    input_name=smoke.input_name)
+            smoke_test(loaded, smoke)
+            return loaded
+
+        return await asyncio.to_thread(work)
+
+    def swap(self, new: LoadedModel, *, health_window: bool = True) -> LoadedModel | None:
+        """Make ``new`` live in one reference assignment; returns the model it replaced."""
+        old = self._live.current if self._live else None
+        with self._count_lock:
+            self._window_calls = 0
+            self._window_errors = 0
+        self._live = _Live(new, old if health_window else None)
+        return old
+
+    def health(self) -> tuple[int, int]:
+        """(calls, errors) on the new model since the last swap, while a health window is open."""
+        with self._count_lock:
+            return self._window_calls, self._window_errors
+
+    def close_health_window(self) -> None:
+        """Drop the previous session: the new model has proved itself."""
+        live = self._live
+        if live is not None and live.fallback is not None:
+            self._live = _Live(live.current, None)
+
+
+def _run(model: LoadedModel, x: np.ndarray) -> np.ndarray:
+    try:
+        logits = model.session.run(None, {model.input_name: x})[0]
+    except Exception as e:  # onnxruntime's own exception types
+        raise InferenceFailed(f"model v{model.version} failed: {e}") from e
+    if not np.all(np.isfinite(logits)):
+        raise InferenceFailed(f"model v{model.version} produced non-finite outputs")
+    return logits
+
+
+def smoke_test(model: LoadedModel, smoke: Smoke) -> None:
+    """Check that ``model`` reproduces the manifest's expected outputs on the golden inputs.
+
+    Raises:
+        SmokeTestFailed: a count, shape or value differs beyond ``smoke.atol``, or the run fails.
+    """
+    inputs = golden_inputs(smoke.seed, smoke.count, smoke.shape)
+    if len(smoke.expected) != len(inputs):
+        raise SmokeTestFailed(f"offer lists {len(smoke.expected)} expected outputs for {len(inputs)} inputs")
+    for i, (x, expected) in enumerate(zip(inputs, smoke.expected, strict=True)):
+        try:
+            got = np.asarray(model.session.run(None, {model.input_name: x})[0], dtype=np.float64).reshape(-1)
+        except Exception as e:
+            raise SmokeTestFailed(f"golden input {i} does not run: {e}") from e
+        want = np.asarray(expected, dtype=np.float64).reshape(-1)
+        if got.shape != want.shape:
+            raise SmokeTestFailed(f"golden input {i}: model gives {got.size} outputs, manifest expects {want.size}")
+        diff = float(np.max(np.abs(got - want))) if got.size else 0.0
+        if not np.isfinite(diff) or diff > smoke.atol:
+            raise SmokeTestFailed(
+                f"golden input {i}: outputs differ from the manifest by {diff:.3g} > atol {smoke.atol:g}; "
+                "this model is not the one the server verified"
+            )
+    n_out = got.size // max(1, smoke.shape[0]) if inputs else 0
+    if model.labels and n_out != len(model.labels):
+        raise SmokeTestFailed(f"model has {n_out} classes but the offer lists {len(model.labels)} labels")

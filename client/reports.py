@@ -1,0 +1,105 @@
+"""State-change reports: built from the journal, queued in it, sent in batches.
+
+Every report gets the next ``seq`` from the journal, so it survives a power cut
+in the same atomic write as the state change it describes.  ``flush`` sends the
+whole outbox in one request; the server acknowledges each seq (a re-sent one
+is a no-op on its side) and only then are they dropped here.  While offline the
+outbox grows up to ``report_queue_max``; beyond that the oldest progress
+reports (``downloading``) go first, then the oldest of any kind.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from client.api import RegistryClient
+from client.errors import ServerError
+from client.slots import Journal
+
+log = logging.getLogger("client.reports")
+
+STATES = ("downloading", "downloaded", "verified", "installed", "failed", "rolled_back")
+
+
+def utc_now_iso(now: datetime | None = None) -> str:
+    """ISO 8601 UTC with a Z, the protocol's time format."""
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def enqueue(
+    journal: Journal,
+    *,
+    state: str,
+    rollout_id: int | None,
+    manifest_version: int,
+    target_version: int,
+    reason: str | None = None,
+    bytes_received: int = 0,
+    artifact: str | None = None,
+    elapsed_s: float = 0.0,
+    now: datetime | None = None,
+    queue_max: int = 500,
+) -> dict[str, Any]:
+    """Append one report to the journal's outbox (the caller saves the journal)."""
+    if state not in STATES:
+        raise ValueError(f"unknown report state {state!r}; one of {', '.join(STATES)}")
+    running = journal.active
+    report = {
+        "seq": journal.next_seq,
+        "rollout_id": rollout_id,
+        "manifest_version": manifest_version,
+        "target_version": target_version,
+        "state": state,
+        "reason": reason,
+        "bytes_received": int(bytes_received),
+        "artifact": artifact,
+        "elapsed_s": round(float(elapsed_s), 3),
+        "running_version": running.version if running else 0,
+        "running_model_sha256": running.model_sha256 if running else None,
+        "at": utc_now_iso(now),
+    }
+    journal.next_seq += 1
+    journal.outbox.append(report)
+    _trim(journal, queue_max)
+    log.info("report seq=%d state=%s target=v%d bytes=%d reason=%s", report["seq"], state, target_version,
+             bytes_received, reason)
+    return report
+
+
+def _trim(journal: Journal, queue_max: int) -> None:
+    while len(journal.outbox) > queue_max:
+        progress = next((i for i, r in enumerate(journal.outbox) if r["state"] == "downloading"), 0)
+        journal.outbox.pop(progress)
+
+
+async def flush(api: RegistryClient, journal: Journal, *, batch_max: int = 100) -> int:
+    """Send queued reports; removes the ones the server answered for.  Returns how many were answered.
+
+    Raises:
+        Offline, ServerError, Unauthorized: nothing was removed; the reports stay queued.
+    """
+    answered = 0
+    while journal.outbox:
+        batch = journal.outbox[:batch_max]
+        try:
+            ack = await api.send_reports(batch)
+        except ServerError as e:
+            if e.status_code != 422:
+                raise
+            if len(batch) > 1:
+                batch_max = 1  # one malformed report must not hold up the others: find it
+                continue
+            log.error("server cannot parse report seq=%s (%s); dropping it", batch[0]["seq"], e)
+            journal.outbox.pop(0)
+            answered += 1
+            continue
+        done = set(ack.accepted) | {int(r.get("seq", -1)) for r in ack.rejected}
+        for r in ack.rejected:
+            log.warning("server rejected report seq=%s: %s %s", r.get("seq"), r.get("error"), r.get("detail"))
+        if not done & {r["seq"] for r in batch}:
+            break  # the server answered for none of them: do not spin
+        journal.outbox = [r for r in journal.outbox if r["seq"] not in done]
+        answered += len(done)
+    return answered

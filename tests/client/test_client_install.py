@@ -1,0 +1,173 @@
+"""The agent's install path on real models and a real disk, with artifacts already in its cache.
+
+No network here: the offers are signed by a key the test pins, and the
+artifacts sit where the downloader would have left them.  Network paths are
+in test_client_registry.py against the real server.
+"""
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from agent_factories import OfflineOffers, nan_on_dark_model, sha, zoo_model
+
+from client import Agent, AgentConfig
+from client.identity import Identity, save_identity
+from models.roadsigns import render
+
+IMAGE = render(3, np.random.default_rng(0))
+
+
+def make_agent(state: Path, **cfg: object) -> tuple[Agent, OfflineOffers]:
+    agent = Agent(AgentConfig(server_url="http://offline.invalid", device_id="car-1", state_dir=state,
+                              **cfg))  # type: ignore[arg-type]
+    offers = OfflineOffers(agent.store.downloads_dir)
+    save_identity(state / "identity.json", Identity("car-1", "token", offers.pub, sha(offers.pub)))
+    asyncio.run(agent.start())
+    return agent, offers
+
+
+def states(agent: Agent) -> list[tuple[str, int, str | None]]:
+    return [(r["state"], r["target_version"], r["artifact"]) for r in agent.journal.outbox]
+
+
+def test_first_install_runs_the_full_package_and_queues_every_state_change(tmp_path: Path) -> None:
+    agent, offers = make_agent(tmp_path)
+    m1 = zoo_model(1)
+    asyncio.run(agent.handle_offer(offers.offer(m1, 1)))
+    assert agent.running_version == 1 and agent.predict(IMAGE).version == 1
+    assert [s for s, *_ in states(agent)] == ["downloading", "downloaded", "verified", "installed"]
+    assert [r["seq"] for r in agent.journal.outbox] == [1, 2, 3, 4]
+    assert agent.store.verify(agent.journal.active)  # type: ignore[arg-type]
+    assert list(agent.store.downloads_dir.iterdir()) == []  # cache cleaned after install
+    assert agent.store.load() == agent.journal  # everything is on disk
+
+
+def test_delta_is_used_when_its_base_is_the_package_on_the_car(tmp_path: Path) -> None:
+    agent, offers = make_agent(tmp_path)
+    m1, m2 = zoo_model(1), zoo_model(2)
+    asyncio.run(agent.handle_offer(offers.offer(m1, 1)))
+    asyncio.run(agent.handle_offer(offers.offer(m2, 2, base_package=offers.package(m1))))
+    assert agent.running_version == 2
+    assert states(agent)[-1] == ("installed", 2, "delta")
+    assert agent.journal.previous.version == 1  # type: ignore[union-attr]
+
+
+def test_delta_made_for_another_base_falls_back_to_the_full_package(tmp_path: Path) -> None:
+    agent, offers = make_agent(tmp_path)
+    m1, m2, m3 = zoo_model(1), zoo_model(2), zoo_model(3)
+    asyncio.run(agent.handle_offer(offers.offer(m1, 1)))
+    wrong = offers.codec.diff(offers.package(m3), offers.package(m2))  # names v3's package as its base
+    asyncio.run(agent.handle_offer(offers.offer(m2, 2, base_package=offers.package(m1), delta=wrong)))
+    assert agent.running_version == 2
+    assert states(agent)[-1] == ("installed", 2, "full")
+
+
+def test_model_failing_its_smoke_test_is_never_swapped_in_and_never_retried(tmp_path: Path) -> None:
+    agent, offers = make_agent(tmp_path)
+    m1, m2 = zoo_model(1), zoo_model(2)
+    asyncio.run(agent.handle_offer(offers.offer(m1, 1)))
+    before = agent.store.load().active
+    asyncio.run(agent.handle_offer(offers.offer(m2, 2, smoke_model=zoo_model(3))))
+    assert agent.running_version == 1 and agent.predict(IMAGE).version == 1
+    assert agent.store.load().active == before
+    last = agent.journal.outbox[-1]
+    assert last["state"] == "failed" and "SmokeTestFailed" in last["reason"]
+    assert sha(m2) in agent.journal.bad_models
+    n = len(agent.journal.outbox)
+    asyncio.run(agent.handle_offer(offers.offer(m2, 2, smoke_model=zoo_model(3))))  # offered again
+    assert agent.journal.outbox[n:][0]["state"] == "failed" and len(agent.journal.outbox) == n + 1
+    assert "before" in agent.journal.outbox[-1]["reason"]
+
+
+def test_replayed_or_foreign_offers_change_nothing(tmp_path: Path) -> None:
+    agent, offers = make_agent(tmp_path)
+    m1, m2 = zoo_model(1), zoo_model(2)
+    asyncio.run(agent.handle_offer(offers.offer(m1, 1)))
+    old = offers.offer(m2, 2)
+    asyncio.run(agent.handle_offer(offers.offer(m2, 2, device_id="car-2")))
+    offers.mv += 10
+    asyncio.run(agent.handle_offer(offers.offer(m1, 1)))  # same model, raises the high-water mark
+    n = len(agent.journal.outbox)
+    asyncio.run(agent.handle_offer(old))  # lower manifest_version: a replay
+    assert agent.running_version == 1 and len(agent.journal.outbox) == n
+
+
+def test_failed_health_window_rolls_back_to_the_previous_slot_and_reports_it(tmp_path: Path) -> None:
+    agent, offers = make_agent(tmp_path, health_window_inferences=10)
+    asyncio.run(agent.handle_offer(offers.offer(zoo_model(1), 1)))
+    asyncio.run(agent.handle_offer(offers.offer(nan_on_dark_model(), 2)))
+    assert agent.running_version == 2
+    dark = np.zeros_like(IMAGE)
+    answers = [agent.predict(dark) for _ in range(10)]  # the camera drives into a tunnel
+    assert {a.version for a in answers} == {1}  # every frame answered, by the old model
+    assert asyncio.run(agent.check_health()) is False
+    assert agent.running_version == 1 and agent.predict(dark).version == 1
+    last = agent.journal.outbox[-1]
+    assert last["state"] == "rolled_back" and "10 of 10" in last["reason"] and last["target_version"] == 2
+    assert agent.store.load().active.version == 1  # type: ignore[union-attr]
+
+
+def test_healthy_window_closes_and_drops_the_old_session(tmp_path: Path) -> None:
+    agent, offers = make_agent(tmp_path, health_window_inferences=5)
+    asyncio.run(agent.handle_offer(offers.offer(zoo_model(1), 1)))
+    asyncio.run(agent.handle_offer(offers.offer(zoo_model(2), 2)))
+    for _ in range(5):
+        agent.predict(IMAGE)
+    assert asyncio.run(agent.check_health()) is True
+    assert agent.swapper.fallback is None and agent.running_version == 2
+
+
+def test_signed_rollback_puts_the_previous_slot_back_without_a_download(tmp_path: Path) -> None:
+    agent, offers = make_agent(tmp_path)
+    m1, m2 = zoo_model(1), zoo_model(2)
+    asyncio.run(agent.handle_offer(offers.offer(m1, 1)))
+    asyncio.run(agent.handle_offer(offers.offer(m2, 2)))
+    asyncio.run(agent.handle_offer(offers.offer(m1, 1, rollback=True, place_package=False)))
+    assert agent.running_version == 1 and agent.predict(IMAGE).version == 1
+    assert [s[:2] for s in states(agent)[-5:]] == [("rolled_back", 2), ("downloading", 1), ("downloaded", 1),
+                                                   ("verified", 1), ("installed", 1)]
+    assert agent.journal.outbox[-1]["bytes_received"] == 0
+    assert agent.journal.previous.version == 2  # type: ignore[union-attr]
+
+
+def test_unsigned_downgrade_is_refused(tmp_path: Path) -> None:
+    agent, offers = make_agent(tmp_path)
+    asyncio.run(agent.handle_offer(offers.offer(zoo_model(1), 1)))
+    asyncio.run(agent.handle_offer(offers.offer(zoo_model(2), 2)))
+    n = len(agent.journal.outbox)
+    asyncio.run(agent.handle_offer(offers.offer(zoo_model(1), 1)))
+    assert agent.running_version == 2 and len(agent.journal.outbox) == n
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_during_install_reports_a_clear_error_and_the_old_model_keeps_serving(
+        tmp_path: Path, tiny_disk: Path) -> None:
+    """A real tmpfs just big enough for v1 and the v2 artifact, not for the v2 slot."""
+    m1, m2 = zoo_model(1), zoo_model(2)
+    pkg2 = OfflineOffers(tmp_path).package(m2)
+    need = len(OfflineOffers(tmp_path).package(m1)) + len(m1) + len(pkg2) + 64 * 1024
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={need}", "tmpfs", str(tiny_disk)], check=True)
+    agent, offers = make_agent(tiny_disk / "agent")
+    asyncio.run(agent.handle_offer(offers.offer(m1, 1)))
+    assert agent.running_version == 1
+    asyncio.run(agent.handle_offer(offers.offer(m2, 2)))
+    assert agent.running_version == 1 and agent.predict(IMAGE).version == 1
+    fail = [r for r in agent.journal.outbox if r["state"] == "failed"][-1]
+    assert "disk full" in fail["reason"]
+    assert agent.store.verify(agent.journal.active)  # type: ignore[arg-type]
+    os.sync()
+    reboot = Agent(AgentConfig(server_url="http://offline.invalid", device_id="car-1", state_dir=tiny_disk / "agent"))
+    asyncio.run(reboot.start())
+    assert reboot.running_version == 1

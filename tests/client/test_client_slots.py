@@ -1,0 +1,76 @@
+"""Slots and journal on a real disk; boot picks the newest slot that still verifies."""
+
+import asyncio
+from pathlib import Path
+
+from agent_factories import LABELS10, sha, zoo_model
+
+from client import Agent, AgentConfig
+from client.slots import Journal, SlotRecord, SlotStore
+
+
+def record(slot: str, version: int, package: bytes, model: bytes) -> SlotRecord:
+    return SlotRecord(slot, version, sha(model), sha(package), "lossless", LABELS10, version, None)
+
+
+def installed(tmp_path: Path) -> tuple[SlotStore, Journal]:
+    store = SlotStore(tmp_path)
+    j = Journal()
+    m1, m2 = zoo_model(1), zoo_model(2)
+    store.write_slot("a", b"pkg1", m1)
+    store.write_slot("b", b"pkg2", m2)
+    j.previous, j.active = record("a", 1, b"pkg1", m1), record("b", 2, b"pkg2", m2)
+    store.save(j)
+    return store, j
+
+
+def boot(tmp_path: Path) -> Agent:
+    agent = Agent(AgentConfig(server_url="http://offline.invalid", device_id="car-1", state_dir=tmp_path))
+    asyncio.run(agent.start())
+    return agent
+
+
+def test_journal_round_trips_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    store, j = installed(tmp_path)
+    j.outbox.append({"seq": 1, "state": "installed"})
+    store.save(j)
+    assert store.load() == j
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads", "journal.json", "slots"]
+
+
+def test_unreadable_journal_is_set_aside_not_trusted(tmp_path: Path) -> None:
+    store, _ = installed(tmp_path)
+    store.journal_path.write_bytes(b'{"active": {"slot"')
+    assert store.load() == Journal()
+    assert len(list(tmp_path.glob("journal.corrupt-*.json"))) == 1
+
+
+def test_free_slot_is_never_the_active_one(tmp_path: Path) -> None:
+    store, j = installed(tmp_path)
+    assert store.free_slot(j) == "a"
+    assert store.free_slot(Journal()) == "a"
+
+
+def test_boot_runs_the_active_slot_when_it_verifies(tmp_path: Path) -> None:
+    installed(tmp_path)
+    agent = boot(tmp_path)
+    assert agent.running_version == 2 and agent.swapper.current.version == 2  # type: ignore[union-attr]
+
+
+def test_boot_falls_back_to_previous_when_the_active_slot_is_damaged(tmp_path: Path) -> None:
+    store, _ = installed(tmp_path)
+    model = store.slot_dir("b") / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[1000] ^= 1
+    model.write_bytes(bytes(data))
+    agent = boot(tmp_path)
+    assert agent.running_version == 1 and agent.swapper.current.version == 1  # type: ignore[union-attr]
+    assert store.load().active.version == 1 and store.load().previous is None  # type: ignore[union-attr]
+
+
+def test_boot_with_nothing_verified_runs_nothing(tmp_path: Path) -> None:
+    store, _ = installed(tmp_path)
+    (store.slot_dir("a") / "package").write_bytes(b"x")
+    (store.slot_dir("b") / "package").write_bytes(b"y")
+    agent = boot(tmp_path)
+    assert agent.running_version == 0 and agent.swapper.current is None
