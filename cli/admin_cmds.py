@@ -1,0 +1,264 @@
+"""Operator commands, HTTP clients of the registry: ``ota publish``, ``ota rollout ...``, ``ota devices ...``.
+
+They never import ``server``: everything goes over the documented API
+(docs/PROTOCOL.md) with the admin token.  Each takes ``--json`` to print the
+server's JSON instead of a table.  Server and token come from flags or the
+environment (``OTA_SERVER``, ``OTA_ADMIN_TOKEN``), or the token file a
+development server writes into its data directory (``--data-dir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+API = "/api/v1"
+
+
+class CliError(Exception):
+    """Something the operator can fix; printed without a traceback."""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=os.environ.get("OTA_SERVER", "http://127.0.0.1:8000"),
+                   help="registry URL (env OTA_SERVER)")
+    p.add_argument("--token", default=os.environ.get("OTA_ADMIN_TOKEN"), help="admin token (env OTA_ADMIN_TOKEN); write --token=VALUE if it starts with '-'")
+    p.add_argument("--data-dir", default=os.environ.get("OTA_DATA_DIR", ".ota-data"),
+                   help="read the token from <data dir>/admin-token when --token is not given")
+    p.add_argument("--json", action="store_true", help="print the server's JSON")
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token:
+        return args.token
+    path = Path(args.data_dir) / "admin-token"
+    if path.exists():
+        return path.read_text().strip()
+    raise CliError(f"no admin token: pass --token, set OTA_ADMIN_TOKEN, or point --data-dir at the server's data "
+                   f"directory ({path} does not exist)")
+
+
+def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        with httpx.Client(base_url=args.server, headers={"Authorization": f"Bearer {_token(args)}"},
+                          timeout=600) as client:
+            r = client.request(method, API + path, **kwargs)
+    except httpx.HTTPError as e:
+        raise CliError(f"cannot reach the registry at {args.server}: {e}") from e
+    if r.status_code >= 400:
+        try:
+            body = r.json()
+            detail = f"{body.get('error', r.status_code)}: {body.get('detail', r.text)}"
+        except ValueError:
+            detail = r.text[:300]
+        raise CliError(f"{method} {path} -> {r.status_code} {detail}")
+    return r.json()
+
+
+def _emit(args: argparse.Namespace, data: Any, table: str) -> int:
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else table)
+    return 0
+
+
+def _kb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:,.1f} KiB"
+
+
+def _run(handler):  # type: ignore[no-untyped-def]
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except CliError as e:
+            print(f"ota: {e}", file=sys.stderr)
+            return 1
+    return wrapped
+
+
+# ---- publish ------------------------------------------------------------------------------------
+
+def publish(args: argparse.Namespace) -> int:
+    path = Path(args.model)
+    if not path.is_file():
+        raise CliError(f"{path} is not a file")
+    form = {k: str(v) for k, v in {"notes": args.notes, "publisher": args.publisher or os.environ.get("USER"),
+                                   "codecs": args.codecs, "min_agreement": args.min_agreement}.items()
+            if v is not None}
+    v = _call(args, "POST", f"/lines/{args.line}/versions", files={"file": (path.name, path.read_bytes())},
+              data=form)
+    lines = [f"{v['line']} version {v['version']}  source {_kb(v['source_bytes'])}  sha256 {v['source_sha256'][:12]}"]
+    for name, p in sorted(v["packages"].items()):
+        agree = p["fidelity"].get("top1_agreement")
+        lines.append(f"  {name:9s} package {_kb(p['bytes']):>14s}  delta from previous {_kb(p['delta_from_previous']):>12s}"
+                     f"  top-1 agreement {'-' if agree is None else f'{agree:.4f}'}")
+    return _emit(args, v, "\n".join(lines))
+
+
+# ---- rollouts -----------------------------------------------------------------------------------
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"{what} {item!r} must look like key=value")
+        out[key] = value
+    return out
+
+
+def _stage(text: str) -> dict[str, Any]:
+    """PERCENT[:SOAK_S[:SUCCESS_PCT]] e.g. 1:3600:95 ; SUCCESS_PCT omitted = manual advance."""
+    parts = text.split(":")
+    try:
+        stage: dict[str, Any] = {"percent": float(parts[0])}
+        if len(parts) > 1 and parts[1]:
+            stage["min_soak_s"] = float(parts[1])
+        if len(parts) > 2 and parts[2]:
+            stage["success_threshold_pct"] = float(parts[2])
+    except ValueError as e:
+        raise CliError(f"stage {text!r} must be PERCENT[:SOAK_S[:SUCCESS_PCT]], e.g. 10:600:95") from e
+    return stage
+
+
+def _rollout_table(r: dict[str, Any]) -> str:
+    sel = ",".join(f"{k}={v}" for k, v in r["selector"].items()) or "all devices"
+    head = (f"rollout {r['id']}  {r['line']} -> v{r['target_version']} ({r['codec']})"
+            f"{'  ROLLBACK' if r['rollback'] else ''}  {r['state']}  stage {r['current_stage'] + 1}/{len(r['stages'])}"
+            f"  [{sel}]")
+    rows = [head] + ([f"  reason: {r['reason']}"] if r.get("reason") else [])
+    for s in r["stages"]:
+        marker = ">" if s["position"] == r["current_stage"] else " "
+        counts = " ".join(f"{k}={v}" for k, v in sorted(s["counts"].items())) or "-"
+        auto = f"auto at {s['success_threshold_pct']}%" if s["success_threshold_pct"] is not None else "manual"
+        rows.append(f" {marker} stage {s['position'] + 1}: {s['percent']:g}%  soak {s['min_soak_s']:g}s  {auto}  "
+                    f"assigned {s['assigned']}  {counts}")
+    return "\n".join(rows)
+
+
+def rollout_create(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"line": args.line, "version": args.version, "selector": _pairs(args.select, "selector"),
+                            "stages": [_stage(s) for s in args.stage] if args.stage else [{"percent": 100}]}
+    if args.codec:
+        body["codec"] = args.codec
+    if args.error_pct is not None:
+        body["error_threshold_pct"] = args.error_pct
+    if args.error_count is not None:
+        body["error_threshold_count"] = args.error_count
+    r = _call(args, "POST", "/rollouts", json=body)
+    return _emit(args, r, _rollout_table(r))
+
+
+def rollout_list(args: argparse.Namespace) -> int:
+    rs = _call(args, "GET", "/rollouts", params={"line": args.line} if args.line else None)
+    table = "\n".join(f"{r['id']:>5}  {r['line']:20s} v{r['target_version']:<4} {r['state']:10s} "
+                      f"stage {r['current_stage'] + 1}/{len(r['stages'])}{'  rollback' if r['rollback'] else ''}"
+                      for r in rs) or "no rollouts"
+    return _emit(args, rs, table)
+
+
+def rollout_show(args: argparse.Namespace) -> int:
+    r = _call(args, "GET", f"/rollouts/{args.id}")
+    acc = _call(args, "GET", f"/accounting/rollouts/{args.id}")
+    t = acc["totals"]
+    savings = "" if t["savings_vs_fp32"] is None else \
+        f"  savings vs fp32 {t['savings_vs_fp32']:.1%}, vs full package {t['savings_vs_package']:.1%}"
+    table = (_rollout_table(r) + f"\n  bytes sent {_kb(t['bytes_sent'])} in {t['requests']} requests "
+             f"({t['resumes']} resumed), {t['devices_updated']} cars updated{savings}")
+    return _emit(args, {"rollout": r, "accounting": acc}, table)
+
+
+def rollout_action(args: argparse.Namespace) -> int:
+    r = _call(args, "POST", f"/rollouts/{args.id}/{args.action}")
+    return _emit(args, r, _rollout_table(r))
+
+
+def rollout_rollback(args: argparse.Namespace) -> int:
+    r = _call(args, "POST", f"/rollouts/{args.id}/rollback", json={"version": args.version})
+    return _emit(args, r, _rollout_table(r))
+
+
+# ---- devices ------------------------------------------------------------------------------------
+
+def devices_list(args: argparse.Namespace) -> int:
+    params: list[tuple[str, str]] = [("tag", f"{k}={v}") for k, v in _pairs(args.tag, "tag").items()]
+    if args.drift:
+        params.append(("drift", "true"))
+    ds = _call(args, "GET", "/devices", params=params)
+    table = "\n".join(
+        f"{d['device_id']:24s} {d['line'] or '-':14s} running v{d['running_version'] if d['running_version'] is not None else '-'}"
+        f"  {'DRIFT ' if d['drift'] else ''}{','.join(f'{k}={v}' for k, v in d['tags'].items())}"
+        f"  seen {d['last_seen_at'] or 'never'}" for d in ds) or "no devices"
+    return _emit(args, ds, table)
+
+
+def devices_show(args: argparse.Namespace) -> int:
+    d = _call(args, "GET", f"/devices/{args.device_id}")
+    rows = [f"{d['device_id']}  tags {d['tags']}  line {d['line']}  running v{d['running_version']}  "
+            f"reported v{d['reported_version']}  last seen {d['last_seen_at']}"]
+    if d["drift"]:
+        rows.append(f"  DRIFT: {d['drift_detail']}")
+    for u in d["updates"]:
+        rows.append(f"  rollout {u['rollout_id']}  v{u['target_version']} ({u['codec']})  {u['state']}"
+                    f"{'  ' + u['reason'] if u['reason'] else ''}  reported {_kb(u['bytes_reported'])}")
+    return _emit(args, d, "\n".join(rows))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("publish", help="publish an ONNX model as a new version of a line")
+    p.add_argument("model", help="path to the .onnx file")
+    p.add_argument("--line", default="road-signs")
+    p.add_argument("--notes")
+    p.add_argument("--publisher")
+    p.add_argument("--codecs", help="comma list, default: the server's (e.g. lossless,deep)")
+    p.add_argument("--min-agreement", type=float, help="fidelity gate for lossy codecs, e.g. 0.99")
+    _common(p)
+    p.set_defaults(func=_run(publish))
+
+    ro = subparsers.add_parser("rollout", help="create and steer staged rollouts").add_subparsers(
+        dest="rollout_command", metavar="ACTION", required=True)
+    c = ro.add_parser("create", help="start a staged rollout of a version")
+    c.add_argument("--line", default="road-signs")
+    c.add_argument("--version", type=int, required=True)
+    c.add_argument("--codec")
+    c.add_argument("--select", action="append", metavar="TAG=VALUE", help="device tag selector (repeatable)")
+    c.add_argument("--stage", action="append", metavar="PCT[:SOAK_S[:SUCCESS_PCT]]",
+                   help="cumulative stage, e.g. --stage 1:600:95 --stage 10:600:95 --stage 100 (repeatable)")
+    c.add_argument("--error-pct", type=float, help="halt when this percent of a stage's devices failed")
+    c.add_argument("--error-count", type=int, help="halt when this many of a stage's devices failed")
+    _common(c)
+    c.set_defaults(func=_run(rollout_create))
+    ls = ro.add_parser("list", help="list rollouts")
+    ls.add_argument("--line")
+    _common(ls)
+    ls.set_defaults(func=_run(rollout_list))
+    sh = ro.add_parser("show", help="a rollout's stages, per-state counts and bytes")
+    sh.add_argument("id", type=int)
+    _common(sh)
+    sh.set_defaults(func=_run(rollout_show))
+    for action in ("pause", "resume", "advance", "abort"):
+        a = ro.add_parser(action, help=f"{action} a rollout")
+        a.add_argument("id", type=int)
+        _common(a)
+        a.set_defaults(func=_run(rollout_action), action=action)
+    rb = ro.add_parser("rollback", help="abort a rollout and send its cars back to an earlier version")
+    rb.add_argument("id", type=int)
+    rb.add_argument("--version", type=int, help="default: the stable version before the rollout")
+    _common(rb)
+    rb.set_defaults(func=_run(rollout_rollback))
+
+    dv = subparsers.add_parser("devices", help="device inventory").add_subparsers(
+        dest="devices_command", metavar="ACTION", required=True)
+    dl = dv.add_parser("list", help="list enrolled devices")
+    dl.add_argument("--tag", action="append", metavar="TAG=VALUE")
+    dl.add_argument("--drift", action="store_true", help="only devices whose report and poll disagree")
+    _common(dl)
+    dl.set_defaults(func=_run(devices_list))
+    ds = dv.add_parser("show", help="one device and its recent updates")
+    ds.add_argument("device_id")
+    _common(ds)
+    ds.set_defaults(func=_run(devices_show))

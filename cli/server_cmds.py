@@ -1,0 +1,55 @@
+"""``ota serve``: migrate the database to head, then run the registry under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="run the model registry (migrates the database first)",
+                              description="Run `alembic upgrade head` once, then the registry under uvicorn. "
+                                          "Settings come from OTA_* environment variables (and DATABASE_URL); "
+                                          "the flags below override them.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir", help="SQLite file, blobs, signing key, dev tokens (OTA_DATA_DIR)")
+    p.add_argument("--database-url", help="e.g. postgresql+psycopg://user@host/db (DATABASE_URL)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--codecs", help="default codecs for publish, e.g. lossless,deep (OTA_DEFAULT_CODECS)")
+    p.add_argument("--no-migrate", action="store_true", help="do not run migrations (the server refuses to start "
+                                                              "if the schema is not at head)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    # The CLI is the one place that turns flags into the environment the Settings read,
+    # so that every uvicorn worker process builds the same Settings.
+    if args.data_dir:
+        os.environ["OTA_DATA_DIR"] = args.data_dir
+    if args.database_url:
+        os.environ["OTA_DATABASE_URL"] = args.database_url
+    if args.codecs:
+        os.environ["OTA_DEFAULT_CODECS"] = args.codecs
+    import uvicorn
+
+    from server.config import InsecureConfiguration, Settings, resolve_secrets
+    from server.db import upgrade_to_head
+
+    settings = Settings()
+    try:
+        settings = resolve_secrets(settings)
+    except InsecureConfiguration as e:
+        print(f"ota serve: {e}", file=sys.stderr)
+        return 2
+    if not args.no_migrate:
+        upgrade_to_head(settings.sqlalchemy_url)
+    print(f"registry on http://{args.host}:{args.port}  data dir {settings.data_dir.resolve()}", file=sys.stderr)
+    if settings.environment == "development":
+        print(f"admin token in {settings.data_dir / 'admin-token'}, enrollment token in "
+              f"{settings.data_dir / 'enrollment-token'}", file=sys.stderr)
+    uvicorn.run("server.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level)
+    return 0

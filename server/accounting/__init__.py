@@ -1,0 +1,1 @@
+"""Transfer accounting: bytes the server actually wrote, per device, rollout, stage and artifact."""

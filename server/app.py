@@ -1,0 +1,168 @@
+"""``create_app(settings)``: the registry's FastAPI app, its lifespan and its error mapping.
+
+The lifespan resolves secrets, opens the database and refuses to start if
+the schema is not at the migrations' head, loads (or creates) the signing
+key, builds the blob store and feature singletons, and runs two small
+background loops: flushing batched last-seen times and evaluating running
+rollouts (so soak times expire without a report arriving).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import DataError
+
+from server.accounting.routes import router as accounting_router
+from server.audit import router as audit_router
+from server.blobs import BlobStore, LocalBlobStore
+from server.config import Settings, resolve_secrets
+from server.dashboard.app import create_dashboard
+from server.db import Database, check_schema, current_revision, head_revision
+from server.deps import AppContext
+from server.devices.presence import LastSeen
+from server.devices.routes import router as devices_router
+from server.errors import RegistryError
+from server.metrics import Metrics
+from server.openapi import document_errors
+from server.registry.routes import router as registry_router
+from server.registry.storage import PackageStorage
+from server.rollouts import service as rollouts
+from server.rollouts.routes import router as rollouts_router
+from server.security import Signer
+
+log = logging.getLogger("ota.server")
+
+
+def build_context(settings: Settings) -> AppContext:
+    """Everything the app needs at run time.
+
+    Raises:
+        InsecureConfiguration: production without proper secrets.
+        SchemaNotAtHead: the database is not migrated.
+    """
+    settings = resolve_secrets(settings)
+    db = Database(settings.sqlalchemy_url)
+    try:
+        check_schema(db.engine)
+    except Exception:
+        db.dispose()
+        raise
+    if settings.blob_backend == "s3":
+        from server.blobs_s3 import S3BlobStore  # boto3 is the optional `s3` extra
+
+        blobs: BlobStore = S3BlobStore.from_settings(settings)
+    else:
+        blobs = LocalBlobStore(settings.blob_dir)
+    ctx = AppContext(settings=settings, db=db, blobs=blobs, signer=Signer.load_or_create(settings.key_path))
+    ctx.services["storage"] = PackageStorage(blobs, settings.package_cache_items)
+    ctx.services["presence"] = LastSeen()
+    return ctx
+
+
+async def _every(seconds: float, job, what: str, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+    """Run ``job`` in a worker thread every ``seconds`` until ``stop`` is set.
+
+    Stopping by event rather than by cancelling lets a job that is running finish (and return its
+    database connection) before the lifespan disposes of the engine.
+    """
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        if stop.is_set():
+            return
+        try:
+            await run_in_threadpool(job)
+        except Exception:  # noqa: BLE001 - a background job must not die; the next tick retries
+            log.exception("background %s failed", what)
+
+
+def _tick_rollouts(ctx: AppContext) -> None:
+    with ctx.db.session_scope() as session:
+        rollouts.evaluate_running(session)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The registry app; nothing is opened until the lifespan starts."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = await run_in_threadpool(build_context, settings)
+        ctx.services["metrics"] = metrics
+        app.state.ctx = ctx
+        presence: LastSeen = ctx.services["presence"]
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(_every(ctx.settings.last_seen_flush_s, lambda: presence.flush(ctx.db), "flush",
+                                            stop)),
+                 asyncio.create_task(_every(ctx.settings.rollout_tick_s, lambda: _tick_rollouts(ctx), "rollouts",
+                                            stop))]
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await run_in_threadpool(presence.flush, ctx.db)
+            ctx.db.dispose()
+
+    app = FastAPI(title="OTA model registry", version="1", lifespan=lifespan)
+    app.middleware("http")(metrics.middleware)
+
+    @app.exception_handler(RegistryError)
+    async def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
+        return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status_code)
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def _out_of_range(_request: Request, exc: Exception) -> JSONResponse:
+        # A number in the path or query larger than the database column (SQLite raises OverflowError,
+        # PostgreSQL DataError): the caller's mistake, not the server's.
+        return JSONResponse({"error": "bad_request", "detail": "a number in the request is outside the range the "
+                             "registry stores (ids and versions are 32-bit)"}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        detail = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
+        errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
+        return JSONResponse({"error": "validation_error", "detail": detail, "errors": errors}, status_code=422)
+
+    for router in (registry_router, devices_router, rollouts_router, accounting_router, audit_router):
+        app.include_router(router)
+    app.mount("/dashboard", create_dashboard(lambda: app.state.ctx))  # issue 7: server-rendered pages
+    document_errors(app)  # 422 bodies in /openapi.json are the protocol's error shape
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(request: Request) -> JSONResponse:
+        ctx: AppContext = request.app.state.ctx
+        try:
+            with ctx.db.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            current = current_revision(ctx.db.engine)
+        except Exception as e:  # noqa: BLE001 - any failure means not ready
+            return JSONResponse({"error": "unavailable", "detail": f"database unreachable: {e}"}, status_code=503)
+        if current != head_revision():
+            return JSONResponse({"error": "unavailable", "detail": f"schema at {current}, need {head_revision()}"},
+                                status_code=503)
+        return JSONResponse({"status": "ready", "schema": current})
+
+    @app.get("/metrics")
+    def metrics_endpoint():  # type: ignore[no-untyped-def]
+        return metrics.render()
+
+    return app

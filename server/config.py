@@ -1,0 +1,120 @@
+"""The server's one configuration object.
+
+Every setting comes from the environment with the prefix ``OTA_`` (plus the
+conventional ``DATABASE_URL``), typed and validated here; nothing else in the
+server reads ``os.environ``.  In development mode missing secrets are
+generated into the data directory on first start; in production missing or
+weak secrets stop the server with a message that says which variable to set.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_CHARS = 24
+
+
+class InsecureConfiguration(RuntimeError):
+    """A production server was asked to start without proper secrets."""
+
+
+class Settings(BaseSettings):
+    """Registry settings (env prefix ``OTA_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".ota-data")
+    database_url: str | None = Field(default=None, validation_alias=AliasChoices("OTA_DATABASE_URL", "DATABASE_URL"))
+    admin_token: str | None = None
+    enrollment_token: str | None = None
+    signing_key_path: Path | None = None  # default: <data_dir>/signing-key.pem
+
+    default_codecs: str = "lossless,deep"
+    default_min_agreement: float | None = None
+    keyframe_interval: int = Field(default=5, ge=1)  # a full package every K versions, deltas between
+    fleet_delta_bases: int = Field(default=3, ge=0)  # at publish, precompute deltas from the N most-run versions
+    package_cache_items: int = Field(default=8, ge=1)
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+
+    poll_interval_s: int = Field(default=60, ge=1)
+    offer_ttl_s: int = Field(default=24 * 3600, ge=60)
+    smoke_count: int = 3
+    smoke_atol: float = 1e-3
+    last_seen_flush_s: float = 5.0
+    rollout_tick_s: float = 5.0
+    chunk_bytes: int = 64 * 1024
+    dashboard_refresh_s: float = Field(default=5.0, gt=0)  # how often dashboard pages refresh their counts
+    dashboard_stuck_after_s: float = Field(default=1800.0, gt=0)  # an update with no progress this long is stuck
+    dashboard_network_tag: str = "network"  # the device tag the bandwidth page groups transfers by
+
+    # Blob store (issue 8): a local folder by default, or any S3-compatible store (needs the `s3` extra).
+    blob_backend: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None  # e.g. http://minio:9000; None = AWS
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None  # None: boto3's usual credential chain
+    s3_secret_access_key: str | None = None
+    s3_prefix: str = "blobs/"
+    s3_redirect_downloads: bool = False  # answer whole-artifact GETs with a 307 to a presigned URL
+    s3_presign_ttl_s: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL; the embedded default is a SQLite file in the data directory."""
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]  # psycopg 3 is the driver we ship
+            return url
+        return f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    @property
+    def key_path(self) -> Path:
+        return self.signing_key_path or self.data_dir / "signing-key.pem"
+
+    def codec_list(self) -> list[str]:
+        return [c.strip() for c in self.default_codecs.split(",") if c.strip()]
+
+
+def _secret_file(data_dir: Path, name: str) -> str:
+    path = data_dir / name
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(32)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def resolve_secrets(settings: Settings) -> Settings:
+    """Fill in or check the secrets; returns a copy with tokens set.
+
+    Raises:
+        InsecureConfiguration: production without OTA_ADMIN_TOKEN / OTA_ENROLLMENT_TOKEN
+            of at least 24 characters.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.environment == "development":
+        return settings.model_copy(update={
+            "admin_token": settings.admin_token or _secret_file(settings.data_dir, "admin-token"),
+            "enrollment_token": settings.enrollment_token or _secret_file(settings.data_dir, "enrollment-token"),
+        })
+    for var, value in (("OTA_ADMIN_TOKEN", settings.admin_token), ("OTA_ENROLLMENT_TOKEN", settings.enrollment_token)):
+        if not value or len(value) < MIN_SECRET_CHARS:
+            raise InsecureConfiguration(
+                f"{var} must be set to a random secret of at least {MIN_SECRET_CHARS} characters in production "
+                "(or set OTA_ENVIRONMENT=development to have one generated into the data directory)"
+            )
+    if settings.admin_token == settings.enrollment_token:
+        raise InsecureConfiguration("OTA_ADMIN_TOKEN and OTA_ENROLLMENT_TOKEN must differ")
+    return settings

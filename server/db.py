@@ -1,0 +1,145 @@
+"""Engine, sessions, and the schema-at-head check.
+
+``Database`` is built by the app's lifespan (never at import time).  Each
+request gets one session and one transaction through ``session_scope``: the
+dependency commits when the handler returns and rolls back if it raises;
+services and stores only ``flush()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, overload
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from pydantic import AfterValidator
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from server.errors import Unavailable
+
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS_DIR = ROOT / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(as_utc)]
+"""A datetime field for API schemas: always serialized with its UTC offset."""
+
+
+def make_engine(url: str) -> Engine:
+    """An engine tuned per backend.
+
+    SQLite: WAL, busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for every
+    transaction.  The driver's own deferred transactions break SAVEPOINT and
+    let a transaction that read first fail to upgrade to a write with an
+    immediate "database is locked"; taking the write lock up front makes
+    transactions simply queue for each other (busy timeout 30 s).
+    """
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade_to_head(url: str) -> None:
+    """Run ``alembic upgrade head`` (what ``ota serve`` does before starting)."""
+    command.upgrade(alembic_config(url), "head")
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+class SchemaNotAtHead(RuntimeError):
+    """The database was not migrated to the code's schema."""
+
+
+def check_schema(engine: Engine) -> None:
+    """Raises SchemaNotAtHead with the command to fix it."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise SchemaNotAtHead(
+            f"database schema is at revision {current or 'none (empty database)'} but this server needs {head}; "
+            "run `alembic upgrade head` (or start with `ota serve`, which migrates first)"
+        )
+
+
+class Database:
+    """Holds the engine and the session factory for one app instance."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session_scope(self) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on any exception.
+
+        Raises:
+            Unavailable: the database cannot be reached.
+        """
+        session = self.sessions()
+        try:
+            yield session
+            session.commit()
+        except OperationalError as e:
+            session.rollback()
+            raise Unavailable(f"database unavailable: {e.orig}; retry shortly") from e
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

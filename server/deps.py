@@ -1,0 +1,56 @@
+"""Request-scoped wiring: the app context, the one-transaction session, admin auth.
+
+``AppContext`` is built once by the lifespan in ``app.py`` and hung on
+``app.state``; routes reach it (and a session whose transaction commits when
+the handler returns) through these dependencies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from server.blobs import BlobStore
+from server.config import Settings
+from server.db import Database
+from server.errors import Unauthorized
+from server.security import Signer, bearer, tokens_equal
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    signer: Signer
+    services: dict[str, Any] = field(default_factory=dict)  # feature singletons (storage, caches)
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+def get_session(ctx: Annotated[AppContext, Depends(get_ctx)]) -> Iterator[Session]:
+    """One transaction per request: commit on success, roll back on error."""
+    with ctx.db.session_scope() as session:
+        yield session
+
+
+def require_admin(ctx: Annotated[AppContext, Depends(get_ctx)],
+                  authorization: Annotated[str | None, Header()] = None) -> str:
+    """Raises Unauthorized unless the request carries the admin token."""
+    if not tokens_equal(bearer(authorization), ctx.settings.admin_token):
+        raise Unauthorized("admin token required: send 'Authorization: Bearer <admin token>' "
+                           "(development servers write it to <data dir>/admin-token)")
+    return "admin"
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+# scope="function": commit before the response is sent, so a client that acts on the answer
+# (downloads what a poll offered) always sees the committed rows.
+DbSession = Annotated[Session, Depends(get_session, scope="function")]
+Admin = Annotated[str, Depends(require_admin)]

@@ -1,0 +1,1 @@
+"""Devices: enrollment, authentication, polls (signed offers), reports, inventory, drift."""

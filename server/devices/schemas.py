@@ -1,0 +1,102 @@
+"""Device API shapes (docs/PROTOCOL.md "Enrollment", "Poll", "Report")."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from server.db import UtcDateTime
+
+DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
+# Upper bounds of the database columns (INTEGER / BIGINT on PostgreSQL), so a huge number is a 422, not a 500.
+INT32 = 2**31 - 1
+INT64 = 2**63 - 1
+
+
+class EnrollIn(BaseModel):
+    device_id: str = Field(pattern=DEVICE_ID)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class EnrollOut(BaseModel):
+    device_id: str
+    device_token: str
+    public_key: str
+    key_id: str
+    poll_interval_s: int
+
+
+class PollIn(BaseModel):
+    line: str = Field(min_length=1, max_length=100)
+    current_version: int = Field(default=0, ge=0, le=INT32)
+    current_model_sha256: str | None = None
+    current_package_sha256: str | None = None
+    agent_state: str | None = None
+
+
+class PollOut(BaseModel):
+    poll_interval_s: int
+    offer: dict[str, Any] | None
+
+
+class ReportIn(BaseModel):
+    seq: int = Field(ge=1, le=INT64)
+    rollout_id: int | None = Field(default=None, le=INT32)
+    manifest_version: int | None = Field(default=None, le=INT64)
+    target_version: int = Field(ge=1, le=INT32)
+    state: Literal["downloading", "downloaded", "verified", "installed", "failed", "rolled_back"]
+    reason: str | None = None
+    bytes_received: int | None = Field(default=None, ge=0, le=INT64)
+    artifact: Literal["delta", "full"] | None = None
+    elapsed_s: float | None = None
+    running_version: int | None = Field(default=None, le=INT32)
+    running_model_sha256: str | None = None
+    at: UtcDateTime | None = None
+
+
+class ReportsIn(BaseModel):
+    reports: list[ReportIn] = Field(min_length=1, max_length=1000)
+
+
+class Rejected(BaseModel):
+    seq: int
+    error: str
+    detail: str
+
+
+class ReportsOut(BaseModel):
+    accepted: list[int]
+    rejected: list[Rejected]
+
+
+class UpdateOut(BaseModel):
+    rollout_id: int | None
+    target_version: int
+    codec: str
+    state: str
+    reason: str | None
+    bytes_reported: int
+    manifest_version: int
+    updated_at: UtcDateTime
+
+
+class DevicePatch(BaseModel):
+    """Operator changes to one device: tags (replaced) and its poll interval (null: the server default)."""
+
+    tags: dict[str, str] | None = None
+    poll_interval_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    tags: dict[str, str]
+    line: str | None
+    running_version: int | None
+    reported_version: int | None
+    drift: bool
+    drift_detail: str | None
+    poll_interval_s: int | None = None
+    last_seen_at: UtcDateTime | None
+    created_at: UtcDateTime
+    updates: list[UpdateOut] = Field(default_factory=list)

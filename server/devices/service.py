@@ -1,0 +1,288 @@
+"""Device decisions: enrollment, polls that answer with signed offers, reports, inventory, drift.
+
+Poll path: resolve the desired version (``rollouts.service.desired_for``),
+and if the car is not running it, answer with a signed offer.  The offer is
+stored on the device's update row and re-sent unchanged on later polls
+(same ``manifest_version``), so a steady-state poll writes nothing; it is
+re-signed with a higher ``manifest_version`` only when it is about to
+expire or the car's base package changed (a different delta applies).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from server.config import Settings
+from server.db import as_utc, utcnow
+from server.devices import schemas, states, store
+from server.devices.presence import LastSeen
+from server.errors import IllegalTransition, NotFound, Unauthorized
+from server.orm import AuditEntry, Device, DeviceReport, DeviceUpdate, Line, Package, Version
+from server.registry import store as registry_store
+from server.registry.storage import PackageStorage
+from server.rollouts import service as rollouts
+from server.security import Signer, new_token, token_digest, tokens_equal
+
+
+def enroll(session: Session, settings: Settings, signer: Signer, enrollment_token: str | None,
+           body: schemas.EnrollIn) -> schemas.EnrollOut:
+    """Create the device, or rotate its token if it exists (its history stays).
+
+    Raises:
+        Unauthorized: wrong or missing enrollment token.
+    """
+    if not tokens_equal(enrollment_token, settings.enrollment_token):
+        raise Unauthorized("enrollment needs the fleet enrollment token: 'Authorization: Bearer <enrollment token>'")
+    token = new_token()
+    device = store.by_device_id(session, body.device_id)
+    if device is None:
+        device = Device(device_id=body.device_id, token_sha256=token_digest(token), tags=dict(body.tags),
+                        created_at=utcnow(), drift=False, manifest_version=0, last_seq=0)
+        session.add(device)
+        try:
+            with session.begin_nested():
+                session.flush()
+        except IntegrityError:  # enrolled concurrently: rotate the winner's token instead
+            device = store.by_device_id(session, body.device_id)
+            assert device is not None
+    device.token_sha256 = token_digest(token)
+    if body.tags:
+        device.tags = dict(body.tags)
+    session.flush()
+    return schemas.EnrollOut(device_id=device.device_id, device_token=token, public_key=signer.public_b64,
+                             key_id=signer.key_id, poll_interval_s=device.poll_interval_s or settings.poll_interval_s)
+
+
+def _next_manifest_version(device: Device, now: datetime) -> int:
+    return max(int(device.manifest_version or 0) + 1, int(now.timestamp() * 1000))
+
+
+def _choose_codec(session: Session, version: Version, wanted: str | None, settings: Settings) -> Package | None:
+    pkgs = {p.codec: p for p in registry_store.packages(session, version.id)}
+    for name in ([wanted] if wanted else []) + settings.codec_list() + sorted(pkgs):
+        if name in pkgs:
+            return pkgs[name]
+    return None
+
+
+def _delta(session: Session, storage: PackageStorage, line: Line, target: Package,
+           current_package_sha256: str | None) -> tuple[Any, Package | None]:
+    if not current_package_sha256 or current_package_sha256 == target.sha256:
+        return None, None
+    base = registry_store.line_package_by_sha(session, line.id, current_package_sha256)
+    if base is None or base.codec != target.codec:
+        return None, None
+    return storage.delta_for(session, base, target), base
+
+
+def _offer(device: Device, line: Line, version: Version, pkg: Package, rollout_id: int | None, rollback: bool,
+           delta: Any, base: Package | None, manifest_version: int, expires: datetime) -> dict[str, Any]:
+    return {
+        "type": "offer", "device_id": device.device_id, "line": line.name, "rollout_id": rollout_id,
+        "manifest_version": manifest_version, "target_version": version.number, "rollback": rollback,
+        "codec": pkg.codec, "model_sha256": pkg.model_sha256, "labels": list(version.labels),
+        "package": {"sha256": pkg.sha256, "size": pkg.bytes, "url": f"/api/v1/artifacts/{pkg.sha256}"},
+        "delta": None if delta is None or base is None else {
+            "base_package_sha256": base.sha256, "sha256": delta.sha256, "size": delta.bytes,
+            "url": f"/api/v1/artifacts/{delta.sha256}"},
+        "smoke": dict(pkg.smoke),
+        "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _note_running(device: Device, line: Line, body: schemas.PollIn) -> None:
+    """Record what the car runs, and flag drift; writes only when something changed."""
+    if device.line != line.name:
+        device.line = line.name
+    if device.running_version != body.current_version or device.running_model_sha256 != body.current_model_sha256:
+        device.running_version = body.current_version
+        device.running_model_sha256 = body.current_model_sha256
+    drift = device.reported_version is not None and body.current_version != device.reported_version
+    detail = (f"reported installed version {device.reported_version} but polls with version {body.current_version}"
+              if drift else None)
+    if device.drift != drift or device.drift_detail != detail:
+        device.drift, device.drift_detail = drift, detail
+
+
+def _new_update(session: Session, device: Device, rollout_id: int | None, version: Version,
+                now: datetime) -> DeviceUpdate:
+    """The offer row, created once even if the same device polls twice at the same moment."""
+    row = DeviceUpdate(device_pk=device.id, rollout_id=rollout_id, rollout_key=rollout_id or 0,
+                       version_id=version.id, target_version=version.number, state="offered", bytes_reported=0,
+                       codec="", package_sha256="", manifest_version=0, envelope={}, expires_at=now, created_at=now,
+                       updated_at=now)
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+        return row
+    except IntegrityError:
+        winner = store.update_for(session, device.id, rollout_id, version.id)
+        assert winner is not None
+        return winner
+
+
+def poll(session: Session, settings: Settings, signer: Signer, storage: PackageStorage, presence: LastSeen,
+         device: Device, body: schemas.PollIn) -> schemas.PollOut:
+    """Answer a poll: no offer when the car runs its desired version, else a signed offer.
+
+    Raises:
+        NotFound: the line does not exist.
+    """
+    now = utcnow()
+    presence.note(device.id, now)
+    interval = device.poll_interval_s or settings.poll_interval_s
+    line = registry_store.line_by_name(session, body.line)
+    if line is None:
+        raise NotFound(f"model line {body.line!r} does not exist on this registry")
+    target = rollouts.desired_for(session, line, device)
+    pkg = _choose_codec(session, target.version, target.codec, settings) if target else None
+    runs_target = target is not None and body.current_version == target.version.number and (
+        body.current_model_sha256 in (None, pkg.model_sha256 if pkg else None))
+    downgrade = target is not None and target.version.number < body.current_version and not target.rollback
+    if target is None or pkg is None or runs_target or downgrade:
+        _note_running(device, line, body)
+        return schemas.PollOut(poll_interval_s=interval, offer=None)
+    rollout_id = target.rollout.id if target.rollout else None
+    existing = store.update_for(session, device.id, rollout_id, target.version.id)
+    if existing is not None and existing.state == "rolled_back":
+        _note_running(device, line, body)  # this device tried and fell back; wait for an operator
+        return schemas.PollOut(poll_interval_s=interval, offer=None)
+    delta, base = _delta(session, storage, line, pkg, body.current_package_sha256)
+    _note_running(device, line, body)
+    wanted_delta = delta.sha256 if delta is not None else None
+    if existing is not None and existing.codec == pkg.codec and existing.delta_sha256 == wanted_delta and \
+            as_utc(existing.expires_at) - now > timedelta(seconds=settings.offer_ttl_s / 2):
+        return schemas.PollOut(poll_interval_s=interval, offer=existing.envelope)  # same offer, no write
+    mv = _next_manifest_version(device, now)
+    device.manifest_version = mv
+    expires = now + timedelta(seconds=settings.offer_ttl_s)
+    envelope = signer.envelope(_offer(device, line, target.version, pkg, rollout_id, target.rollback, delta, base,
+                                      mv, expires))
+    if existing is None:
+        existing = _new_update(session, device, rollout_id, target.version, now)
+    existing.codec, existing.package_sha256 = pkg.codec, pkg.sha256
+    existing.delta_sha256 = wanted_delta
+    existing.base_package_sha256 = base.sha256 if delta is not None and base is not None else None
+    existing.rollback, existing.manifest_version, existing.envelope = target.rollback, mv, envelope
+    existing.expires_at, existing.updated_at = expires, now
+    session.flush()
+    return schemas.PollOut(poll_interval_s=interval, offer=envelope)
+
+
+def _apply_report(session: Session, device: Device, r: schemas.ReportIn) -> DeviceUpdate:
+    """Raises NotFound (no such offer) or IllegalTransition; changes nothing when it raises."""
+    update = store.update_for_report(session, device.id, r.rollout_id, r.target_version)
+    if update is None:
+        raise NotFound(f"no offer of version {r.target_version} (rollout {r.rollout_id}) was made to this device")
+    new = states.transition(update.state, r.state)
+    now = utcnow()
+    update.state, update.updated_at = new, now
+    update.reason = r.reason if new in ("failed", "rolled_back") else None
+    if r.bytes_received is not None:
+        update.bytes_reported = max(update.bytes_reported or 0, r.bytes_received)
+    if r.artifact:
+        update.artifact_reported = r.artifact
+    if new == "installed":
+        device.reported_version = r.target_version
+        device.reported_model_sha256 = r.running_model_sha256
+    elif new == "rolled_back":
+        device.reported_version = r.running_version
+        device.reported_model_sha256 = r.running_model_sha256
+    return update
+
+
+def report(session: Session, device: Device, body: schemas.ReportsIn) -> schemas.ReportsOut:
+    """Apply queued reports in seq order; re-sent seqs are acknowledged without effect.
+
+    Raises:
+        IllegalTransition / NotFound: a request with a single report that is refused (nothing changes).
+    """
+    accepted: list[int] = []
+    rejected: list[schemas.Rejected] = []
+    touched: set[int] = set()
+    # One device's report requests queue behind each other (row lock on PostgreSQL; SQLite's BEGIN IMMEDIATE
+    # already serialises): a re-sent batch racing the original is then seen as already applied, not applied twice.
+    session.refresh(device, with_for_update=True)
+    for r in sorted(body.reports, key=lambda x: x.seq):
+        if store.report(session, device.id, r.seq) is not None:
+            accepted.append(r.seq)  # already applied: idempotent
+            continue
+        try:
+            with session.begin_nested():
+                update = _apply_report(session, device, r)
+                session.add(DeviceReport(device_pk=device.id, seq=r.seq, update_id=update.id, state=r.state,
+                                         accepted=True, body=r.model_dump(mode="json"), received_at=utcnow()))
+                device.last_seq = max(device.last_seq or 0, r.seq)
+                session.flush()
+        except (IllegalTransition, NotFound) as e:
+            if len(body.reports) == 1:
+                raise
+            rejected.append(schemas.Rejected(seq=r.seq, error=e.code, detail=e.message))
+            continue
+        accepted.append(r.seq)
+        if update.rollout_id is not None:
+            touched.add(update.rollout_id)
+    for rollout_id in sorted(touched):
+        rollouts.evaluate(session, rollout_id)
+    return schemas.ReportsOut(accepted=accepted, rejected=rejected)
+
+
+def _device_out(session: Session, device: Device, presence: LastSeen, with_updates: bool) -> schemas.DeviceOut:
+    seen = presence.peek(device.id) or as_utc(device.last_seen_at)
+    updates = [schemas.UpdateOut(rollout_id=u.rollout_id, target_version=u.target_version, codec=u.codec,
+                                 state=u.state, reason=u.reason, bytes_reported=u.bytes_reported,
+                                 manifest_version=u.manifest_version, updated_at=u.updated_at)
+               for u in store.updates(session, device.id)] if with_updates else []
+    return schemas.DeviceOut(device_id=device.device_id, tags=device.tags, line=device.line,
+                             running_version=device.running_version, reported_version=device.reported_version,
+                             drift=device.drift, drift_detail=device.drift_detail,
+                             poll_interval_s=device.poll_interval_s, last_seen_at=seen,
+                             created_at=device.created_at, updates=updates)
+
+
+def inventory(session: Session, presence: LastSeen, tag_filter: dict[str, str] | None = None,
+              drift_only: bool = False) -> list[schemas.DeviceOut]:
+    out = []
+    for d in store.all_devices(session):
+        if tag_filter and not all(str(d.tags.get(k)) == v for k, v in tag_filter.items()):
+            continue
+        if drift_only and not d.drift:
+            continue
+        out.append(_device_out(session, d, presence, with_updates=False))
+    return out
+
+
+def device_detail(session: Session, presence: LastSeen, device_id: str) -> schemas.DeviceOut:
+    d = store.by_device_id(session, device_id)
+    if d is None:
+        raise NotFound(f"device {device_id!r} is not enrolled")
+    return _device_out(session, d, presence, with_updates=True)
+
+
+def update_device(session: Session, presence: LastSeen, device_id: str, body: schemas.DevicePatch,
+                  actor: str) -> schemas.DeviceOut:
+    """Change a device's tags or poll interval (the next poll answer carries the new interval).
+
+    Raises:
+        NotFound: the device is not enrolled.
+    """
+    d = store.by_device_id(session, device_id)
+    if d is None:
+        raise NotFound(f"device {device_id!r} is not enrolled")
+    changes = body.model_dump(exclude_unset=True)
+    if "tags" in changes and body.tags is not None:
+        d.tags = dict(body.tags)
+    if "poll_interval_s" in changes:
+        d.poll_interval_s = body.poll_interval_s
+    session.add(AuditEntry(at=utcnow(), actor=actor, action="device.update", detail={"device_id": device_id,
+                                                                                      **changes}))
+    session.flush()
+    return _device_out(session, d, presence, with_updates=True)
+
+
+__all__ = ["device_detail", "enroll", "inventory", "poll", "report", "update_device"]

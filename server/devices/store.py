@@ -1,0 +1,50 @@
+"""SQL for devices, their update rows and reports."""
+
+from __future__ import annotations
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from server.orm import Device, DeviceReport, DeviceUpdate
+
+
+def by_token(session: Session, token_sha256: str) -> Device | None:
+    return session.scalar(select(Device).where(Device.token_sha256 == token_sha256))
+
+
+def by_device_id(session: Session, device_id: str) -> Device | None:
+    return session.scalar(select(Device).where(Device.device_id == device_id))
+
+
+def all_devices(session: Session) -> list[Device]:
+    return list(session.scalars(select(Device).order_by(Device.device_id)))
+
+
+def update_for(session: Session, device_pk: int, rollout_id: int | None, version_id: int) -> DeviceUpdate | None:
+    return session.scalar(select(DeviceUpdate).where(DeviceUpdate.device_pk == device_pk,
+                                                     DeviceUpdate.rollout_key == (rollout_id or 0),
+                                                     DeviceUpdate.version_id == version_id))
+
+
+def update_for_report(session: Session, device_pk: int, rollout_id: int | None,
+                      target_version: int) -> DeviceUpdate | None:
+    q = select(DeviceUpdate).where(DeviceUpdate.device_pk == device_pk, DeviceUpdate.target_version == target_version)
+    q = q.where(DeviceUpdate.rollout_id.is_(None) if rollout_id is None else DeviceUpdate.rollout_id == rollout_id)
+    return session.scalar(q.order_by(DeviceUpdate.id.desc()).limit(1))
+
+
+def updates(session: Session, device_pk: int, limit: int = 20) -> list[DeviceUpdate]:
+    return list(session.scalars(select(DeviceUpdate).where(DeviceUpdate.device_pk == device_pk)
+                                .order_by(DeviceUpdate.id.desc()).limit(limit)))
+
+
+def offered_update(session: Session, device_pk: int, artifact_sha256: str) -> DeviceUpdate | None:
+    """The latest update that offered this artifact to this device (full package or delta)."""
+    q = select(DeviceUpdate).where(DeviceUpdate.device_pk == device_pk,
+                                   or_(DeviceUpdate.package_sha256 == artifact_sha256,
+                                       DeviceUpdate.delta_sha256 == artifact_sha256))
+    return session.scalar(q.order_by(DeviceUpdate.id.desc()).limit(1))
+
+
+def report(session: Session, device_pk: int, seq: int) -> DeviceReport | None:
+    return session.scalar(select(DeviceReport).where(DeviceReport.device_pk == device_pk, DeviceReport.seq == seq))

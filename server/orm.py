@@ -1,0 +1,198 @@
+"""SQLAlchemy table mappings, the Python face of the schema Alembic creates.
+
+The migrations in ``migrations/versions`` are the schema; these classes must
+match them (a test compares the two).  Rows stay inside the service layer:
+services return Pydantic schemas or dataclasses.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Line(Base):
+    __tablename__ = "lines"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    stable_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+
+
+class Version(Base):
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("line_id", "number", name="uq_versions_line_number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    source_bytes: Mapped[int] = mapped_column(BigInteger)
+    publisher: Mapped[str | None] = mapped_column(String(200))
+    notes: Mapped[str | None] = mapped_column(Text)
+    labels: Mapped[list[Any]]
+    input_name: Mapped[str] = mapped_column(String(200))
+    input_shape: Mapped[list[Any]]
+    created_at: Mapped[datetime]
+
+
+class Package(Base):
+    """One codec's package of a version, stored either full or as a delta on its predecessor."""
+
+    __tablename__ = "packages"
+    __table_args__ = (UniqueConstraint("version_id", "codec", name="uq_packages_version_codec"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
+    codec: Mapped[str] = mapped_column(String(20))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    fidelity: Mapped[dict[str, Any]]
+    smoke: Mapped[dict[str, Any]]
+    storage_kind: Mapped[str] = mapped_column(String(10))  # "full" | "delta"
+    storage_blob: Mapped[str] = mapped_column(String(64))
+    storage_base_sha256: Mapped[str | None] = mapped_column(String(64))
+    storage_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class Delta(Base):
+    """A transfer delta: applying blob ``sha256`` to package ``base_sha256`` gives ``target_sha256``."""
+
+    __tablename__ = "deltas"
+    __table_args__ = (UniqueConstraint("base_sha256", "target_sha256", name="uq_deltas_base_target"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_sha256: Mapped[str] = mapped_column(String(64))
+    target_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(200), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    tags: Mapped[dict[str, Any]]
+    poll_interval_s: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime | None]
+    line: Mapped[str | None] = mapped_column(String(100))
+    running_version: Mapped[int | None] = mapped_column(Integer)
+    running_model_sha256: Mapped[str | None] = mapped_column(String(64))
+    reported_version: Mapped[int | None] = mapped_column(Integer)
+    reported_model_sha256: Mapped[str | None] = mapped_column(String(64))
+    drift: Mapped[bool] = mapped_column(Boolean, default=False)
+    drift_detail: Mapped[str | None] = mapped_column(Text)
+    manifest_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class DeviceUpdate(Base):
+    """One offer to one device and the device's progress through the update states."""
+
+    __tablename__ = "device_updates"
+    # one offer row per (device, rollout or 0 for the stable version, version): two concurrent polls
+    # of one device cannot both create it (a NULL rollout_id would not be unique, hence rollout_key)
+    __table_args__ = (UniqueConstraint("device_pk", "rollout_key", "version_id", name="uq_device_updates_offer"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    rollout_key: Mapped[int] = mapped_column(Integer)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+    target_version: Mapped[int] = mapped_column(Integer)
+    codec: Mapped[str] = mapped_column(String(20))
+    package_sha256: Mapped[str] = mapped_column(String(64))
+    delta_sha256: Mapped[str | None] = mapped_column(String(64))
+    base_package_sha256: Mapped[str | None] = mapped_column(String(64))
+    rollback: Mapped[bool] = mapped_column(Boolean, default=False)
+    manifest_version: Mapped[int] = mapped_column(BigInteger)
+    envelope: Mapped[dict[str, Any]]
+    expires_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text)
+    bytes_reported: Mapped[int] = mapped_column(BigInteger, default=0)
+    artifact_reported: Mapped[str | None] = mapped_column(String(10))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class DeviceReport(Base):
+    __tablename__ = "device_reports"
+    __table_args__ = (UniqueConstraint("device_pk", "seq", name="uq_device_reports_device_seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    update_id: Mapped[int | None] = mapped_column(ForeignKey("device_updates.id"))
+    state: Mapped[str] = mapped_column(String(20))
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime]
+
+
+class Rollout(Base):
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id"), index=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+    target_version: Mapped[int] = mapped_column(Integer)
+    previous_stable: Mapped[int | None] = mapped_column(Integer)
+    codec: Mapped[str] = mapped_column(String(20))
+    selector: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    current_stage: Mapped[int] = mapped_column(Integer, default=0)
+    stage_started_at: Mapped[datetime]
+    rollback: Mapped[bool] = mapped_column(Boolean, default=False)
+    error_threshold_pct: Mapped[float | None] = mapped_column(Float)
+    error_threshold_count: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class RolloutStage(Base):
+    __tablename__ = "rollout_stages"
+    __table_args__ = (UniqueConstraint("rollout_id", "position", name="uq_rollout_stages_position"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    percent: Mapped[float] = mapped_column(Float)
+    min_soak_s: Mapped[float] = mapped_column(Float, default=0.0)
+    success_threshold_pct: Mapped[float | None] = mapped_column(Float)  # None: advance manually
+
+
+class Transfer(Base):
+    """One artifact request as the server measured it (bytes written to the socket)."""
+
+    __tablename__ = "transfers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_pk: Mapped[int | None] = mapped_column(ForeignKey("devices.id"), index=True)
+    update_id: Mapped[int | None] = mapped_column(ForeignKey("device_updates.id"))
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(10))  # "full" | "delta"
+    base_version: Mapped[int | None] = mapped_column(Integer)
+    target_version: Mapped[int | None] = mapped_column(Integer)
+    artifact_bytes: Mapped[int] = mapped_column(BigInteger)
+    range_start: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_sent: Mapped[int] = mapped_column(BigInteger)
+    complete: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime]
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    detail: Mapped[dict[str, Any]]

@@ -1,0 +1,1 @@
+"""Model lines, versions, packages, their storage (deltas with keyframes) and artifact downloads."""

@@ -1,0 +1,274 @@
+"""Registry decisions: publishing versions, reading them back, storage figures.
+
+Publishing validates first (nothing is written for a bad upload), then packs
+every requested codec against the previous version's package of that codec
+(so the codec can reuse its grids and the delta stays small), measures the
+smoke outputs, stores each package as a keyframe or as a delta on its
+predecessor, and inserts the version under a unique (line, number)
+constraint, retrying a few times if a concurrent publisher took the number.
+
+Publish is the one operation that does not run in a single request
+transaction: packing takes seconds, and holding a transaction (on SQLite,
+the write lock) that long would stall every poll.  It reads the previous
+version in one short transaction, packs with no transaction open, and
+inserts in a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models import codec
+from models.errors import FidelityGateError
+from models.errors import InvalidModel as CodecInvalidModel
+from models.preprocess import to_input
+from models.zoo import ZOO_DIR
+from server.blobs import BlobStore
+from server.config import Settings
+from server.db import Database, utcnow
+from server.errors import BadRequest, Conflict, InvalidModel, NotFound, Unprocessable
+from server.orm import Line, Package, Version
+from server.registry import schemas, store
+from server.registry.smoke import expected_outputs
+from server.registry.storage import PackageStorage
+from server.registry.validate import ModelInfo, inspect_upload
+
+log = logging.getLogger("ota.server.registry")
+PUBLISH_ATTEMPTS = 5
+LINE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+
+
+@lru_cache(maxsize=1)
+def _probe() -> np.ndarray | None:
+    path = ZOO_DIR / "probe.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        return to_input(z["images"])
+
+
+def probe_for(shape: list[int]) -> np.ndarray | None:
+    """The zoo's probe images as model input, if they fit the model's input shape."""
+    probe = _probe()
+    if probe is None or len(shape) != 4 or list(probe.shape[1:]) != list(shape[1:]):
+        return None
+    return probe
+
+
+def check_line_name(name: str) -> None:
+    if not LINE_NAME.match(name):
+        raise BadRequest(f"line name {name!r} is not valid: use lowercase letters, digits, '.', '_' or '-' "
+                         "(at most 100 characters)")
+
+
+def parse_codecs(value: str | None, settings: Settings) -> list[str]:
+    names = [c.strip() for c in (value or "").split(",") if c.strip()] or settings.codec_list()
+    unknown = [c for c in names if c not in codec.CODECS]
+    if unknown:
+        raise BadRequest(f"unknown codec(s) {', '.join(unknown)}; choose from {', '.join(codec.CODECS)}")
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class _Packed:
+    codec: str
+    package: bytes
+    header: dict
+    smoke: dict
+    base_sha256: str | None  # previous version's package of this codec
+    delta: bytes | None      # transfer delta from that base
+
+
+def _bases(session: Session, storage: PackageStorage, prev: Version | None,
+           codecs: list[str]) -> dict[str, tuple[str, bytes]]:
+    out = {}
+    for name in codecs:
+        row = store.package(session, prev.id, name) if prev else None
+        if row is not None:
+            out[name] = (row.sha256, storage.materialize(session, row))
+    return out
+
+
+def _pack_all(settings: Settings, data: bytes, info: ModelInfo, codecs: list[str],
+              bases: dict[str, tuple[str, bytes]], min_agreement: float | None) -> list[_Packed]:
+    probe = probe_for(info.input_shape)
+    out = []
+    for name in codecs:
+        base_sha, base = bases.get(name, (None, None))
+        try:
+            result = codec.pack(data, name, base=base, probe=probe, min_agreement=min_agreement)
+        except FidelityGateError as e:
+            raise Unprocessable(f"codec {name!r}: {e}", code="fidelity_gate") from e
+        except CodecInvalidModel as e:
+            raise InvalidModel(f"codec {name!r} cannot encode this model: {e}") from e
+        model = codec.unpack(result.package)
+        seed = int(result.header["model_sha256"][:8], 16)
+        smoke = expected_outputs(model, info.input_name, info.input_shape, seed, settings.smoke_count,
+                                 settings.smoke_atol)
+        delta = codec.diff(base, result.package) if base is not None else None
+        out.append(_Packed(name, result.package, result.header, smoke, base_sha, delta))
+    return out
+
+
+def _store_packages(session: Session, blobs: BlobStore, settings: Settings, version: Version,
+                    packed: list[_Packed]) -> None:
+    keyframe_slot = (version.number - 1) % settings.keyframe_interval == 0
+    for p in packed:
+        sha = blobs.put(p.package) if (p.delta is None or keyframe_slot) else hashlib.sha256(p.package).hexdigest()
+        delta_sha = blobs.put(p.delta) if p.delta is not None else None
+        as_delta = p.delta is not None and not keyframe_slot
+        fid = p.header.get("fidelity", {})
+        session.add(Package(
+            version_id=version.id, codec=p.codec, sha256=sha, bytes=len(p.package),
+            model_sha256=p.header["model_sha256"],
+            fidelity={"top1_agreement": fid.get("top1_agreement"), "max_abs_diff": fid.get("max_abs_diff"),
+                      "probe": fid.get("probe"), "probe_count": fid.get("probe_count")},
+            smoke=p.smoke, storage_kind="delta" if as_delta else "full",
+            storage_blob=delta_sha if as_delta else sha,
+            storage_base_sha256=p.base_sha256 if as_delta else None,
+            storage_bytes=len(p.delta) if as_delta and p.delta is not None else len(p.package),
+        ))
+        if p.delta is not None and p.base_sha256 is not None and store.delta(session, p.base_sha256, sha) is None:
+            store.add_delta(session, p.base_sha256, sha, delta_sha or "", len(p.delta))
+    session.flush()
+
+
+def publish(db: Database, storage: PackageStorage, settings: Settings, line_name: str, data: bytes, *,
+            notes: str | None = None, publisher: str | None = None, codecs: str | None = None,
+            min_agreement: float | None = None) -> schemas.VersionOut:
+    """Validate, pack and register a new version of ``line_name``.
+
+    Raises:
+        InvalidModel: the upload is not a valid ONNX model (nothing is stored).
+        BadRequest: bad line name or codec list.
+        Unprocessable: no encoding meets ``min_agreement`` (nothing is stored).
+        Conflict: concurrent publishers kept taking the version number.
+    """
+    check_line_name(line_name)
+    info = inspect_upload(data)
+    codec_names = parse_codecs(codecs, settings)
+    gate = min_agreement if min_agreement is not None else settings.default_min_agreement
+    source_sha = hashlib.sha256(data).hexdigest()
+    for _attempt in range(PUBLISH_ATTEMPTS):
+        with db.session_scope() as session:
+            line = store.line_by_name(session, line_name)
+            prev = store.latest_version(session, line.id) if line else None
+            prev_number = prev.number if prev else 0
+            bases = _bases(session, storage, prev, codec_names)
+        packed = _pack_all(settings, data, info, codec_names, bases, gate)
+        try:
+            with db.session_scope() as session:
+                line = store.line_by_name(session, line_name) or store.add_line(session, line_name)
+                version = Version(line_id=line.id, number=prev_number + 1, source_sha256=source_sha,
+                                  source_bytes=len(data), publisher=publisher, notes=notes, labels=info.labels,
+                                  input_name=info.input_name, input_shape=info.input_shape, created_at=utcnow())
+                session.add(version)
+                session.flush()
+                _store_packages(session, storage.blobs, settings, version, packed)
+                if line.stable_version is None:
+                    line.stable_version = version.number  # the first version is stable until a rollout completes
+                session.flush()
+                out = version_out(session, line, version)
+        except IntegrityError:
+            continue  # someone else took this number (or created the line); re-read and re-pack
+        precompute_fleet_deltas(db, storage, line_name, out.version, settings.fleet_delta_bases)
+        return out
+    raise Conflict(f"could not allocate a version number for {line_name!r} after {PUBLISH_ATTEMPTS} attempts "
+                   "because of concurrent publishes; retry")
+
+
+def precompute_fleet_deltas(db: Database, storage: PackageStorage, line_name: str, number: int, limit: int) -> int:
+    """Make the deltas from the versions most of the fleet runs to the new version now, not at first poll.
+
+    Best effort (a failure only means the delta is made on demand later); returns how many were made.
+    """
+    made = 0
+    try:
+        with db.session_scope() as session:
+            line = store.line_by_name(session, line_name)
+            target_v = store.version(session, line.id, number) if line else None
+            if line is None or target_v is None:
+                return 0
+            for running in store.running_versions(session, line_name, limit):
+                base_v = store.version(session, line.id, running)
+                if base_v is None or running in (number, number - 1):
+                    continue  # the previous version's delta exists already
+                for target in store.packages(session, target_v.id):
+                    base = store.package(session, base_v.id, target.codec)
+                    if base is not None and store.delta(session, base.sha256, target.sha256) is None:
+                        storage.delta_for(session, base, target)
+                        made += 1
+    except Exception:  # noqa: BLE001 - best effort: never fail a publish that has been committed
+        log.exception("precomputing fleet deltas for %s v%d failed; they will be made on demand", line_name, number)
+    return made
+
+
+def version_out(session: Session, line: Line, version: Version) -> schemas.VersionOut:
+    pkgs = {}
+    for p in store.packages(session, version.id):
+        delta = store.delta(session, p.storage_base_sha256, p.sha256) if p.storage_base_sha256 else None
+        if delta is None and version.number > 1:
+            prev = store.version(session, line.id, version.number - 1)
+            prev_pkg = store.package(session, prev.id, p.codec) if prev else None
+            delta = store.delta(session, prev_pkg.sha256, p.sha256) if prev_pkg else None
+        pkgs[p.codec] = schemas.PackageOut(
+            sha256=p.sha256, bytes=p.bytes, model_sha256=p.model_sha256,
+            fidelity=schemas.Fidelity(top1_agreement=p.fidelity.get("top1_agreement"),
+                                      max_abs_diff=p.fidelity.get("max_abs_diff")),
+            delta_from_previous=delta.bytes if delta else None,
+            stored_as=p.storage_kind, stored_bytes=p.storage_bytes,
+        )
+    return schemas.VersionOut(
+        line=line.name, version=version.number, source_sha256=version.source_sha256,
+        source_bytes=version.source_bytes, created_at=version.created_at, publisher=version.publisher,
+        notes=version.notes, labels=list(version.labels), packages=pkgs,
+    )
+
+
+def get_line(session: Session, name: str) -> Line:
+    """Raises NotFound."""
+    line = store.line_by_name(session, name)
+    if line is None:
+        raise NotFound(f"model line {name!r} does not exist; publish a version to create it")
+    return line
+
+
+def get_version(session: Session, line_name: str, number: int) -> schemas.VersionOut:
+    """Raises NotFound."""
+    line = get_line(session, line_name)
+    version = store.version(session, line.id, number)
+    if version is None:
+        raise NotFound(f"line {line_name!r} has no version {number}")
+    return version_out(session, line, version)
+
+
+def list_versions(session: Session, line_name: str) -> list[schemas.VersionOut]:
+    line = get_line(session, line_name)
+    return [version_out(session, line, v) for v in store.versions(session, line.id)]
+
+
+def list_lines(session: Session) -> list[schemas.LineOut]:
+    out = []
+    for line in store.lines(session):
+        latest = store.latest_version(session, line.id)
+        out.append(schemas.LineOut(name=line.name, stable_version=line.stable_version,
+                                   latest_version=latest.number if latest else None,
+                                   versions=store.version_count(session, line.id)))
+    return out
+
+
+def storage_report(session: Session, line_name: str) -> schemas.StorageOut:
+    line = get_line(session, line_name)
+    pkgs = store.line_packages(session, line.id)
+    stored, full = sum(p.storage_bytes for p in pkgs), sum(p.bytes for p in pkgs)
+    return schemas.StorageOut(line=line.name, stored_bytes=stored, full_packages_bytes=full,
+                              saving_ratio=round(1 - stored / full, 4) if full else 0.0, packages=len(pkgs),
+                              keyframes=sum(1 for p in pkgs if p.storage_kind == "full"))

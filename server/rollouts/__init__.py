@@ -1,0 +1,1 @@
+"""Staged rollouts: a pure state machine, deterministic stage assignment, auto-advance and auto-halt."""

@@ -1,0 +1,48 @@
+"""The rollout state machine (pure): one table of (state, event) -> state.
+
+    running --pause--> paused --resume--> running
+    running --advance--> running          (next stage)
+    running --complete--> completed       (advance past the last stage; version becomes stable)
+    running --halt--> halted --resume--> running   (error threshold crossed)
+    running|paused|halted --abort--> aborted
+
+``completed`` and ``aborted`` are final.  Every other pair raises
+``IllegalTransition`` and nothing changes.
+"""
+
+from __future__ import annotations
+
+from server.errors import IllegalTransition
+
+STATES = ("running", "paused", "halted", "completed", "aborted")
+EVENTS = ("pause", "resume", "advance", "complete", "halt", "abort")
+# Rollouts whose reached stages still receive offers.  Paused keeps offering to the
+# stages already reached (it only stops progress); halted and aborted stop offers.
+OFFERING = frozenset({"running", "paused"})
+FINAL = frozenset({"completed", "aborted"})
+
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("running", "pause"): "paused",
+    ("paused", "resume"): "running",
+    ("halted", "resume"): "running",
+    ("running", "advance"): "running",
+    ("running", "complete"): "completed",
+    ("running", "halt"): "halted",
+    ("running", "abort"): "aborted",
+    ("paused", "abort"): "aborted",
+    ("halted", "abort"): "aborted",
+}
+
+
+def transition(state: str, event: str) -> str:
+    """The state after ``event`` in ``state``.
+
+    Raises:
+        IllegalTransition: ``event`` is not allowed in ``state``.
+    """
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        allowed = sorted(e for (s, e) in TRANSITIONS if s == state)
+        hint = f"allowed: {', '.join(allowed)}" if allowed else "the rollout is finished"
+        raise IllegalTransition(f"cannot {event} a rollout that is {state} ({hint})") from None

@@ -1,0 +1,234 @@
+"""Rollout decisions: create, operator actions, auto-advance/auto-halt, and who gets which version.
+
+Desired version of a device (docs/PROTOCOL.md "Poll semantics"): the newest
+rollout of the device's line that is running or paused, whose selector
+matches the device's tags, and whose reached stages (0..current_stage)
+include the device; otherwise the line's stable version.  Overlapping
+rollouts are thus resolved by "newest wins".  A completed rollout makes its
+version the line's stable version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from server.db import as_utc, utcnow
+from server.errors import BadRequest, NotFound
+from server.orm import AuditEntry, Device, Line, Rollout, RolloutStage, Version
+from server.registry import store as registry_store
+from server.rollouts import machine, schemas, store
+from server.rollouts import stages as staging
+
+
+@dataclass(frozen=True)
+class Target:
+    """The version a device should run, and why."""
+
+    version: Version
+    rollout: Rollout | None
+    codec: str | None
+    rollback: bool
+
+
+def desired_for(session: Session, line: Line, device: Device) -> Target | None:
+    """Newest offering rollout that has reached the device, else the stable version."""
+    for r in store.offering(session, line.id):
+        if not staging.selector_matches(r.selector, device.tags):
+            continue
+        percents = [s.percent for s in store.stages(session, r.id)]
+        stage = staging.stage_of(r.id, device.device_id, percents)
+        if stage is not None and stage <= r.current_stage:
+            version = registry_store.version_by_id(session, r.version_id)
+            if version is not None:
+                return Target(version, r, r.codec, r.rollback)
+    if line.stable_version is None:
+        return None
+    version = registry_store.version(session, line.id, line.stable_version)
+    return Target(version, None, None, False) if version else None
+
+
+def _audit(session: Session, actor: str, action: str, **detail: object) -> None:
+    session.add(AuditEntry(at=utcnow(), actor=actor, action=action, detail=detail))
+
+
+def create(session: Session, body: schemas.RolloutIn, actor: str, default_codecs: list[str]) -> schemas.RolloutOut:
+    """Start a rollout (state running, stage 0).
+
+    Raises:
+        NotFound: unknown line or version.  BadRequest: the version has no package for the codec.
+    """
+    line = registry_store.line_by_name(session, body.line)
+    if line is None:
+        raise NotFound(f"model line {body.line!r} does not exist")
+    version = registry_store.version(session, line.id, body.version)
+    if version is None:
+        raise NotFound(f"line {body.line!r} has no version {body.version}")
+    available = [p.codec for p in registry_store.packages(session, version.id)]
+    codec = body.codec or next((c for c in default_codecs if c in available), available[0] if available else None)
+    if codec not in available:
+        raise BadRequest(f"version {body.version} of {body.line!r} has no {body.codec!r} package; "
+                         f"it has {', '.join(available) or 'none'}")
+    now = utcnow()
+    r = Rollout(line_id=line.id, version_id=version.id, target_version=version.number,
+                previous_stable=line.stable_version, codec=codec, selector=dict(body.selector), state="running",
+                current_stage=0, stage_started_at=now, rollback=body.rollback,
+                error_threshold_pct=body.error_threshold_pct, error_threshold_count=body.error_threshold_count,
+                created_by=actor, created_at=now, updated_at=now)
+    session.add(r)
+    session.flush()
+    for i, s in enumerate(body.stages):
+        session.add(RolloutStage(rollout_id=r.id, position=i, percent=s.percent, min_soak_s=s.min_soak_s,
+                                 success_threshold_pct=s.success_threshold_pct))
+    _audit(session, actor, "rollout.create", rollout_id=r.id, line=line.name, version=version.number,
+           rollback=body.rollback)
+    session.flush()
+    return show(session, r.id)
+
+
+def _get(session: Session, rollout_id: int, lock: bool = False) -> Rollout:
+    r = store.rollout(session, rollout_id, lock=lock)
+    if r is None:
+        raise NotFound(f"rollout {rollout_id} does not exist; `ota rollout list` shows the rollouts")
+    return r
+
+
+def _apply(session: Session, r: Rollout, event: str, actor: str, reason: str | None = None) -> None:
+    """The one place a rollout's state changes (checked by the transition table)."""
+    new = machine.transition(r.state, event)
+    now = utcnow()
+    if event == "advance":
+        r.current_stage += 1
+        r.stage_started_at = now
+    if event == "resume" and r.state == "halted":
+        r.stage_started_at = now  # the error threshold counts failures from here on
+    if event == "complete":
+        line = session.get(Line, r.line_id)
+        if line is not None:
+            line.stable_version = r.target_version
+    r.state, r.updated_at = new, now
+    if reason is not None:
+        r.reason = reason
+    _audit(session, actor, f"rollout.{event}", rollout_id=r.id, state=new, stage=r.current_stage, reason=reason)
+    session.flush()
+
+
+def act(session: Session, rollout_id: int, action: str, actor: str) -> schemas.RolloutOut:
+    """Operator action: pause, resume, advance (completes after the last stage), abort.
+
+    Raises:
+        NotFound: unknown rollout.  IllegalTransition (409): not allowed in the current state.
+    """
+    if action not in ("pause", "resume", "advance", "abort"):
+        raise BadRequest(f"unknown rollout action {action!r}; use pause, resume, advance or abort")
+    r = _get(session, rollout_id, lock=True)
+    if action == "advance" and r.current_stage + 1 >= len(store.stages(session, r.id)):
+        action = "complete"
+    _apply(session, r, action, actor, reason=f"{action} by {actor}")
+    return show(session, r.id)
+
+
+def rollback(session: Session, rollout_id: int, body: schemas.RollbackIn, actor: str) -> schemas.RolloutOut:
+    """Abort ``rollout_id`` if still active and start a rollback rollout to an earlier version, one stage at 100%.
+
+    Raises:
+        NotFound: unknown rollout.  BadRequest: no version to roll back to.
+    """
+    r = _get(session, rollout_id, lock=True)
+    target = body.version or r.previous_stable
+    if target is None or target >= r.target_version:
+        raise BadRequest(f"rollout {rollout_id} has no earlier version to roll back to; pass --version N "
+                         f"with N < {r.target_version}")
+    if r.state not in machine.FINAL:
+        _apply(session, r, "abort", actor, reason=f"rolled back to version {target} by {actor}")
+    line = session.get(Line, r.line_id)
+    assert line is not None
+    body_in = schemas.RolloutIn(line=line.name, version=target, codec=r.codec, selector=r.selector,
+                                stages=[schemas.StageIn(percent=100)], rollback=True)
+    return create(session, body_in, actor, [r.codec])
+
+
+def _stage_counts(session: Session, r: Rollout, percents: list[float], line: Line) -> list[dict[str, int]]:
+    states = store.update_states(session, r.id)
+    counts: list[dict[str, int]] = [{"assigned": 0} for _ in percents]
+    for d in store.line_devices(session, line.name):
+        if not staging.selector_matches(r.selector, d.tags):
+            continue
+        stage = staging.stage_of(r.id, d.device_id, percents)
+        if stage is None:
+            continue
+        c = counts[stage]
+        c["assigned"] += 1
+        state = states.get(d.id, "pending")
+        c[state] = c.get(state, 0) + 1
+    return counts
+
+
+def _in_stage(session: Session, r: Rollout, device_pk: int, percents: list[float]) -> int | None:
+    device = session.get(Device, device_pk)
+    return staging.stage_of(r.id, device.device_id, percents) if device else None
+
+
+def evaluate(session: Session, rollout_id: int, now: datetime | None = None) -> str:
+    """Auto-halt on the error threshold, auto-advance on the success threshold after the soak time.
+
+    Returns the rollout's state afterwards.
+    """
+    r = _get(session, rollout_id, lock=True)
+    if r.state != "running":
+        return r.state
+    line = session.get(Line, r.line_id)
+    assert line is not None  # foreign key
+    stage_rows = store.stages(session, r.id)
+    percents = [s.percent for s in stage_rows]
+    counts = _stage_counts(session, r, percents, line)[r.current_stage]
+    recent = store.failed_since(session, r.id, r.stage_started_at)
+    failed = sum(1 for pk in recent
+                 if _in_stage(session, r, pk, percents) == r.current_stage)
+    sc = staging.StageCounts(counts["assigned"], counts.get("installed", 0), failed)
+    if staging.should_halt(sc, r.error_threshold_pct, r.error_threshold_count):
+        _apply(session, r, "halt", "auto", reason=f"error threshold reached in stage {r.current_stage}: "
+                                                  f"{sc.failed} of {sc.assigned} devices failed")
+        return r.state
+    stage = stage_rows[r.current_stage]
+    soaked = ((now or utcnow()) - as_utc(r.stage_started_at)).total_seconds() >= stage.min_soak_s
+    if staging.should_advance(sc, stage.success_threshold_pct, soaked):
+        event = "complete" if r.current_stage + 1 >= len(stage_rows) else "advance"
+        _apply(session, r, event, "auto", reason=f"stage {r.current_stage}: {sc.installed} of {sc.assigned} installed")
+    return r.state
+
+
+def evaluate_running(session: Session) -> None:
+    """Evaluate every running rollout (the periodic tick, for soak times)."""
+    for r in store.rollouts(session, states=frozenset({"running"})):
+        evaluate(session, r.id)
+
+
+def show(session: Session, rollout_id: int) -> schemas.RolloutOut:
+    r = _get(session, rollout_id)
+    line = session.get(Line, r.line_id)
+    assert line is not None  # foreign key
+    stage_rows = store.stages(session, r.id)
+    counts = _stage_counts(session, r, [s.percent for s in stage_rows], line)
+    return schemas.RolloutOut(
+        id=r.id, line=line.name if line else "?", target_version=r.target_version, previous_stable=r.previous_stable,
+        codec=r.codec, selector=r.selector, state=r.state, current_stage=r.current_stage, rollback=r.rollback,
+        error_threshold_pct=r.error_threshold_pct, error_threshold_count=r.error_threshold_count, reason=r.reason,
+        created_by=r.created_by, created_at=r.created_at, updated_at=r.updated_at,
+        stages=[schemas.StageOut(position=s.position, percent=s.percent, min_soak_s=s.min_soak_s,
+                                 success_threshold_pct=s.success_threshold_pct, assigned=c["assigned"],
+                                 counts={k: v for k, v in c.items() if k != "assigned"})
+                for s, c in zip(stage_rows, counts, strict=True)],
+    )
+
+
+def list_rollouts(session: Session, line: str | None = None) -> list[schemas.RolloutOut]:
+    line_id = None
+    if line is not None:
+        row = registry_store.line_by_name(session, line)
+        if row is None:
+            raise NotFound(f"model line {line!r} does not exist")
+        line_id = row.id
+    return [show(session, r.id) for r in store.rollouts(session, line_id)]

@@ -1,0 +1,56 @@
+"""Deterministic stage assignment and the stage thresholds (pure).
+
+A device's bucket is ``sha256("<rollout id>:<device id>")`` mapped to
+[0, 100): the same on every replica and after restarts, and independent
+between rollouts.  Stage percents are cumulative (1, 10, 100): a device is in
+the first stage whose percent exceeds its bucket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def bucket(rollout_id: int, device_id: str) -> float:
+    """The device's position in [0, 100) for this rollout."""
+    h = hashlib.sha256(f"{rollout_id}:{device_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 * 100.0
+
+
+def stage_of(rollout_id: int, device_id: str, percents: Sequence[float]) -> int | None:
+    """Index of the device's stage, or None if it falls beyond the last stage's percent."""
+    b = bucket(rollout_id, device_id)
+    for i, pct in enumerate(percents):
+        if b < pct:
+            return i
+    return None
+
+
+def selector_matches(selector: dict[str, str], tags: dict[str, str]) -> bool:
+    """Every key=value of the selector must be among the device's tags (empty selector: all)."""
+    return all(str(tags.get(k)) == str(v) for k, v in selector.items())
+
+
+@dataclass(frozen=True)
+class StageCounts:
+    assigned: int
+    installed: int
+    failed: int
+
+
+def should_halt(counts: StageCounts, error_pct: float | None, error_count: int | None) -> bool:
+    """hawkBit-style error threshold on the current stage: percent of assigned, or a count."""
+    if error_count is not None and counts.failed >= error_count:
+        return True
+    if error_pct is not None and counts.assigned and 100.0 * counts.failed / counts.assigned >= error_pct:
+        return True
+    return False
+
+
+def should_advance(counts: StageCounts, success_pct: float | None, soaked: bool) -> bool:
+    """Auto-advance once the stage's success share reaches its threshold and the soak time is over."""
+    if success_pct is None or not soaked or counts.assigned == 0:
+        return False
+    return 100.0 * counts.installed / counts.assigned >= success_pct

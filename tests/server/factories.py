@@ -1,0 +1,83 @@
+"""Small helpers for the server tests: snapshots of what is stored, devices that poll and report."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from server.orm import Base
+from tests.support.live_server import LiveServer
+
+
+def stored_state(server: LiveServer) -> dict[str, int]:
+    """Row count of every table plus the number of blob files: 'nothing changed' means this is equal."""
+    counts = {}
+    with server.ctx.db.engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            counts[table.name] = conn.execute(select(func.count()).select_from(table)).scalar_one()
+    counts["blob files"] = server.ctx.blobs.count()
+    return counts
+
+
+def wait_for_transfers(server: LiveServer, count: int, timeout_s: float = 5.0) -> None:
+    """Transfer records are written as a download's response ends, just after the client has the bytes;
+    wait for them so that a later 'nothing changed' snapshot does not race a late record."""
+    deadline = time.monotonic() + timeout_s
+    while stored_state(server)["transfers"] < count:
+        assert time.monotonic() < deadline, "transfer records did not appear"
+        time.sleep(0.02)
+
+
+class Car:
+    """A device speaking the protocol with plain httpx (the real agent is tested in tests/client)."""
+
+    def __init__(self, server: LiveServer, device_id: str, tags: dict[str, str] | None = None) -> None:
+        self.server = server
+        self.device_id = device_id
+        self.enrollment = server.enroll(device_id, tags)
+        self.http: httpx.Client = server.device(self.enrollment["device_token"])
+        self.seq = 0
+        self.version = 0
+        self.package_sha256: str | None = None
+        self.model_sha256: str | None = None
+
+    def poll(self, line: str = "road-signs") -> dict[str, Any] | None:
+        r = self.http.post("/api/v1/device/poll", json={
+            "line": line, "current_version": self.version, "current_model_sha256": self.model_sha256,
+            "current_package_sha256": self.package_sha256, "agent_state": "idle"})
+        assert r.status_code == 200, r.text
+        offer = r.json()["offer"]
+        return offer["signed"] if offer else None
+
+    def report(self, offer: dict[str, Any], state: str, **extra: Any) -> httpx.Response:
+        self.seq += 1
+        body = {"seq": self.seq, "rollout_id": offer["rollout_id"], "manifest_version": offer["manifest_version"],
+                "target_version": offer["target_version"], "state": state, **extra}
+        return self.http.post("/api/v1/device/reports", json={"reports": [body]})
+
+    def install(self, offer: dict[str, Any], download: bool = True) -> None:
+        """Walk the happy path: download the smallest artifact, report each state, run the new version."""
+        assert self.report(offer, "downloading").status_code == 200
+        got = 0
+        if download:
+            art = offer["delta"] or offer["package"]
+            expected = stored_state(self.server)["transfers"] + 1
+            r = self.http.get(art["url"])
+            assert r.status_code == 200, r.text
+            got = len(r.content)
+            wait_for_transfers(self.server, expected)
+        for state in ("downloaded", "verified"):
+            assert self.report(offer, state, bytes_received=got).status_code == 200
+        r = self.report(offer, "installed", bytes_received=got, running_version=offer["target_version"],
+                        running_model_sha256=offer["model_sha256"])
+        assert r.status_code == 200, r.text
+        self.version = offer["target_version"]
+        self.model_sha256 = offer["model_sha256"]
+        self.package_sha256 = offer["package"]["sha256"]
+
+    def fail(self, offer: dict[str, Any], reason: str = "smoke test mismatch") -> None:
+        assert self.report(offer, "downloading").status_code == 200
+        assert self.report(offer, "failed", reason=reason).status_code == 200

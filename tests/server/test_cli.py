@@ -1,0 +1,105 @@
+"""`ota serve` (a real subprocess) and the operator commands (`ota publish|rollout|devices`) against a live server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cli.main import main
+from tests.server.factories import Car
+from tests.support.live_server import LiveServer
+
+ROOT = Path(__file__).resolve().parents[2]
+ZOO = ROOT / "models" / "zoo"
+
+
+def _ota(capsys: pytest.CaptureFixture[str], server: LiveServer, *argv: str) -> tuple[int, str, str]:
+    # "--token=..." because a random token may start with "-", which argparse would take for an option
+    code = main([*argv, f"--server={server.url}", f"--token={server.admin_token}"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_operator_cli_publishes_rolls_out_and_lists(live_server: LiveServer, capsys: pytest.CaptureFixture[str]
+                                                    ) -> None:
+    code, out, _ = _ota(capsys, live_server, "publish", str(ZOO / "v1.onnx"), "--line", "road-signs",
+                        "--notes", "first", "--json")
+    assert code == 0 and json.loads(out)["version"] == 1
+    code, out, _ = _ota(capsys, live_server, "publish", str(ZOO / "v2.onnx"))
+    assert code == 0 and "road-signs version 2" in out and "lossless" in out
+    car = Car(live_server, "cli-car", {"region": "eu"})
+    car.poll()
+    code, out, _ = _ota(capsys, live_server, "rollout", "create", "--version", "2", "--select", "region=eu",
+                        "--stage", "50::100", "--stage", "100", "--error-count", "3", "--json")
+    rollout = json.loads(out)
+    assert code == 0 and rollout["stages"][0]["success_threshold_pct"] == 100 and rollout["selector"] == {"region": "eu"}
+    rid = str(rollout["id"])
+    assert _ota(capsys, live_server, "rollout", "pause", rid)[0] == 0
+    code, _, err = _ota(capsys, live_server, "rollout", "pause", rid)
+    assert code == 1 and "illegal_transition" in err
+    assert _ota(capsys, live_server, "rollout", "resume", rid)[0] == 0
+    code, out, _ = _ota(capsys, live_server, "rollout", "show", rid)
+    assert code == 0 and f"rollout {rid}" in out and "bytes sent" in out
+    code, out, _ = _ota(capsys, live_server, "rollout", "list", "--json")
+    assert [r["id"] for r in json.loads(out)] == [rollout["id"]]
+    code, out, _ = _ota(capsys, live_server, "rollout", "rollback", rid, "--version", "1", "--json")
+    assert code == 0 and json.loads(out)["rollback"] is True
+    code, out, _ = _ota(capsys, live_server, "devices", "list", "--tag", "region=eu")
+    assert code == 0 and "cli-car" in out
+    code, out, _ = _ota(capsys, live_server, "devices", "show", "cli-car", "--json")
+    assert code == 0 and json.loads(out)["device_id"] == "cli-car"
+
+
+def test_operator_cli_reports_bad_input_clearly(live_server: LiveServer, capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    code, _, err = _ota(capsys, live_server, "publish", str(junk))
+    assert code == 1 and "invalid_model" in err
+    code = main(["devices", "list", "--server", live_server.url, "--token", "wrong"])
+    assert code == 1 and "401" in capsys.readouterr().err
+    code = main(["devices", "list", "--server", "http://127.0.0.1:9", "--token", "x"])
+    assert code == 1 and "cannot reach" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ota_serve_migrates_an_empty_database_and_serves(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_") and k != "DATABASE_URL"}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--data-dir",
+                             str(tmp_path / "data"), "--log-level", "warning"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert r.status_code == 200 and r.json()["status"] == "ready"
+        token = (tmp_path / "data" / "admin-token").read_text().strip()
+        lines = httpx.get(f"http://127.0.0.1:{port}/api/v1/lines", headers={"Authorization": f"Bearer {token}"})
+        assert lines.status_code == 200 and lines.json() == []
+        assert "ota_http_requests_total" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()

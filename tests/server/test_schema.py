@@ -1,0 +1,57 @@
+"""Migrations are the schema; the server refuses an unmigrated database and insecure production settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from server.app import build_context
+from server.config import InsecureConfiguration, Settings
+from server.db import SchemaNotAtHead, make_engine, upgrade_to_head
+from server.orm import Base
+from tests.support.live_server import temporary_database
+
+
+def _url(tmp_path: Path, pg: str | None) -> str:
+    return pg or f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+def test_migrations_build_exactly_the_schema_the_code_maps(tmp_path: Path) -> None:
+    with temporary_database() as pg:
+        url = _url(tmp_path, pg)
+        upgrade_to_head(url)
+        engine = make_engine(url)
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        engine.dispose()
+    assert diff == []
+
+
+def test_server_refuses_to_start_on_an_unmigrated_database(tmp_path: Path) -> None:
+    with temporary_database() as pg:
+        settings = Settings(data_dir=tmp_path, database_url=_url(tmp_path, pg))
+        with pytest.raises(SchemaNotAtHead, match="alembic upgrade head"):
+            build_context(settings)
+
+
+def test_production_refuses_missing_or_weak_secrets(tmp_path: Path) -> None:
+    with pytest.raises(InsecureConfiguration, match="OTA_ADMIN_TOKEN"):
+        build_context(Settings(environment="production", data_dir=tmp_path))
+    with pytest.raises(InsecureConfiguration, match="OTA_ENROLLMENT_TOKEN"):
+        build_context(Settings(environment="production", data_dir=tmp_path, admin_token="x" * 40,
+                               enrollment_token="short"))
+
+
+def test_development_generates_tokens_and_signing_key_once(tmp_path: Path) -> None:
+    from server.config import resolve_secrets
+    from server.security import Signer
+
+    first = resolve_secrets(Settings(data_dir=tmp_path))
+    again = resolve_secrets(Settings(data_dir=tmp_path))
+    assert first.admin_token == again.admin_token and first.enrollment_token == again.enrollment_token
+    assert first.admin_token != first.enrollment_token
+    assert (tmp_path / "admin-token").stat().st_mode & 0o777 == 0o600
+    assert Signer.load_or_create(tmp_path / "k.pem").key_id == Signer.load_or_create(tmp_path / "k.pem").key_id

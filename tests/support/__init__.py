@@ -1,0 +1,1 @@
+"""Shared test support: a real registry on a free port (``live_server``)."""
