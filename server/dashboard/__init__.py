@@ -1,0 +1,1 @@
+"""The operators' dashboards: server-rendered pages mounted under ``/dashboard`` (issue 7)."""

@@ -1,0 +1,175 @@
+"""HTTP for the dashboards: login, the pages, and the live counts they poll.
+
+Every page needs the session cookie from the login form (``session``); an
+expired or missing one sends the browser to the login page and back.  The
+pages are read-only: operator actions stay in the CLI and the admin API,
+which keeps the dashboards free of CSRF-sensitive forms other than login.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+from starlette.responses import Response
+
+from server.dashboard import format as fmt
+from server.dashboard import service, session
+from server.deps import AppContext
+from server.security import tokens_equal
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+templates = Jinja2Templates(directory=TEMPLATES_DIR)
+templates.env.filters.update(bytes=fmt.human_bytes, pct=fmt.percent, ago=fmt.ago, ts=fmt.timestamp,
+                             epoch=fmt.epoch, duration=fmt.duration)
+
+router = APIRouter()
+
+
+class LoginRequired(Exception):
+    """No valid session cookie; ``api`` requests get 401 JSON instead of a redirect."""
+
+    def __init__(self, api: bool) -> None:
+        super().__init__("log in to the dashboard with the admin token")
+        self.api = api
+
+
+def base_path(request: Request) -> str:
+    """Where the dashboard is mounted (``/dashboard``), for links that survive a different mount point."""
+    return request.scope.get("root_path", "").rstrip("/")
+
+
+def login_redirect(request: Request, exc: LoginRequired) -> Response:
+    if exc.api:
+        return JSONResponse({"error": "unauthorized", "detail": "dashboard session expired; log in again"},
+                            status_code=401)
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"{base_path(request)}/login?next={quote(here)}", status_code=303)
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.get_ctx()
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+
+
+def _check(request: Request, ctx: AppContext, api: bool) -> None:
+    if not session.valid(request.cookies.get(session.COOKIE), ctx.settings.admin_token):
+        raise LoginRequired(api)
+
+
+def require_login(request: Request, ctx: Ctx) -> None:
+    _check(request, ctx, api=False)
+
+
+def require_login_api(request: Request, ctx: Ctx) -> None:
+    _check(request, ctx, api=True)
+
+
+def get_session(ctx: Ctx) -> Iterator[Session]:
+    """A read-only use of the server's one-transaction session (nothing is written, so commit is a no-op)."""
+    with ctx.db.session_scope() as s:
+        yield s
+
+
+DbSession = Annotated[Session, Depends(get_session)]
+Login = Depends(require_login)
+
+
+def page_context(request: Request, nav: str, **extra: Any) -> dict[str, Any]:
+    refresh = 5.0
+    ctx_fn = getattr(request.app.state, "get_ctx", None)
+    if ctx_fn is not None:
+        refresh = ctx_fn().settings.dashboard_refresh_s
+    return {"base": base_path(request), "nav": nav, "refresh_ms": int(refresh * 1000), **extra}
+
+
+def render(request: Request, name: str, nav: str, title: str, data: dict[str, Any]) -> Response:
+    return templates.TemplateResponse(request, name, {**page_context(request, nav, title=title), **data})
+
+
+def _safe_next(request: Request, target: str | None) -> str:
+    """Only paths inside the dashboard: a login link must not redirect anywhere else."""
+    base = base_path(request)
+    if target and target.startswith(f"{base}/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return f"{base}/rollouts"
+
+
+@router.get("/login", name="login")
+def login_form(request: Request, next: str | None = None) -> Response:  # noqa: A002 - the query parameter's name
+    return templates.TemplateResponse(request, "login.html", {**page_context(request, "", title="Log in"),
+                                                              "next": _safe_next(request, next), "error": None})
+
+
+@router.post("/login")
+def login(request: Request, ctx: Ctx, token: Annotated[str, Form()] = "",
+          next: Annotated[str, Form()] = "") -> Response:  # noqa: A002
+    target = _safe_next(request, next)
+    if not tokens_equal(token.strip(), ctx.settings.admin_token):
+        error = ("That is not the admin token; check that you copied all of it (it is the server's current "
+                 "one: rotating it logs every browser out).") if token.strip() else "Enter the admin token."
+        return templates.TemplateResponse(request, "login.html", {**page_context(request, "", title="Log in"),
+                                                                  "next": target, "error": error}, status_code=401)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(session.COOKIE, session.issue(ctx.settings.admin_token or ""), max_age=session.SESSION_S,
+                        path=base_path(request) or "/", httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request) -> Response:
+    response = RedirectResponse(f"{base_path(request)}/login", status_code=303)
+    response.delete_cookie(session.COOKIE, path=base_path(request) or "/")
+    return response
+
+
+@router.get("/", dependencies=[Login])
+def home(request: Request) -> Response:
+    return RedirectResponse(f"{base_path(request)}/rollouts", status_code=303)
+
+
+@router.get("/rollouts", dependencies=[Login])
+def rollouts_list(request: Request, db: DbSession) -> Response:
+    return render(request, "rollouts.html", "rollouts", "Rollouts", service.rollouts_page(db))
+
+
+@router.get("/rollouts/{rollout_id}", dependencies=[Login])
+def rollout_detail(request: Request, rollout_id: int, db: DbSession) -> Response:
+    return render(request, "rollout.html", "rollouts", f"Rollout {rollout_id}", service.rollout_page(db, rollout_id))
+
+
+@router.get("/bandwidth", dependencies=[Login])
+def bandwidth(request: Request, ctx: Ctx, db: DbSession) -> Response:
+    return render(request, "bandwidth.html", "bandwidth", "Bandwidth", service.bandwidth_page(db, ctx.settings))
+
+
+@router.get("/fleet", dependencies=[Login])
+def fleet(request: Request, ctx: Ctx, db: DbSession) -> Response:
+    data = service.fleet_page(db, ctx.services["presence"], ctx.settings)
+    return render(request, "fleet.html", "fleet", "Fleet", data)
+
+
+@router.get("/fleet/{device_id}", dependencies=[Login])
+def device(request: Request, device_id: str, ctx: Ctx, db: DbSession) -> Response:
+    data = service.device_page(db, ctx.services["presence"], ctx.settings, device_id)
+    return render(request, "device.html", "fleet", f"Device {device_id}", data)
+
+
+@router.get("/models", dependencies=[Login])
+def models(request: Request, db: DbSession) -> Response:
+    return render(request, "models.html", "models", "Models", service.models_page(db))
+
+
+@router.get("/live.json", dependencies=[Depends(require_login_api)])
+def live(ctx: Ctx, db: DbSession) -> dict[str, Any]:
+    """The counts every page refreshes in place (polled every ``dashboard_refresh_s``)."""
+    return {"values": service.live_values(db, ctx.services["presence"], ctx.settings)}

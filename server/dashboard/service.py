@@ -1,0 +1,229 @@
+"""What each dashboard page shows, assembled from the feature services plus a few read-only queries.
+
+Counts and byte totals come from the same service functions the admin API
+serves (``rollouts.service``, ``accounting.service``, ``devices.service``,
+``registry.service``), so a page can never disagree with ``ota rollout show``
+or the JSON API.  What the services do not offer (histories over time,
+audit events, the delta matrix, stuck devices) comes from ``queries``.
+Every function returns plain data for a template; nothing here renders HTML.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from server.accounting import schemas as acc_schemas
+from server.accounting import service as accounting
+from server.config import Settings
+from server.dashboard import queries
+from server.dashboard.format import ago, human_bytes, percent, share
+from server.dashboard.series import cumulative_by_group, state_counts_over_time
+from server.devices import service as devices
+from server.devices.presence import LastSeen
+from server.devices.states import ACTIVE
+from server.registry import service as registry
+from server.rollouts import schemas as ro_schemas
+from server.rollouts import service as rollouts
+
+# Order of the per-state columns and stacked bars: the way a device moves, then the bad ends.
+STATES = ("pending", "offered", "downloading", "downloaded", "verified", "installed", "failed", "rolled_back")
+IN_PROGRESS = ("offered", "downloading", "downloaded", "verified")
+# Bottom-up order of the stacked "devices per state over time" chart: done at the bottom, trouble on top.
+STACK_ORDER = ("installed", "verified", "downloaded", "downloading", "offered", "failed", "rolled_back")
+
+
+@dataclass
+class RolloutSummary:
+    """One rollout's figures, summed over its stages (as the API reports them per stage)."""
+
+    rollout: ro_schemas.RolloutOut
+    assigned: int
+    counts: dict[str, int]
+    progress: float  # installed / assigned
+    stage_text: str
+    totals: acc_schemas.Totals | None = None
+
+    @property
+    def in_progress(self) -> int:
+        return sum(self.counts.get(s, 0) for s in IN_PROGRESS)
+
+
+def summarize(r: ro_schemas.RolloutOut) -> RolloutSummary:
+    counts: Counter[str] = Counter()
+    for s in r.stages:
+        counts.update(s.counts)
+    assigned = sum(s.assigned for s in r.stages)
+    stage = r.stages[r.current_stage] if r.current_stage < len(r.stages) else None
+    stage_text = (f"stage {r.current_stage + 1} of {len(r.stages)} ({stage.percent:g}%)" if stage
+                  else f"{len(r.stages)} stages")
+    return RolloutSummary(r, assigned, {s: counts.get(s, 0) for s in STATES},
+                          share(counts.get("installed", 0), assigned), stage_text)
+
+
+def rollouts_page(session: Session) -> dict[str, Any]:
+    """Every rollout with state, progress and bytes, newest first, plus counts per rollout state."""
+    rows = []
+    for r in rollouts.list_rollouts(session):
+        s = summarize(r)
+        s.totals = accounting.rollout_accounting(session, r.id, largest=1).totals
+        rows.append(s)
+    by_state = Counter(s.rollout.state for s in rows)
+    return {"rows": rows, "by_state": by_state, "states": STATES}
+
+
+def rollout_page(session: Session, rollout_id: int) -> dict[str, Any]:
+    """One rollout: stages, states over time, failures, operator/automatic events, bytes.
+
+    Raises:
+        NotFound: unknown rollout.
+    """
+    r = rollouts.show(session, rollout_id)
+    acc = accounting.rollout_accounting(session, rollout_id, largest=10)
+    events = [(e.at, e.update_id, e.state) for e in queries.state_events(session, rollout_id)]
+    series = state_counts_over_time(events, STACK_ORDER, until=datetime.now(UTC))
+    audit = queries.rollout_audit(session, rollout_id)
+    return {"s": summarize(r), "r": r, "acc": acc, "states": STATES,
+            "state_chart": series.as_chart("devices", stacked=True) if series.xs else None,
+            "failures": queries.failure_reasons(session, rollout_id), "audit": audit,
+            "markers": [{"x": e.at.timestamp(), "label": e.action.removeprefix("rollout.")} for e in audit]}
+
+
+@dataclass
+class DeltaMatrix:
+    """Delta sizes from each version (rows) to each later or earlier version (columns) of one line and codec."""
+
+    line: str
+    codec: str
+    versions: list[int]
+    full: dict[int, int]
+    cells: dict[tuple[int, int], int] = field(default_factory=dict)
+
+
+def delta_matrices(session: Session) -> list[DeltaMatrix]:
+    """One matrix per line and codec; cells hold deltas computed so far (the rest are made on first request)."""
+    out: dict[tuple[str, str], DeltaMatrix] = {}
+    for line in registry.list_lines(session):
+        for v in registry.list_versions(session, line.name):
+            for codec, pkg in v.packages.items():
+                m = out.setdefault((line.name, codec), DeltaMatrix(line.name, codec, [], {}))
+                m.versions.append(v.version)
+                m.full[v.version] = pkg.bytes
+    for c in queries.delta_cells(session):
+        matrix = out.get((c.line, c.codec))
+        if matrix is not None:
+            matrix.cells[(c.base_version, c.target_version)] = c.bytes
+    return [m for m in out.values() if len(m.versions) > 1]
+
+
+def _sum_totals(totals: list[acc_schemas.Totals]) -> dict[str, Any]:
+    keys = ("bytes_sent", "delta_bytes", "full_bytes", "package_bytes_equivalent", "fp32_bytes_equivalent",
+            "devices_updated", "requests", "resumes")
+    t = {k: sum(getattr(x, k) for x in totals) for k in keys}
+    t["savings_vs_package"] = (1 - t["bytes_sent"] / t["package_bytes_equivalent"]
+                               if t["package_bytes_equivalent"] else None)
+    t["savings_vs_fp32"] = 1 - t["bytes_sent"] / t["fp32_bytes_equivalent"] if t["fp32_bytes_equivalent"] else None
+    return t
+
+
+def bandwidth_page(session: Session, settings: Settings) -> dict[str, Any]:
+    """Bytes over time per rollout and per network tag, what they would have cost in full, the largest transfers."""
+    accs = [accounting.rollout_accounting(session, r.id, largest=10) for r in rollouts.list_rollouts(session)]
+    largest = sorted(((a.rollout_id, d) for a in accs for d in a.largest), key=lambda x: -x[1].bytes_sent)[:10]
+    tag = settings.dashboard_network_tag
+    rows = queries.transfers(session, tag)
+    now = datetime.now(UTC)
+    per_rollout = cumulative_by_group(((t.ended_at, f"rollout {t.rollout_id}" if t.rollout_id else "outside rollouts",
+                                        t.bytes_sent) for t in rows), until=now)
+    per_network = cumulative_by_group(((t.ended_at, f"{tag}={t.network}" if t.network else f"no {tag} tag",
+                                        t.bytes_sent) for t in rows), until=now)
+    return {"accs": accs, "totals": _sum_totals([a.totals for a in accs]), "largest": largest,
+            "sent_all": sum(t.bytes_sent for t in rows), "transfers": len(rows), "tag": tag,
+            "chart_rollout": per_rollout.as_chart("bytes") if per_rollout.xs else None,
+            "chart_network": per_network.as_chart("bytes") if per_network.xs else None,
+            "matrices": delta_matrices(session)}
+
+
+def _stuck(session: Session, settings: Settings, now: datetime) -> dict[str, queries.UpdateRow]:
+    limit = now - timedelta(seconds=settings.dashboard_stuck_after_s)
+    return {u.device_id: u for u in queries.latest_updates(session) if u.state in ACTIVE and u.updated_at < limit}
+
+
+def fleet_page(session: Session, presence: LastSeen, settings: Settings) -> dict[str, Any]:
+    """Devices by version and tag, when each was last seen, and which drifted or got stuck."""
+    now = datetime.now(UTC)
+    inventory = devices.inventory(session, presence)
+    latest = {u.device_id: u for u in queries.latest_updates(session)}
+    stuck = _stuck(session, settings, now)
+    by_version = Counter((d.line or "no line yet", d.running_version) for d in inventory)
+    by_tag: dict[str, Counter[str]] = defaultdict(Counter)
+    for d in inventory:
+        for k, v in d.tags.items():
+            by_tag[k][v] += 1
+    attention = [(d, "drift", d.drift_detail or "reported and polled versions differ") for d in inventory if d.drift]
+    attention += [(d, "stuck", f"{stuck[d.device_id].state} for version {stuck[d.device_id].target_version} "
+                               f"since {ago(stuck[d.device_id].updated_at, now)}")
+                  for d in inventory if d.device_id in stuck]
+    return {"devices": inventory, "latest": latest, "by_version": sorted(by_version.items(), key=lambda x: str(x[0])),
+            "by_tag": {k: sorted(c.items(), key=lambda x: -x[1]) for k, c in sorted(by_tag.items())},
+            "attention": attention, "drifted": sum(1 for d in inventory if d.drift), "stuck": len(stuck),
+            "now": now, "stuck_after_s": settings.dashboard_stuck_after_s}
+
+
+def device_page(session: Session, presence: LastSeen, settings: Settings, device_id: str) -> dict[str, Any]:
+    """One device: tags, versions, its update history and every transfer it made.
+
+    Raises:
+        NotFound: the device is not enrolled.
+    """
+    d = devices.device_detail(session, presence, device_id)
+    transfers = queries.transfers(session, settings.dashboard_network_tag, device_id=device_id)
+    return {"d": d, "transfers": transfers, "sent": sum(t.bytes_sent for t in transfers), "now": datetime.now(UTC)}
+
+
+def models_page(session: Session) -> dict[str, Any]:
+    """Lines with their versions: sizes per codec, fidelity, delta from the previous version, who published."""
+    lines = []
+    for line in registry.list_lines(session):
+        versions = sorted(registry.list_versions(session, line.name), key=lambda v: -v.version)
+        codecs = sorted({c for v in versions for c in v.packages})
+        lines.append({"line": line, "versions": versions, "codecs": codecs,
+                      "storage": registry.storage_report(session, line.name)})
+    return {"lines": lines}
+
+
+def live_values(session: Session, presence: LastSeen, settings: Settings) -> dict[str, dict[str, Any]]:
+    """The counts pages refresh in place: key -> {value (raw), text (what is shown), pct (for bars)}."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def put(key: str, value: Any, text: str | None = None, pct: float | None = None) -> None:
+        out[key] = {"value": value, "text": text if text is not None else str(value), "pct": pct}
+
+    rows = [summarize(r) for r in rollouts.list_rollouts(session)]
+    for state in ("running", "paused", "halted", "completed", "aborted"):
+        put(f"rollouts.{state}", sum(1 for s in rows if s.rollout.state == state))
+    for s in rows:
+        key = f"rollout.{s.rollout.id}"
+        put(f"{key}.state", s.rollout.state)
+        put(f"{key}.stage", s.rollout.current_stage, s.stage_text)
+        put(f"{key}.assigned", s.assigned)
+        put(f"{key}.in_progress", s.in_progress)
+        put(f"{key}.progress", round(s.progress, 4), percent(s.progress), s.progress * 100)
+        for state, n in s.counts.items():
+            put(f"{key}.{state}", n, pct=share(n, s.assigned) * 100)
+        for st in s.rollout.stages:
+            put(f"{key}.stage{st.position}.assigned", st.assigned)
+            for state in STATES:
+                n = st.counts.get(state, 0)
+                put(f"{key}.stage{st.position}.{state}", n, pct=share(n, st.assigned) * 100)
+    inventory = devices.inventory(session, presence)
+    put("fleet.devices", len(inventory))
+    put("fleet.drifted", sum(1 for d in inventory if d.drift))
+    put("fleet.stuck", len(_stuck(session, settings, datetime.now(UTC))))
+    sent = sum(t.bytes_sent for t in queries.transfers(session, settings.dashboard_network_tag))
+    put("bytes.sent", sent, human_bytes(sent))
+    return out

@@ -1,0 +1,63 @@
+"""The dashboards' pure pieces: number formatting, the session cookie, and chart series replay."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from server.dashboard import session
+from server.dashboard.format import ago, duration, human_bytes, percent
+from server.dashboard.series import cumulative_by_group, state_counts_over_time
+
+T0 = datetime(2026, 11, 29, 10, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("n", "text"), [(None, "—"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KB"),
+                                         (17445, "17.0 KB"), (2421166, "2.3 MB"), (150 * 1024 ** 2, "150 MB"),
+                                         (3 * 1024 ** 3, "3.0 GB")])
+def test_bytes_read_in_binary_units(n: int | None, text: str) -> None:
+    assert human_bytes(n) == text
+
+
+def test_percentages_durations_and_ages_read_like_a_person_would_say_them() -> None:
+    assert percent(None) == "—" and percent(0.99334) == "99.3%" and percent(1.0, 2) == "100.00%"
+    assert duration(1) == "1 s" and duration(90) == "1 min 30 s" and duration(1800) == "30 min"
+    assert duration(7200) == "2 h" and duration(5400) == "1 h 30 min"
+    assert ago(None) == "never" and ago(T0 - timedelta(seconds=5), T0) == "5 s ago"
+    assert ago(T0 - timedelta(minutes=7), T0) == "7 min ago" and ago(T0 - timedelta(days=3), T0) == "3 d ago"
+    assert ago(T0.replace(tzinfo=None) - timedelta(hours=2), T0) == "2 h ago"  # SQLite's naive UTC
+
+
+def test_session_cookie_is_refused_when_malformed_forged_expired_or_the_admin_token_rotated() -> None:
+    now = 1_800_000_000.0
+    cookie = session.issue("admin-token", now=now, lifetime_s=60)
+    assert session.valid(cookie, "admin-token", now=now + 59)
+    assert not session.valid(cookie, "admin-token", now=now + 61)  # expired
+    assert not session.valid(cookie, "rotated-token", now=now)  # new admin token logs everyone out
+    expires, _, mac = cookie.partition(".")
+    assert not session.valid(f"{int(expires) + 3600}.{mac}", "admin-token", now=now)  # extended by hand
+    for bad in (None, "", "garbage", ".", f"{expires}.", "abc.def", f"{expires}.{'0' * 64}"):
+        assert not session.valid(bad, "admin-token", now=now)
+    assert not session.valid(cookie, None, now=now)
+
+
+def test_state_history_replays_each_update_through_its_states_and_ends_at_now() -> None:
+    events = [(T0, 1, "offered"), (T0, 2, "offered"), (T0 + timedelta(seconds=10), 1, "downloading"),
+              (T0 + timedelta(seconds=10, milliseconds=300), 1, "installed"),  # same second: merged
+              (T0 + timedelta(seconds=20), 2, "failed")]
+    s = state_counts_over_time(events, ("installed", "downloading", "offered", "failed"),
+                               until=T0 + timedelta(seconds=60))
+    assert s.xs == [T0.timestamp(), T0.timestamp() + 10, T0.timestamp() + 20, T0.timestamp() + 60]
+    assert s.ys == {"installed": [0, 1, 1, 1], "downloading": [0, 0, 0, 0], "offered": [2, 1, 0, 0],
+                    "failed": [0, 0, 1, 1]}
+    chart = s.as_chart("devices", stacked=True)
+    assert chart["names"] == ["installed", "downloading", "offered", "failed"] and chart["stacked"]
+    assert chart["data"][0] == s.xs and chart["data"][1] == s.ys["installed"]
+
+
+def test_cumulative_bytes_per_group_keep_every_group_aligned_on_the_same_times() -> None:
+    s = cumulative_by_group([(T0 + timedelta(seconds=5), "lte", 300), (T0, "wifi", 1000), (T0, "lte", 100)])
+    assert s.xs == [T0.timestamp(), T0.timestamp() + 5]
+    assert s.ys == {"lte": [100, 400], "wifi": [1000, 1000]}
+    assert cumulative_by_group([]).xs == []
