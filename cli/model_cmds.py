@@ -1,0 +1,223 @@
+"""``ota model pack|diff|patch|unpack|inspect``: the codec on files.
+
+Each command reads its inputs whole, calls the pure codec in ``models.codec``,
+and writes its output atomically (temp file + rename), so a failure leaves no
+half-written file and never touches the inputs.  ``--json`` prints one JSON
+object with the sizes and figures instead of the human summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CODEC_CHOICES = ("lossless", "int8", "deep", "svd")
+
+
+class UsageError(Exception):
+    """A file argument is missing or unreadable; the message says which."""
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path!r}: {e.strerror or e}") from e
+
+
+def _write(path: str, data: bytes) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_probe(path: str) -> Any:
+    """A probe set from .npy (float32 NCHW inputs, or uint8 NHWC images) or .npz (key ``images``)."""
+    import numpy as np
+
+    from models.preprocess import to_input
+
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read probe {path!r} as a numpy .npy/.npz file: {e}") from e
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        if "images" not in loaded.files:
+            raise UsageError(f"probe {path!r} has no 'images' array (found: {', '.join(loaded.files) or 'none'})")
+        arr = loaded["images"]
+    else:
+        arr = loaded
+    if arr.dtype == np.uint8:
+        try:
+            return to_input(arr)
+        except ValueError as e:
+            raise UsageError(f"probe {path!r}: {e}") from e
+    if arr.dtype != np.float32 or arr.ndim != 4:
+        raise UsageError(f"probe {path!r} must be float32 (N, C, H, W) inputs or uint8 (N, H, W, 3) images; "
+                         f"got {arr.dtype} {list(arr.shape)}")
+    return arr
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], human: str) -> int:
+    print(json.dumps(result, sort_keys=True) if args.json else human)
+    return 0
+
+
+def _fail(args: argparse.Namespace, error: Exception) -> int:
+    code = type(error).__name__
+    if getattr(args, "json", False):
+        print(json.dumps({"error": code, "detail": str(error)}))
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from models import codec
+
+    src = _read(args.src, "model")
+    base = _read(args.base, "base package") if args.base else None
+    probe = load_probe(args.probe) if args.probe else None
+    t0 = time.perf_counter()
+    result = codec.pack(src, args.codec, base=base, probe=probe, min_agreement=args.min_agreement)
+    seconds = time.perf_counter() - t0
+    _write(args.output, result.package)
+    h = result.header
+    out = {
+        "output": args.output, "codec": h["codec"], "source_bytes": len(src), "package_bytes": len(result.package),
+        "ratio": round(len(result.package) / len(src), 4), "model_sha256": h["model_sha256"],
+        "fidelity": h["fidelity"], "gate": h["gate"], "base": h["base"], "encode_s": round(seconds, 3),
+    }
+    f = h["fidelity"]
+    human = (f"{args.output}: {h['codec']} package {len(result.package):,} bytes ({out['ratio']:.1%} of "
+             f"{len(src):,}), top-1 agreement {f['top1_agreement']:.4f}, max |diff| {f['max_abs_diff']:.4g} "
+             f"on {f['probe_count']} {f['probe']} probe inputs, {seconds:.2f} s")
+    return _emit(args, out, human)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from models import codec
+
+    old, new = _read(args.old, "old package"), _read(args.new, "new package")
+    t0 = time.perf_counter()
+    delta = codec.diff(old, new)
+    seconds = time.perf_counter() - t0
+    _write(args.output, delta)
+    out = {"output": args.output, "old_bytes": len(old), "new_bytes": len(new), "patch_bytes": len(delta),
+           "ratio": round(len(delta) / len(new), 4), "encode_s": round(seconds, 3)}
+    human = f"{args.output}: patch {len(delta):,} bytes ({out['ratio']:.1%} of the {len(new):,}-byte package)"
+    return _emit(args, out, human)
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    from models import codec
+
+    old, delta = _read(args.old, "old package"), _read(args.patch, "patch")
+    t0 = time.perf_counter()
+    new = codec.patch(old, delta)
+    seconds = time.perf_counter() - t0
+    _write(args.output, new)
+    header = codec.read_header(new)
+    out = {"output": args.output, "patch_bytes": len(delta), "package_bytes": len(new),
+           "model_sha256": header["model_sha256"], "apply_s": round(seconds, 4)}
+    human = f"{args.output}: {len(new):,}-byte package rebuilt from a {len(delta):,}-byte patch, SHA-256 verified"
+    return _emit(args, out, human)
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    from models import codec
+
+    package = _read(args.package, "package")
+    t0 = time.perf_counter()
+    model = codec.unpack(package)
+    seconds = time.perf_counter() - t0
+    _write(args.output, model)
+    header = codec.read_header(package)
+    out = {"output": args.output, "package_bytes": len(package), "model_bytes": len(model),
+           "model_sha256": header["model_sha256"], "codec": header["codec"], "decode_s": round(seconds, 4)}
+    human = f"{args.output}: {len(model):,}-byte ONNX model decoded from {header['codec']} package, SHA-256 verified"
+    return _emit(args, out, human)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from models import codec
+
+    info = codec.inspect(_read(args.package, "package"))
+    f = info["fidelity"]
+    lines = [
+        f"codec {info['codec']}  package {info['package_bytes']:,} bytes  model {info['model_bytes']:,} bytes"
+        + (f"  ratio {info['ratio']:.1%}" if info["ratio"] else ""),
+        f"model sha256 {info['model_sha256']}",
+        f"fidelity: top-1 agreement {f['top1_agreement']:.4f}, max |diff| {f['max_abs_diff']:.4g} "
+        f"({f['probe_count']} {f['probe']} probe inputs)",
+        f"{'tensor':40} {'kind':6} {'shape':>18} {'bits':>4} {'sparsity':>8} {'bytes':>9} {'bits/w':>7}",
+    ]
+    for t in info["tensors"]:
+        lines.append(f"{t['name'][:40]:40} {t['kind']:6} {'x'.join(map(str, t['shape'])):>18} {t['bits']:>4} "
+                     f"{t['sparsity']:>8.3f} {t['bytes']:>9,} {t['bits_per_weight']:>7.3f}")
+    return _emit(args, info, "\n".join(lines))
+
+
+def _guarded(handler: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from models.errors import ModelError
+
+        try:
+            return int(handler(args))
+        except (UsageError, ModelError) as e:
+            return _fail(args, e)
+
+    return run
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``ota model ...``."""
+    model = subparsers.add_parser("model", help="pack, diff, patch, unpack and inspect model packages")
+    sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
+
+    p = sub.add_parser("pack", help="encode an ONNX model as a package")
+    p.add_argument("src", metavar="SRC.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.pkg")
+    p.add_argument("--codec", choices=CODEC_CHOICES, default="lossless")
+    p.add_argument("--base", metavar="BASE.pkg", help="previous version's package: reuse its codebooks for small deltas")
+    p.add_argument("--probe", metavar="PROBE.npy", help="probe inputs (.npy float32 NCHW or uint8 NHWC; .npz 'images')")
+    p.add_argument("--min-agreement", type=float, metavar="0.99", help="smallest encoding with this top-1 agreement")
+    p.set_defaults(func=_guarded(cmd_pack))
+
+    p = sub.add_parser("diff", help="make a patch from OLD.pkg to NEW.pkg")
+    p.add_argument("old", metavar="OLD.pkg")
+    p.add_argument("new", metavar="NEW.pkg")
+    p.add_argument("-o", "--output", required=True, metavar="PATCH")
+    p.set_defaults(func=_guarded(cmd_diff))
+
+    p = sub.add_parser("patch", help="apply PATCH to OLD.pkg (SHA-256 checked)")
+    p.add_argument("old", metavar="OLD.pkg")
+    p.add_argument("patch", metavar="PATCH")
+    p.add_argument("-o", "--output", required=True, metavar="NEW.pkg")
+    p.set_defaults(func=_guarded(cmd_patch))
+
+    p = sub.add_parser("unpack", help="decode a package to ONNX (SHA-256 checked)")
+    p.add_argument("package", metavar="PKG")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    p.set_defaults(func=_guarded(cmd_unpack))
+
+    p = sub.add_parser("inspect", help="per-tensor codec, bits, sparsity, bytes; fidelity")
+    p.add_argument("package", metavar="PKG")
+    p.set_defaults(func=_guarded(cmd_inspect))
+
+    for parser in sub.choices.values():
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
