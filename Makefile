@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 DATA   ?= .ota-data
 
-.PHONY: demo test lint bench bench-tools train clean
+.PHONY: demo test chromium lint bench bench-tools train clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ $(DEVSTAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(VENV)/bin/ota demo --data-dir $(DATA)
 
-test: $(DEVSTAMP)
+# The dashboard browser tests drive Debian's Chromium with Playwright (never a downloaded browser).
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+
+test: $(DEVSTAMP) chromium
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -33,8 +37,8 @@ lint: $(DEVSTAMP)
 
 # Generic diff tools the codec benchmark compares against (Debian packages).
 bench-tools:
-	@command -v bsdiff >/dev/null && command -v xdelta3 >/dev/null && command -v zstd >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq bsdiff xdelta3 zstd)
+	@command -v bsdiff >/dev/null && command -v xdelta3 >/dev/null && command -v zstd >/dev/null && command -v wrk >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq bsdiff xdelta3 zstd wrk)
 
 bench: $(STAMP) bench-tools
 	$(PY) bench/codec.py
