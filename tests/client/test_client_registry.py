@@ -248,8 +248,14 @@ def test_camera_thread_sees_no_error_through_several_updates_from_the_server(
                         break
                     await asyncio.sleep(0.2)
                 assert agent.running_version == v
-                await asyncio.sleep(0.05)
-                assert await agent.check_health() is True
+                # the window closes after enough live inferences; a loaded machine needs longer
+                verdict = None
+                for _ in range(200):
+                    verdict = await agent.check_health()
+                    if verdict is not None:
+                        break
+                    await asyncio.sleep(0.05)
+                assert verdict is True
         finally:
             await agent.aclose()
 
