@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections.abc import AsyncIterator
 
@@ -29,6 +30,7 @@ from server.config import Settings, resolve_secrets
 from server.dashboard.app import create_dashboard
 from server.db import Database, check_schema, current_revision, head_revision
 from server.deps import AppContext
+from server.devices.pollcache import PollCache
 from server.devices.presence import LastSeen
 from server.devices.routes import router as devices_router
 from server.errors import RegistryError
@@ -66,6 +68,7 @@ def build_context(settings: Settings) -> AppContext:
     ctx = AppContext(settings=settings, db=db, blobs=blobs, signer=Signer.load_or_create(settings.key_path))
     ctx.services["storage"] = PackageStorage(blobs, settings.package_cache_items)
     ctx.services["presence"] = LastSeen()
+    ctx.services["pollcache"] = PollCache(settings.poll_cache_s).attach(db.sessions)  # poll path, issue 8
     return ctx
 
 
@@ -107,6 +110,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                             stop)),
                  asyncio.create_task(_every(ctx.settings.rollout_tick_s, lambda: _tick_rollouts(ctx), "rollouts",
                                             stop))]
+        if ctx.settings.poll_cache_s > 0:  # keep the poll caches fresh (server/devices/pollcache.py)
+            cache = ctx.services["pollcache"]
+            tasks.append(asyncio.create_task(_every(ctx.settings.poll_cache_s / 2, lambda: cache.refresh(ctx.db),
+                                                    "poll cache refresh", stop)))
         try:
             yield
         finally:
@@ -116,7 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ctx.db.dispose()
 
     app = FastAPI(title="OTA model registry", version="1", lifespan=lifespan)
-    app.middleware("http")(metrics.middleware)
+    app.add_middleware(metrics.asgi)  # type: ignore[arg-type]  # a middleware factory: app -> app
 
     @app.exception_handler(RegistryError)
     async def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
@@ -129,6 +136,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # PostgreSQL DataError): the caller's mistake, not the server's.
         return JSONResponse({"error": "bad_request", "detail": "a number in the request is outside the range the "
                              "registry stores (ids and versions are 32-bit)"}, status_code=400)
+
+    @app.exception_handler(OSError)
+    async def _disk_full(_request: Request, exc: OSError) -> JSONResponse:
+        # A full data disk is the operator's to fix, and must say so instead of a bare 500.
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise exc
+        log.error("disk full: %s", exc)
+        return JSONResponse({"error": "insufficient_storage", "detail": f"the registry's disk is full ({exc.strerror}); "
+                             "free space under the data directory (or grow the volume) and retry; the request was "
+                             "not applied"}, status_code=507)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

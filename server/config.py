@@ -44,6 +44,8 @@ class Settings(BaseSettings):
 
     poll_interval_s: int = Field(default=60, ge=1)
     offer_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # Per-process poll caches (server/devices/pollcache.py): how stale a decision may be across workers.
+    poll_cache_s: float = Field(default=5.0, ge=0)  # 0: no caching, every poll reads the database
     smoke_count: int = 3
     smoke_atol: float = 1e-3
     last_seen_flush_s: float = 5.0

@@ -72,7 +72,10 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Read-only sessions (Database.read_scope, the poll path's cache misses) run in the driver's
+            # autocommit mode: each SELECT reads a committed snapshot (WAL) without queueing behind writers.
+            if not conn.get_execution_options().get("ota_read_only", False):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
@@ -120,6 +123,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(self.engine.execution_options(ota_read_only=True))
 
     @contextmanager
     def session_scope(self) -> Iterator[Session]:
@@ -140,6 +144,21 @@ class Database:
             raise
         finally:
             session.close()
+
+    @contextmanager
+    def read_scope(self) -> Iterator[Session]:
+        """A read-only session (rolled back at the end; on SQLite each statement reads on its own, no lock).
+
+        Raises:
+            Unavailable: the database cannot be reached.
+        """
+        session = self._readers()
+        try:
+            yield session
+        except OperationalError as e:
+            raise Unavailable(f"database unavailable: {e.orig}; retry shortly") from e
+        finally:
+            session.close()  # rolls back
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -19,16 +19,20 @@ from server.orm import Device
 from server.security import bearer, token_digest, tokens_equal
 
 
-def _device(session: Session, token: str | None) -> Device | None:
+def device_by_token(session: Session, token: str | None) -> Device | None:
+    """The device holding this token (looked up by its digest), or None."""
     return store.by_token(session, token_digest(token)) if token else None
+
+
+UNKNOWN_DEVICE = ("device token missing or unknown: enroll with the fleet enrollment token "
+                  "(POST /api/v1/devices/enroll) and send 'Authorization: Bearer <device token>'")
 
 
 def require_device(session: DbSession, authorization: Annotated[str | None, Header()] = None) -> Device:
     """Raises Unauthorized unless the request carries a known device token."""
-    device = _device(session, bearer(authorization))
+    device = device_by_token(session, bearer(authorization))
     if device is None:
-        raise Unauthorized("device token missing or unknown: enroll with the fleet enrollment token "
-                           "(POST /api/v1/devices/enroll) and send 'Authorization: Bearer <device token>'")
+        raise Unauthorized(UNKNOWN_DEVICE)
     return device
 
 
@@ -37,7 +41,7 @@ def device_or_admin(ctx: Ctx, session: DbSession, authorization: Annotated[str |
     token = bearer(authorization)
     if tokens_equal(token, ctx.settings.admin_token):
         return None
-    device = _device(session, token)
+    device = device_by_token(session, token)
     if device is None:
         raise Unauthorized("artifact downloads need a device token (or the admin token)")
     return device

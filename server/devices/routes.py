@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from anyio import CapacityLimiter, to_thread
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
-from server.deps import Admin, Ctx, DbSession
-from server.devices import schemas, service
-from server.devices.auth import CurrentDevice
-from server.security import bearer
+from server.db import utcnow
+from server.deps import Admin, AppContext, Ctx, DbSession
+from server.devices import pollcache, schemas, service
+from server.devices.auth import UNKNOWN_DEVICE, CurrentDevice, device_by_token
+from server.devices.pollcache import PollCache
+from server.errors import Unauthorized
+from server.rollouts.lineview import LineView, load_line
+from server.security import bearer, token_digest
 
 router = APIRouter(prefix="/api/v1")
 
@@ -20,12 +28,82 @@ def enroll(body: schemas.EnrollIn, ctx: Ctx, session: DbSession,
     return service.enroll(session, ctx.settings, ctx.signer, bearer(authorization), body)
 
 
+# The poll is async with async dependencies only: a steady-state poll is answered from the per-process
+# caches (server/devices/pollcache.py) on the event loop, with no threadpool hop and no SQL.  Anything
+# else (a cache miss, a first or re-signed offer, a changed running version) runs in a worker thread.
+
+def _load_device(ctx: AppContext, cache: PollCache, digest: str) -> pollcache.DeviceView | None:
+    epochs = cache.epochs()  # before reading: a commit racing the read keeps the result out of the cache
+    with ctx.db.read_scope() as session:
+        device = pollcache.load_device(session, digest)
+    cache.store(epochs, digest, device, None)
+    return device
+
+
+def _load_line(ctx: AppContext, cache: PollCache, name: str) -> LineView | None:
+    epochs = cache.epochs()
+    with ctx.db.read_scope() as session:
+        view = load_line(session, name)
+    cache.store(epochs, "", None, view)
+    return view
+
+
+def _poll_in_transaction(ctx: AppContext, token: str, body: schemas.PollIn) -> bytes:
+    """The full poll (may sign and store an offer); committed before the answer is sent."""
+    with ctx.db.session_scope() as session:
+        device = device_by_token(session, token)
+        if device is None:
+            raise Unauthorized(UNKNOWN_DEVICE)
+        out = service.poll(session, ctx.settings, ctx.signer, ctx.services["storage"], ctx.services["presence"],
+                           device, body)
+    return pollcache.encode_answer(out.poll_interval_s, json.dumps(out.offer).encode() if out.offer else None)
+
+
+def _loaders(ctx: AppContext) -> CapacityLimiter:
+    """Cache misses read in at most 4 threads: more only compete for the GIL and pooled connections."""
+    limiter = ctx.services.get("poll_loaders")
+    if limiter is None:  # made on the event loop (this runs there), once per app
+        limiter = ctx.services["poll_loaders"] = CapacityLimiter(4)
+    return limiter
+
+
+@dataclass(frozen=True)
+class _Caller:
+    token: str
+    device: pollcache.DeviceView
+
+
+async def _polling_device(request: Request, authorization: Annotated[str | None, Header()] = None) -> _Caller:
+    """The calling device from the cache (or one read).  Raises Unauthorized for a missing or unknown token."""
+    ctx: AppContext = request.app.state.ctx
+    cache: PollCache = ctx.services["pollcache"]
+    token = bearer(authorization)
+    if token is None:
+        raise Unauthorized(UNKNOWN_DEVICE)
+    digest = token_digest(token)
+    device = cache.device(digest)
+    if device is None:
+        device = await to_thread.run_sync(_load_device, ctx, cache, digest, limiter=_loaders(ctx))
+        if device is None:
+            raise Unauthorized(UNKNOWN_DEVICE)
+    return _Caller(token, device)
+
+
 @router.post("/device/poll", response_model=schemas.PollOut)
-def poll(body: schemas.PollIn, ctx: Ctx, session: DbSession, device: CurrentDevice) -> schemas.PollOut:
-    answer = service.poll(session, ctx.settings, ctx.signer, ctx.services["storage"], ctx.services["presence"],
-                          device, body)
-    ctx.services["metrics"].polls.labels("yes" if answer.offer else "no").inc()
-    return answer
+async def poll(body: schemas.PollIn, request: Request,
+               caller: Annotated[_Caller, Depends(_polling_device)]) -> Response:
+    ctx: AppContext = request.app.state.ctx
+    cache: PollCache = ctx.services["pollcache"]
+    line = cache.line(body.line) or await to_thread.run_sync(_load_line, ctx, cache, body.line,
+                                                             limiter=_loaders(ctx))
+    now = utcnow()
+    content = pollcache.answer(caller.device, line, body, now, ctx.settings) if line is not None else None
+    if content is None:  # needs the database (an unknown line: the slow path raises NotFound)
+        content = await run_in_threadpool(_poll_in_transaction, ctx, caller.token, body)
+    else:
+        ctx.services["presence"].note(caller.device.pk, now)
+    ctx.services["metrics"].polls.labels("no" if content.endswith(b'"offer":null}') else "yes").inc()
+    return Response(content, media_type="application/json")
 
 
 @router.post("/device/reports", response_model=schemas.ReportsOut)
