@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "cli.agent_cmds",  # agent, classify, simulate
     "cli.model_cmds",  # model pack|diff|patch|unpack|inspect
     "cli.demo_cmd",  # demo
+    "cli.simulate_cmd",  # simulate
 )
 
 

@@ -48,6 +48,7 @@ PROFILES: dict[str, NetworkProfile] = {
 MIXED_SHARES = {"2g": 0.1, "3g": 0.25, "lte": 0.5, "wifi": 0.15}
 
 _CHUNK = 16 * 1024
+_ARTIFACTS = "/api/v1/artifacts/"
 
 
 class LinkClock:
@@ -68,24 +69,31 @@ class LinkClock:
 
 
 class _TrickleStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.Response, link: LinkTransport) -> None:
+    def __init__(self, inner: httpx.Response, link: LinkTransport, artifact: bool) -> None:
         self._inner = inner
         self._link = link
+        self._artifact = artifact
+
+    def _count(self, n: int) -> None:
+        self._link.bytes_delivered += n
+        if self._artifact:
+            self._link.artifact_bytes += n
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner.aiter_raw(_CHUNK):
             if self._link.offline():
+                self._link.drops += 1
                 raise httpx.ReadError("link lost (car went offline)")
             if self._link.rng.random() < self._link.profile.drop_per_mb * len(chunk) / 1_000_000:
                 # hand over part of the chunk, then drop: the agent must resume from here
                 cut = self._link.rng.randrange(len(chunk)) if len(chunk) > 1 else 0
                 if cut:
-                    self._link.bytes_delivered += cut
+                    self._count(cut)
                     yield chunk[:cut]
                 self._link.drops += 1
                 raise httpx.ReadError("connection dropped mid-transfer (simulated)")
             await self._link.clock.sleep(len(chunk) / self._link.profile.bytes_per_s)
-            self._link.bytes_delivered += len(chunk)
+            self._count(len(chunk))
             yield chunk
 
     async def aclose(self) -> None:
@@ -106,7 +114,10 @@ class LinkTransport(httpx.AsyncBaseTransport):
         self.profile = profile
         self.rng = rng
         self.clock = clock
+        #: Response body bytes handed to the agent: everything, and artifact downloads only.
         self.bytes_delivered = 0
+        self.artifact_bytes = 0
+        #: Bodies cut short (a drop, or the car going offline mid-transfer).
         self.drops = 0
         self._offline_until = 0.0
         self._next_check = 0.0
@@ -135,7 +146,7 @@ class LinkTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=response.status_code,
             headers=response.headers,
-            stream=_TrickleStream(response, self),
+            stream=_TrickleStream(response, self, artifact=_ARTIFACTS in request.url.path),
             extensions=response.extensions,
             request=request,
         )

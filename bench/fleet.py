@@ -1,0 +1,164 @@
+"""Scale run: N simulated cars (default 10,000) through a 3-stage rollout on this machine.
+
+    .venv/bin/python bench/fleet.py --cars 10000 [--time-scale 60] [--polls-per-s 80] [--json]
+
+Starts ``ota serve`` in a child process (SQLite in a temp data dir, or --database-url), publishes v1,
+lets the whole fleet enrol and install it (full packages), then publishes v2 and rolls it out in three
+stages (1%, 10%, 100%; auto-advance at 90% installed after a short soak).  Reports per phase: wall
+time, the server process's CPU (user+sys, via psutil) and the simulator's, bytes the server measured,
+cars updated, and the simulated time-to-update percentiles.  Cars share ONNX Runtime sessions per model
+SHA-256 and identical slot files (see ``ota simulate --help``); every car still downloads, verifies,
+decodes, smoke-tests and swaps on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cli.demo_cmd import running_server  # noqa: E402
+from client.simulator.fleet import auto_poll_interval, plan_fleet  # noqa: E402
+from client.simulator.registry_admin import RegistryAdmin  # noqa: E402
+from client.simulator.runner import Fleet  # noqa: E402
+from client.simulator.stats import percentile  # noqa: E402
+from models.zoo import model_path  # noqa: E402
+
+
+class _Meter:
+    """CPU seconds of the server and of this process, and wall time, between two marks."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server = psutil.Process(server_pid)
+        self.me = psutil.Process(os.getpid())
+
+    def mark(self) -> tuple[float, float, float]:
+        def cpu(p: psutil.Process) -> float:
+            t = p.cpu_times()
+            return t.user + t.system + t.children_user + t.children_system
+
+        return time.monotonic(), cpu(self.server), cpu(self.me)
+
+    @staticmethod
+    def since(a: tuple[float, float, float], b: tuple[float, float, float]) -> dict[str, float]:
+        wall = b[0] - a[0]
+        return {"wall_s": round(wall, 1), "server_cpu_s": round(b[1] - a[1], 1),
+                "server_cpu_pct_of_one_core": round(100 * (b[1] - a[1]) / wall, 1) if wall else 0.0,
+                "simulator_cpu_s": round(b[2] - a[2], 1)}
+
+
+def _times(fleet: Fleet, version: int) -> dict[str, Any]:
+    times = [i.time_to_update_s for c in fleet.cars for i in c.agent.installs if i.target_version == version]
+    kinds = [i.artifact for c in fleet.cars for i in c.agent.installs if i.target_version == version]
+    return {"installed": len(times), "via_delta": kinds.count("delta"),
+            "p50_time_to_update_sim_s": percentile(times, 50), "p95_time_to_update_sim_s": percentile(times, 95)}
+
+
+async def _run(args: argparse.Namespace, srv: Any, meter: _Meter, log: Any) -> dict[str, Any]:
+    admin = RegistryAdmin(srv.url, srv.admin_token)
+    line = "road-signs"
+    poll_s = auto_poll_interval(args.cars, args.time_scale, max_polls_per_real_s=args.polls_per_s)
+    out: dict[str, Any] = {"cars": args.cars, "time_scale": args.time_scale, "poll_interval_sim_s": round(poll_s),
+                           "cpus": psutil.cpu_count(), "database": "postgresql" if args.database_url else "sqlite"}
+    v1 = await asyncio.to_thread(admin.publish, model_path("v1"), line, "v1")
+    fleet = Fleet(srv.url, plan_fleet(args.cars, args.networks, args.seed, "car"), Path(args.state_dir), line=line,
+                  enroll_token=srv.enrollment_token, time_scale=args.time_scale, poll_interval_s=poll_s,
+                  inference_interval_s=args.inference_interval, http_timeout_s=120)
+
+    def tick(s: dict[str, Any]) -> None:
+        log(f"  {s['wall_s']:6.0f}s  {s['states']}  versions {s['versions']}  moved {s['bytes'] / 1e6:.0f} MB")
+
+    a = meter.mark()
+    await fleet.start()
+    await fleet.wait_for(lambda: fleet.settled(0.0, include_offline=True), args.phase_timeout, _every(tick, 15))
+    b = meter.mark()
+    out["phase_v1_full"] = {**meter.since(a, b), **_times(fleet, v1["version"]),
+                            "bytes_cars_received": fleet.bytes_moved}
+    log(f"v1: {out['phase_v1_full']}")
+
+    v2 = await asyncio.to_thread(admin.publish, model_path("v2"), line, "v2")
+    moved0 = fleet.bytes_moved
+    stages = [{"percent": p, "min_soak_s": 5, "success_threshold_pct": 90} for p in (1, 10, 100)]
+    a = meter.mark()
+    r = await asyncio.to_thread(admin.start_rollout, line, v2["version"], stages, error_threshold_pct=20)
+    stage_walls: list[float] = []
+    t_stage, seen = time.monotonic(), 0
+    deadline = time.monotonic() + args.phase_timeout
+    while time.monotonic() < deadline:
+        ro = await asyncio.to_thread(admin.rollout, r["id"])
+        if ro["current_stage"] != seen or ro["state"] != "running":
+            stage_walls.append(round(time.monotonic() - t_stage, 1))
+            t_stage, seen = time.monotonic(), ro["current_stage"]
+            log(f"  rollout {ro['state']} stage {ro['current_stage']} after {stage_walls[-1]} s")
+        if ro["state"] != "running":
+            break
+        tick(fleet.snapshot())
+        await asyncio.sleep(5)
+    b = meter.mark()
+    acc = await asyncio.to_thread(admin.accounting, r["id"])
+    out["phase_v2_rollout"] = {**meter.since(a, b), **_times(fleet, v2["version"]), "state": ro["state"],
+                               "stage_wall_s": stage_walls, "bytes_cars_received": fleet.bytes_moved - moved0,
+                               "server_bytes_sent": acc["totals"]["bytes_sent"],
+                               "fp32_bytes_equivalent": acc["totals"]["fp32_bytes_equivalent"],
+                               "package_bytes_equivalent": acc["totals"]["package_bytes_equivalent"],
+                               "devices_updated": acc["totals"]["devices_updated"]}
+    log(f"v2 rollout: {out['phase_v2_rollout']}")
+    summary = fleet.summary()
+    await fleet.stop()
+    admin.close()
+    out["fleet"] = {k: summary[k] for k in ("updated", "failed", "rolled_back", "bytes_sent", "bytes_full_fp32",
+                                            "bytes_full_package", "drops", "inferences", "failed_inferences")}
+    out["peak_rss_mb"] = {"server": round(meter.server.memory_info().rss / 1e6), "simulator":
+                          round(meter.me.memory_info().rss / 1e6)}
+    return out
+
+
+def _every(fn: Any, seconds: float) -> Any:
+    last = [0.0]
+
+    def call(s: dict[str, Any]) -> None:
+        if time.monotonic() - last[0] >= seconds:
+            last[0] = time.monotonic()
+            fn(s)
+
+    return call
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cars", type=int, default=10_000)
+    p.add_argument("--networks", default="mixed")
+    p.add_argument("--time-scale", type=float, default=60.0)
+    p.add_argument("--polls-per-s", type=float, default=80.0, help="target real polls per second for the fleet")
+    p.add_argument("--inference-interval", type=float, help="simulated s between a car's inferences (default: ~50 real/s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--phase-timeout", type=float, default=1800.0, help="real seconds per phase")
+    p.add_argument("--database-url", help="PostgreSQL URL (default: SQLite in the temp data dir)")
+    p.add_argument("--state-dir", help="car state (default: a temp dir)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    logging.getLogger("client").setLevel(logging.ERROR)
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
+    with tempfile.TemporaryDirectory(prefix="ota-fleet-") as tmp:
+        args.state_dir = args.state_dir or str(Path(tmp) / "cars")
+        env = {"OTA_DATABASE_URL": args.database_url} if args.database_url else None
+        with running_server(Path(tmp) / "server", codecs="deep", extra_env=env) as srv:
+            out = asyncio.run(_run(args, srv, _Meter(srv.pid), log))
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""``ota demo``: the whole story on the embedded default, in one command.
+
+It starts ``ota serve`` as a child process (SQLite + local blobs in the data
+dir), then runs the rehearsal in ``client.simulator.story`` against it over
+HTTP: v1 to a fleet of simulated cars, v2..v5 through staged rollouts, and one
+bad version that the cars' smoke test refuses so that rollout halts by itself.
+The server keeps running (dashboards at ``/dashboard``) until Ctrl-C, unless
+``--exit-when-done``.  ``running_server`` is reused by the tests and
+``bench/fleet.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DemoError(RuntimeError):
+    """The demo could not run (server did not start, port taken); the message says why."""
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    url: str
+    pid: int
+    data_dir: Path
+    admin_token: str
+    enrollment_token: str
+    log_path: Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def running_server(data_dir: Path, port: int | None = None, *, codecs: str = "deep", tick_s: float = 1.0,
+                   poll_interval_s: int = 60, extra_env: dict[str, str] | None = None,
+                   startup_timeout_s: float = 90.0) -> Iterator[ServerProcess]:
+    """``ota serve`` in a child process on ``port`` (a free one if None), stopped with SIGINT on exit.
+
+    Raises:
+        DemoError: the port is taken, or the server exited or did not become ready in time.
+    """
+    import httpx
+
+    port = port or free_port()
+    if _port_taken(port):
+        raise DemoError(f"port {port} is already in use; pick another with --port")
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OTA_ENVIRONMENT": "development", "OTA_DEFAULT_CODECS": codecs,
+           "OTA_ROLLOUT_TICK_S": str(tick_s), "OTA_LAST_SEEN_FLUSH_S": str(tick_s),
+           "OTA_POLL_INTERVAL_S": str(poll_interval_s), **(extra_env or {})}
+    if "OTA_DATABASE_URL" not in (extra_env or {}):
+        env.pop("DATABASE_URL", None)  # the demo is the embedded default: SQLite in the data dir
+    log_path = data_dir / "server.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - closed in finally below
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--data-dir", str(data_dir), "--port",
+                             str(port), "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise DemoError(f"the server exited with status {proc.returncode}; its log ({log_path}) ends:\n{tail}")
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise DemoError(f"the server did not become ready within {startup_timeout_s:.0f} s (log: {log_path})")
+            time.sleep(0.2)
+        yield ServerProcess(url, proc.pid, data_dir, (data_dir / "admin-token").read_text().strip(),
+                            (data_dir / "enrollment-token").read_text().strip(), log_path)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo", help="start the server and rehearse v1..v5 (and one bad version) on a simulated fleet",
+        description="Start the registry on the embedded default (SQLite + local blobs in --data-dir), publish v1 "
+                    "and let simulated cars install it, then publish v2..v5 with staged rollouts (canary, wider, "
+                    "everyone; auto-advance), including one bad version that the cars' smoke test refuses so its "
+                    "rollout halts by itself.  Prints what happened and leaves the server running until Ctrl-C.")
+    p.add_argument("--data-dir", type=Path, default=Path(".ota-data"), help="server data and car state")
+    p.add_argument("--cars", type=int, default=200, help="simulated cars (default 200)")
+    p.add_argument("--port", type=int, default=8000, help="server port (default 8000)")
+    p.add_argument("--time-scale", type=float, default=120.0, help="simulated seconds per real second (default 120)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object (simulator summary + rollouts)")
+    p.add_argument("--exit-when-done", action="store_true", help="stop the server when the story is told")
+    p.set_defaults(func=cmd_demo)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from client.simulator.story import DemoOptions, StoryError, run_story
+
+    if args.cars < 10:
+        print("ota demo: --cars must be at least 10 (a canary stage needs a few cars)", file=sys.stderr)
+        return 2
+    logging.getLogger("client").setLevel(logging.ERROR)  # the story says what the cars' warnings would
+    signal.signal(signal.SIGTERM, _terminate)  # `kill` stops the cars and the server as Ctrl-C does
+    opts = DemoOptions(cars=args.cars, time_scale=args.time_scale, seed=args.seed, quiet=args.json)
+    try:
+        with running_server(args.data_dir, args.port) as srv:
+            if not args.json:
+                print(f"registry on {srv.url} (data dir {srv.data_dir}, log {srv.log_path})")
+            try:
+                report = asyncio.run(run_story(srv.url, srv.admin_token, srv.enrollment_token,
+                                               srv.data_dir / "demo-cars", opts))
+            except StoryError as e:
+                print(f"ota demo: {e}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                print("\nota demo: interrupted; stopping the cars and the server", file=sys.stderr)
+                return 130
+            if args.json:
+                print(json.dumps(report, indent=2))
+            if args.exit_when_done:
+                return 0
+            print(f"\nThe server is still running: {srv.url}/dashboard (rollouts, bandwidth).  Ctrl-C stops it.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                print("\nstopping the server ...")
+                return 0
+    except DemoError as e:
+        print(f"ota demo: {e}", file=sys.stderr)
+        return 1

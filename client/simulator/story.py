@@ -1,0 +1,240 @@
+"""The demo's story, told against a running registry over HTTP.
+
+1. Publish v1; a fleet of simulated cars enrols and installs it (full package).
+2. A few cars park for a long time (garage, holiday): they fall behind.
+3. Publish v2, v3, a bad version, v4, v5; each goes out as a staged rollout
+   (canary, wider, everyone; auto-advance on an installed share after a soak;
+   auto-halt on a failure share).  The bad version (``badmodel``) fails every
+   car's smoke test: the canary cars refuse it and keep serving what they ran,
+   and the rollout halts at its canary stage; no car outside it is offered it.
+4. Before v5 the parked cars come back, several versions behind.
+
+``run_story`` returns one JSON-able dict: the simulator summary plus, per
+published version, the rollout outcome and the registry's own accounting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from client.simulator.badmodel import DESCRIPTION, nondeterministic_variant
+from client.simulator.display import LiveView, human_bytes, print_summary
+from client.simulator.fleet import auto_poll_interval, plan_fleet
+from client.simulator.registry_admin import AdminError, RegistryAdmin
+from client.simulator.runner import Fleet
+from models.zoo import model_path
+
+FINAL_ROLLOUT_STATES = frozenset({"completed", "halted", "aborted"})
+
+
+class StoryError(RuntimeError):
+    """The rehearsal could not go on (the registry refused a publish or a rollout); says which step."""
+
+
+@dataclass
+class DemoOptions:
+    cars: int = 200
+    time_scale: float = 120.0
+    seed: int = 0
+    networks: str = "mixed"
+    quiet: bool = False
+    poll_interval_s: float | None = None  # simulated; default: auto_poll_interval (fleet size and time scale)
+    inference_interval_s: float | None = None  # simulated, per car; default: auto_inference_interval
+    parked_share: float = 0.05
+    min_soak_s: float = 2.0  # real seconds (the registry's soak clock is its own)
+    success_threshold_pct: float = 80.0
+    error_threshold_pct: float = 20.0
+    phase_timeout_real_s: float = 180.0
+    line: str | None = None  # default: "road-signs", or a fresh "road-signs-runN" if that line is taken
+    detail: bool = False  # include every car's result in the report (tests)
+    versions: list[str] = field(default_factory=lambda: ["v2", "v3", "bad", "v4", "v5"])
+
+
+def stages_for(cars: int, opts: DemoOptions) -> list[dict[str, Any]]:
+    """Canary (about six cars, at least 5%), at least a quarter, everyone; each auto-advances."""
+    six = round(600 / cars)  # the percent that holds about six cars
+    canary = max(5.0, min(30.0, six))
+    return [{"percent": pct, "min_soak_s": opts.min_soak_s, "success_threshold_pct": opts.success_threshold_pct}
+            for pct in (canary, max(25.0, canary + six), 100.0)]
+
+
+def _pick_line(admin: RegistryAdmin, wanted: str | None) -> str:
+    if wanted:
+        return wanted
+    n = 1
+    while admin.versions("road-signs" if n == 1 else f"road-signs-run{n}"):
+        n += 1
+    return "road-signs" if n == 1 else f"road-signs-run{n}"
+
+
+async def run_story(server_url: str, admin_token: str, enroll_token: str, state_root: Path,
+                    opts: DemoOptions) -> dict[str, Any]:
+    """Tell the story; returns the simulator summary and the per-version outcomes.
+
+    Raises:
+        StoryError: the registry refused a step.
+    """
+    console = None if opts.quiet else Console(highlight=False)
+    say: Callable[[str], None] = console.print if console else (lambda _m: None)
+    admin = RegistryAdmin(server_url, admin_token)
+    try:
+        return await _tell(admin, server_url, enroll_token, state_root, opts, console, say)
+    except AdminError as e:
+        raise StoryError(str(e)) from e
+    finally:
+        admin.close()
+
+
+async def _tell(admin: RegistryAdmin, server_url: str, enroll_token: str, state_root: Path, opts: DemoOptions,
+                console: Console | None, say: Callable[[str], None]) -> dict[str, Any]:
+    line = await asyncio.to_thread(_pick_line, admin, opts.line)
+    prefix = "car" if line == "road-signs" else f"{line.rsplit('-', 1)[-1]}-car"
+    poll_s = opts.poll_interval_s or auto_poll_interval(opts.cars, opts.time_scale)
+    fleet = Fleet(server_url, plan_fleet(opts.cars, opts.networks, opts.seed, prefix), state_root / line,
+                  enroll_token=enroll_token, time_scale=opts.time_scale, poll_interval_s=poll_s,
+                  line=line, inference_interval_s=opts.inference_interval_s)
+    outcomes: list[dict[str, Any]] = []
+    started = time.monotonic()
+    say(f"line [bold]{line}[/bold]: {opts.cars} simulated cars ({opts.networks} networks), time x{opts.time_scale:g}, "
+        f"each polls every {poll_s / 60:.1f} simulated min")
+
+    v1 = await asyncio.to_thread(admin.publish, model_path("v1"), line, "v1: trained from scratch")
+    say(_published("v1", v1))
+    outcomes.append({"name": "v1", "version": v1["version"], "rollout": None, "note": "first version: stable"})
+    with LiveView(console) as view:
+        view.headline = f"v1 -> {opts.cars} cars (enrol, full download)"
+        await fleet.start()
+        ok = await fleet.wait_settled(opts.phase_timeout_real_s, view.update)
+    say(f"v1 installed on {fleet.snapshot()['versions'].get(v1['version'], 0)} of {opts.cars} cars"
+        + ("" if ok else " (timed out waiting for the rest)"))
+
+    rng = random.Random(opts.seed ^ 0xCA7)
+    parked = rng.sample(fleet.cars, k=int(opts.parked_share * opts.cars))
+    for car in parked:
+        car.link.go_offline(1e9)
+    if parked:
+        say(f"{len(parked)} cars park in garages (offline) and will miss the next rollouts")
+
+    try:
+        for name in opts.versions:
+            if name == opts.versions[-1] and parked:
+                for car in parked:
+                    car.link.go_offline(0)
+                say(f"{len(parked)} parked cars come back, several versions behind")
+            last = name == opts.versions[-1]
+            outcomes.append(await _rollout_phase(admin, fleet, line, name, opts, console, say, last))
+    finally:
+        summary = fleet.summary()
+        await fleet.stop()
+    if console:
+        print_summary(console, summary)
+        _print_outcomes(console, outcomes)
+    detail = {"cars_detail": [asdict(r) for r in fleet.results()]} if opts.detail else {}
+    return {**summary, **detail, "parked": sorted(c.spec.device_id for c in parked), "line": line, "server": server_url, "dashboard": f"{server_url}/dashboard",
+            "story_wall_s": round(time.monotonic() - started, 1), "rollouts": outcomes}
+
+
+def _published(name: str, v: dict[str, Any]) -> str:
+    pk = ", ".join(f"{c} {human_bytes(p['bytes'])}" for c, p in v.get("packages", {}).items())
+    return f"published {name} as version {v['version']}: fp32 {human_bytes(v['source_bytes'])}; packages {pk}"
+
+
+async def _rollout_phase(admin: RegistryAdmin, fleet: Fleet, line: str, name: str, opts: DemoOptions,
+                         console: Console | None, say: Callable[[str], None], last: bool) -> dict[str, Any]:
+    """Publish ``name``, roll it out in stages, and wait until the registry decided and the cars acted.
+
+    After the last version, wait for cars in dead zones too, so that every car ends on it or on a failure.
+    """
+    if name == "bad":
+        base = "v3"
+        data = nondeterministic_variant(model_path(base).read_bytes())
+        note = DESCRIPTION.format(base=base, scale=0.5)
+    else:
+        data = model_path(name).read_bytes()
+        note = f"{name} from the shipped zoo"
+    v = await asyncio.to_thread(admin.publish, data, line, note)
+    say(_published(name, v) + (f"\n  [yellow]bad version[/yellow]: {note}" if name == "bad" else ""))
+    stages = stages_for(len(fleet.cars), opts)
+    r = await asyncio.to_thread(admin.start_rollout, line, v["version"], stages,
+                                error_threshold_pct=opts.error_threshold_pct)
+    rid = r["id"]
+    t0 = time.monotonic()
+    final_at: float | None = None
+    seen_stage, stage_since, operator_advanced = -1, time.monotonic(), []
+    with LiveView(console) as view:
+        deadline = time.monotonic() + opts.phase_timeout_real_s
+        while True:
+            ro = await asyncio.to_thread(admin.rollout, rid)
+            view.headline = (f"{name} (version {v['version']}) rollout {rid}: {ro['state']}, stage "
+                             f"{ro['current_stage'] + 1}/{len(stages)} ({stages[ro['current_stage']]['percent']:g}%)")
+            view.update(fleet.snapshot())
+            stage = ro["current_stage"]
+            if stage != seen_stage:
+                seen_stage, stage_since = stage, time.monotonic()
+            elif (ro["state"] == "running" and ro["stages"][stage]["assigned"] == 0
+                  and time.monotonic() - stage_since > opts.min_soak_s + 2):
+                # The registry waits for an installed share of an empty stage forever; an operator would advance.
+                await asyncio.to_thread(admin.act, rid, "advance")
+                operator_advanced.append(stage)
+                say(f"  stage {stage + 1} of rollout {rid} holds no car: advanced by hand")
+                continue
+            if ro["state"] in FINAL_ROLLOUT_STATES:
+                # the registry has decided; wait until every online car has polled since and acted on it
+                final_at = fleet.clock.now() if final_at is None else final_at
+                if fleet.settled(final_at, include_offline=last):
+                    break
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    acc = await asyncio.to_thread(admin.accounting, rid)
+    t = acc["totals"]
+    outcome = {
+        "name": name, "version": v["version"], "rollout": rid, "state": ro["state"],
+        "stage_reached": ro["current_stage"], "stages": len(stages), "reason": ro.get("reason"),
+        "timed_out": ro["state"] not in FINAL_ROLLOUT_STATES,
+        "stage_counts": [s["counts"] | {"assigned": s["assigned"]} for s in ro["stages"]],
+        "bytes_sent": t["bytes_sent"], "delta_bytes": t["delta_bytes"], "full_bytes": t["full_bytes"],
+        "devices_updated": t["devices_updated"], "resumes": t["resumes"],
+        "fp32_bytes_equivalent": t["fp32_bytes_equivalent"], "package_bytes_equivalent": t["package_bytes_equivalent"],
+        "operator_advanced_stages": operator_advanced, "note": note, "phase_wall_s": round(time.monotonic() - t0, 1),
+    }
+    say(_outcome_line(outcome))
+    return outcome
+
+
+def _outcome_line(o: dict[str, Any]) -> str:
+    stage = f"stage {o['stage_reached'] + 1}/{o['stages']}"
+    colour = {"completed": "green", "halted": "red"}.get(o["state"], "yellow")
+    return (f"  rollout {o['rollout']} ({o['name']}): [{colour}]{o['state']}[/{colour}] at {stage}; "
+            f"{o['devices_updated']} cars updated, {human_bytes(o['bytes_sent'])} sent "
+            f"({human_bytes(o['delta_bytes'])} as deltas, {o['resumes']} resumed requests)"
+            + (f"; {o['reason']}" if o.get("reason") else ""))
+
+
+def _print_outcomes(console: Console, outcomes: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    t = Table(title="Rollouts")
+    for col in ("version", "what", "rollout", "outcome", "stage reached", "cars updated", "bytes sent",
+                "vs fp32", "vs package"):
+        t.add_column(col)
+    for o in outcomes:
+        if o["rollout"] is None:
+            t.add_row(str(o["version"]), o["name"], "-", "stable (first version)", "-", "-", "-", "-", "-")
+            continue
+        t.add_row(str(o["version"]), o["name"], str(o["rollout"]), o["state"] + (" (timed out)" if o["timed_out"] else ""),
+                  f"{o['stage_reached'] + 1}/{o['stages']}", str(o["devices_updated"]), human_bytes(o["bytes_sent"]),
+                  _pct(o["bytes_sent"], o["fp32_bytes_equivalent"]), _pct(o["bytes_sent"], o["package_bytes_equivalent"]))
+    console.print(t)
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"

@@ -1,0 +1,134 @@
+"""The demo's story on a small fleet, end to end: ``ota serve`` in a child process, 20 real agents behind
+simulated 2G/3G/LTE/Wi-Fi links (drops, dead zones, parked cars), v1 then five staged rollouts including a
+version no car can reproduce.  One run per module; each test asks one question of it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cli.demo_cmd import running_server
+from cli.main import main as ota
+from client.simulator.story import DemoOptions, run_story
+
+CARS = 20
+PROMISED_KEYS = {"cars", "updated", "failed", "rolled_back", "bytes_sent", "bytes_full_fp32", "bytes_full_package",
+                 "failed_inferences", "wall_s"}
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    data = tmp_path_factory.mktemp("demo")
+    # lossless packs in a fraction of a second (deep takes seconds per version); everything else is the demo's
+    with running_server(data, codecs="lossless", tick_s=0.5) as srv:
+        opts = DemoOptions(cars=CARS, time_scale=120, seed=7, quiet=True, detail=True, min_soak_s=0.5,
+                           phase_timeout_real_s=60)
+        report = asyncio.run(run_story(srv.url, srv.admin_token, srv.enrollment_token, data / "cars", opts))
+        admin = httpx.Client(base_url=srv.url + "/api/v1", headers={"Authorization": f"Bearer {srv.admin_token}"})
+        transfers = admin.get("/accounting/transfers", params={"limit": 10000}).json()
+        rollouts = {r["id"]: r for r in admin.get("/rollouts").json()}
+        devices = {d["device_id"]: d for d in admin.get("/devices").json()}
+        admin.close()
+        yield {"report": report, "transfers": transfers, "rollouts": rollouts, "devices": devices, "server": srv,
+               "data": data}
+
+
+def _outcome(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(o for o in report["rollouts"] if o["name"] == name)
+
+
+def test_story_json_has_the_promised_figures(story: dict[str, Any]) -> None:
+    r = story["report"]
+    assert PROMISED_KEYS <= set(r)
+    assert r["cars"] == CARS and r["updated"] == CARS
+    assert r["failed_inferences"] == 0 and r["inferences"] > CARS
+    assert 0 < r["bytes_sent"] < r["bytes_full_package"] < r["bytes_full_fp32"]
+    assert [o["name"] for o in r["rollouts"]] == ["v1", "v2", "v3", "bad", "v4", "v5"]
+    assert [o["state"] for o in r["rollouts"][1:]] == ["completed", "completed", "halted", "completed", "completed"]
+    json.dumps(r)  # one JSON object, as --json prints it
+
+
+def test_every_car_ends_on_the_last_version_or_on_a_reported_failure(story: dict[str, Any]) -> None:
+    report = story["report"]
+    last = report["rollouts"][-1]["version"]
+    for car in report["cars_detail"]:
+        if car["end_version"] != last:
+            assert car["failed"], f"{car['device_id']} is on v{car['end_version']} without a reported failure"
+    assert sum(c["end_version"] == last for c in report["cars_detail"]) == CARS
+    assert report["versions"] == {f"v{last}": CARS}
+
+
+def test_server_bytes_equal_what_the_cars_received(story: dict[str, Any]) -> None:
+    sent: dict[str, int] = {}
+    for t in story["transfers"]:
+        sent[t["device_id"]] = sent.get(t["device_id"], 0) + t["bytes_sent"]
+    cars = story["report"]["cars_detail"]
+    assert len(story["transfers"]) < 10000  # we saw every transfer record
+    for car in cars:
+        got = car["artifact_bytes"]
+        if car["drops"] == 0:
+            # every response body was read to its end: what the server wrote is what the car got
+            assert sent.get(car["device_id"], 0) == got, car["device_id"]
+        else:
+            # a cut connection loses what was in flight: the server counted it, the car never saw it
+            assert sent.get(car["device_id"], 0) >= got, car["device_id"]
+    clean = [c for c in cars if c["drops"] == 0]
+    assert len(clean) >= CARS // 4  # enough cars never lost a connection for the equality to mean something
+    assert sum(c["artifact_bytes"] for c in clean) == sum(sent.get(c["device_id"], 0) for c in clean)
+
+
+def test_delta_updates_were_used_wherever_the_car_had_a_base(story: dict[str, Any]) -> None:
+    for car in story["report"]["cars_detail"]:
+        kinds = [i["artifact"] for i in car["installs"]]
+        assert kinds[0] == "full", car  # nothing on disk yet
+        assert set(kinds[1:]) == {"delta"}, car
+        for i in car["installs"][1:]:
+            assert i["bytes_received"] < i["package_bytes"], i  # offered only when smaller than the package
+    parked = [c for c in story["report"]["cars_detail"] if c["device_id"] in story["report"]["parked"]]
+    assert parked
+    for car in parked:  # back after missing v2, v3 (and the bad one): one delta from v1 straight to v4 or v5
+        first, second = car["installs"][:2]
+        assert (first["target_version"], second["artifact"]) == (1, "delta")
+        assert second["target_version"] >= _outcome(story["report"], "v4")["version"], car
+
+
+def test_halted_rollout_never_reached_later_stages(story: dict[str, Any]) -> None:
+    bad = _outcome(story["report"], "bad")
+    rollout = story["rollouts"][bad["rollout"]]
+    assert rollout["state"] == "halted" and rollout["current_stage"] == 0
+    assert "error threshold" in (rollout["reason"] or "")
+    canary, *later = rollout["stages"]
+    assert canary["counts"].get("failed", 0) >= 1 and canary["counts"].get("installed", 0) == 0
+    for stage in later:
+        assert set(stage["counts"]) <= {"pending"}, stage
+    later_devices = {t["device_id"] for t in story["transfers"] if t["rollout_id"] == bad["rollout"]}
+    assert len(later_devices) <= canary["assigned"]
+    for car in story["report"]["cars_detail"]:
+        assert bad["version"] not in [i["target_version"] for i in car["installs"]]
+
+
+def test_ota_simulate_joins_new_cars_to_the_same_registry(story: dict[str, Any], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    srv = story["server"]
+    code = ota(["simulate", "--server", srv.url, "--cars", "4", "--networks", "wifi", "--json", "--time-scale", "120",
+                "--data-dir", str(story["data"]), "--state-dir", str(tmp_path), "--line", story["report"]["line"],
+                "--prefix", "late", "--duration", "3600"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert PROMISED_KEYS <= set(out)
+    assert out["cars"] == 4 and out["updated"] == 4 and out["failed"] == 0
+    last = story["report"]["rollouts"][-1]["version"]
+    assert out["versions"] == {f"v{last}": 4}  # the stable version after the last completed rollout
+    assert out["bytes_sent"] == out["bytes_full_package"]  # new cars: full packages, nothing else
+
+
+def test_ota_demo_refuses_a_fleet_too_small_for_a_canary(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert ota(["demo", "--cars", "3", "--data-dir", str(tmp_path), "--exit-when-done"]) == 2
+    assert "--cars must be at least 10" in capsys.readouterr().err
+    assert not (tmp_path / "registry.db").exists()
