@@ -27,7 +27,6 @@ Faults and what each row says:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
@@ -316,16 +315,7 @@ def fault_transit(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                           state_dir=workdir / "transit" / f"{mode}-{i}",
                                           enroll_token=srv.enrollment_token, backoff_initial_s=0.05),
                               transport=link)
-
-                async def go(a: Agent = agent) -> None:
-                    try:
-                        await a.start()
-                        await a.ensure_enrolled()
-                        await a.poll_once()
-                    finally:
-                        await a.aclose()
-
-                asyncio.run(go())
+                agent.run_once()
                 active = agent.journal.active
                 if active is not None and active.package_sha256 == v1["sha256"]:
                     installed_right += 1
@@ -506,16 +496,7 @@ def fault_disk_full(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             def run_agent() -> Agent:
                 a = Agent(AgentConfig(server_url=srv.url, device_id="car-full", state_dir=flash / "agent",
                                       enroll_token=srv.enrollment_token, backoff_initial_s=0.05))
-
-                async def go() -> None:
-                    try:
-                        await a.start()
-                        await a.ensure_enrolled()
-                        await a.poll_once()
-                    finally:
-                        await a.aclose()
-
-                asyncio.run(go())
+                a.run_once()
                 return a
 
             a = run_agent()

@@ -39,7 +39,6 @@ def _tags(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    import asyncio
 
     from client import Agent, AgentConfig
     from client.errors import AgentError
@@ -69,16 +68,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
             return 1
         return 0
 
-    async def once() -> None:
-        try:
-            await agent.start()
-            await agent.ensure_enrolled()
-            await agent.poll_once()
-        finally:
-            await agent.aclose()
-
     try:
-        asyncio.run(once())
+        agent.run_once()
     except AgentError as e:
         print(f"ota agent: {e}", file=sys.stderr)
         return 1

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,18 +30,15 @@ def _read(path: str, what: str) -> bytes:
 
 
 def _write(path: str, data: bytes) -> None:
+    from client.atomic import write_atomic
+    from client.errors import StorageError
+
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, data, what="output file")
+    except (OSError, StorageError) as e:
+        raise UsageError(f"cannot write {path!r}: {e}") from e
 
 
 def load_probe(path: str) -> Any:

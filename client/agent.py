@@ -152,6 +152,19 @@ class Agent:
         """Ask ``run_forever`` to return after its current step."""
         self._stop.set()
 
+    async def poll_cycle(self) -> None:
+        """Start, enrol if needed, poll once (installing any offer), then close: one car wake-up."""
+        try:
+            await self.start()
+            await self.ensure_enrolled()
+            await self.poll_once()
+        finally:
+            await self.aclose()
+
+    def run_once(self) -> None:
+        """Blocking ``poll_cycle`` for ``ota agent --once``, scripts and benchmarks."""
+        asyncio.run(self.poll_cycle())
+
     def run(self) -> None:
         """Blocking entry point for ``ota agent``: start, then poll until stopped (Ctrl-C)."""
 
