@@ -1,10 +1,12 @@
 """Choose each tensor's encoding: bit widths, sparsity, rank, and grid reuse, under the accuracy gate.
 
 For the ``deep`` codec every quantizable layer gets a menu of options (cell
-width x sparsity, plus "stay on the base package's codebook" when a base is
-given), each with its estimated bytes and its relative weight error
-(noise-to-signal ratio, NSR).  Each layer's NSR is weighted by its measured
-sensitivity: the output error on a few probe samples when only that layer is
+width x sparsity, the same widths with the layer's dead channels masked to
+exact zeros when it has any, plus "stay on the base package's codebook" when
+a base is given), each with its estimated bytes and its relative weight
+error (noise-to-signal ratio, NSR; where the input statistics are known each
+weight's error counts by the energy of the input it multiplies).  Each
+layer's NSR is weighted by its measured sensitivity: the output error on a few probe samples when only that layer is
 perturbed (layers differ by three orders of magnitude in SqueezeNet: early
 squeeze layers are fragile, the large late 3x3 expands are not).  For a
 Lagrange multiplier ``lam`` each layer independently takes the option
@@ -38,6 +40,7 @@ DEEP_STEPS = tuple(2 ** (-k / 2) for k in range(1, 21))  # cell width, in units 
 DEEP_SPARSITY = (0.0, 0.5)
 LAMBDAS = tuple(10 ** (k / 8) for k in range(24, 81))  # 1e3 .. 1e10
 DEFAULT_LAMBDA = 1e7
+BIAS_STEP = 1 / 256  # bias grid step, in units of the bias vector's RMS: an error ~60 dB below it
 SENSITIVITY_STEP = 0.1  # probe perturbation: cells of 0.1 RMS, NSR ~ 1e-3
 SVD_ENERGY = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9999)
 DEFAULT_SVD_ENERGY = 0.995
@@ -53,6 +56,15 @@ class Probe(Protocol):
 
     @property
     def moments(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def dead_rows(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def biases(self) -> set[str]: ...
+
+    @property
+    def dead_inputs(self) -> dict[str, np.ndarray]: ...
 
 
 @dataclass
@@ -74,44 +86,119 @@ def _rms(w: np.ndarray) -> float:
     return float(np.sqrt(np.mean(w.astype(np.float64) ** 2))) or 1.0
 
 
-def _nsr(w: np.ndarray, approx: np.ndarray) -> float:
-    power = float(np.sum(w.astype(np.float64) ** 2)) or 1.0
-    return float(np.sum((w.astype(np.float64) - approx) ** 2)) / power
+def _nsr(w: np.ndarray, approx: np.ndarray, weigh: np.ndarray | None = None) -> float:
+    """Relative squared error; with ``weigh`` (see :func:`weighting`) each weight counts by what it moves at the output."""
+    w64 = w.astype(np.float64).reshape(w.shape[0], -1)
+    err = (w64 - np.asarray(approx, dtype=np.float64).reshape(w64.shape)) ** 2
+    if weigh is None:
+        return float(err.sum()) / (float(np.sum(w64**2)) or 1.0)
+    return float(np.sum(err * weigh)) / (float(np.sum(w64**2 * weigh)) or 1.0)
 
 
-def sensitivity(name: str, w: np.ndarray, base: Coded | None, probe: Probe) -> float:
+def weighting(w: np.ndarray, moments: np.ndarray | None, dead: np.ndarray | None) -> np.ndarray | None:
+    """Per-weight output weight of an error: the input energy of its column, 0 on dead output channels.
+
+    A layer's output error is sum_o e_o^T H e_o; its diagonal part weighs each
+    weight's error by the energy of the input it multiplies.  Masked layouts
+    zero the weights of unused inputs and outputs, so errors must be counted
+    this way for the options of one layer to compete fairly.
+    """
+    if moments is None:
+        return None
+    cols = np.diag(moments).astype(np.float64)
+    if cols.size != w[0].size:
+        return None
+    rows = np.ones(w.shape[0]) if dead is None else (~dead).astype(np.float64)
+    return rows[:, None] * cols[None, :]
+
+
+def sensitivity(name: str, w: np.ndarray, base: Coded | None, probe: Probe, weigh: np.ndarray | None = None) -> float:
     """How much the outputs move per unit of this layer's relative error (from the base if known)."""
     if base is not None and base.shape == w.shape and "sensitivity" in base.meta:
         return float(base.meta["sensitivity"])
     step = SENSITIVITY_STEP * _rms(w)
     approx = (np.rint(w / step) * step).astype(np.float32)
-    return float(f"{probe.sensitivity(name, approx, _nsr(w, approx)):.4g}")
+    return float(f"{probe.sensitivity(name, approx, max(_nsr(w, approx, weigh), 1e-30)):.4g}")
 
 
-def deep_options(w: np.ndarray, base: Coded | None, sens: float, moments: np.ndarray | None = None) -> list[Option]:
+def deep_options(w: np.ndarray, base: Coded | None, sens: float, moments: np.ndarray | None = None,
+                 dead: np.ndarray | None = None, dead_inputs: np.ndarray | None = None) -> list[Option]:
     """The per-layer menu for ``deep``; with a compatible base, its codebook is on it too.
 
     Costs and errors are estimated with round-to-nearest; the chosen options
-    are built with output-error compensation when ``moments`` are known.
+    are built with output-error compensation when ``moments`` are known.  With
+    ``moments`` the menu also holds masked grids: ``dead`` output channels and
+    ``dead_inputs`` (input channels zero on the whole probe) are exact zeros.
     """
     options = []
     rms = _rms(w)
     upper = quantize.compensation(moments) if moments is not None else None
+    weigh = weighting(w, moments, dead)
     for sparsity in DEEP_SPARSITY:
         threshold = quantize.prune_threshold(w, sparsity)
         for rel in DEEP_STEPS:
             cells, nsr, entries = quantize.estimate(w, rel * rms, threshold)
+            if weigh is not None:
+                nsr = _nsr(w, _estimate_values(w, cells, rel * rms, entries), weigh)
             cost = entropy.estimate_bytes(cells) + 4 * entries
             build = (lambda st=rel * rms, sp=sparsity: _with(tensors.encode_deep(w, st, sp, upper), sens))  # noqa: E731
             options.append(Option(f"step{rel:.3g}/s{sparsity}", cost, nsr * sens, functools.cache(build)))
-    if base is not None and base.kind == "deep" and base.shape == w.shape:
+    if weigh is not None and moments is not None:
+        options += _scaled_options(w, dead, dead_inputs, weigh, sens, upper)
+    if base is not None and base.kind == "deep" and base.shape == w.shape and base.meta.get("scaled"):
+        coded = tensors.masked_on_book(w, base, upper)
+        cost = entropy.estimate_bytes(coded.symbols - base.symbols) if not np.array_equal(coded.symbols, base.symbols) else 0.0
+        approx = tensors.values(tensors.masked_on_book(w, base))
+        options.append(Option("reuse", cost, _nsr(w, approx, weigh) * sens, lambda: _with(coded, sens)))
+    elif base is not None and base.kind == "deep" and base.shape == w.shape:
         thr, grid, book = float(base.meta.get("threshold", 0.0)), bool(base.meta.get("grid")), base.params
         coded = tensors.deep_on_book(w, book, thr, grid, upper)
         codes = coded.symbols
         cost = entropy.estimate_bytes(codes - base.symbols) if not np.array_equal(codes, base.symbols) else 0.0
         # error estimated with round-to-nearest, like the fresh options it competes with
         approx = tensors.values(tensors.deep_on_book(w, book, thr, grid))
-        options.append(Option("reuse", cost, _nsr(w, approx) * sens, lambda: _with(coded, sens)))
+        options.append(Option("reuse", cost, _nsr(w, approx, weigh) * sens, lambda: _with(coded, sens)))
+    return options
+
+
+def _estimate_values(w: np.ndarray, cells: np.ndarray, step: float, entries: int) -> np.ndarray:
+    """Round-to-nearest values of :func:`quantize.estimate`'s cells (cell means for a codebook, as it assumes)."""
+    if entries == 1:
+        return cells * float(np.float32(step))
+    flat = w.ravel().astype(np.float64)
+    shifted = cells - cells.min()
+    means = np.bincount(shifted, weights=flat) / np.maximum(np.bincount(shifted), 1)
+    values = means[shifted]
+    values[cells == 0] = 0.0
+    return values
+
+
+def _scaled_options(w: np.ndarray, dead: np.ndarray | None, dead_inputs: np.ndarray | None, weigh: np.ndarray,
+                    sens: float, upper: quantize.Compensation | None) -> list[Option]:
+    """Masked grids at every step of the menu: dead input and output channels are 0.0 and cost nothing.
+
+    Same error as the plain grid at the same step (the masked weights move no
+    output on the probe), fewer bytes; offered only when the layer has a mask.
+    """
+    cout, cin, _ = quantize.scaled_layout(w.shape)
+    no_inputs = dead_inputs if dead_inputs is not None and dead_inputs.size == cin else np.zeros(cin, bool)
+    cols = quantize.channel_levels(no_inputs)
+    rows = dead.astype(np.int64) if dead is not None and dead.size == cout else np.zeros(cout, np.int64)
+    if not rows.any() and np.all(cols == -quantize.LEVEL_MIN):
+        return []  # the plain grid already is this option
+    mask = quantize.scaled_mask(tuple(w.shape), rows, cols)
+    side = entropy.estimate_bytes(np.concatenate([rows, cols]))
+    options = []
+    rms = _rms(w)
+    live = w.ravel()[~mask]
+    for rel in DEEP_STEPS:
+        step = float(np.float32(rel * rms))
+        cells, _, entries = quantize.estimate(live, step, 0.0)
+        approx = np.zeros(w.size)
+        approx[~mask] = _estimate_values(live, cells, step, entries)
+        cost = entropy.estimate_bytes(cells) + 4 * entries + side
+        build = (lambda st=step: _with(tensors.encode_scaled(w, st, rows, cols, upper), sens))  # noqa: E731
+        options.append(Option(f"scaled{rel:.3g}", cost, _nsr(w, approx, weigh) * sens, functools.cache(build)))
     return options
 
 
@@ -125,8 +212,23 @@ def pick(menus: dict[str, list[Option]], lam: float) -> dict[str, Option]:
     return {name: min(menu, key=lambda o: o.nbytes + lam * o.nsr) for name, menu in menus.items()}
 
 
-def _fixed(weights: dict[str, np.ndarray]) -> dict[str, Coded]:
-    return {name: tensors.encode_float(w) for name, w in weights.items() if not quantizable(w)}
+def _fixed(weights: dict[str, np.ndarray], biases: set[str] | None = None) -> dict[str, Coded]:
+    """Tensors outside the allocation: exact float32, except ``biases`` on a fine grid.
+
+    A bias error adds a constant to one output channel; at 1/256 of the
+    biases' RMS it is far below the weights' quantization noise, and it takes
+    the biases from 33 bits each (exact float32) to about 10.
+    """
+    out = {}
+    for name, w in weights.items():
+        if quantizable(w):
+            continue
+        if biases and name in biases and w.ndim == 1 and np.any(w):
+            step = np.float32(BIAS_STEP * _rms(w))
+            out[name] = tensors.deep_on_book(w, np.array([step], dtype=np.float32), 0.0, grid=True)
+        else:
+            out[name] = tensors.encode_float(w)
+    return out
 
 
 def _measure(probe: Probe, coded: dict[str, Coded]) -> Fidelity:
@@ -197,11 +299,13 @@ def choose_deep(weights: dict[str, np.ndarray], base: dict[str, Coded], probe: P
                 min_agreement: float | None) -> Choice:
     """Deep Compression with per-layer cell width/sparsity (and grid reuse) chosen under the gate."""
     menus = {}
-    moments = probe.moments
+    moments, dead, dead_inputs = probe.moments, probe.dead_rows, probe.dead_inputs
     for n, w in weights.items():
         if quantizable(w):
-            menus[n] = deep_options(w, base.get(n), sensitivity(n, w, base.get(n), probe), moments.get(n))
-    fixed = _fixed(weights)
+            weigh = weighting(w, moments.get(n), dead.get(n))
+            sens = sensitivity(n, w, base.get(n), probe, weigh)
+            menus[n] = deep_options(w, base.get(n), sens, moments.get(n), dead.get(n), dead_inputs.get(n))
+    fixed = _fixed(weights, probe.biases)
     if min_agreement is None:
         coded = _assemble(pick(menus, DEFAULT_LAMBDA), fixed, weights)
         return coded, _measure(probe, coded), {"lambda": DEFAULT_LAMBDA, "trials": 1}

@@ -53,8 +53,8 @@ def _weights(coded: dict[str, Coded]) -> dict[str, np.ndarray]:
 
 
 def _base_tensors(base: bytes | None, codec: str) -> tuple[dict[str, Coded], str | None]:
-    if base is None:
-        return {}, None
+    if base is None or container.older_package(base):
+        return {}, None  # an older format's package (before a server upgrade): pack afresh
     parsed = container.parse_package(base)
     if parsed.header.get("codec") != codec:
         return {}, None  # another codec's grid cannot be reused; pack from scratch
@@ -104,7 +104,8 @@ def pack(
         gate = Gate(model, onnx_bytes, synthetic_probe(model) if probe is None else probe, skeleton, weights)
         probe_count = len(gate.reference.probe)
         coded, fid, gate_info = allocate.CHOOSERS[codec](weights, base_coded, gate, min_agreement)
-    decoded = onnxio.assemble(skeleton, _weights(coded))
+    props = onnxio.metadata(model)
+    decoded = onnxio.assemble(skeleton, _weights(coded), props)
     payloads = [tensors.to_payload(coded[name]) for name in weights]
     reused = sum(
         1 for n, c in coded.items()
@@ -122,7 +123,8 @@ def pack(
         # the base's hash is named by every patch against it; keeping it out of the
         # header keeps the header's own delta small
         "base": {"reused_grids": reused} if base_sha else None,
-        "skeleton_bytes": len(skeleton),
+        "skeleton_bytes": len(container.compress(skeleton)),
+        "metadata": props,
         "tensors": [tensors.entry(name, coded[name], len(p)) for name, p in zip(weights, payloads, strict=True)],
     }
     package = container.build_package(container.canonical(header), skeleton, payloads)
@@ -151,7 +153,7 @@ def unpack(package: bytes) -> bytes:
         CorruptPackage: malformed package or decoded model hash mismatch.
     """
     parsed = container.parse_package(package)
-    model = onnxio.assemble(parsed.skeleton, _weights(decode_tensors(parsed)))
+    model = onnxio.assemble(parsed.skeleton, _weights(decode_tensors(parsed)), parsed.header.get("metadata"))
     if sha256(model) != parsed.header.get("model_sha256"):
         raise CorruptPackage("decoded model does not match the package's model_sha256; the package is damaged")
     return model
@@ -161,16 +163,17 @@ def inspect(package: bytes) -> dict[str, Any]:
     """Per-package summary for humans and ``--json``: per-tensor codec, bits, sparsity, bytes; fidelity.
 
     Raises:
-        CorruptPackage: the bytes are not a package.
+        CorruptPackage: the bytes are not a package (or a tensor does not decode).
     """
     parsed = container.parse_package(package)
     h = parsed.header
+    coded = decode_tensors(parsed)
     rows = []
     for t in h["tensors"]:
         n = int(np.prod(t["shape"], dtype=np.int64))
         rows.append({
             "name": t["name"], "kind": t["kind"], "shape": t["shape"], "bytes": t["bytes"],
-            "bits": t.get("bits", 32), "sparsity": t.get("sparsity", 0.0), "rank": t.get("rank"),
+            **tensors.describe(coded[t["name"]]), "rank": t.get("rank"),
             "bits_per_weight": round(8 * t["bytes"] / max(n, 1), 3),
         })
     return {

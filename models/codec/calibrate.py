@@ -7,9 +7,18 @@ summarised as their second-moment matrix ``H = E[x x^T]`` (in the weight's
 round a layer so that its *outputs*, not its weights, stay close: the error
 of each rounded column is pushed onto the columns not rounded yet (the OBQ /
 GPTQ update).  Only the server runs this; the car decodes stored codes.
+
+The same pass finds *dead* output channels: a convolution whose only consumer
+is a ReLU, where the ReLU's channel is exactly 0 on every probe sample and the
+channel's bias is <= 0.  Such a channel's weights can be coded as 0.0 (the
+channel then outputs ReLU(bias) = 0 for every input, not only on the probe),
+and the next layers see an input channel of zero energy, which the scaled grid
+masks as well.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -39,17 +48,37 @@ def conv_specs(model: onnx.ModelProto) -> dict[str, tuple[str, int, list[int]]]:
     return out
 
 
-def _activations(model: onnx.ModelProto, reference: Reference, names: list[str]) -> dict[str, np.ndarray]:
+def relu_outputs(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> dict[str, tuple[str, str | None]]:
+    """conv weight name -> (its ReLU's output, its bias name) for convolutions whose only consumer is a ReLU."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in model.graph.output}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights or len(node.output) != 1:
+            continue
+        users = consumers.get(node.output[0], [])
+        if len(users) == 1 and users[0].op_type == "Relu" and node.output[0] not in graph_outputs:
+            out[node.input[1]] = (users[0].output[0], node.input[2] if len(node.input) > 2 else None)
+    return out
+
+
+def _activations(model: onnx.ModelProto, reference: Reference, names: list[str],
+                 watched: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Activations of ``names`` on the calibration samples, and per-channel max |a| of ``watched`` on the whole probe."""
     probed = onnx.ModelProto()
     probed.CopyFrom(model)
     known = {o.name for o in probed.graph.output} | {i.name for i in probed.graph.input}
-    for name in names:
+    for name in sorted(set(names) | set(watched)):
         if name not in known:
             probed.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     sess = session(probed.SerializeToString())
-    x = reference.probe[:CALIBRATION_SAMPLES]
+    x = reference.probe
     step = reference.batch or MAX_CHUNK
     chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    peaks: dict[str, np.ndarray] = {}
     for start in range(0, len(x), step):
         batch = x[start : start + step]
         n = len(batch)
@@ -58,9 +87,16 @@ def _activations(model: onnx.ModelProto, reference: Reference, names: list[str])
         outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {reference.input_name: batch}),
                         strict=True))
         outs[reference.input_name] = batch
-        for name in names:
-            chunks[name].append(np.asarray(outs[name])[:n])
-    return {n: np.concatenate(c) for n, c in chunks.items()}
+        for name in watched:
+            a = np.abs(np.asarray(outs[name])[:n])
+            if a.ndim >= 2:
+                peak = a.reshape(n, a.shape[1], -1).max(axis=(0, 2))
+                peaks[name] = peak if name not in peaks else np.maximum(peaks[name], peak)
+        if start < CALIBRATION_SAMPLES:
+            keep = min(n, CALIBRATION_SAMPLES - start)
+            for name in names:
+                chunks[name].append(np.asarray(outs[name])[:keep])
+    return {n: np.concatenate(c) for n, c in chunks.items()}, peaks
 
 
 def _second_moment(a: np.ndarray, k: int, stride: int, pads: list[int]) -> np.ndarray:
@@ -73,16 +109,44 @@ def _second_moment(a: np.ndarray, k: int, stride: int, pads: list[int]) -> np.nd
     return p.T @ p / len(p)
 
 
-def input_moments(model: onnx.ModelProto, reference: Reference, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """weight name -> second-moment matrix of the patches it sees on the probe (square kernels only)."""
+@dataclass
+class Calibration:
+    """What the probe says about each convolution (weight name -> array)."""
+
+    moments: dict[str, np.ndarray]  # second moments of the input patches (square kernels only)
+    dead_rows: dict[str, np.ndarray]  # output channels that are dead everywhere (see the module docstring)
+    dead_inputs: dict[str, np.ndarray]  # input channels that are exactly 0 on every probe sample
+
+
+def input_moments(model: onnx.ModelProto, reference: Reference, weights: dict[str, np.ndarray]) -> Calibration:
+    """Per-convolution input statistics on the probe (moments on the first calibration samples,
+    dead channels on the whole probe)."""
     specs = {w: s for w, s in conv_specs(model).items()
              if w in weights and weights[w].ndim == 4 and weights[w].shape[2] == weights[w].shape[3]}
+    relus = {w: r for w, r in relu_outputs(model, weights).items() if w in specs}
     if not specs:
-        return {}
-    acts = _activations(model, reference, sorted({x for x, _, _ in specs.values()}))
+        return Calibration({}, {}, {})
+    inputs = sorted({x for x, _, _ in specs.values()})
+    acts, peaks = _activations(model, reference, inputs, sorted({r for r, _ in relus.values()} | set(inputs)))
     out = {}
     for w_name, (x_name, stride, pads) in specs.items():
         a = acts[x_name]
         if a.ndim == 4 and a.shape[1] * weights[w_name].shape[2] ** 2 == weights[w_name][0].size:
             out[w_name] = _second_moment(a, weights[w_name].shape[2], stride, pads)
-    return out
+    dead = {}
+    for w_name, (relu, bias) in relus.items():
+        peak = peaks.get(relu)
+        if peak is None or peak.size != weights[w_name].shape[0]:
+            continue
+        b = weights.get(bias) if bias else np.zeros(peak.size, np.float32)
+        if b is None or b.shape != peak.shape:
+            continue
+        mask = (peak == 0) & (b <= 0)
+        if mask.any():
+            dead[w_name] = mask
+    dead_in = {}
+    for w_name, (x_name, _, _) in specs.items():
+        peak = peaks.get(x_name)
+        if w_name in out and peak is not None and peak.size == weights[w_name].shape[1] and np.any(peak == 0):
+            dead_in[w_name] = peak == 0
+    return Calibration(out, dead, dead_in)

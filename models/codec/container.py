@@ -1,18 +1,24 @@
 """Byte layout of packages and patches.
 
-Package (format 1)::
+Package (format 2)::
 
-    b"OTAPKG1\\n" | u32 BE header length | header (canonical JSON) | skeleton | payload 1 | payload 2 | ...
+    b"OTAPKG2\\n" | u32 BE header length | header (canonical JSON) | zstd(skeleton) | payload 1 | payload 2 | ...
 
 The header lists the tensors in payload order with each payload's length,
 so offsets are implied (a tensor that grows does not change every entry
 after it, which keeps header deltas small).  The skeleton is the ONNX graph
-with its float32 weights removed, stored raw: it is a few kilobytes, and
-keeping it raw lets a delta ship it as a zstd patch against the old one.
+with its float32 weights and its metadata properties removed (those travel in
+the header), zstd-compressed: 15 KB raw, 1.5 KB compressed for SqueezeNet.
+The car only ever *decompresses* it: a patch carries a changed skeleton as
+the new package's stored bytes (an unchanged one, the common case now that
+the version's metadata is in the header, costs nothing), so the rebuilt
+package does not depend on the car's zstd version.  The header stays raw so
+that a patch can ship it as a zstd patch against the old header (a few
+hundred bytes; the car decompresses that too).
 
-Patch (format 1)::
+Patch (format 2)::
 
-    b"OTAPAT1\\n" | u32 BE header length | header (canonical JSON) | sections
+    b"OTAPAT2\\n" | u32 BE header length | header (canonical JSON) | sections
 
 Canonical JSON is ``sort_keys``, compact separators, ASCII: the same header
 always gives the same bytes.
@@ -25,11 +31,37 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+import zstandard
+
 from models.errors import CorruptPackage
 
-PKG_MAGIC = b"OTAPKG1\n"
-PATCH_MAGIC = b"OTAPAT1\n"
-FORMAT = 1
+PKG_MAGIC = b"OTAPKG2\n"
+PATCH_MAGIC = b"OTAPAT2\n"
+FORMAT = 2
+ZSTD_LEVEL = 19
+MAX_SECTION = 1 << 28  # a header or graph larger than this is corruption, not a model
+
+
+def compress(data: bytes) -> bytes:
+    """zstd frame of a package section (server side only; the car decompresses)."""
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(data)
+
+
+def decompress(data: bytes | memoryview, what: str) -> bytes:
+    """Inverse of :func:`compress`.
+
+    Raises:
+        CorruptPackage: the section is not a zstd frame.
+    """
+    try:
+        return zstandard.ZstdDecompressor().decompress(bytes(data), max_output_size=MAX_SECTION)
+    except zstandard.ZstdError as e:
+        raise CorruptPackage(f"{what} does not decompress: {e}") from e
+
+
+def older_package(data: bytes) -> bool:
+    """Whether ``data`` starts like a package of an earlier format (which this build does not read)."""
+    return data[:6] == PKG_MAGIC[:6] and data[7:8] == b"\n" and data[6:7].isdigit() and data[6:7] < PKG_MAGIC[6:7]
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
@@ -50,7 +82,8 @@ def unframe(magic: bytes, data: bytes, what: str) -> tuple[bytes, memoryview]:
         CorruptPackage: wrong magic or truncated header.
     """
     if not data.startswith(magic):
-        hint = " (an older format-0 package?)" if data[:7] == magic[:6] + b"0" else ""
+        other = data[6:7].decode("ascii", "replace") if data[:6] == magic[:6] and data[7:8] == b"\n" else ""
+        hint = f" (a format-{other} {what}? this build reads format {FORMAT})" if other else ""
         raise CorruptPackage(f"not an OTA {what}: the first {len(magic)} bytes are not {magic!r}{hint}")
     start = len(magic) + 4
     if len(data) < start:
@@ -75,17 +108,24 @@ def parse_header(raw: bytes, what: str) -> dict[str, Any]:
 
 @dataclass
 class Parsed:
-    """A package split into its parts (views into the original bytes)."""
+    """A package split into its parts (views into the original bytes); ``skeleton_section`` is as stored."""
 
     header: dict[str, Any]
     header_bytes: bytes
     skeleton: bytes
     payloads: list[memoryview]
+    skeleton_section: bytes = b""
 
 
 def build_package(header_bytes: bytes, skeleton: bytes, payloads: list[bytes]) -> bytes:
-    """Concatenate a package's parts in their fixed order."""
-    return frame(PKG_MAGIC, header_bytes, [skeleton, *payloads])
+    """A package from its header, raw skeleton and payloads (the header's ``skeleton_bytes``
+    must be ``len(compress(skeleton))``)."""
+    return build_from_sections(header_bytes, compress(skeleton), payloads)
+
+
+def build_from_sections(header_bytes: bytes, skeleton_section: bytes, payloads: list[bytes]) -> bytes:
+    """Concatenate a package's stored parts in their fixed order (what a patch rebuilds)."""
+    return frame(PKG_MAGIC, header_bytes, [skeleton_section, *payloads])
 
 
 def parse_package(data: bytes) -> Parsed:
@@ -106,4 +146,5 @@ def parse_package(data: bytes) -> Parsed:
     for n in sizes:
         parts.append(body[pos : pos + n])
         pos += n
-    return Parsed(header, raw, bytes(parts[0]), parts[1:])
+    skeleton_section = bytes(parts[0])
+    return Parsed(header, raw, decompress(skeleton_section, "package graph"), parts[1:], skeleton_section)

@@ -10,16 +10,17 @@ For every tensor of the new package the encoder picks the smallest of:
   differences are 0 and cost a fraction of a bit each;
 - ``full``:  the new payload as is (for instance a layer that grew a class).
 
-The new header and skeleton travel as zstd patches against the old ones
-(decompression is the only zstd step on the car, so the zstd version does
-not matter).  The car decodes the old codes, adds the difference, and
+The new header travels as a zstd patch against the old one and, when it
+changed, the new skeleton as the new package stores it (zstd-compressed by
+the server): the car only decompresses, so its zstd version does not
+matter.  The car decodes the old codes, adds the difference, and
 re-encodes the payload, which ``entropy.py`` does deterministically; the
 SHA-256 of the rebuilt package is then checked against the patch header.
 When a plain compressed copy of the new package is smaller, the patch is
 that instead (mode ``full``), so a delta never costs more than the package.
 
 Patch header: ``{format, mode, base_sha256, target_sha256, header_bytes,
-skeleton: [op, n], ops: [[index, op, n], ...]}`` (ops
+skeleton: ["same" | "stored", n], ops: [[index, op, n], ...]}`` (ops
 lists only the tensors that are not ``same``), then the sections in order:
 header, skeleton, and one per listed op.
 """
@@ -117,10 +118,12 @@ def _tensor_ops(old: container.Parsed, new: container.Parsed) -> tuple[list[list
 def diff(old_package: bytes, new_package: bytes) -> bytes:
     """Encode ``new_package`` as a patch against ``old_package`` (pure; deterministic).
 
+    An ``old_package`` of an earlier format gets a full-mode patch.
+
     Raises:
         CorruptPackage: either input is not a package.
     """
-    old, new = container.parse_package(old_package), container.parse_package(new_package)
+    new = container.parse_package(new_package)
     head = {
         "format": container.FORMAT,
         "base_sha256": sha256(old_package),
@@ -128,12 +131,15 @@ def diff(old_package: bytes, new_package: bytes) -> bytes:
     }
     full = container.frame(container.PATCH_MAGIC, container.canonical({**head, "mode": "full"}),
                            _zpatch(b"", new_package))
+    if container.older_package(old_package):
+        return full  # a car on an older format's package gets the whole new one
+    old = container.parse_package(old_package)
     header_section = _zpatch(old.header_bytes, new.header_bytes)
-    skeleton_section = b"" if old.skeleton == new.skeleton else _zpatch(old.skeleton, new.skeleton)
+    skeleton_section = b"" if old.skeleton_section == new.skeleton_section else new.skeleton_section
     ops, sections = _tensor_ops(old, new)
     changed = [[i, op, n] for i, (op, n) in enumerate(ops) if op != "same"]
     meta = {**head, "mode": "delta", "header_bytes": len(header_section),
-            "skeleton": ["same" if not skeleton_section else "zstd", len(skeleton_section)], "ops": changed}
+            "skeleton": ["same" if not skeleton_section else "stored", len(skeleton_section)], "ops": changed}
     delta = container.frame(container.PATCH_MAGIC, container.canonical(meta),
                             [header_section, skeleton_section, *sections])
     return delta if len(delta) < len(full) else full
@@ -152,7 +158,9 @@ def _rebuild(old: container.Parsed, meta: dict[str, Any], body: memoryview) -> b
     header_bytes = _zapply(old.header_bytes, take(int(meta["header_bytes"]), "header"), "header")
     header = container.parse_header(header_bytes, "patched package")
     sk_op, sk_n = meta["skeleton"]
-    skeleton = old.skeleton if sk_op == "same" else _zapply(old.skeleton, take(int(sk_n), "skeleton"), "skeleton")
+    if sk_op not in ("same", "stored"):
+        raise DeltaError(f"patch has unknown graph operation {sk_op!r}")
+    skeleton_section = old.skeleton_section if sk_op == "same" else bytes(take(int(sk_n), "skeleton"))
     old_index = {e["name"]: i for i, e in enumerate(old.header["tensors"])}
     ops = [("same", 0)] * len(header["tensors"])
     for i, op, n in meta["ops"]:
@@ -177,7 +185,7 @@ def _rebuild(old: container.Parsed, meta: dict[str, Any], body: memoryview) -> b
             raise DeltaError(f"patch has unknown operation {op!r}")
     if pos != len(body):
         raise DeltaError(f"patch has {len(body) - pos} bytes beyond its last section")
-    return container.build_package(header_bytes, skeleton, payloads)
+    return container.build_from_sections(header_bytes, skeleton_section, payloads)
 
 
 def patch(old_package: bytes, patch_bytes: bytes) -> bytes:

@@ -6,8 +6,12 @@ Every stream is coded with an order-0 model: the symbol histogram is stored
 a fraction of a percent of the empirical entropy, including for the very
 skewed streams that deltas produce (95 % zeros costs ~0.3 bit/symbol, where a
 Huffman or zstd literal coder cannot go below 1 bit).  Tiny streams, where the
-table would cost more than it saves, are stored packed instead; the encoder
-picks whichever is smaller.
+table would cost more than it saves, are stored packed instead.  Streams
+with a wide alphabet (fine grids, biases) are split JPEG-style into a
+magnitude class per symbol (sign and bit length, a small alphabet coded as
+above) plus the bits below the leading one, stored raw: the table then
+holds a few dozen classes instead of thousands of values.  The encoder picks
+whichever of the three is smallest.
 
 The output is a pure function of the symbols (no zstd, no library-version
 dependent match finder), so a car that rebuilds a package from a delta
@@ -19,6 +23,9 @@ Stream layout::
     method 0 (constant):  zigzag varint value
     method 1 (packed):    zigzag varint minimum, u8 byte width, little-endian (symbol - minimum)
     method 2 (ANS):       zigzag varint minimum, varint alphabet size, varint counts..., u32 LE words
+    method 3 (split):     varint length of the class stream, class stream (a stream as above), raw bits
+                          (class 0: value 0; class 2k-1 / 2k: +/- a value of bit length k, whose k-1
+                          low bits follow in the raw bits, MSB first)
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ from models.errors import CorruptPackage
 
 MAX_ALPHABET = 1 << 16
 MAX_SYMBOLS = 1 << 28  # 1 GiB of float32: anything larger in a header is corruption, not a model
-_CONSTANT, _PACKED, _ANS = 0, 1, 2
+_CONSTANT, _PACKED, _ANS, _SPLIT = 0, 1, 2, 3
+SPLIT_MIN_ALPHABET = 32  # below this the plain table is small and ANS codes the values at their entropy
+SPLIT_MAX_SYMBOLS_PER_VALUE = 64  # with more symbols per table entry the table is cheap and split is not tried
+MAX_BIT_LENGTH = 62  # classes above 2 * 52 are refused: magnitudes are below 2**52
 
 
 def varint(value: int) -> bytes:
@@ -50,11 +60,12 @@ def varints(values: np.ndarray) -> bytes:
     v = np.ascontiguousarray(values, dtype=np.uint64).ravel()
     if v.size == 0:
         return b""
-    groups = np.stack([(v >> np.uint64(7 * k)) & np.uint64(0x7F) for k in range(10)], axis=1).astype(np.uint8)
     length = np.ones(v.size, dtype=np.int64)
     for k in range(1, 10):
         length += v >= np.uint64(1 << (7 * k))
-    index = np.arange(10)
+    width = int(length.max())
+    groups = np.stack([(v >> np.uint64(7 * k)) & np.uint64(0x7F) for k in range(width)], axis=1).astype(np.uint8)
+    index = np.arange(width)
     keep = index[None, :] < length[:, None]
     more = index[None, :] < (length - 1)[:, None]
     return (groups | (more.astype(np.uint8) << 7))[keep].tobytes()
@@ -143,15 +154,65 @@ def encode(symbols: np.ndarray) -> bytes:
     width = _width(hi - lo)
     packed = bytes([_PACKED]) + varint(n) + varint(_zigzag(lo)) + bytes([width])
     packed += shifted.astype(f"<u{width}").tobytes()
-    if hi - lo >= MAX_ALPHABET:
-        return packed
-    counts = np.bincount(shifted, minlength=hi - lo + 1)
-    table = varints(counts)
-    coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(shifted.astype(np.int32), _model(counts))
-    words = coder.get_compressed().astype("<u4").tobytes()
-    ans = bytes([_ANS]) + varint(n) + varint(_zigzag(lo)) + varint(hi - lo + 1) + table + words
-    return ans if len(ans) < len(packed) else packed
+    best = packed
+    if hi - lo < MAX_ALPHABET:
+        counts = np.bincount(shifted, minlength=hi - lo + 1)
+        coder = constriction.stream.stack.AnsCoder()
+        coder.encode_reverse(shifted.astype(np.int32), _model(counts))
+        words = coder.get_compressed().astype("<u4").tobytes()
+        ans = bytes([_ANS]) + varint(n) + varint(_zigzag(lo)) + varint(hi - lo + 1) + varints(counts) + words
+        best = ans if len(ans) < len(packed) else packed
+    splittable = max(-lo, hi) < (1 << MAX_BIT_LENGTH) // 1024  # frexp gives exact bit lengths below 2**53
+    if hi - lo + 1 >= SPLIT_MIN_ALPHABET and (hi - lo + 1) * SPLIT_MAX_SYMBOLS_PER_VALUE > n and splittable:
+        split = _encode_split(flat)
+        if len(split) < len(best):
+            return split
+    return best
+
+
+def _classes(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(class per symbol, bit length of its magnitude) for the split method."""
+    mag = np.abs(flat)
+    length = np.zeros(flat.size, dtype=np.int64)
+    nz = mag > 0
+    length[nz] = np.frexp(mag[nz].astype(np.float64))[1]  # exact bit length for |v| < 2**53
+    classes = np.where(nz, 2 * length - (flat > 0), 0)
+    return classes, length
+
+
+def _encode_split(flat: np.ndarray) -> bytes:
+    classes, length = _classes(flat)
+    widths = np.maximum(length - 1, 0)
+    mag = np.abs(flat)
+    top = int(widths.max(initial=0))
+    shifts = np.arange(top - 1, -1, -1)[None, :] - (top - widths)[:, None]  # MSB first, per symbol
+    used = shifts >= 0
+    bits = (mag[:, None] >> np.maximum(shifts, 0)) & 1
+    raw = np.packbits(bits[used].astype(np.uint8)).tobytes()
+    head = encode(classes)
+    return bytes([_SPLIT]) + varint(flat.size) + varint(len(head)) + head + raw
+
+
+def _decode_split(r: Reader, n: int, what: str) -> np.ndarray:
+    classes = decode(r.take(r.varint()), what)
+    if classes.size != n or (n and (classes.min() < 0 or classes.max() > 2 * MAX_BIT_LENGTH)):
+        raise CorruptPackage(f"{what}: magnitude classes do not fit {n} symbols")
+    length = (classes + 1) // 2
+    widths = np.maximum(length - 1, 0)
+    total = int(widths.sum())
+    rest = r.take(len(r.data) - r.pos)
+    if len(rest) != (total + 7) // 8:
+        raise CorruptPackage(f"{what}: {len(rest)} bytes of low bits, expected {(total + 7) // 8}")
+    bits = np.unpackbits(np.frombuffer(rest, dtype=np.uint8))[:total].astype(np.int64)
+    mag = np.where(length > 0, np.int64(1) << np.maximum(length - 1, 0), 0)
+    top = int(widths.max(initial=0))
+    if top:
+        j = np.arange(top)[None, :]
+        used = j < widths[:, None]
+        index = np.minimum((np.cumsum(widths) - widths)[:, None] + j, total - 1)
+        shift = np.where(used, widths[:, None] - 1 - j, 0)
+        mag |= np.sum(np.where(used, bits[index] << shift, 0), axis=1)
+    return np.where(classes % 2 == 1, mag, -mag)
 
 
 def decode(stream: bytes | memoryview, what: str = "symbol stream") -> np.ndarray:
@@ -167,6 +228,8 @@ def decode(stream: bytes | memoryview, what: str = "symbol stream") -> np.ndarra
         raise CorruptPackage(f"{what}: claims {n} symbols, more than any model this codec accepts")
     if method == _CONSTANT:
         return np.full(n, _unzigzag(r.varint()), dtype=np.int64)
+    if method == _SPLIT:
+        return _decode_split(r, n, what)
     lo = _unzigzag(r.varint())
     if method == _PACKED:
         width = r.byte()
@@ -198,7 +261,12 @@ def estimate_bytes(symbols: np.ndarray) -> float:
     flat = np.asarray(symbols).ravel()
     if flat.size == 0:
         return 2.0
-    _, counts = np.unique(flat, return_counts=True)
+    lo, hi = int(flat.min()), int(flat.max())
+    if hi - lo < (1 << 20) and flat.dtype.kind in "iu":
+        counts = np.bincount((flat - lo).astype(np.int64))
+        counts = counts[counts > 0]
+    else:
+        _, counts = np.unique(flat, return_counts=True)
     p = counts / flat.size
     bits = float(-(counts * np.log2(p)).sum())
     return bits / 8 + 2 * len(counts) + 8

@@ -150,6 +150,8 @@ class Gate:
         self.weights = weights
         self.model = model
         self._moments: dict[str, np.ndarray] | None = None
+        self._dead: dict[str, np.ndarray] = {}
+        self._dead_inputs: dict[str, np.ndarray] = {}
 
     @property
     def moments(self) -> dict[str, np.ndarray]:
@@ -157,8 +159,26 @@ class Gate:
         if self._moments is None:
             from models.codec.calibrate import input_moments
 
-            self._moments = input_moments(self.model, self.reference, self.weights)
+            found = input_moments(self.model, self.reference, self.weights)
+            self._moments, self._dead, self._dead_inputs = found.moments, found.dead_rows, found.dead_inputs
         return self._moments
+
+    @property
+    def biases(self) -> set[str]:
+        """Names of the initializers that are Conv / Gemm biases (input 2)."""
+        return {n.input[2] for n in self.model.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2}
+
+    @property
+    def dead_rows(self) -> dict[str, np.ndarray]:
+        """Per-convolution masks of output channels that are dead on the whole probe (see ``calibrate``)."""
+        _ = self.moments
+        return self._dead
+
+    @property
+    def dead_inputs(self) -> dict[str, np.ndarray]:
+        """Per-convolution masks of input channels that are exactly 0 on every probe sample."""
+        _ = self.moments
+        return self._dead_inputs
 
     def measure(self, weights: dict[str, np.ndarray]) -> Fidelity:
         """Fidelity of a model with these (decoded) weights on the whole probe."""

@@ -1,7 +1,9 @@
 """Split an ONNX model into a weightless graph ("skeleton") and its float32 weights, and back.
 
 Only float32 initializers are coded; every other tensor (int64 shapes,
-constants, metadata) stays inside the skeleton untouched.  Reassembly puts the
+constants) stays inside the skeleton untouched.  The model's metadata
+properties (version, labels) are split off too and travel in the package
+header, so that two versions of one graph share one skeleton.  Reassembly puts the
 decoded weights back as ``raw_data`` in initializer order and serializes with
 protobuf, which is deterministic for a given message, so a package always
 decodes to the same bytes (and, for a model saved by ``onnx.save``, the
@@ -41,10 +43,16 @@ def load(onnx_bytes: bytes) -> onnx.ModelProto:
     return model
 
 
+def metadata(model: onnx.ModelProto) -> list[list[str]]:
+    """The model's metadata properties as ``[[key, value], ...]`` in file order."""
+    return [[p.key, p.value] for p in model.metadata_props]
+
+
 def split(model: onnx.ModelProto) -> tuple[bytes, list[tuple[str, np.ndarray]]]:
-    """(skeleton bytes, [(name, float32 weights)]) in initializer order."""
+    """(skeleton bytes, [(name, float32 weights)]) in initializer order; the skeleton has no metadata properties."""
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(model)
+    skeleton.ClearField("metadata_props")
     weights = []
     for t in skeleton.graph.initializer:
         if t.data_type != onnx.TensorProto.FLOAT:
@@ -55,17 +63,21 @@ def split(model: onnx.ModelProto) -> tuple[bytes, list[tuple[str, np.ndarray]]]:
     return skeleton.SerializeToString(), weights
 
 
-def assemble(skeleton: bytes, weights: dict[str, np.ndarray]) -> bytes:
-    """Put decoded weights back into the skeleton; the ONNX bytes the car runs.
+def assemble(skeleton: bytes, weights: dict[str, np.ndarray], props: list[list[str]] | None = None) -> bytes:
+    """Put decoded weights (and metadata properties) back into the skeleton; the ONNX bytes the car runs.
 
     Raises:
-        CorruptPackage: the skeleton does not parse or a weight is missing.
+        CorruptPackage: the skeleton does not parse, a weight is missing, or a property is malformed.
     """
     model = onnx.ModelProto()
     try:
         model.ParseFromString(skeleton)
     except Exception as e:
         raise CorruptPackage(f"package graph does not parse: {e}") from e
+    for prop in props or []:
+        if not (isinstance(prop, list) and len(prop) == 2 and all(isinstance(x, str) for x in prop)):
+            raise CorruptPackage(f"package metadata entry {str(prop)[:60]!r} is not a [key, value] pair of strings")
+        model.metadata_props.add(key=prop[0], value=prop[1])
     for t in model.graph.initializer:
         if t.data_type != onnx.TensorProto.FLOAT:
             continue

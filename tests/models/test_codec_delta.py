@@ -36,6 +36,7 @@ def test_head_only_retrain_patch_sends_only_the_classifier_and_rebuilds_byte_for
     assert codec.patch(v1, delta) == v2
     meta = patch_ops(delta)
     assert meta["mode"] == "delta"
+    assert meta["skeleton"] == ["same", 0]  # the version label lives in the header, the graph is shared
     names = [codec.read_header(v2)["tensors"][i]["name"] for i, _, _ in meta["ops"]]
     assert names == ["final_conv.weight", "final_conv.bias"]
     # generic tools need ~19 KB for this pair (bench/codec.py measures it)
