@@ -1,22 +1,43 @@
-"""Poll-path load benchmark: how many car polls per second the registry carries.
+"""Poll-path load benchmark: how many car polls per second the registry carries, and how fast.
 
     .venv/bin/python bench/load.py                      # SQLite x1, PostgreSQL x1, PostgreSQL x2
     .venv/bin/python bench/load.py --json               # one JSON object per configuration
     .venv/bin/python bench/load.py --configs sqlite:1 --devices 500 --duration 5
 
 For each configuration it starts the real server (``ota serve``, N uvicorn
-workers) on a fresh SQLite file or a fresh PostgreSQL database, publishes the
-shipped v1, enrolls ``--devices`` cars over HTTP, and then drives signed-in
-polls from a second process on loopback with ``wrk`` (C, so the load
-generator does not eat the CPU it is measuring).  Each request is a different
-device; 90% of them already run v1 (empty offer), 10% have no model and get a
-signed offer, as in a fleet between rollouts.  Every device polls once before
-the measured run (a steady-state fleet has polled before; those first polls
-write the running version and sign the offers).  It reports polls/s, p50/p99
-latency (wrk's HdrHistogram) and the server's CPU use.  The target on this
-2-core machine is >= 2,000 polls/s at p99 <= 50 ms (a 120,000-car fleet at
-60 s polls).  Needs ``wrk`` (Debian package; ``make bench-tools``) and, for
-the PostgreSQL configurations, a server at --pg-url.
+workers, through tests/hardening/workers.py's ``ServedRegistry`` with the
+production background periods) on a fresh SQLite file or a fresh PostgreSQL
+database, publishes the shipped v1, enrolls ``--devices`` cars over HTTP,
+lets every car poll once (a steady-state fleet has polled before: those first
+polls write the running version and sign the 10% first offers), and then
+drives signed-in polls from a second process on loopback with ``wrk`` (C, so
+the load generator does not eat the CPU it is measuring).  Each request is a
+different device; 90% of them already run v1 (empty offer), 10% have no model
+and get their stored signed offer, as in a fleet between rollouts.
+
+Three measurements per configuration, each with wrk's HdrHistogram p50/p99
+and the server's CPU:
+
+- ``rate`` (the target is judged on this one): a fixed offered rate
+  (``--rate``, default 2,200 polls/s, 10% over the target) scheduled by wrk's Lua ``delay()`` hook
+  over ``--rate-connections`` connections, as a fleet sends polls whether or
+  not the last one was slow.  ``late_sends`` counts requests sent more than
+  10 ms after their slot because every connection was busy (then the
+  latencies understate the queueing: coordinated omission);
+- ``saturation``: a closed loop of ``--connections`` connections with no
+  think time: the most polls per second the server carries; its latencies
+  measure the queue of those outstanding requests, not a fleet;
+- ``uncached``: the fixed rate again with the server restarted with
+  ``OTA_POLL_CACHE_S=0``: every poll reads the device, its offers and the
+  line from the database (what a cache miss costs; with the change feed a
+  fleet polling every 60 s no longer takes this path, see
+  server/devices/changefeed.py).  ``--no-uncached`` skips it.
+
+The target on this 2-core machine is >= 2,000 polls/s at p99 <= 50 ms (a
+120,000-car fleet at 60 s polls).  Needs ``wrk`` (Debian package;
+``make bench-tools``) and, for the PostgreSQL configurations, a server at
+--pg-url.  Run it alone (``flock /tmp/bench.lock``): other jobs on the two
+cores show up as tail latency.
 """
 
 from __future__ import annotations
@@ -26,22 +47,27 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.hardening.workers import ServedRegistry, serve  # noqa: E402
+
 ZOO = ROOT / "models" / "zoo"
 TARGET_POLLS_PER_S = 2000
 TARGET_P99_MS = 50.0
+# The production background periods (ServedRegistry's defaults are the tests' fast ones).
+SERVER_ENV = {"OTA_ROLLOUT_TICK_S": "5", "OTA_LAST_SEEN_FLUSH_S": "5"}
 
 LUA = r"""
 local tokens = {}
@@ -54,52 +80,54 @@ for line in io.lines("%(requests)s") do
   tokens[n] = line:sub(1, tab - 1)
   bodies[n] = line:sub(tab + 1)
 end
+local threads = {}
 local thread_count = 0
 function setup(thread)
   thread_count = thread_count + 1
   thread:set("start", thread_count * 7919)
+  table.insert(threads, thread)
 end
 function init(args)
   i = start %% n
+  late = 0
 end
 request = function()
   i = i %% n + 1
   return wrk.format("POST", "/api/v1/device/poll",
     {["Authorization"] = "Bearer " .. tokens[i], ["Content-Type"] = "application/json"}, bodies[i])
 end
+-- Fixed offered rate: one schedule per wrk thread, a slot every interval_ms whichever connection is free.
+local interval_ms = %(interval_ms)s
+if interval_ms > 0 then
+  local ffi = require("ffi")
+  ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } ota_ts; int clock_gettime(int clk, ota_ts *tp); ]]
+  local ts = ffi.new("ota_ts")
+  local function now_ms()
+    ffi.C.clock_gettime(1, ts)
+    return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+  end
+  local next_ms = nil
+  delay = function()
+    local t = now_ms()
+    if next_ms == nil then next_ms = t end
+    local wait = next_ms - t
+    next_ms = next_ms + interval_ms
+    if wait < -10 then late = late + 1 end
+    if wait <= 0 then return 0 end
+    return wait
+  end
+end
 done = function(summary, latency, requests)
+  local late_total = 0
+  for _, t in ipairs(threads) do late_total = late_total + (t:get("late") or 0) end
   io.write(string.format("WRKJSON {\"requests\": %%d, \"duration_us\": %%d, \"errors_status\": %%d, " ..
-    "\"errors_connect\": %%d, \"errors_read\": %%d, \"errors_timeout\": %%d, " ..
+    "\"errors_connect\": %%d, \"errors_read\": %%d, \"errors_timeout\": %%d, \"late_sends\": %%d, " ..
     "\"p50_us\": %%d, \"p90_us\": %%d, \"p99_us\": %%d, \"max_us\": %%d}\n",
     summary.requests, summary.duration, summary.errors.status, summary.errors.connect,
-    summary.errors.read, summary.errors.timeout,
+    summary.errors.read, summary.errors.timeout, late_total,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pg_database(pg_url: str) -> tuple[str, str]:
-    import psycopg
-
-    name = f"ota_load_{uuid.uuid4().hex[:10]}"
-    libpq = pg_url.replace("postgresql+psycopg://", "postgresql://", 1)
-    with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, pg_url.rpartition("/")[0] + "/" + name
-
-
-def _drop_pg_database(pg_url: str, name: str) -> None:
-    import psycopg
-
-    libpq = pg_url.replace("postgresql+psycopg://", "postgresql://", 1)
-    with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -143,85 +171,95 @@ async def _poll_each(url: str, lines: list[str]) -> None:
         await asyncio.gather(*(one(line) for line in lines))
 
 
-def run_config(backend: str, workers: int, args: argparse.Namespace) -> dict:
-    data_dir = Path(tempfile.mkdtemp(prefix=f"ota-load-{backend}-"))
-    env = {**os.environ, "OTA_DATA_DIR": str(data_dir), "OTA_DEFAULT_CODECS": "lossless"}
-    env.pop("DATABASE_URL", None)
-    pg_name = None
-    if backend == "postgres":
-        pg_name, env["OTA_DATABASE_URL"] = _pg_database(args.pg_url)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    ota = str(Path(sys.executable).with_name("ota"))
-    server = subprocess.Popen([ota, "serve", "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+def _fleet(reg: ServedRegistry, devices: int) -> list[str]:
+    """Publish v1, enroll the cars; one ``token TAB poll body`` line per car (every tenth has no model yet)."""
+    r = httpx.post(f"{reg.url}/api/v1/lines/road-signs/versions", headers={"Authorization": f"Bearer {reg.admin_token}"},
+                   files={"file": ("v1.onnx", (ZOO / "v1.onnx").read_bytes())}, timeout=120)
+    r.raise_for_status()
+    package = r.json()["packages"]["lossless"]
+    tokens = asyncio.run(_enroll(reg.url, reg.enrollment_token, devices))
+    lines = []
+    for i, token in enumerate(tokens):
+        if i % 10 == 0:  # no model yet: gets a signed offer
+            body = {"line": "road-signs", "current_version": 0, "current_model_sha256": None,
+                    "current_package_sha256": None, "agent_state": "idle"}
+        else:
+            body = {"line": "road-signs", "current_version": 1, "current_model_sha256": package["model_sha256"],
+                    "current_package_sha256": package["sha256"], "agent_state": "idle"}
+        lines.append(f"{token}\t{json.dumps(body, separators=(',', ':'))}")
+    return lines
+
+
+def _wrk(reg: ServedRegistry, work: Path, connections: int, seconds: float, rate: float) -> dict[str, Any]:
+    """One wrk run (closed loop when ``rate`` is 0, else a fixed offered rate); wrk's figures and server CPU."""
+    script = work / f"poll-{int(rate)}.lua"
+    script.write_text(LUA % {"requests": work / "requests.tsv", "interval_ms": 1000.0 / rate if rate else 0})
+    assert reg.proc is not None
+    proc = psutil.Process(reg.proc.pid)
+    cpu0, t0 = _cpu_seconds(proc), time.monotonic()
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script),
+                          reg.url], capture_output=True, text=True, check=True).stdout
+    cpu1, t1 = _cpu_seconds(proc), time.monotonic()
+    stats = json.loads(next(line for line in out.splitlines() if line.startswith("WRKJSON "))[8:])
+    errors = stats["errors_status"] + stats["errors_connect"] + stats["errors_read"] + stats["errors_timeout"]
+    result = {
+        "offered_per_s": rate or None,
+        "connections": connections,
+        "polls_per_s": round(stats["requests"] / (stats["duration_us"] / 1e6), 1),
+        "p50_ms": round(stats["p50_us"] / 1000, 2),
+        "p99_ms": round(stats["p99_us"] / 1000, 2),
+        "max_ms": round(stats["max_us"] / 1000, 2),
+        "errors": errors,
+        "server_cpu_cores": round((cpu1 - cpu0) / (t1 - t0), 2),
+    }
+    if rate:
+        result["late_sends"] = stats["late_sends"]
+    return result
+
+
+def _meets(run: dict[str, Any]) -> bool:
+    return (run["polls_per_s"] >= TARGET_POLLS_PER_S and run["p99_ms"] <= TARGET_P99_MS and not run["errors"]
+            and not run.get("late_sends"))
+
+
+def run_config(backend: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f"ota-load-{backend}-"))
+    if backend == "postgres":  # serve() makes (and drops) a throwaway database on the cluster at DATABASE_URL
+        os.environ["DATABASE_URL"] = args.pg_url
+    else:
+        os.environ.pop("DATABASE_URL", None)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {server.stderr.read().decode() if server.stderr else ''}")
-            time.sleep(0.2)
-        admin = (data_dir / "admin-token").read_text().strip()
-        enroll = (data_dir / "enrollment-token").read_text().strip()
-        r = httpx.post(f"{url}/api/v1/lines/road-signs/versions", headers={"Authorization": f"Bearer {admin}"},
-                       files={"file": ("v1.onnx", (ZOO / "v1.onnx").read_bytes())}, timeout=120)
-        r.raise_for_status()
-        package = r.json()["packages"]["lossless"]
-        tokens = asyncio.run(_enroll(url, enroll, args.devices))
-        lines = []
-        for i, token in enumerate(tokens):
-            if i % 10 == 0:  # no model yet: gets a signed offer
-                body = {"line": "road-signs", "current_version": 0, "current_model_sha256": None,
-                        "current_package_sha256": None, "agent_state": "idle"}
-            else:
-                body = {"line": "road-signs", "current_version": 1, "current_model_sha256": package["model_sha256"],
-                        "current_package_sha256": package["sha256"], "agent_state": "idle"}
-            lines.append(f"{token}\t{json.dumps(body, separators=(',', ':'))}")
-        work = Path(tempfile.mkdtemp(prefix="ota-wrk-"))
-        (work / "requests.tsv").write_text("\n".join(lines) + "\n")
-        (work / "poll.lua").write_text(LUA % {"requests": work / "requests.tsv"})
-        # warm-up: every device polls once (a fleet in steady state has polled before: its first poll's
-        # writes, such as the running version and the 10% first offers, are not what we measure), then
-        # imports, caches and connection pools under wrk, then the measured run
-        asyncio.run(_poll_each(url, lines))
-        subprocess.run(["wrk", "-t1", "-c8", "-d2s", "-s", str(work / "poll.lua"), url],
-                       capture_output=True, check=True)
-        proc = psutil.Process(server.pid)
-        cpu0, t0 = _cpu_seconds(proc), time.monotonic()
-        out = subprocess.run(["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s",
-                              "--timeout", "5s", "-s", str(work / "poll.lua"), url],
-                             capture_output=True, text=True, check=True).stdout
-        cpu1, t1 = _cpu_seconds(proc), time.monotonic()
-        shutil.rmtree(work, ignore_errors=True)
-        stats = json.loads(next(line for line in out.splitlines() if line.startswith("WRKJSON "))[8:])
-        errors = stats["errors_status"] + stats["errors_connect"] + stats["errors_read"] + stats["errors_timeout"]
-        return {
-            "backend": backend,
-            "workers": workers,
-            "devices": args.devices,
-            "connections": args.connections,
-            "polls_per_s": round(stats["requests"] / (stats["duration_us"] / 1e6), 1),
-            "p50_ms": round(stats["p50_us"] / 1000, 2),
-            "p99_ms": round(stats["p99_us"] / 1000, 2),
-            "max_ms": round(stats["max_us"] / 1000, 2),
-            "errors": errors,
-            "server_cpu_cores": round((cpu1 - cpu0) / (t1 - t0), 2),
-            "target": {"polls_per_s": TARGET_POLLS_PER_S, "p99_ms": TARGET_P99_MS},
-        }
+        with serve(work / "data", workers=workers, env=SERVER_ENV) as reg:
+            lines = _fleet(reg, args.devices)
+            (work / "requests.tsv").write_text("\n".join(lines) + "\n")
+            asyncio.run(_poll_each(reg.url, lines))
+            # warm-up, not reported: imports, caches, connection pools, and the first burst of connections
+            _wrk(reg, work, args.rate_connections, 3, args.rate)
+            rate = _wrk(reg, work, args.rate_connections, args.duration, args.rate)
+            saturation = _wrk(reg, work, args.connections, args.duration, 0)
+            uncached = None
+            if args.uncached:
+                reg.stop()
+                reg.env_extra["OTA_POLL_CACHE_S"] = "0"
+                reg.start()
+                _wrk(reg, work, args.rate_connections, 3, args.rate)
+                uncached = _wrk(reg, work, args.rate_connections, args.duration, args.rate)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        if pg_name:
-            _drop_pg_database(args.pg_url, pg_name)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "backend": backend,
+        "workers": workers,
+        "devices": args.devices,
+        # the headline (and the target's) figures are the fixed-rate run's
+        "polls_per_s": rate["polls_per_s"],
+        "p50_ms": rate["p50_ms"],
+        "p99_ms": rate["p99_ms"],
+        "meets_target": _meets(rate),
+        "rate": rate,
+        "saturation": saturation,
+        "uncached": uncached,
+        "target": {"polls_per_s": TARGET_POLLS_PER_S, "p99_ms": TARGET_P99_MS, "judged_on": "rate"},
+    }
 
 
 def main() -> int:
@@ -229,9 +267,11 @@ def main() -> int:
     ap.add_argument("--configs", default="sqlite:1,postgres:1,postgres:2",
                     help="comma list of backend:workers (backend sqlite or postgres)")
     ap.add_argument("--devices", type=int, default=2000)
-    ap.add_argument("--duration", type=int, default=10, help="seconds of measured load per configuration")
-    ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1, help="wrk threads (the server needs the other core)")
+    ap.add_argument("--duration", type=int, default=10, help="seconds of each measured run")
+    ap.add_argument("--rate", type=float, default=2200.0, help="offered polls/s of the rate runs")
+    ap.add_argument("--rate-connections", type=int, default=64, help="connections the fixed rate is spread over")
+    ap.add_argument("--connections", type=int, default=32, help="connections of the closed-loop saturation run")
+    ap.add_argument("--no-uncached", dest="uncached", action="store_false", help="skip the OTA_POLL_CACHE_S=0 run")
     ap.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--json", action="store_true", help="print one JSON object per configuration")
     args = ap.parse_args()
@@ -249,13 +289,19 @@ def main() -> int:
         if args.json:
             print(json.dumps(result), flush=True)
     if not args.json:
-        print(f"{'backend':<10}{'workers':>8}{'polls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'server CPU':>12}"
-              f"   vs target ({TARGET_POLLS_PER_S}/s at p99 <= {TARGET_P99_MS:.0f} ms)")
+        print(f"target: >= {TARGET_POLLS_PER_S} polls/s at p99 <= {TARGET_P99_MS:.0f} ms, judged on the fixed-rate run")
+        print(f"{'backend':<10}{'workers':>8}  {'run':<11}{'polls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+              f"{'errors':>8}{'late':>6}{'server CPU':>12}")
         for r in results:
-            verdict = "meets" if r["polls_per_s"] >= TARGET_POLLS_PER_S and r["p99_ms"] <= TARGET_P99_MS else "misses"
-            print(f"{r['backend']:<10}{r['workers']:>8}{r['polls_per_s']:>10.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-                  f"{r['errors']:>8}{r['server_cpu_cores']:>10.2f} c   {verdict} "
-                  f"({r['polls_per_s'] / TARGET_POLLS_PER_S:.2f}x rate)")
+            for name in ("rate", "saturation", "uncached"):
+                run = r[name]
+                if run is None:
+                    continue
+                late = run.get("late_sends", "")
+                verdict = ("meets" if _meets(run) else "misses") if name == "rate" else ""
+                print(f"{r['backend']:<10}{r['workers']:>8}  {name:<11}{run['polls_per_s']:>9.0f}{run['p50_ms']:>9.1f}"
+                      f"{run['p99_ms']:>9.1f}{run['max_ms']:>9.1f}{run['errors']:>8}{late!s:>6}"
+                      f"{run['server_cpu_cores']:>10.2f} c  {verdict}")
     return 0
 
 

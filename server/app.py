@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -30,6 +31,8 @@ from server.config import Settings, resolve_secrets
 from server.dashboard.app import create_dashboard
 from server.db import Database, check_schema, current_revision, head_revision
 from server.deps import AppContext
+from server.devices import changefeed
+from server.devices.fastpoll import POLL_PATH, poll_fast_path
 from server.devices.pollcache import PollCache
 from server.devices.presence import LastSeen
 from server.devices.routes import router as devices_router
@@ -68,7 +71,9 @@ def build_context(settings: Settings) -> AppContext:
     ctx = AppContext(settings=settings, db=db, blobs=blobs, signer=Signer.load_or_create(settings.key_path))
     ctx.services["storage"] = PackageStorage(blobs, settings.package_cache_items)
     ctx.services["presence"] = LastSeen()
-    ctx.services["pollcache"] = PollCache(settings.poll_cache_s).attach(db.sessions)  # poll path, issue 8
+    cache = PollCache(settings.poll_cache_s, max_age_s=settings.poll_cache_max_s,
+                      feed=changefeed.for_database(settings.sqlalchemy_url))
+    ctx.services["pollcache"] = cache.attach(db.sessions)  # poll path, issue 8
     return ctx
 
 
@@ -104,14 +109,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctx = await run_in_threadpool(build_context, settings)
         ctx.services["metrics"] = metrics
         app.state.ctx = ctx
+        # What startup loaded (modules, ORM, codecs) lives as long as the process: move it out of the
+        # collector's reach so a full collection under load walks only request garbage (poll tail, issue 8).
+        gc.collect()
+        gc.freeze()
         presence: LastSeen = ctx.services["presence"]
         stop = asyncio.Event()
         tasks = [asyncio.create_task(_every(ctx.settings.last_seen_flush_s, lambda: presence.flush(ctx.db), "flush",
                                             stop)),
                  asyncio.create_task(_every(ctx.settings.rollout_tick_s, lambda: _tick_rollouts(ctx), "rollouts",
                                             stop))]
+        cache: PollCache = ctx.services["pollcache"]
         if ctx.settings.poll_cache_s > 0:  # keep the poll caches fresh (server/devices/pollcache.py)
-            cache = ctx.services["pollcache"]
+            cache.start()
             tasks.append(asyncio.create_task(_every(ctx.settings.poll_cache_s / 2, lambda: cache.refresh(ctx.db),
                                                     "poll cache refresh", stop)))
         try:
@@ -119,11 +129,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await run_in_threadpool(cache.stop)
             await run_in_threadpool(presence.flush, ctx.db)
             ctx.db.dispose()
 
     app = FastAPI(title="OTA model registry", version="1", lifespan=lifespan)
-    app.add_middleware(metrics.asgi)  # type: ignore[arg-type]  # a middleware factory: app -> app
 
     @app.exception_handler(RegistryError)
     async def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
@@ -158,6 +168,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (registry_router, devices_router, rollouts_router, accounting_router, audit_router):
         app.include_router(router)
     app.mount("/dashboard", create_dashboard(lambda: app.state.ctx))  # issue 7: server-rendered pages
+    # Middleware, innermost first: cached polls answered below FastAPI's routing (issue 8), and the metrics
+    # around everything, fast answers included.
+    poll_route = next(r for r in devices_router.routes if getattr(r, "path", None) == POLL_PATH)
+    app.add_middleware(poll_fast_path, get_ctx=lambda: app.state.ctx, route=poll_route)  # type: ignore[arg-type]
+    app.add_middleware(metrics.asgi)  # type: ignore[arg-type]  # a middleware factory: app -> app
     document_errors(app)  # 422 bodies in /openapi.json are the protocol's error shape
 
     @app.get("/healthz")

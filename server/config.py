@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     offer_ttl_s: int = Field(default=24 * 3600, ge=60)
     # Per-process poll caches (server/devices/pollcache.py): how stale a decision may be across workers.
     poll_cache_s: float = Field(default=5.0, ge=0)  # 0: no caching, every poll reads the database
+    # While the cross-process change feed listens, an entry lives until a change drops it, or this long
+    # (a safety net against a lost change; server/devices/changefeed.py).
+    poll_cache_max_s: float = Field(default=600.0, ge=0)
     smoke_count: int = 3
     smoke_atol: float = 1e-3
     last_seen_flush_s: float = 5.0

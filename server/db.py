@@ -123,7 +123,12 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._readers = sessionmaker(self.engine.execution_options(ota_read_only=True))
+        # Reads for the poll caches: on PostgreSQL in autocommit (no BEGIN/ROLLBACK round trips around two
+        # selects; the cache's epoch check and change feed cover a commit that lands between them).
+        readers = self.engine.execution_options(ota_read_only=True)
+        if not url.startswith("sqlite"):
+            readers = readers.execution_options(isolation_level="AUTOCOMMIT")
+        self._readers = sessionmaker(readers)
 
     @contextmanager
     def session_scope(self) -> Iterator[Session]:

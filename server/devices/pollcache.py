@@ -1,6 +1,6 @@
 """Per-process caches that let a steady-state poll answer with no SQL at all.
 
-Two caches, each entry valid for ``OTA_POLL_CACHE_S`` seconds (default 5):
+Two caches:
 
 - device token digest -> ``DeviceView`` (the device's id, tags, poll interval,
   what it last said it runs, and its recent offers with their signed
@@ -15,23 +15,21 @@ would have to write something (a new or re-signed offer, a changed running
 version, drift) or needs the database for a delta; the caller then runs the
 ordinary transactional ``service.poll``.
 
-Freshness: every session of this process reports what it flushed; when a
-transaction that changed devices, offers, rollouts, lines, versions or
-packages commits, the affected entries are dropped at once (``attach``).  A
-background ``refresh`` every ``OTA_POLL_CACHE_S / 2`` seconds re-reads, in a
-few batched selects, a fingerprint of every cached device (its row and a
-count/max-id/max-updated-at stamp of its offers) and every cached line; an
-entry that still matches is renewed, one that changed is dropped.  Changes
-made by *other* processes (other uvicorn workers) are therefore seen within
-``OTA_POLL_CACHE_S`` seconds: a new rollout, an advance, a revoked or rotated
-token or a device PATCH is stale for at most that long on the other workers
-(docs/PROTOCOL.md "Poll").  Without a refresh an entry simply expires after
-``OTA_POLL_CACHE_S``.  A loader that raced a commit does not store what it
-read (epoch check), and the refresh renews only the very entry it checked.
-Only entries used since their last check are renewed: a device that polls
-less often than the refresh runs (a fleet at 60 s polls) is cheaper to reload
-on its next poll (three indexed selects) than to re-check every few seconds,
-and memory stays proportional to the devices polling within the interval.
+Freshness is by invalidation, not by age.  Every session of this process
+reports what it flushed; when a transaction that changed devices, offers,
+rollouts, lines, versions or packages commits, the affected entries are
+dropped here at once and the change is published on the change feed
+(``changefeed.py``: PostgreSQL NOTIFY, or a changes file beside the SQLite
+database), from which every other process (other uvicorn workers, other
+replicas) drops the same entries within milliseconds.  While the feed is
+listening, an entry read after it started listening stays valid until a
+change drops it or ``OTA_POLL_CACHE_MAX_S`` passes (a safety net, default
+600 s): a fleet polling every 60 s is answered from memory.  While the feed
+is not listening (connection lost, file emptied) entries answer only for
+``OTA_POLL_CACHE_S`` seconds after they were read (default 5), as a plain
+time-to-live cache; a background ``refresh`` re-reads cached lines every
+``OTA_POLL_CACHE_S / 2``.  A loader that raced a commit does not store what it
+read (epoch check: every drop bumps it).
 """
 
 from __future__ import annotations
@@ -39,22 +37,24 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.config import Settings
 from server.db import Database, as_utc
 from server.devices import schemas
+from server.devices.changefeed import ChangeFeed
 from server.orm import Device, DeviceReport, DeviceUpdate, Line, Package, Rollout, RolloutStage, Version
 from server.rollouts.lineview import LineView, choose_package, desired_in, load_line
 
 _LINE_TYPES = (Line, Rollout, RolloutStage, Version, Package)
+Trust = tuple[float, float | None] | None  # ChangeFeed.trust: (heard since, until or None while listening)
 
 
 @dataclass(frozen=True)
@@ -82,37 +82,27 @@ class DeviceView:
     drift: bool
     drift_detail: str | None
     offers: dict[tuple[int, int], OfferView]  # (rollout id or 0, version id) -> offer
-    fingerprint: tuple[Any, ...]  # what ``refresh`` compares with the database
 
 
-_DEVICE_COLUMNS = (Device.id, Device.token_sha256, Device.device_id, Device.tags, Device.poll_interval_s,
-                   Device.line, Device.running_version, Device.running_model_sha256, Device.reported_version,
-                   Device.drift, Device.drift_detail)
+_DEVICE_COLUMNS = (Device.id, Device.device_id, Device.tags, Device.poll_interval_s, Device.line,
+                   Device.running_version, Device.running_model_sha256, Device.reported_version, Device.drift,
+                   Device.drift_detail)
 _OFFER_COLUMNS = (DeviceUpdate.rollout_key, DeviceUpdate.version_id, DeviceUpdate.state, DeviceUpdate.codec,
                   DeviceUpdate.delta_sha256, DeviceUpdate.base_package_sha256, DeviceUpdate.expires_at,
                   DeviceUpdate.envelope)
-# Every change to an offer row (new offer, re-sign, report) adds a row or stamps updated_at.
-_OFFER_STAMP = (DeviceUpdate.device_pk, func.count(), func.max(DeviceUpdate.id), func.max(DeviceUpdate.updated_at))
 RECENT_OFFERS = 20  # older offers are not cached: a poll that needs one takes the slow path
-REFRESH_CHUNK = 500  # device pks per batched fingerprint select
-
-
-def _fingerprint(device_row: Sequence[Any], stamp: Sequence[Any] | None) -> tuple[Any, ...]:
-    return (*device_row, tuple(stamp[1:]) if stamp is not None else (0, None, None))
 
 
 def load_device(session: Session, token_sha256: str) -> DeviceView | None:
     """The device holding this token digest, with its recent offers; None if no device has it.
 
-    Three indexed Core selects of just the columns the fast path needs (this runs on a cache miss).
+    Two indexed Core selects of just the columns the fast path needs (this runs on a cache miss).
     """
     conn = session.connection()
     row = conn.execute(select(*_DEVICE_COLUMNS).where(Device.token_sha256 == token_sha256)).first()
     if row is None:
         return None
-    pk, _digest, device_id, tags, interval, line, running, running_sha, reported, drift, detail = row
-    stamp = conn.execute(select(*_OFFER_STAMP).where(DeviceUpdate.device_pk == pk)
-                         .group_by(DeviceUpdate.device_pk)).first()
+    pk, device_id, tags, interval, line, running, running_sha, reported, drift, detail = row
     q = (select(*_OFFER_COLUMNS).where(DeviceUpdate.device_pk == pk)
          .order_by(DeviceUpdate.id.desc()).limit(RECENT_OFFERS))
     offers: dict[tuple[int, int], OfferView] = {}
@@ -120,20 +110,7 @@ def load_device(session: Session, token_sha256: str) -> DeviceView | None:
         offers.setdefault((key, version_id), OfferView(state, codec, delta, base, as_utc(expires),
                                                        json.dumps(envelope).encode()))
     return DeviceView(pk, device_id, dict(tags or {}), interval, line, running, running_sha, reported, bool(drift),
-                      detail, offers, _fingerprint(row, stamp))
-
-
-def fingerprints(session: Session, pks: Sequence[int]) -> dict[int, tuple[Any, ...]]:
-    """device pk -> the fingerprint ``load_device`` recorded, as the database has it now (batched)."""
-    conn = session.connection()
-    out: dict[int, tuple[Any, ...]] = {}
-    for i in range(0, len(pks), REFRESH_CHUNK):
-        chunk = pks[i:i + REFRESH_CHUNK]
-        stamps = {r[0]: r for r in conn.execute(select(*_OFFER_STAMP).where(DeviceUpdate.device_pk.in_(chunk))
-                                                .group_by(DeviceUpdate.device_pk))}
-        for row in conn.execute(select(*_DEVICE_COLUMNS).where(Device.id.in_(chunk))):
-            out[row[0]] = _fingerprint(row, stamps.get(row[0]))
-    return out
+                      detail, offers)
 
 
 def encode_answer(poll_interval_s: int, envelope_json: bytes | None) -> bytes:
@@ -181,43 +158,42 @@ def answer(d: DeviceView, line: LineView, body: schemas.PollIn, now: datetime, s
 
 
 class _Expiring:
-    """key -> [value, verified at, last hit]: an entry answers until ``verified at + ttl``.
+    """key -> [value, verified at]: an entry answers until ``verified at + ttl``, or, when it was verified
+    while the change feed was listening (``ChangeFeed.trust``), until a change drops it or ``max_age_s`` passes.
 
     ``epoch`` is bumped by every drop, so a loader that read before a commit does not store its result.
     """
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float]) -> None:
-        self.ttl_s, self.clock = ttl_s, clock
+    def __init__(self, ttl_s: float, max_age_s: float, clock: Callable[[], float]) -> None:
+        self.ttl_s, self.max_age_s, self.clock = ttl_s, max(max_age_s, ttl_s), clock
         self.items: dict[Any, list[Any]] = {}
         self.epoch = 0
         self._swept = clock()
 
-    def get(self, key: Any) -> Any | None:
+    def _valid(self, verified_at: float, now: float, trust: Trust) -> bool:
+        age = now - verified_at
+        if age < self.ttl_s:
+            return True
+        if trust is None or verified_at < trust[0] or age >= self.max_age_s:
+            return False
+        return trust[1] is None or now - trust[1] < self.ttl_s  # after a gap: fresh as of its start
+
+    def get(self, key: Any, trust: Trust) -> Any | None:
         hit = self.items.get(key)
-        if hit is None:
+        if hit is None or not self._valid(hit[1], self.clock(), trust):
             return None
-        now = self.clock()
-        if now - hit[1] >= self.ttl_s:
-            return None
-        hit[2] = now
         return hit[0]
 
-    def put(self, key: Any, value: Any, epoch: int, verified_at: float) -> bool:
+    def put(self, key: Any, value: Any, epoch: int, verified_at: float, trust: Trust) -> bool:
         """Store unless something was dropped since ``epoch`` was read (the value may predate that commit)."""
         if epoch != self.epoch or self.ttl_s <= 0:
             return False
         now = self.clock()
-        if now - self._swept > self.ttl_s:  # drop expired entries now and then
-            self.items = {k: v for k, v in self.items.items() if now - v[1] < self.ttl_s}
+        if now - self._swept > max(self.ttl_s, 60.0):  # drop entries that can no longer answer, now and then
+            self.items = {k: v for k, v in self.items.items() if self._valid(v[1], now, trust)}
             self._swept = now
-        self.items[key] = [value, verified_at, now]
+        self.items[key] = [value, verified_at]
         return True
-
-    def renew(self, key: Any, value: Any, verified_at: float) -> None:
-        """Extend the entry if it is still this very value (not dropped or replaced meanwhile)."""
-        hit = self.items.get(key)
-        if hit is not None and hit[0] is value:
-            hit[1] = max(hit[1], verified_at)
 
     def drop(self, keys: Iterable[Any] | None = None) -> None:
         """Drop these keys (all when None) and bump the epoch so in-flight loads are not stored."""
@@ -233,23 +209,33 @@ class _Expiring:
 
 
 class PollCache:
-    """The two per-process caches, their invalidation and their refresh (thread-safe)."""
+    """The two per-process caches, their invalidation (here and from the change feed) and their refresh.
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    Thread-safe: the event loop reads, loader threads store, the feed's thread drops.
+    """
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic, max_age_s: float = 600.0,
+                 feed: ChangeFeed | None = None) -> None:
         self.ttl_s = ttl_s
+        self.feed = feed
         self._clock = clock
         self._lock = threading.Lock()
-        self._devices = _Expiring(ttl_s, clock)  # token digest -> DeviceView
+        self._devices = _Expiring(ttl_s, max_age_s, clock)  # token digest -> DeviceView
         self._device_digest: dict[int, str] = {}  # device pk -> token digest, to drop by pk
-        self._lines = _Expiring(ttl_s, clock)  # line name -> LineView
+        self._lines = _Expiring(ttl_s, max_age_s, clock)  # line name -> LineView
+
+    def _trust(self) -> Trust:
+        return self.feed.trust if self.feed is not None else None
 
     def device(self, token_sha256: str) -> DeviceView | None:
+        trusted = self._trust()
         with self._lock:
-            return self._devices.get(token_sha256)
+            return self._devices.get(token_sha256, trusted)
 
     def line(self, name: str) -> LineView | None:
+        trusted = self._trust()
         with self._lock:
-            return self._lines.get(name)
+            return self._lines.get(name, trusted)
 
     def sizes(self) -> tuple[int, int]:
         with self._lock:
@@ -262,14 +248,15 @@ class PollCache:
 
     def store(self, epochs: tuple[int, int, float], token_sha256: str, device: DeviceView | None,
               line: LineView | None) -> None:
+        trusted = self._trust()
         with self._lock:
-            if device is not None and self._devices.put(token_sha256, device, epochs[0], epochs[2]):
+            if device is not None and self._devices.put(token_sha256, device, epochs[0], epochs[2], trusted):
                 old = self._device_digest.get(device.pk)
                 if old is not None and old != token_sha256:
                     self._devices.drop([old])  # a rotated token: the old digest must not answer
                 self._device_digest[device.pk] = token_sha256
             if line is not None:
-                self._lines.put(line.name, line, epochs[1], epochs[2])
+                self._lines.put(line.name, line, epochs[1], epochs[2], trusted)
 
     def invalidate(self, device_pks: Iterable[int] = (), lines: bool = False) -> None:
         """Drop the entries of these devices (and every line when ``lines``)."""
@@ -280,38 +267,48 @@ class PollCache:
             if lines:
                 self._lines.drop()
 
-    def refresh(self, db: Database) -> int:
-        """Re-check every cached entry against the database in a few batched reads; returns how many were dropped.
+    def clear(self) -> None:
+        """Drop everything (the change feed had a gap: changes may have been missed)."""
+        with self._lock:
+            self._devices.drop()
+            self._device_digest.clear()
+            self._lines.drop()
 
-        Runs in a worker thread every ``ttl_s / 2`` (the app's lifespan).  Raises what the database raises.
+    def start(self) -> None:
+        """Start listening to the other processes' changes (the app's lifespan)."""
+        if self.feed is not None and self.ttl_s > 0:
+            # After a gap nothing needs dropping: entries answer for ``ttl_s`` after the gap began, then need a
+            # read after the feed listens again (so a poll during a brief database outage is still answered).
+            self.feed.start(lambda pks, lines: self.invalidate(pks, lines), lambda: None)
+
+    def stop(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
+
+    def refresh(self, db: Database) -> None:
+        """Re-read every cached line (a few selects each): keeps them answering when the feed is not listening.
+
+        Runs in a worker thread every ``ttl_s / 2`` (the app's lifespan).  Devices are not re-read: one not
+        covered by the feed simply expires and is reloaded on its next poll.  Raises what the database raises.
         """
         if self.ttl_s <= 0:
-            return 0
+            return
         with self._lock:
             started = self._clock()
-            # Only entries hit since they were last verified: re-checking one costs more than reloading it
-            # on a miss unless its device polls more often than the refresh runs.
-            devices = {k: v[0] for k, v in self._devices.items.items() if v[2] > v[1]}
             line_epoch, names = self._lines.epoch, list(self._lines.items)
         with db.read_scope() as session:
-            now = fingerprints(session, sorted({d.pk for d in devices.values()}))
             lines = {name: load_line(session, name) for name in names}
-        stale = [d.pk for d in devices.values() if now.get(d.pk) != d.fingerprint]
+        trusted = self._trust()
         with self._lock:
-            for digest, view in devices.items():
-                if now.get(view.pk) == view.fingerprint:
-                    self._devices.renew(digest, view, started)
-            if stale:
-                self._devices.drop([self._device_digest.pop(pk) for pk in stale if pk in self._device_digest])
             for name, line in lines.items():
                 if line is None:
                     self._lines.drop([name])
-                else:
-                    self._lines.put(name, line, line_epoch, started)  # refused if a commit raced the read
-        return len(stale)
+                else:  # refused if a commit raced the read
+                    self._lines.put(name, line, line_epoch, started, trusted)
 
     def attach(self, sessions: sessionmaker[Session]) -> PollCache:
-        """Invalidate on commit of any session from ``sessions`` that changed what the caches hold."""
+        """Invalidate on commit of any session from ``sessions`` that changed what the caches hold, here and
+        (through the change feed) in every other process."""
 
         def after_flush(session: Session, _ctx: object) -> None:
             pending = session.info.setdefault("pollcache", {"devices": set(), "lines": False})
@@ -323,12 +320,23 @@ class PollCache:
                 elif isinstance(obj, _LINE_TYPES):
                     pending["lines"] = True
 
+        def before_commit(session: Session) -> None:
+            if self.feed is None or session.in_nested_transaction():
+                return  # a savepoint's release: the outer commit publishes
+            session.flush()  # what the commit would flush, noted by after_flush before we publish
+            pending = session.info.get("pollcache")
+            if pending and (pending["devices"] or pending["lines"]):
+                self.feed.publish_in_transaction(session, pending["devices"], pending["lines"])
+
         def after_commit(session: Session) -> None:
             pending = session.info.pop("pollcache", None)
-            if pending:
+            if pending and (pending["devices"] or pending["lines"]):
                 self.invalidate(pending["devices"], pending["lines"])
+                if self.feed is not None:
+                    self.feed.publish_committed(pending["devices"], pending["lines"])
 
         # A rolled-back flush leaves its note in session.info: at worst a later commit drops a few entries more.
         event.listen(sessions, "after_flush", after_flush)
+        event.listen(sessions, "before_commit", before_commit)
         event.listen(sessions, "after_commit", after_commit)
         return self

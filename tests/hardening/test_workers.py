@@ -39,7 +39,9 @@ def in_parallel(jobs: list[Callable[[], Any]], threads: int = 16) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    with serve(tmp_path_factory.mktemp("workers") / "data", workers=2) as reg:
+    # A poll cache interval far longer than any test: a change on one worker reaches the other's cached
+    # entries only through the change feed (server/devices/changefeed.py), never by the entries expiring.
+    with serve(tmp_path_factory.mktemp("workers") / "data", workers=2, env={"OTA_POLL_CACHE_S": "300"}) as reg:
         assert len(reg.worker_pids()) >= 2, "uvicorn did not fork two workers"
         with reg.admin() as admin:
             for n in (1, 2):
@@ -130,6 +132,39 @@ def test_racing_operator_actions_take_each_legal_step_exactly_once(registry: dic
     assert all(res.status_code in (200, 409) for res in results), [res.text for res in results]
     assert Counter(a for a, res in zip(actions, results, strict=True) if res.status_code == 200)["abort"] == 1
     assert admin_get(reg, f"/api/v1/rollouts/{other}")["state"] == "aborted"
+
+
+def test_token_rotation_and_patch_on_one_worker_reach_cached_entries_on_every_worker(
+        registry: dict[str, Any]) -> None:
+    reg, tokens = registry["reg"], registry["tokens"]
+    cars = sorted(tokens)[:6]
+    body = {"line": "road-signs", "current_version": 0}
+
+    def polls(token: str) -> list[httpx.Response]:  # fresh connections: both workers answer some
+        return in_parallel([lambda: fresh("POST", f"{reg.url}/api/v1/device/poll", token, json=body)
+                            for _ in range(8)], threads=8)
+
+    for d in cars:
+        assert {r.status_code for r in polls(tokens[d])} == {200}
+        assert {r.status_code for r in polls(tokens[d])} == {200}  # now answered from both workers' caches
+    old = {d: tokens[d] for d in cars}
+    for d in cars:  # rotate each token with one request (one worker), and change its poll interval
+        r = fresh("POST", f"{reg.url}/api/v1/devices/enroll", reg.enrollment_token,
+                  json={"device_id": d, "tags": {"region": "eu"}})
+        assert r.status_code == 201
+        tokens[d] = r.json()["device_token"]
+        r = fresh("PATCH", f"{reg.url}/api/v1/devices/{d}", reg.admin_token, json={"poll_interval_s": 17})
+        assert r.status_code == 200
+    deadline = time.monotonic() + 20  # the feed takes milliseconds; far less than the 300 s cache interval
+    for d in cars:
+        while True:
+            stale = [r.status_code for r in polls(old[d]) if r.status_code != 401]
+            if not stale:
+                break
+            assert time.monotonic() < deadline, f"{d}'s rotated token still answered on a worker: {stale}"
+            time.sleep(0.05)
+        answers = polls(tokens[d])
+        assert {(r.status_code, r.json()["poll_interval_s"]) for r in answers} == {(200, 17)}
 
 
 def test_database_is_intact_and_both_workers_still_answer(registry: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""``ota serve`` as a real subprocess (optionally several uvicorn workers) for the hardening tests and bench/faults.py.
+"""``ota serve`` as a real subprocess (optionally several uvicorn workers) for the hardening tests and bench/faults.py, bench/load.py.
 
 ``serve(data_dir, workers=2)`` starts the registry exactly as an operator
 would (the CLI migrates, then uvicorn forks its workers), on a free port,

@@ -63,9 +63,9 @@ def _libpq(url: str) -> str:
 
 
 @contextmanager
-def temporary_database() -> Iterator[str | None]:
-    """A fresh PostgreSQL database when DATABASE_URL is set (dropped afterwards), else None (use SQLite)."""
-    base = os.environ.get("DATABASE_URL")
+def temporary_database(base: str | None = None) -> Iterator[str | None]:
+    """A fresh PostgreSQL database on ``base`` or DATABASE_URL when set (dropped afterwards), else None (SQLite)."""
+    base = base or os.environ.get("DATABASE_URL")
     if not base:
         yield None
         return
@@ -82,6 +82,10 @@ def temporary_database() -> Iterator[str | None]:
     finally:
         with psycopg.connect(_libpq(base), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# The cluster this machine and CI run (.ci/run); tests of PostgreSQL-only features use it on both passes.
+LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass
