@@ -8,6 +8,7 @@ Pieces, from the bottom up:
 - ``manifest``   pure verification of signed offers (Ed25519, expiry, replay, downgrade).
 - ``api``        async HTTP calls to the registry over an injectable httpx transport.
 - ``download``   resumable, bounded, verified artifact downloads.
+- ``decode_worker`` patch + unpack in a child process, so decoding never holds the agent's GIL.
 - ``slots``      two model slots on disk and the atomic state journal.
 - ``hotswap``    the live ONNX Runtime session; load + smoke test off the inference path.
 - ``reports``    state-change reports, queued in the journal, sent idempotently by seq.

@@ -3,7 +3,9 @@
 Read ``run_forever`` -> ``poll_once`` -> ``handle_offer`` -> ``_install`` top to
 bottom: that is the whole update path.  The core is async so a simulator can
 run thousands of agents in one event loop; ``run()`` is the blocking wrapper
-``ota agent`` uses.  ONNX Runtime loads and smoke tests run in worker threads.
+``ota agent`` uses.  Patch and decode run in a child process (``decode_worker``:
+they would hold this process's GIL and stall the camera thread); ONNX Runtime
+loads and smoke tests run in worker threads here, where the session is used.
 ``predict`` is plain and thread-safe: the camera thread calls it while all of
 this happens.
 
@@ -28,6 +30,7 @@ import numpy as np
 from client import reports
 from client.api import RegistryClient
 from client.config import AgentConfig
+from client.decode_worker import Decoder, InProcessDecoder, shared_worker
 from client.download import DownloadSpec, fetch, remove_partial
 from client.errors import (
     AgentError,
@@ -40,12 +43,18 @@ from client.errors import (
     Unauthorized,
     VerificationError,
 )
-from client.hotswap import HotSwapper, LoadedModel, Prediction, SessionFactory, default_session_factory
+from client.hotswap import (
+    HotSwapper,
+    LoadedModel,
+    Prediction,
+    SessionFactory,
+    default_session_factory,
+    gil_switch_interval,
+)
 from client.identity import Identity, load_identity, save_identity
 from client.manifest import Artifact, Offer, check_offer, verify_signature
 from client.ratelimit import TokenBucket
 from client.slots import Journal, SlotRecord, SlotStore
-from models import codec
 from models.errors import BaseMismatch, CorruptPackage, DeltaError
 
 log = logging.getLogger("client.agent")
@@ -71,9 +80,17 @@ class Agent:
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
     ) -> None:
+        if config.gil_switch_interval_s is not None and not config.gil_switch_interval_s > 0:
+            raise ValueError(f"gil_switch_interval_s must be > 0 or None, got {config.gil_switch_interval_s}")
         self.config = config
         self.store = SlotStore(config.state_dir, fsync=config.fsync)
         self.swapper = HotSwapper(session_factory or default_session_factory(config.inference_threads))
+        # One child per process, shared by every agent in it (a simulator runs thousands).
+        self.decoder: Decoder = (
+            shared_worker(idle_s=config.decode_worker_idle_s, nice=config.decode_worker_nice)
+            if config.decode_in_subprocess
+            else InProcessDecoder()
+        )
         self.api = RegistryClient(config.server_url, transport=transport, timeout_s=config.http_timeout_s)
         self.bucket = (
             TokenBucket(config.max_rate_bytes_per_s, config.rate_burst_bytes, clock=clock, sleep=sleep)
@@ -320,10 +337,11 @@ class Agent:
             return
         self.agent_state = "downloading"
         try:
-            if offer.rollback and j.previous is not None and j.previous.model_sha256 == offer.model_sha256:
-                await self._rollback_to_previous(offer, reason=f"signed rollback to v{offer.target_version}")
-            else:
-                await self._install(offer)
+            with gil_switch_interval(self.config.gil_switch_interval_s):  # the camera keeps its latency
+                if offer.rollback and j.previous is not None and j.previous.model_sha256 == offer.model_sha256:
+                    await self._rollback_to_previous(offer, reason=f"signed rollback to v{offer.target_version}")
+                else:
+                    await self._install(offer)
         except AgentError as e:
             log.warning("update to v%d not installed: %s", offer.target_version, e)
         finally:
@@ -372,12 +390,13 @@ class Agent:
         artifact = "full"
         timings = self.last_install = {}
         try:
+            await asyncio.to_thread(self.decoder.start)  # its imports overlap the download
             package, received, artifact = await self._obtain_package(offer)
             self._advance(offer, "downloaded", bytes_received=received, artifact=artifact)
             self.agent_state = "installing"
             log.info("installing v%d: decode", offer.target_version)
             t = self._clock()
-            model = await asyncio.to_thread(self._decode, package, offer)
+            model = await asyncio.to_thread(self._decode, package, offer)  # in the decode worker
             timings["decode_ms"] = (self._clock() - t) * 1000
             self._advance(offer, "verified", bytes_received=received, artifact=artifact)
             log.info("installing v%d: load and smoke test", offer.target_version)
@@ -415,7 +434,8 @@ class Agent:
             try:
                 path, got = await self._download(delta)
                 t = self._clock()
-                package = await asyncio.to_thread(codec.patch, self.store.read_package(active), path.read_bytes())
+                base, patch = self.store.read_package(active), path.read_bytes()
+                package = await asyncio.to_thread(self.decoder.patch, base, patch)
                 self.last_install["patch_ms"] = (self._clock() - t) * 1000
                 if _sha(package) != offer.package.sha256:
                     raise DeltaError("patched package does not match the offer's package sha256")
@@ -446,12 +466,11 @@ class Agent:
     def _count_bytes(self, n: int) -> None:
         self.bytes_received_total += n
 
-    @staticmethod
-    def _decode(package: bytes, offer: Offer) -> bytes:
+    def _decode(self, package: bytes, offer: Offer) -> bytes:
         if _sha(package) != offer.package.sha256:
             raise HashMismatch("package does not match the offer's sha256")
         try:
-            model = codec.unpack(package)
+            model = self.decoder.unpack(package)
         except CorruptPackage as e:
             raise VerificationError(f"package for v{offer.target_version} does not decode: {e}") from e
         if _sha(model) != offer.model_sha256:

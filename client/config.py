@@ -40,6 +40,16 @@ class AgentConfig:
 
     #: ONNX Runtime threads per session; the car shares its cores with the camera pipeline.
     inference_threads: int = 1
+    #: Patch and decode packages in a child process (``client.decode_worker``): in a thread of this
+    #: process they hold the GIL for tens of ms and the camera thread waits for it after every inference.
+    decode_in_subprocess: bool = True
+    #: The child exits after this long without work, giving its memory back; the next update starts one.
+    decode_worker_idle_s: float = 30.0
+    #: How far the child lowers its priority (``os.nice``): the camera comes first, the update can wait.
+    decode_worker_nice: int = 10
+    #: GIL switch interval while an offer is handled (download and install), so a ``predict`` returning
+    #: from ONNX Runtime waits at most about this long for the update's Python code; None keeps 5 ms.
+    gil_switch_interval_s: float | None = 0.0001
     #: After a swap the new model must answer this many live inferences with at most this error rate.
     health_window_inferences: int = 20
     health_max_error_rate: float = 0.2

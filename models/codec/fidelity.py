@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from models.codec import onnxio
 from models.errors import InvalidModel
 from models.smoke import golden_inputs
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 SYNTHETIC_PROBE_COUNT = 32
 SYNTHETIC_PROBE_SEED = 20261129
@@ -52,6 +55,14 @@ class Fidelity:
 
 
 def session(onnx_bytes: bytes) -> ort.InferenceSession:
+    """An in-memory session for probe runs.
+
+    ONNX Runtime is imported here, not at module level: the car's decode
+    worker imports the codec to patch and unpack, never to measure, and
+    the runtime costs it ~20 MB.
+    """
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     opts.inter_op_num_threads = 1

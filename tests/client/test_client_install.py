@@ -8,6 +8,7 @@ in test_client_registry.py against the real server.
 import asyncio
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +17,17 @@ import pytest
 from agent_factories import OfflineOffers, nan_on_dark_model, sha, zoo_model
 
 from client import Agent, AgentConfig
+from client.decode_worker import DecodeWorker, InProcessDecoder
+from client.hotswap import default_session_factory
 from client.identity import Identity, save_identity
 from models.roadsigns import render
 
 IMAGE = render(3, np.random.default_rng(0))
 
 
-def make_agent(state: Path, **cfg: object) -> tuple[Agent, OfflineOffers]:
+def make_agent(state: Path, session_factory: object = None, **cfg: object) -> tuple[Agent, OfflineOffers]:
     agent = Agent(AgentConfig(server_url="http://offline.invalid", device_id="car-1", state_dir=state,
-                              **cfg))  # type: ignore[arg-type]
+                              **cfg), session_factory=session_factory)  # type: ignore[arg-type]
     offers = OfflineOffers(agent.store.downloads_dir)
     save_identity(state / "identity.json", Identity("car-1", "token", offers.pub, sha(offers.pub)))
     asyncio.run(agent.start())
@@ -171,3 +174,34 @@ def test_disk_full_during_install_reports_a_clear_error_and_the_old_model_keeps_
     reboot = Agent(AgentConfig(server_url="http://offline.invalid", device_id="car-1", state_dir=tiny_disk / "agent"))
     asyncio.run(reboot.start())
     assert reboot.running_version == 1
+
+
+def test_install_decodes_in_the_worker_process_and_lowers_the_gil_switch_interval_only_meanwhile(
+        tmp_path: Path) -> None:
+    seen: list[float] = []  # the interpreter's switch interval while each session was built
+    make = default_session_factory()
+
+    def factory(model: bytes, model_sha256: str) -> object:
+        seen.append(sys.getswitchinterval())
+        return make(model, model_sha256)
+
+    before = sys.getswitchinterval()
+    agent, offers = make_agent(tmp_path, session_factory=factory, gil_switch_interval_s=0.0002)
+    m1, m2 = zoo_model(1), zoo_model(2)
+    asyncio.run(agent.handle_offer(offers.offer(m1, 1)))
+    asyncio.run(agent.handle_offer(offers.offer(m2, 2, base_package=offers.package(m1))))
+    assert agent.running_version == 2 and states(agent)[-1] == ("installed", 2, "delta")
+    assert isinstance(agent.decoder, DecodeWorker) and agent.decoder.pid not in (None, os.getpid())
+    assert seen == pytest.approx([0.0002, 0.0002])
+    assert sys.getswitchinterval() == before  # restored once the installs were done
+
+
+def test_in_process_decoding_installs_the_same_model_and_bad_settings_are_refused(tmp_path: Path) -> None:
+    agent, offers = make_agent(tmp_path / "car", decode_in_subprocess=False, gil_switch_interval_s=None)
+    m1, m2 = zoo_model(1), zoo_model(2)
+    asyncio.run(agent.handle_offer(offers.offer(m1, 1)))
+    asyncio.run(agent.handle_offer(offers.offer(m2, 2, base_package=offers.package(m1))))
+    assert isinstance(agent.decoder, InProcessDecoder)
+    assert agent.running_version == 2 and agent.predict(IMAGE).version == 2
+    with pytest.raises(ValueError, match="gil_switch_interval_s must be > 0"):
+        make_agent(tmp_path / "other", gil_switch_interval_s=0.0)
