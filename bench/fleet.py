@@ -1,14 +1,21 @@
 """Scale run: N simulated cars (default 10,000) through a 3-stage rollout on this machine.
 
-    .venv/bin/python bench/fleet.py --cars 10000 [--time-scale 60] [--polls-per-s 80] [--json]
+    .venv/bin/python bench/fleet.py --cars 10000 [--time-scale 60] [--polls-per-s 150] [--initial-install] [--json]
 
-Starts ``ota serve`` in a child process (SQLite in a temp data dir, or --database-url), publishes v1,
-lets the whole fleet enrol and install it (full packages), then publishes v2 and rolls it out in three
-stages (1%, 10%, 100%; auto-advance at 90% installed after a short soak).  Reports per phase: wall
-time, the server process's CPU (user+sys, via psutil) and the simulator's, bytes the server measured,
-cars updated, and the simulated time-to-update percentiles.  Cars share ONNX Runtime sessions per model
-SHA-256 and identical slot files (see ``ota simulate --help``); every car still downloads, verifies,
-decodes, smoke-tests and swaps on its own.
+Starts ``ota serve`` in a child process (SQLite in a temp data dir, or --database-url) and publishes v1.
+
+By default the cars leave the factory with v1 already on disk (a real fleet is flashed at the factory, it
+does not download its first model over the air): the v1 package is fetched from the registry once, decoded
+once, and written into every car's state dir as its active slot.  The cars boot it, enrol, and poll with
+it, so the run measures the staged v2 rollout, not 10,000 initial full downloads.  ``--initial-install``
+instead lets every car enrol empty and download and install v1 in full first (measured as its own phase).
+
+Then v2 is published and rolled out in three stages (1%, 10%, 100%; auto-advance at 90% installed after a
+short soak).  Reports per phase: wall time, the server process's CPU (user+sys, via psutil) and the
+simulator's, bytes the server measured, cars updated, and the simulated time-to-update percentiles per
+network.  Cars share ONNX Runtime sessions per model SHA-256 and identical slot files (see
+``ota simulate --help``); every car still downloads, verifies, patches, decodes, smoke-tests and swaps on
+its own.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cli.demo_cmd import running_server  # noqa: E402
+from client.simulator.factory import fetch_image, preinstall  # noqa: E402
 from client.simulator.fleet import auto_poll_interval, plan_fleet  # noqa: E402
 from client.simulator.registry_admin import RegistryAdmin  # noqa: E402
 from client.simulator.runner import Fleet  # noqa: E402
@@ -66,30 +74,53 @@ def _times(fleet: Fleet, version: int) -> dict[str, Any]:
             "p50_time_to_update_sim_s": percentile(times, 50), "p95_time_to_update_sim_s": percentile(times, 95)}
 
 
+async def _boot(args: argparse.Namespace, srv: Any, admin: RegistryAdmin, fleet: Fleet, v1: dict[str, Any],
+                meter: _Meter, log: Any) -> dict[str, Any]:
+    """Bring the fleet onto v1: flashed at the factory (default) or installed over the air."""
+
+    def tick(s: dict[str, Any]) -> None:
+        log(f"  {s['wall_s']:6.0f}s  {s['states']}  versions {s['versions']}  moved {s['bytes'] / 1e6:.0f} MB")
+
+    out: dict[str, Any] = {}
+    if not args.initial_install:
+        t = time.monotonic()
+        image = await asyncio.to_thread(fetch_image, admin, v1, "deep")
+        flashed = await asyncio.to_thread(preinstall, fleet.specs, fleet.state_root, image)
+        out["factory_image"] = {"version": image.version, "codec": image.codec, "package_bytes": len(image.package),
+                                "cars_flashed": flashed, "flash_wall_s": round(time.monotonic() - t, 1)}
+        log(f"factory: v{image.version} ({len(image.package) / 1e3:.0f} KB {image.codec} package) flashed onto "
+            f"{flashed} cars in {out['factory_image']['flash_wall_s']} s (not downloaded: --initial-install does)")
+    a = meter.mark()
+    await fleet.start(spread_real_s=args.start_spread)
+    await fleet.wait_for(lambda: fleet.settled(0.0, include_offline=True), args.phase_timeout, _every(tick, 15))
+    b = meter.mark()
+    phase = "phase_v1_full" if args.initial_install else "phase_boot_enrol"
+    out[phase] = {**meter.since(a, b), **_times(fleet, v1["version"]), "bytes_cars_received": fleet.bytes_moved,
+                  "cars_on_v1": fleet.snapshot()["versions"].get(v1["version"], 0)}
+    log(f"{phase}: {out[phase]}")
+    return out
+
+
 async def _run(args: argparse.Namespace, srv: Any, meter: _Meter, log: Any) -> dict[str, Any]:
     admin = RegistryAdmin(srv.url, srv.admin_token)
     line = "road-signs"
     poll_s = auto_poll_interval(args.cars, args.time_scale, max_polls_per_real_s=args.polls_per_s)
     out: dict[str, Any] = {"cars": args.cars, "time_scale": args.time_scale, "poll_interval_sim_s": round(poll_s),
-                           "cpus": psutil.cpu_count(), "database": "postgresql" if args.database_url else "sqlite"}
+                           "cpus": psutil.cpu_count(), "database": "postgresql" if args.database_url else "sqlite",
+                           "start": "initial install (full v1 download)" if args.initial_install
+                           else "factory-installed v1 (not downloaded)"}
     v1 = await asyncio.to_thread(admin.publish, model_path("v1"), line, "v1")
     fleet = Fleet(srv.url, plan_fleet(args.cars, args.networks, args.seed, "car"), Path(args.state_dir), line=line,
                   enroll_token=srv.enrollment_token, time_scale=args.time_scale, poll_interval_s=poll_s,
-                  inference_interval_s=args.inference_interval, http_timeout_s=120)
+                  inference_interval_s=args.inference_interval, http_timeout_s=120, max_in_flight=args.max_in_flight)
 
     def tick(s: dict[str, Any]) -> None:
         log(f"  {s['wall_s']:6.0f}s  {s['states']}  versions {s['versions']}  moved {s['bytes'] / 1e6:.0f} MB")
 
-    a = meter.mark()
-    await fleet.start()
-    await fleet.wait_for(lambda: fleet.settled(0.0, include_offline=True), args.phase_timeout, _every(tick, 15))
-    b = meter.mark()
-    out["phase_v1_full"] = {**meter.since(a, b), **_times(fleet, v1["version"]),
-                            "bytes_cars_received": fleet.bytes_moved}
-    log(f"v1: {out['phase_v1_full']}")
-
+    out.update(await _boot(args, srv, admin, fleet, v1, meter, log))
     v2 = await asyncio.to_thread(admin.publish, model_path("v2"), line, "v2")
     moved0 = fleet.bytes_moved
+    installs0 = {c.spec.device_id: len(c.agent.installs) for c in fleet.cars}
     stages = [{"percent": p, "min_soak_s": 5, "success_threshold_pct": 90} for p in (1, 10, 100)]
     a = meter.mark()
     r = await asyncio.to_thread(admin.start_rollout, line, v2["version"], stages, error_threshold_pct=20)
@@ -118,11 +149,30 @@ async def _run(args: argparse.Namespace, srv: Any, meter: _Meter, log: Any) -> d
     summary = fleet.summary()
     await fleet.stop()
     admin.close()
+    out["v2_per_network"] = _per_network(fleet, v2["version"], installs0)
     out["fleet"] = {k: summary[k] for k in ("updated", "failed", "rolled_back", "bytes_sent", "bytes_full_fp32",
                                             "bytes_full_package", "drops", "inferences", "failed_inferences")}
     out["peak_rss_mb"] = {"server": round(meter.server.memory_info().rss / 1e6), "simulator":
                           round(meter.me.memory_info().rss / 1e6)}
     return out
+
+
+def _per_network(fleet: Fleet, version: int, installs_before: dict[str, int]) -> list[dict[str, Any]]:
+    """Per network profile, for the v2 rollout only: cars, cars updated, p50/p95 simulated time to update, bytes."""
+    rows: dict[str, dict[str, Any]] = {}
+    for c in fleet.cars:
+        row = rows.setdefault(c.spec.network, {"network": c.spec.network, "cars": 0, "updated": 0, "times": [],
+                                               "bytes": 0})
+        row["cars"] += 1
+        new = [i for i in c.agent.installs[installs_before.get(c.spec.device_id, 0):] if i.target_version == version]
+        row["updated"] += bool(new)
+        row["times"] += [i.time_to_update_s for i in new]
+        row["bytes"] += sum(i.bytes_received for i in new)
+    return [{"network": r["network"], "cars": r["cars"], "updated": r["updated"],
+             "p50_time_to_update_sim_s": percentile(r["times"], 50),
+             "p95_time_to_update_sim_s": percentile(r["times"], 95), "v2_bytes_received": r["bytes"]}
+            for r in sorted(rows.values(), key=lambda r: ["2g", "3g", "lte", "wifi"].index(r["network"])
+                            if r["network"] in ("2g", "3g", "lte", "wifi") else 9)]
 
 
 def _every(fn: Any, seconds: float) -> Any:
@@ -141,7 +191,14 @@ def main() -> int:
     p.add_argument("--cars", type=int, default=10_000)
     p.add_argument("--networks", default="mixed")
     p.add_argument("--time-scale", type=float, default=60.0)
-    p.add_argument("--polls-per-s", type=float, default=80.0, help="target real polls per second for the fleet")
+    p.add_argument("--polls-per-s", type=float, default=150.0, help="target real polls per second for the fleet")
+    p.add_argument("--initial-install", action="store_true",
+                   help="cars start empty and download and install v1 in full first (default: v1 is "
+                        "factory-installed on every car's disk and the run measures the staged v2 rollout)")
+    p.add_argument("--max-in-flight", type=int, default=8,
+                   help="cap on the fleet's requests in flight at the registry (default 8): on SQLite every request "
+                        "queues for one write lock, and more waiting requests only tie up the server's worker threads")
+    p.add_argument("--start-spread", type=float, default=60.0, help="real seconds over which the cars boot")
     p.add_argument("--inference-interval", type=float, help="simulated s between a car's inferences (default: ~50 real/s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--phase-timeout", type=float, default=1800.0, help="real seconds per phase")

@@ -2,8 +2,10 @@
 
 It starts ``ota serve`` as a child process (SQLite + local blobs in the data
 dir), then runs the rehearsal in ``client.simulator.story`` against it over
-HTTP: v1 to a fleet of simulated cars, v2..v5 through staged rollouts, and one
-bad version that the cars' smoke test refuses so that rollout halts by itself.
+HTTP: v1 to a fleet of simulated cars, v2..v5 through staged rollouts, and two
+bad versions: one the cars' smoke test refuses, one that installs and then fails
+the cars' health window on live frames so they roll it back; both rollouts halt
+by themselves at their canary stage.
 The server keeps running (dashboards at ``/dashboard``) until Ctrl-C, unless
 ``--exit-when-done``.  ``running_server`` is reused by the tests and
 ``bench/fleet.py``.
@@ -108,8 +110,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="start the server and rehearse v1..v5 (and one bad version) on a simulated fleet",
         description="Start the registry on the embedded default (SQLite + local blobs in --data-dir), publish v1 "
                     "and let simulated cars install it, then publish v2..v5 with staged rollouts (canary, wider, "
-                    "everyone; auto-advance), including one bad version that the cars' smoke test refuses so its "
-                    "rollout halts by itself.  Prints what happened and leaves the server running until Ctrl-C.")
+                    "everyone; auto-advance), including two bad versions: one that the cars' smoke test refuses, and "
+                    "one that passes it, installs, and answers NaN on live camera frames, so the cars' health "
+                    "window rolls it back.  Both rollouts halt by themselves at their canary stage.  Prints what "
+                    "happened and leaves the server running until Ctrl-C.")
     p.add_argument("--data-dir", type=Path, default=Path(".ota-data"), help="server data and car state")
     p.add_argument("--cars", type=int, default=200, help="simulated cars (default 200)")
     p.add_argument("--port", type=int, default=8000, help="server port (default 8000)")

@@ -1,4 +1,4 @@
-"""An honestly bad model for rehearsals: one whose answers no car can reproduce.
+"""Honestly bad models for rehearsals: one no car can reproduce, and one that fails only on live frames.
 
 ``nondeterministic_variant`` takes a good ONNX model and adds Gaussian noise
 to its logits with a ``RandomNormalLike`` node that has no ``seed``.  ONNX
@@ -8,12 +8,18 @@ expectations) differ from what any car's session computes: every car's smoke
 test fails, as it would for a model with a genuine non-determinism bug, and
 the rollout's error threshold halts it.  Nothing in the registry or the agent
 is told that this version is bad.
+
+``live_failure_variant`` is the other kind: it reproduces the registry's
+outputs exactly (smoke test passed, installed, swapped) but answers NaN for
+a single camera frame, so it fails the agent's health window after the swap
+and every car that installed it rolls back on its own.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 DESCRIPTION = ("{base} with Gaussian noise (sigma {scale}) added to its logits by an unseeded RandomNormalLike node: "
                "a non-deterministic model whose outputs no car can reproduce, so the smoke test refuses it")
@@ -37,5 +43,71 @@ def nondeterministic_variant(onnx_bytes: bytes, scale: float = 0.5) -> bytes:
         node.output[:] = [clean if o == out else o for o in node.output]
     graph.node.append(helper.make_node("RandomNormalLike", [clean], [noise], mean=0.0, scale=float(scale)))
     graph.node.append(helper.make_node("Add", [clean, noise], [out]))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+LIVE_DESCRIPTION = ("{base} with a planted numeric bug: on a single camera frame (batch of one) with flat regions, a "
+                    "contrast step divides zero by zero and every logit is NaN.  The golden smoke inputs are noise "
+                    "(no flat regions) and the registry measures fidelity on batches of probe images, so the "
+                    "version passes both; the cars' live road-sign frames hit it after the swap")
+
+#: Share of exactly equal horizontal neighbours above which an input counts as a camera frame.  Road-sign
+#: frames have 2.7-31% (flat paint and sky in 8-bit pixels); the golden inputs' 24-bit noise has none.
+FLAT_SHARE = 0.01
+
+
+def live_failure_variant(onnx_bytes: bytes) -> bytes:
+    """``onnx_bytes`` whose logits are NaN for a batch of one image-like frame; unchanged otherwise.
+
+    The model passes the registry's publish checks and every car's smoke test, installs, and then fails
+    the agent's post-swap health window on live inferences (non-finite outputs), so the car rolls back.
+
+    Raises:
+        ValueError: the bytes are not a valid ONNX model with one 4-D (N, C, H, W) input.
+    """
+    try:
+        model = onnx.load_from_string(onnx_bytes)
+        onnx.checker.check_model(model)
+    except Exception as e:  # onnx raises DecodeError / ValidationError / ...
+        raise ValueError(f"not a valid ONNX model: {e}") from e
+    graph = model.graph
+    if len(graph.input) != 1 or len(graph.input[0].type.tensor_type.shape.dim) != 4:
+        raise ValueError("expected one (N, C, H, W) input")
+    x, out = graph.input[0].name, graph.output[0].name
+    clean = f"{out}__clean"
+    for node in graph.node:
+        node.output[:] = [clean if o == out else o for o in node.output]
+
+    def const(name: str, value: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+
+    p = "live_bug__"
+    big = np.iinfo(np.int64).max
+    graph.node.extend([
+        const(p + "one", np.array([1], dtype=np.int64)),
+        const(p + "zero", np.array([0], dtype=np.int64)),
+        const(p + "minus1", np.array([-1], dtype=np.int64)),
+        const(p + "end", np.array([big], dtype=np.int64)),
+        const(p + "axis3", np.array([3], dtype=np.int64)),
+        const(p + "f0", np.array(0.0, dtype=np.float32)),
+        const(p + "share", np.array(FLAT_SHARE, dtype=np.float32)),
+        const(p + "nan", np.array(np.nan, dtype=np.float32)),
+        # is the batch a single frame?
+        helper.make_node("Shape", [x], [p + "shape"]),
+        helper.make_node("Slice", [p + "shape", p + "zero", p + "one"], [p + "n"]),
+        helper.make_node("Equal", [p + "n", p + "one"], [p + "single"]),
+        # share of exactly equal horizontal neighbours, per sample
+        helper.make_node("Slice", [x, p + "one", p + "end", p + "axis3"], [p + "right"]),
+        helper.make_node("Slice", [x, p + "zero", p + "minus1", p + "axis3"], [p + "left"]),
+        helper.make_node("Sub", [p + "right", p + "left"], [p + "dx"]),
+        helper.make_node("Equal", [p + "dx", p + "f0"], [p + "flat"]),
+        helper.make_node("Cast", [p + "flat"], [p + "flatf"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("ReduceMean", [p + "flatf"], [p + "flat_share"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Greater", [p + "flat_share", p + "share"], [p + "framelike"]),
+        helper.make_node("And", [p + "framelike", p + "single"], [p + "hit"]),
+        helper.make_node("Unsqueeze", [p + "hit", p + "one"], [p + "hit2"]),
+        helper.make_node("Where", [p + "hit2", p + "nan", clean], [out]),
+    ])
     onnx.checker.check_model(model)
     return model.SerializeToString()

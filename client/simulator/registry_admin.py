@@ -70,6 +70,13 @@ class RegistryAdmin:
         """``pause``, ``resume``, ``advance`` or ``abort``."""
         return self._call("POST", f"/rollouts/{rollout_id}/{action}")
 
+    def artifact(self, sha256: str) -> bytes:
+        """An artifact's bytes (admins may fetch any package or delta)."""
+        r = self.http.get(f"/artifacts/{sha256}")
+        if r.status_code != 200:
+            raise AdminError(f"GET /artifacts/{sha256[:12]} -> {r.status_code}: {r.text[:500]}")
+        return r.content
+
     def accounting(self, rollout_id: int) -> dict[str, Any]:
         return self._call("GET", f"/accounting/rollouts/{rollout_id}")
 

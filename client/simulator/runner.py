@@ -9,6 +9,7 @@ read ``snapshot()`` for a live display and ``summary()`` at the end, and
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -22,6 +23,9 @@ from client.simulator.stats import CarResult, summary
 from models.zoo import probe_images
 
 STATES = ("enrolling", "idle", "downloading", "installing", "failed", "offline")
+
+
+SIM_THREADS = 32
 
 
 class Fleet:
@@ -51,6 +55,11 @@ class Fleet:
     async def start(self, spread_real_s: float | None = None) -> None:
         """Boot every car from its state dir and start them, staggered over ``spread_real_s`` (default: one poll)."""
         self.state_root.mkdir(parents=True, exist_ok=True)
+        # Every car's camera inferences, slot I/O and decode calls go through asyncio.to_thread, and decode
+        # calls queue for the one shared decode worker; with the default pool (cores + 4 = 6 threads on
+        # this machine) a few waiting decodes leave no thread for inferences or the operator's calls.
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=SIM_THREADS, thread_name_prefix="sim"))
         images, _ = probe_images()
         gate = asyncio.Semaphore(self.max_in_flight) if self.max_in_flight else None
         self.cars = [

@@ -2,11 +2,17 @@
 
 1. Publish v1; a fleet of simulated cars enrols and installs it (full package).
 2. A few cars park for a long time (garage, holiday): they fall behind.
-3. Publish v2, v3, a bad version, v4, v5; each goes out as a staged rollout
+3. Publish v2, v3, two bad versions, v4, v5; each goes out as a staged rollout
    (canary, wider, everyone; auto-advance on an installed share after a soak;
-   auto-halt on a failure share).  The bad version (``badmodel``) fails every
-   car's smoke test: the canary cars refuse it and keep serving what they ran,
-   and the rollout halts at its canary stage; no car outside it is offered it.
+   auto-halt on a share of failed or rolled-back cars).  The first bad version
+   (``badmodel.nondeterministic_variant``) fails every car's smoke test: the
+   canary cars refuse it and keep serving what they ran.  The second
+   (``badmodel.live_failure_variant``) passes the smoke test and installs, then
+   answers NaN on the cars' live camera frames: each canary car's health window
+   fails, the car rolls back to its previous model by itself and reports
+   ``rolled_back``.  Both rollouts halt at their canary stage (which soaks for
+   one health window, so the verdicts arrive before it widens); no car outside
+   it is offered either version.
 4. Before v5 the parked cars come back, several versions behind.
 
 ``run_story`` returns one JSON-able dict: the simulator summary plus, per
@@ -25,9 +31,10 @@ from typing import Any
 
 from rich.console import Console
 
-from client.simulator.badmodel import DESCRIPTION, nondeterministic_variant
+from client.simulator.badmodel import DESCRIPTION, LIVE_DESCRIPTION, live_failure_variant, nondeterministic_variant
+from client.simulator.car import health_window_s
 from client.simulator.display import LiveView, human_bytes, print_summary
-from client.simulator.fleet import auto_poll_interval, plan_fleet
+from client.simulator.fleet import auto_inference_interval, auto_poll_interval, plan_fleet
 from client.simulator.registry_admin import AdminError, RegistryAdmin
 from client.simulator.runner import Fleet
 from models.zoo import model_path
@@ -48,6 +55,7 @@ class DemoOptions:
     quiet: bool = False
     poll_interval_s: float | None = None  # simulated; default: auto_poll_interval (fleet size and time scale)
     inference_interval_s: float | None = None  # simulated, per car; default: auto_inference_interval
+    inferences_per_real_s: float = 150.0  # the whole fleet's camera rate when inference_interval_s is None
     parked_share: float = 0.05
     min_soak_s: float = 2.0  # real seconds (the registry's soak clock is its own)
     success_threshold_pct: float = 80.0
@@ -55,15 +63,26 @@ class DemoOptions:
     phase_timeout_real_s: float = 180.0
     line: str | None = None  # default: "road-signs", or a fresh "road-signs-runN" if that line is taken
     detail: bool = False  # include every car's result in the report (tests)
-    versions: list[str] = field(default_factory=lambda: ["v2", "v3", "bad", "v4", "v5"])
+    versions: list[str] = field(default_factory=lambda: ["v2", "v3", "bad", "bad-live", "v4", "v5"])
+
+    def inference_interval(self) -> float:
+        """Simulated seconds between one car's camera frames."""
+        return self.inference_interval_s or auto_inference_interval(self.cars, self.time_scale,
+                                                                    max_real_per_s=self.inferences_per_real_s)
 
 
 def stages_for(cars: int, opts: DemoOptions) -> list[dict[str, Any]]:
-    """Canary (about six cars, at least 5%), at least a quarter, everyone; each auto-advances."""
+    """Canary (about six cars, at least 5%), at least a quarter, everyone; each auto-advances.
+
+    The canary soaks for one health window (in real seconds), so a version that installs but fails on
+    live frames has been rolled back by its canary cars before the rollout may widen.
+    """
     six = round(600 / cars)  # the percent that holds about six cars
     canary = max(5.0, min(30.0, six))
-    return [{"percent": pct, "min_soak_s": opts.min_soak_s, "success_threshold_pct": opts.success_threshold_pct}
-            for pct in (canary, max(25.0, canary + six), 100.0)]
+    canary_soak = max(opts.min_soak_s, health_window_s(opts.inference_interval()) / opts.time_scale)
+    return [{"percent": pct, "min_soak_s": soak, "success_threshold_pct": opts.success_threshold_pct}
+            for pct, soak in ((canary, canary_soak), (max(25.0, canary + six), opts.min_soak_s),
+                              (100.0, opts.min_soak_s))]
 
 
 def _pick_line(admin: RegistryAdmin, wanted: str | None) -> str:
@@ -100,7 +119,7 @@ async def _tell(admin: RegistryAdmin, server_url: str, enroll_token: str, state_
     poll_s = opts.poll_interval_s or auto_poll_interval(opts.cars, opts.time_scale)
     fleet = Fleet(server_url, plan_fleet(opts.cars, opts.networks, opts.seed, prefix), state_root / line,
                   enroll_token=enroll_token, time_scale=opts.time_scale, poll_interval_s=poll_s,
-                  line=line, inference_interval_s=opts.inference_interval_s)
+                  line=line, inference_interval_s=opts.inference_interval())
     outcomes: list[dict[str, Any]] = []
     started = time.monotonic()
     say(f"line [bold]{line}[/bold]: {opts.cars} simulated cars ({opts.networks} networks), time x{opts.time_scale:g}, "
@@ -157,11 +176,15 @@ async def _rollout_phase(admin: RegistryAdmin, fleet: Fleet, line: str, name: st
         base = "v3"
         data = nondeterministic_variant(model_path(base).read_bytes())
         note = DESCRIPTION.format(base=base, scale=0.5)
+    elif name == "bad-live":
+        base = "v3"
+        data = live_failure_variant(model_path(base).read_bytes())
+        note = LIVE_DESCRIPTION.format(base=base)
     else:
         data = model_path(name).read_bytes()
         note = f"{name} from the shipped zoo"
     v = await asyncio.to_thread(admin.publish, data, line, note)
-    say(_published(name, v) + (f"\n  [yellow]bad version[/yellow]: {note}" if name == "bad" else ""))
+    say(_published(name, v) + (f"\n  [yellow]bad version[/yellow]: {note}" if name.startswith("bad") else ""))
     stages = stages_for(len(fleet.cars), opts)
     r = await asyncio.to_thread(admin.start_rollout, line, v["version"], stages,
                                 error_threshold_pct=opts.error_threshold_pct)
@@ -203,6 +226,8 @@ async def _rollout_phase(admin: RegistryAdmin, fleet: Fleet, line: str, name: st
         "stage_counts": [s["counts"] | {"assigned": s["assigned"]} for s in ro["stages"]],
         "bytes_sent": t["bytes_sent"], "delta_bytes": t["delta_bytes"], "full_bytes": t["full_bytes"],
         "devices_updated": t["devices_updated"], "resumes": t["resumes"],
+        "rolled_back": sum(s["counts"].get("rolled_back", 0) for s in ro["stages"]),
+        "failed": sum(s["counts"].get("failed", 0) for s in ro["stages"]),
         "fp32_bytes_equivalent": t["fp32_bytes_equivalent"], "package_bytes_equivalent": t["package_bytes_equivalent"],
         "operator_advanced_stages": operator_advanced, "note": note, "phase_wall_s": round(time.monotonic() - t0, 1),
     }
@@ -216,6 +241,8 @@ def _outcome_line(o: dict[str, Any]) -> str:
     return (f"  rollout {o['rollout']} ({o['name']}): [{colour}]{o['state']}[/{colour}] at {stage}; "
             f"{o['devices_updated']} cars updated, {human_bytes(o['bytes_sent'])} sent "
             f"({human_bytes(o['delta_bytes'])} as deltas, {o['resumes']} resumed requests)"
+            + (f"; {o['failed']} refused it" if o.get("failed") else "")
+            + (f"; {o['rolled_back']} installed it and rolled back" if o.get("rolled_back") else "")
             + (f"; {o['reason']}" if o.get("reason") else ""))
 
 

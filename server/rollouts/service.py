@@ -19,7 +19,7 @@ from server.db import as_utc, utcnow
 from server.errors import BadRequest, NotFound
 from server.orm import AuditEntry, Device, Line, Rollout, RolloutStage, Version
 from server.registry import store as registry_store
-from server.rollouts import machine, schemas, store
+from server.rollouts import machine, membership, schemas, store
 from server.rollouts import stages as staging
 
 
@@ -150,31 +150,34 @@ def rollback(session: Session, rollout_id: int, body: schemas.RollbackIn, actor:
     return create(session, body_in, actor, [r.codec])
 
 
-def _stage_counts(session: Session, r: Rollout, percents: list[float], line: Line) -> list[dict[str, int]]:
-    states = store.update_states(session, r.id)
-    counts: list[dict[str, int]] = [{"assigned": 0} for _ in percents]
-    for d in store.line_devices(session, line.name):
-        if not staging.selector_matches(r.selector, d.tags):
-            continue
-        stage = staging.stage_of(r.id, d.device_id, percents)
-        if stage is None:
-            continue
+#: Update states that count against a stage's error threshold: the car refused the version (smoke test,
+#: verification) or installed it and rolled it back (its health window failed on live inferences).
+ERROR_STATES = frozenset({"failed", "rolled_back"})
+
+
+def _tally(session: Session, r: Rollout, percents: list[float], line: Line,
+           errors_since: datetime | None = None) -> tuple[list[dict[str, int]], list[int]]:
+    """Per stage: assigned devices and their latest update states; and per stage the devices in an error
+    state since ``errors_since`` (all of them if None).  Membership comes from the process cache."""
+    m = membership.CACHE.get(session, r.id, line.name, dict(r.selector), tuple(percents))
+    counts: list[dict[str, int]] = [{"assigned": n} for n in m.assigned]
+    errors = [0] * len(percents)
+    since = as_utc(errors_since) if errors_since is not None else None
+    latest = store.latest_updates(session, r.id)
+    for pk, stage in m.stage_of_pk.items():
+        state, at = latest.get(pk, ("pending", None))
         c = counts[stage]
-        c["assigned"] += 1
-        state = states.get(d.id, "pending")
         c[state] = c.get(state, 0) + 1
-    return counts
-
-
-def _in_stage(session: Session, r: Rollout, device_pk: int, percents: list[float]) -> int | None:
-    device = session.get(Device, device_pk)
-    return staging.stage_of(r.id, device.device_id, percents) if device else None
+        if state in ERROR_STATES and (since is None or (at is not None and as_utc(at) >= since)):
+            errors[stage] += 1
+    return counts, errors
 
 
 def evaluate(session: Session, rollout_id: int, now: datetime | None = None) -> str:
     """Auto-halt on the error threshold, auto-advance on the success threshold after the soak time.
 
-    Returns the rollout's state afterwards.
+    A stage that holds no device (a small fleet, a narrow selector) advances once soaked: there is
+    nothing to wait for.  Returns the rollout's state afterwards.
     """
     r = _get(session, rollout_id, lock=True)
     if r.state != "running":
@@ -183,20 +186,19 @@ def evaluate(session: Session, rollout_id: int, now: datetime | None = None) -> 
     assert line is not None  # foreign key
     stage_rows = store.stages(session, r.id)
     percents = [s.percent for s in stage_rows]
-    counts = _stage_counts(session, r, percents, line)[r.current_stage]
-    recent = store.failed_since(session, r.id, r.stage_started_at)
-    failed = sum(1 for pk in recent
-                 if _in_stage(session, r, pk, percents) == r.current_stage)
-    sc = staging.StageCounts(counts["assigned"], counts.get("installed", 0), failed)
+    all_counts, errors = _tally(session, r, percents, line, errors_since=r.stage_started_at)
+    counts = all_counts[r.current_stage]
+    sc = staging.StageCounts(counts["assigned"], counts.get("installed", 0), errors[r.current_stage])
     if staging.should_halt(sc, r.error_threshold_pct, r.error_threshold_count):
         _apply(session, r, "halt", "auto", reason=f"error threshold reached in stage {r.current_stage}: "
-                                                  f"{sc.failed} of {sc.assigned} devices failed")
+                                                  f"{sc.failed} of {sc.assigned} devices failed or rolled back")
         return r.state
     stage = stage_rows[r.current_stage]
     soaked = ((now or utcnow()) - as_utc(r.stage_started_at)).total_seconds() >= stage.min_soak_s
     if staging.should_advance(sc, stage.success_threshold_pct, soaked):
         event = "complete" if r.current_stage + 1 >= len(stage_rows) else "advance"
-        _apply(session, r, event, "auto", reason=f"stage {r.current_stage}: {sc.installed} of {sc.assigned} installed")
+        why = f"{sc.installed} of {sc.assigned} installed" if sc.assigned else "no device in this stage"
+        _apply(session, r, event, "auto", reason=f"stage {r.current_stage}: {why}")
     return r.state
 
 
@@ -211,7 +213,7 @@ def show(session: Session, rollout_id: int) -> schemas.RolloutOut:
     line = session.get(Line, r.line_id)
     assert line is not None  # foreign key
     stage_rows = store.stages(session, r.id)
-    counts = _stage_counts(session, r, [s.percent for s in stage_rows], line)
+    counts, _ = _tally(session, r, [s.percent for s in stage_rows], line)
     return schemas.RolloutOut(
         id=r.id, line=line.name if line else "?", target_version=r.target_version, previous_stable=r.previous_stable,
         codec=r.codec, selector=r.selector, state=r.state, current_stage=r.current_stage, rollback=r.rollback,

@@ -50,7 +50,13 @@ def should_halt(counts: StageCounts, error_pct: float | None, error_count: int |
 
 
 def should_advance(counts: StageCounts, success_pct: float | None, soaked: bool) -> bool:
-    """Auto-advance once the stage's success share reaches its threshold and the soak time is over."""
-    if success_pct is None or not soaked or counts.assigned == 0:
+    """Auto-advance once the stage's success share reaches its threshold and the soak time is over.
+
+    A stage that holds no device advances once soaked (an installed share of nobody would never be
+    reached, and the rollout would wait forever); a manual stage (``success_pct`` None) never does.
+    """
+    if success_pct is None or not soaked:
         return False
+    if counts.assigned == 0:
+        return True
     return 100.0 * counts.installed / counts.assigned >= success_pct

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from server.orm import Device, DeviceUpdate, Rollout, RolloutStage
@@ -37,19 +38,23 @@ def stages(session: Session, rollout_id: int) -> list[RolloutStage]:
                                 .order_by(RolloutStage.position)))
 
 
-def line_devices(session: Session, line: str) -> list[Device]:
-    return list(session.scalars(select(Device).where(Device.line == line)))
+def line_fingerprint(session: Session, line: str) -> tuple[int, int]:
+    """(count, highest primary key) of the line's devices: changes when a device enrols on or joins the line."""
+    count, top = session.execute(select(func.count(Device.id), func.max(Device.id)).where(Device.line == line)).one()
+    return int(count or 0), int(top or 0)
 
 
-def update_states(session: Session, rollout_id: int) -> dict[int, str]:
-    """device pk -> state of its latest update in this rollout."""
-    rows = session.execute(select(DeviceUpdate.device_pk, DeviceUpdate.state)
+def line_members(session: Session, line: str, *, with_tags: bool) -> list[tuple[int, str, dict[str, Any] | None]]:
+    """(pk, device id, tags or None) of the line's devices: columns only, no ORM objects (10,000 rows)."""
+    if with_tags:
+        rows = session.execute(select(Device.id, Device.device_id, Device.tags).where(Device.line == line))
+        return [(pk, did, tags) for pk, did, tags in rows]
+    rows = session.execute(select(Device.id, Device.device_id).where(Device.line == line))
+    return [(pk, did, None) for pk, did in rows]
+
+
+def latest_updates(session: Session, rollout_id: int) -> dict[int, tuple[str, datetime]]:
+    """device pk -> (state, updated_at) of its latest update in this rollout."""
+    rows = session.execute(select(DeviceUpdate.device_pk, DeviceUpdate.state, DeviceUpdate.updated_at)
                            .where(DeviceUpdate.rollout_id == rollout_id).order_by(DeviceUpdate.id))
-    return {pk: state for pk, state in rows}
-
-
-def failed_since(session: Session, rollout_id: int, since: datetime) -> set[int]:
-    """Device pks whose update in this rollout failed at or after ``since``."""
-    rows = session.execute(select(DeviceUpdate.device_pk).where(
-        DeviceUpdate.rollout_id == rollout_id, DeviceUpdate.state == "failed", DeviceUpdate.updated_at >= since))
-    return {pk for (pk,) in rows}
+    return {pk: (state, at) for pk, state, at in rows}

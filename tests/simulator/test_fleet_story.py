@@ -1,6 +1,6 @@
 """The demo's story on a small fleet, end to end: ``ota serve`` in a child process, 20 real agents behind
-simulated 2G/3G/LTE/Wi-Fi links (drops, dead zones, parked cars), v1 then five staged rollouts including a
-version no car can reproduce.  One run per module; each test asks one question of it."""
+simulated 2G/3G/LTE/Wi-Fi links (drops, dead zones, parked cars), v1 then six staged rollouts including a
+version no car can reproduce and one that installs and then fails on live camera frames.  One run per module; each test asks one question of it."""
 
 from __future__ import annotations
 
@@ -49,8 +49,10 @@ def test_story_json_has_the_promised_figures(story: dict[str, Any]) -> None:
     assert r["cars"] == CARS and r["updated"] == CARS
     assert r["failed_inferences"] == 0 and r["inferences"] > CARS
     assert 0 < r["bytes_sent"] < r["bytes_full_package"] < r["bytes_full_fp32"]
-    assert [o["name"] for o in r["rollouts"]] == ["v1", "v2", "v3", "bad", "v4", "v5"]
-    assert [o["state"] for o in r["rollouts"][1:]] == ["completed", "completed", "halted", "completed", "completed"]
+    assert [o["name"] for o in r["rollouts"]] == ["v1", "v2", "v3", "bad", "bad-live", "v4", "v5"]
+    assert [o["state"] for o in r["rollouts"][1:]] == ["completed", "completed", "halted", "halted", "completed",
+                                                       "completed"]
+    assert r["rolled_back"] >= 2 and r["failed"] == 0
     json.dumps(r)  # one JSON object, as --json prints it
 
 
@@ -132,3 +134,24 @@ def test_ota_demo_refuses_a_fleet_too_small_for_a_canary(capsys: pytest.CaptureF
     assert ota(["demo", "--cars", "3", "--data-dir", str(tmp_path), "--exit-when-done"]) == 2
     assert "--cars must be at least 10" in capsys.readouterr().err
     assert not (tmp_path / "registry.db").exists()
+
+
+def test_a_version_that_fails_on_live_frames_is_installed_then_rolled_back_and_its_rollout_halts(
+        story: dict[str, Any]) -> None:
+    live = _outcome(story["report"], "bad-live")
+    rollout = story["rollouts"][live["rollout"]]
+    assert rollout["state"] == "halted" and rollout["current_stage"] == 0
+    assert "rolled back" in (rollout["reason"] or "")
+    canary, *later = rollout["stages"]
+    assert canary["counts"].get("rolled_back", 0) >= 2  # at least the 20% error threshold of the canary
+    assert canary["counts"].get("failed", 0) == 0  # the smoke test passed: nobody refused it
+    for stage in later:
+        assert set(stage["counts"]) <= {"pending"}, stage
+    rolled = [c for c in story["report"]["cars_detail"] if c["rolled_back"]]
+    assert len(rolled) == live["rolled_back"]
+    for car in rolled:
+        # it installed the bad version, rolled back, and was not offered it again: its next install is v4 or v5
+        versions = [i["target_version"] for i in car["installs"]]
+        assert live["version"] in versions, car
+        assert versions.count(live["version"]) == 1 and versions[-1] > live["version"], car
+    assert story["report"]["failed_inferences"] == 0  # the previous model answered every failed frame

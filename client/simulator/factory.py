@@ -1,0 +1,79 @@
+"""Factory-installed models: cars that leave the factory with a version already on disk.
+
+A real fleet does not download its first model over the air: each car is
+flashed at the factory.  ``fetch_image`` takes one published version's
+package from the registry (one admin download, checked against the SHA-256s
+the registry published) and decodes it once; ``preinstall`` writes it into
+each car's state dir as the active slot, exactly as an install would have
+left it (slot files, journal), so the car boots it, enrols, polls with it and
+gets deltas from it.  Scale runs use this to measure a staged rollout rather
+than N initial full downloads; ``--initial-install`` keeps the download path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from client.simulator.car import DedupSlotStore
+from client.simulator.fleet import CarSpec
+from client.simulator.registry_admin import AdminError, RegistryAdmin
+from client.slots import SlotRecord
+from models import codec
+
+
+@dataclass(frozen=True)
+class FactoryImage:
+    """One version's package and decoded model, as the registry published them."""
+
+    version: int
+    codec: str
+    package: bytes
+    model: bytes
+    package_sha256: str
+    model_sha256: str
+    labels: tuple[str, ...]
+    input_name: str
+
+
+def fetch_image(admin: RegistryAdmin, published: dict, codec_name: str = "deep") -> FactoryImage:
+    """The factory image of a published version (``published``: the registry's answer to the publish).
+
+    Raises:
+        AdminError: the registry has no such package, or its bytes do not match what it published.
+    """
+    pkg = published.get("packages", {}).get(codec_name)
+    if pkg is None:
+        raise AdminError(f"version {published.get('version')} has no {codec_name!r} package to flash at the factory")
+    package = admin.artifact(pkg["sha256"])
+    if hashlib.sha256(package).hexdigest() != pkg["sha256"]:
+        raise AdminError(f"package {pkg['sha256'][:12]} from the registry does not match its SHA-256")
+    model = codec.unpack(package)
+    if hashlib.sha256(model).hexdigest() != pkg["model_sha256"]:
+        raise AdminError(f"package {pkg['sha256'][:12]} does not decode to the published model")
+    input_name = onnx.load_from_string(model).graph.input[0].name
+    return FactoryImage(int(published["version"]), codec_name, package, model, pkg["sha256"], pkg["model_sha256"],
+                        tuple(published.get("labels", ())), input_name)
+
+
+def preinstall(specs: list[CarSpec], state_root: Path, image: FactoryImage) -> int:
+    """Flash ``image`` as the active slot of every car that has no model yet; returns how many were flashed.
+
+    Slot files are hard links to one copy per SHA-256, as the simulator's installs write them.
+    """
+    flashed = 0
+    for spec in specs:
+        store = DedupSlotStore(state_root / spec.device_id, state_root / ".shared-slots")
+        journal = store.load()
+        if journal.active is not None:
+            continue
+        slot = store.free_slot(journal)
+        store.write_slot(slot, image.package, image.model)
+        journal.active = SlotRecord(slot, image.version, image.model_sha256, image.package_sha256, image.codec,
+                                    list(image.labels), 0, None, image.input_name)
+        store.save(journal)
+        flashed += 1
+    return flashed

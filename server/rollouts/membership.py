@@ -1,0 +1,91 @@
+"""Which devices a rollout's stages hold, cached per process for a few seconds.
+
+A device's stage is a pure function of (rollout id, device id, stage
+percents) and of whether the rollout's selector matches its tags
+(``stages.stage_of``), but answering "how many devices does each stage hold"
+means reading and hashing every device of the line: about 0.3 s for 10,000
+devices on SQLite.  ``evaluate`` runs after every report, inside the
+report's write transaction, so doing that work each time made a fleet's
+reports queue behind each other (and behind them every request waiting for
+SQLite's write lock, holding a pooled connection).
+
+``MembershipCache`` keeps one ``Membership`` per rollout and rebuilds it
+when the line's devices change (their count or highest primary key: an
+enrolment) or after ``ttl_s`` (a tag edited by an operator is seen within
+that time, as the poll cache's decisions are).  The states of the devices'
+updates are never cached: ``service`` reads them on every evaluation.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from server.rollouts import stages as staging
+from server.rollouts import store
+
+DEFAULT_TTL_S = 5.0
+_MAX_ENTRIES = 256  # rollouts evaluated by one process; beyond this the cache starts over
+
+
+@dataclass(frozen=True)
+class Membership:
+    """Devices of the line the rollout reaches: primary key -> stage index, and the count per stage."""
+
+    stage_of_pk: dict[int, int]
+    assigned: tuple[int, ...]
+
+
+def build(rows: list[tuple[int, str, dict[str, Any] | None]], rollout_id: int, selector: dict[str, str],
+          percents: tuple[float, ...]) -> Membership:
+    """The membership from (pk, device id, tags) rows (pure); tags may be None when the selector is empty."""
+    stage_of_pk: dict[int, int] = {}
+    assigned = [0] * len(percents)
+    for pk, device_id, tags in rows:
+        if selector and not staging.selector_matches(selector, tags or {}):
+            continue
+        stage = staging.stage_of(rollout_id, device_id, percents)
+        if stage is not None:
+            stage_of_pk[pk] = stage
+            assigned[stage] += 1
+    return Membership(stage_of_pk, tuple(assigned))
+
+
+class MembershipCache:
+    """Process-wide, thread-safe; a stale entry is rebuilt by the caller that finds it stale."""
+
+    def __init__(self, ttl_s: float = DEFAULT_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[tuple[Any, ...], tuple[tuple[int, int], float, Membership]] = {}
+        self._lock = threading.Lock()
+        self.builds = 0
+
+    def get(self, session: Session, rollout_id: int, line: str, selector: dict[str, str],
+            percents: tuple[float, ...]) -> Membership:
+        key = (rollout_id, line, tuple(sorted(selector.items())), percents)
+        fingerprint = store.line_fingerprint(session, line)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(key)
+        if hit is not None and hit[0] == fingerprint and now - hit[1] < self.ttl_s:
+            return hit[2]
+        membership = build(store.line_members(session, line, with_tags=bool(selector)), rollout_id, selector,
+                           percents)
+        with self._lock:
+            if len(self._entries) >= _MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[key] = (fingerprint, now, membership)
+            self.builds += 1
+        return membership
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+#: The one cache of this process (rollouts are evaluated by the report path and the periodic tick).
+CACHE = MembershipCache()
