@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import functools
 import json
 import logging
 import os
@@ -43,6 +45,15 @@ from client.simulator.registry_admin import RegistryAdmin  # noqa: E402
 from client.simulator.runner import Fleet  # noqa: E402
 from client.simulator.stats import percentile  # noqa: E402
 from models.zoo import model_path  # noqa: E402
+
+# The operator's calls get threads of their own: every car's decode call waits in the loop's default pool
+# (first in, first out) for the one shared decode worker, and with thousands queued there the monitor's
+# calls waited minutes behind them.
+_ADMIN_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="operator")
+
+
+async def _admin(fn: Any, *args: Any, **kw: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(_ADMIN_POOL, functools.partial(fn, *args, **kw))
 
 
 class _Meter:
@@ -109,7 +120,7 @@ async def _run(args: argparse.Namespace, srv: Any, meter: _Meter, log: Any) -> d
                            "cpus": psutil.cpu_count(), "database": "postgresql" if args.database_url else "sqlite",
                            "start": "initial install (full v1 download)" if args.initial_install
                            else "factory-installed v1 (not downloaded)"}
-    v1 = await asyncio.to_thread(admin.publish, model_path("v1"), line, "v1")
+    v1 = await _admin(admin.publish, model_path("v1"), line, "v1")
     fleet = Fleet(srv.url, plan_fleet(args.cars, args.networks, args.seed, "car"), Path(args.state_dir), line=line,
                   enroll_token=srv.enrollment_token, time_scale=args.time_scale, poll_interval_s=poll_s,
                   inference_interval_s=args.inference_interval, http_timeout_s=120, max_in_flight=args.max_in_flight)
@@ -118,17 +129,17 @@ async def _run(args: argparse.Namespace, srv: Any, meter: _Meter, log: Any) -> d
         log(f"  {s['wall_s']:6.0f}s  {s['states']}  versions {s['versions']}  moved {s['bytes'] / 1e6:.0f} MB")
 
     out.update(await _boot(args, srv, admin, fleet, v1, meter, log))
-    v2 = await asyncio.to_thread(admin.publish, model_path("v2"), line, "v2")
+    v2 = await _admin(admin.publish, model_path("v2"), line, "v2")
     moved0 = fleet.bytes_moved
     installs0 = {c.spec.device_id: len(c.agent.installs) for c in fleet.cars}
     stages = [{"percent": p, "min_soak_s": 5, "success_threshold_pct": 90} for p in (1, 10, 100)]
     a = meter.mark()
-    r = await asyncio.to_thread(admin.start_rollout, line, v2["version"], stages, error_threshold_pct=20)
+    r = await _admin(admin.start_rollout, line, v2["version"], stages, error_threshold_pct=20)
     stage_walls: list[float] = []
     t_stage, seen = time.monotonic(), 0
     deadline = time.monotonic() + args.phase_timeout
     while time.monotonic() < deadline:
-        ro = await asyncio.to_thread(admin.rollout, r["id"])
+        ro = await _admin(admin.rollout, r["id"])
         if ro["current_stage"] != seen or ro["state"] != "running":
             stage_walls.append(round(time.monotonic() - t_stage, 1))
             t_stage, seen = time.monotonic(), ro["current_stage"]
@@ -138,7 +149,7 @@ async def _run(args: argparse.Namespace, srv: Any, meter: _Meter, log: Any) -> d
         tick(fleet.snapshot())
         await asyncio.sleep(5)
     b = meter.mark()
-    acc = await asyncio.to_thread(admin.accounting, r["id"])
+    acc = await _admin(admin.accounting, r["id"])
     out["phase_v2_rollout"] = {**meter.since(a, b), **_times(fleet, v2["version"]), "state": ro["state"],
                                "stage_wall_s": stage_walls, "bytes_cars_received": fleet.bytes_moved - moved0,
                                "server_bytes_sent": acc["totals"]["bytes_sent"],
