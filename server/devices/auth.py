@@ -10,9 +10,10 @@ and the sync endpoint in different worker threads, and on SQLite the request
 session's first statement takes the write lock (``BEGIN IMMEDIATE``).  Had
 the lookup been that statement, the lock would be held while the request
 waited for a free worker thread; in bursts of a few hundred cars every
-thread was waiting for that lock and it was held for up to 28.6 s (pool
-exhaustion in the fleet simulator).  Now the write transaction starts inside
-the endpoint, on the thread that finishes it.
+thread was waiting for that lock and it was held for up to 28.6 s.  Now the
+write transaction starts inside the endpoint, on the thread that finishes it.
+(An unthrottled burst of a few hundred enrolling cars on SQLite still stalls:
+enrolment is another path; the simulator caps its requests in flight.)
 """
 
 from __future__ import annotations
