@@ -220,6 +220,9 @@ class Agent:
         cap = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (failures - 1))
         return self._rng.uniform(0, cap)  # full jitter: a fleet that lost the server does not return in step
 
+    #: Seconds between two looks at an open health window while waiting (the simulator looks less often).
+    health_check_s: float = 0.05
+
     async def _wait(self, delay: float) -> None:
         """Sleep ``delay`` (on the injected clock), judging an open health window meanwhile; stop wakes it."""
         end = self._clock() + delay
@@ -230,7 +233,7 @@ class Agent:
             step = left
             if self._health_deadline is not None:
                 await self.check_health()
-                step = min(left, 0.05)
+                step = min(left, self.health_check_s)
             sleeper = asyncio.ensure_future(self._sleep(step))
             stopper = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -25,17 +25,23 @@ DESCRIPTION = ("{base} with Gaussian noise (sigma {scale}) added to its logits b
                "a non-deterministic model whose outputs no car can reproduce, so the smoke test refuses it")
 
 
+def _checked(onnx_bytes: bytes) -> onnx.ModelProto:
+    """The parsed model, or ValueError if the bytes are not a valid ONNX model."""
+    try:
+        model = onnx.load_from_string(onnx_bytes)
+        onnx.checker.check_model(model)
+    except Exception as e:  # onnx raises DecodeError / ValidationError / ...
+        raise ValueError(f"not a valid ONNX model: {e}") from e
+    return model
+
+
 def nondeterministic_variant(onnx_bytes: bytes, scale: float = 0.5) -> bytes:
     """``onnx_bytes`` with unseeded noise added to its (first) output; same inputs, outputs and weights.
 
     Raises:
         ValueError: the bytes are not a valid ONNX model.
     """
-    try:
-        model = onnx.load_from_string(onnx_bytes)
-        onnx.checker.check_model(model)
-    except Exception as e:  # onnx raises DecodeError / ValidationError / ...
-        raise ValueError(f"not a valid ONNX model: {e}") from e
+    model = _checked(onnx_bytes)
     graph = model.graph
     out = graph.output[0].name
     clean, noise = f"{out}__clean", f"{out}__noise"
@@ -66,11 +72,7 @@ def live_failure_variant(onnx_bytes: bytes) -> bytes:
     Raises:
         ValueError: the bytes are not a valid ONNX model with one 4-D (N, C, H, W) input.
     """
-    try:
-        model = onnx.load_from_string(onnx_bytes)
-        onnx.checker.check_model(model)
-    except Exception as e:  # onnx raises DecodeError / ValidationError / ...
-        raise ValueError(f"not a valid ONNX model: {e}") from e
+    model = _checked(onnx_bytes)
     graph = model.graph
     if len(graph.input) != 1 or len(graph.input[0].type.tensor_type.shape.dim) != 4:
         raise ValueError("expected one (N, C, H, W) input")

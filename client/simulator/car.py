@@ -133,7 +133,10 @@ class SimAgent(Agent):
             return result
 
         self.api.poll = observed_poll  # type: ignore[method-assign]
-        #: Simulated seconds between two looks at an open health window (see ``_wait``).
+        # The agent on a car judges an open health window every 0.05 s while it waits: nothing for one car,
+        # but 20 wake-ups per simulated second for each of thousands of cars in one process.  Nothing is lost
+        # by looking less often: the verdict changes only when an inference arrives (``build_car`` sets it
+        # from the camera's interval).
         self.health_check_s = 1.0
 
     def _report(self, offer: Offer, state: str, **kw: Any) -> None:
@@ -148,29 +151,6 @@ class SimAgent(Agent):
         now = self.sim_clock.now()
         self.installs.append(InstallRecord(offer.target_version, artifact, received, len(package), len(model),
                                            self.offered_at.get(offer.target_version, now), now))
-
-    async def _wait(self, delay: float) -> None:
-        """The agent's own wait, but an open health window is judged every ``health_check_s`` simulated seconds.
-
-        The agent on a car judges it every 0.05 s, which is nothing for one car and 20 wake-ups per simulated
-        second for each of thousands of cars in one process (10,000 cars at a time scale of 60 would ask the
-        event loop for 12 million a second).  Nothing is lost by waking less often: the window's verdict
-        changes only when an inference arrives, and a car's camera asks every ``inference_interval_s``.
-        """
-        end = self._clock() + delay
-        while not self._stop.is_set():
-            left = end - self._clock()
-            if left <= 0:
-                return
-            step = left
-            if self._health_deadline is not None:
-                await self.check_health()
-                step = min(left, self.health_check_s)
-            sleeper = asyncio.ensure_future(self._sleep(step))
-            stopper = asyncio.ensure_future(self._stop.wait())
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            sleeper.cancel()
-            stopper.cancel()
 
     async def _health_rollback(self, reason: str) -> None:
         self.rolled_back += 1
