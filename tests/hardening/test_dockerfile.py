@@ -19,12 +19,9 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
-from tests.hardening.workers import free_port
+from tests.hardening.workers import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -108,19 +105,13 @@ def test_install_steps_succeed_in_a_fresh_venv_and_the_entrypoint_serves(tmp_pat
 
     port = free_port()
     image_env = {**env, **env_of(steps), "OTA_DATA_DIR": str(tmp_path / "data")}  # the volume, here a temp folder
-    server = subprocess.Popen([str(bin_dir / entry[0]), *entry[1:], "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=outside, env=image_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "entrypoint.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen([str(bin_dir / entry[0]), *entry[1:], "--host", "127.0.0.1", "--port", str(port)],
+                                  cwd=outside, env=image_env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 40
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            assert time.monotonic() < deadline, "the entry point never became ready"
-            time.sleep(0.2)
+        wait_ready(f"http://127.0.0.1:{port}", server, 40, log=lambda: log.read_text(errors="replace"),
+                   name="the image's entry point")
         check = shlex.split(dict(steps)["HEALTHCHECK"].split(" CMD ", 1)[1].replace("8000", str(port)))
         assert check[0] == "python"
         done = subprocess.run([str(bin_dir / "python"), *check[1:]], env=image_env, capture_output=True, timeout=30)
@@ -129,5 +120,3 @@ def test_install_steps_succeed_in_a_fresh_venv_and_the_entrypoint_serves(tmp_pat
     finally:
         server.terminate()
         server.wait(timeout=20)
-        if server.stdout:
-            server.stdout.close()

@@ -16,10 +16,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,6 +33,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen[Any], timeout_s: float, log: Callable[[], str] = lambda: "",
+               name: str = "ota serve") -> None:
+    """Return once ``url``/readyz answers 200; raise as soon as ``proc`` has exited instead of waiting out
+    ``timeout_s``.  ``log`` gives the server's output so that the error shows why it never came up
+    (keep that output in a file: reading a pipe of a live process would block here).
+
+    Raises:
+        RuntimeError: the process exited, or was not ready within ``timeout_s``; the message ends with
+            the last 2,000 characters of ``log()``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}: {log()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not ready after {timeout_s} s: {log()[-2000:]}")
+        time.sleep(0.1)
 
 
 @dataclass
@@ -66,21 +91,7 @@ class ServedRegistry:
         self.log = open(self.data_dir.parent / f"serve-{self.port}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        self.wait_ready(timeout_s)
-
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"ota serve exited with {self.proc.returncode}: {self.log_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ota serve not ready after {timeout_s} s: {self.log_text()[-2000:]}")
-            time.sleep(0.1)
+        wait_ready(self.url, self.proc, timeout_s, log=self.log_text)
 
     def log_text(self) -> str:
         path = self.data_dir.parent / f"serve-{self.port}.log"

@@ -31,6 +31,18 @@ def wait_for_transfers(server: LiveServer, count: int, timeout_s: float = 5.0) -
         time.sleep(0.02)
 
 
+def create_rollout(server: LiveServer, **body: Any) -> dict[str, Any]:
+    """Create a rollout through the admin API; fails the test unless the server answers 201."""
+    r = server.admin().post("/api/v1/rollouts", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def show_rollout(server: LiveServer, rollout_id: int) -> dict[str, Any]:
+    """The rollout as ``GET /api/v1/rollouts/{id}`` shows it (stages, counts, state)."""
+    return server.admin().get(f"/api/v1/rollouts/{rollout_id}").json()
+
+
 class Car:
     """A device speaking the protocol with plain httpx (the real agent is tested in tests/client)."""
 

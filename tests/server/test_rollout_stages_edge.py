@@ -5,23 +5,14 @@ from __future__ import annotations
 
 import time
 from itertools import count
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from server.rollouts.stages import bucket
-from tests.server.factories import Car
-from tests.support.live_server import LiveServer, run_live_server
+from tests.conftest import ZOO
+from tests.server.factories import Car, create_rollout, show_rollout
+from tests.support.live_server import LiveServer
 
-ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
 _lines = count(1)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    with run_live_server(tmp_path_factory.mktemp("stages"), rollout_tick_s=0.2) as srv:
-        yield srv
 
 
 def _line(server: LiveServer, cars: int, tags: dict[str, str]) -> tuple[str, list[Car]]:
@@ -39,23 +30,13 @@ def _line(server: LiveServer, cars: int, tags: dict[str, str]) -> tuple[str, lis
     return name, fleet
 
 
-def _create(server: LiveServer, **body: Any) -> dict[str, Any]:
-    r = server.admin().post("/api/v1/rollouts", json=body)
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def _show(server: LiveServer, rollout_id: int) -> dict[str, Any]:
-    return server.admin().get(f"/api/v1/rollouts/{rollout_id}").json()
-
-
 def _wait(server: LiveServer, rollout_id: int, done: Any, timeout_s: float = 10.0) -> dict[str, Any]:
     """The rollout once ``done(rollout)`` holds (the background tick evaluates every 0.2 s), or the last seen."""
     deadline = time.monotonic() + timeout_s
-    shown = _show(server, rollout_id)
+    shown = show_rollout(server, rollout_id)
     while not done(shown) and time.monotonic() < deadline:
         time.sleep(0.1)
-        shown = _show(server, rollout_id)
+        shown = show_rollout(server, rollout_id)
     return shown
 
 
@@ -66,7 +47,7 @@ def _next_rollout_id(server: LiveServer) -> int:
 def test_a_rollout_whose_stages_hold_no_device_completes_after_the_soak(server: LiveServer) -> None:
     line, cars = _line(server, 2, {"region": "eu"})
     stages = [{"percent": p, "min_soak_s": 0.3, "success_threshold_pct": 90} for p in (10, 50, 100)]
-    r = _create(server, line=line, version=2, selector={"region": "mars"}, stages=stages)
+    r = create_rollout(server, line=line, version=2, selector={"region": "mars"}, stages=stages)
     assert [s["assigned"] for s in r["stages"]] == [0, 0, 0]
     shown = _wait(server, r["id"], lambda x: x["state"] != "running")
     assert shown["state"] == "completed", shown
@@ -83,7 +64,7 @@ def test_an_empty_middle_stage_advances_and_the_next_stage_gets_its_offers(serve
     gap = (b_high - b_low) / 3
     percents = [b_low + gap, b_low + 2 * gap, 100.0]  # stage 0: low, stage 1: nobody, stage 2: high
     stages = [{"percent": p, "min_soak_s": 0.3, "success_threshold_pct": 100} for p in percents]
-    r = _create(server, line=line, version=2, stages=stages)
+    r = create_rollout(server, line=line, version=2, stages=stages)
     assert r["id"] == rid
     assert [s["assigned"] for s in r["stages"]] == [1, 0, 1]
     assert high.poll(line) is None  # stage 2 is not reached yet
@@ -98,10 +79,10 @@ def test_an_empty_middle_stage_advances_and_the_next_stage_gets_its_offers(serve
 
 def test_a_manual_stage_with_no_device_waits_for_the_operator(server: LiveServer) -> None:
     line, _ = _line(server, 1, {"region": "eu"})
-    r = _create(server, line=line, version=2, selector={"region": "mars"},
+    r = create_rollout(server, line=line, version=2, selector={"region": "mars"},
                 stages=[{"percent": 50, "min_soak_s": 0}, {"percent": 100, "min_soak_s": 0}])
     time.sleep(1.0)  # five background ticks
-    shown = _show(server, r["id"])
+    shown = show_rollout(server, r["id"])
     assert (shown["state"], shown["current_stage"]) == ("running", 0)
     advanced = server.admin().post(f"/api/v1/rollouts/{r['id']}/advance").json()
     assert advanced["current_stage"] == 1
@@ -109,17 +90,17 @@ def test_a_manual_stage_with_no_device_waits_for_the_operator(server: LiveServer
 
 def test_installs_rolled_back_by_the_cars_count_against_the_error_threshold(server: LiveServer) -> None:
     line, cars = _line(server, 4, {"region": "eu"})
-    r = _create(server, line=line, version=2, error_threshold_count=2,
+    r = create_rollout(server, line=line, version=2, error_threshold_count=2,
                 stages=[{"percent": 100, "min_soak_s": 3600, "success_threshold_pct": 100}])
     offers = [car.poll(line) for car in cars]
     for car, offer in zip(cars, offers, strict=True):
         car.install(offer, download=False)
-    assert _show(server, r["id"])["state"] == "running"  # installed, soaking
+    assert show_rollout(server, r["id"])["state"] == "running"  # installed, soaking
     for car, offer in list(zip(cars, offers, strict=True))[:2]:
         resp = car.report(offer, "rolled_back", reason="health window: 5 of 5 live inferences failed",
                           running_version=1, running_model_sha256="0" * 64)
         assert resp.status_code == 200, resp.text
-    shown = _show(server, r["id"])
+    shown = show_rollout(server, r["id"])
     assert shown["state"] == "halted", shown
     assert "2 of 4 devices failed or rolled back" in shown["reason"]
     assert shown["stages"][0]["counts"] == {"installed": 2, "rolled_back": 2}
@@ -127,7 +108,7 @@ def test_installs_rolled_back_by_the_cars_count_against_the_error_threshold(serv
 
 def test_stage_counts_follow_cars_that_enrol_after_the_rollout_started(server: LiveServer) -> None:
     line, _ = _line(server, 3, {"region": "eu"})
-    r = _create(server, line=line, version=2, stages=[{"percent": 100}])
+    r = create_rollout(server, line=line, version=2, stages=[{"percent": 100}])
     assert r["stages"][0]["assigned"] == 3
     Car(server, f"{line}-late", {"region": "eu"}).poll(line)  # a new car joins the line
-    assert _show(server, r["id"])["stages"][0]["assigned"] == 4
+    assert show_rollout(server, r["id"])["stages"][0]["assigned"] == 4

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import time
 from itertools import count
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from server.rollouts.stages import stage_of
 from server.security import verify_envelope
-from tests.server.factories import Car, stored_state
-from tests.support.live_server import LiveServer, run_live_server
+from tests.conftest import ZOO
+from tests.server.factories import Car, create_rollout, show_rollout, stored_state
+from tests.support.live_server import LiveServer
 
-ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
 _lines = count(1)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    with run_live_server(tmp_path_factory.mktemp("rollouts"), rollout_tick_s=0.2) as srv:
-        yield srv
 
 
 def _line(server: LiveServer) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -54,16 +47,6 @@ def _fleet(server: LiveServer, line: str, v1: dict[str, Any], n: int, tags: dict
     return cars
 
 
-def _create(server: LiveServer, **body: Any) -> dict[str, Any]:
-    r = server.admin().post("/api/v1/rollouts", json=body)
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def _show(server: LiveServer, rollout_id: int) -> dict[str, Any]:
-    return server.admin().get(f"/api/v1/rollouts/{rollout_id}").json()
-
-
 def test_rollout_endpoints_need_the_admin_token(server: LiveServer) -> None:
     before = stored_state(server)
     assert server.anonymous().post("/api/v1/rollouts", json={"line": "x", "version": 1}).status_code == 401
@@ -86,12 +69,12 @@ def test_malformed_rollouts_are_rejected(server: LiveServer, shared: tuple[str, 
 def test_only_devices_in_reached_stages_get_the_offer_until_advanced(server: LiveServer) -> None:
     line, v1, _ = _line(server)
     cars = _fleet(server, line, v1, 30)
-    r = _create(server, line=line, version=2, stages=[{"percent": 20}, {"percent": 100}])
+    r = create_rollout(server, line=line, version=2, stages=[{"percent": 20}, {"percent": 100}])
     first = {c.device_id for c in cars if stage_of(r["id"], c.device_id, [20, 100]) == 0}
     assert 0 < len(first) < 30
     offered = {c.device_id for c in cars if (o := c.poll(line)) and o["target_version"] == 2}
     assert offered == first
-    assert sum(s["assigned"] for s in _show(server, r["id"])["stages"]) == 30
+    assert sum(s["assigned"] for s in show_rollout(server, r["id"])["stages"]) == 30
     advanced = server.admin().post(f"/api/v1/rollouts/{r['id']}/advance").json()
     assert advanced["current_stage"] == 1 and advanced["state"] == "running"
     assert all((o := c.poll(line)) and o["rollout_id"] == r["id"] for c in cars)
@@ -104,7 +87,7 @@ def test_selector_limits_the_rollout_to_matching_tags(server: LiveServer, shared
     line, v1, _ = shared
     eu = _fleet(server, line, v1, 3, {"region": "eu", "t": "selector"}, prefix="eu")
     us = _fleet(server, line, v1, 3, {"region": "us", "t": "selector"}, prefix="us")
-    _create(server, line=line, version=2, selector={"region": "eu", "t": "selector"})
+    create_rollout(server, line=line, version=2, selector={"region": "eu", "t": "selector"})
     assert all(c.poll(line) for c in eu)
     assert not any(c.poll(line) for c in us)
 
@@ -112,17 +95,17 @@ def test_selector_limits_the_rollout_to_matching_tags(server: LiveServer, shared
 def test_auto_advance_at_success_threshold_then_completion_makes_version_stable(server: LiveServer) -> None:
     line, v1, _ = _line(server)
     cars = _fleet(server, line, v1, 12)
-    r = _create(server, line=line, version=2, stages=[
+    r = create_rollout(server, line=line, version=2, stages=[
         {"percent": 50, "success_threshold_pct": 100}, {"percent": 100, "success_threshold_pct": 100}])
     stage0 = [c for c in cars if stage_of(r["id"], c.device_id, [50, 100]) == 0]
     for i, car in enumerate(stage0):
         car.install(car.poll(line), download=False)
         expected = 0 if i < len(stage0) - 1 else 1  # advances exactly when the last one installs
-        assert _show(server, r["id"])["current_stage"] == expected
+        assert show_rollout(server, r["id"])["current_stage"] == expected
     for car in cars:
         if car not in stage0:
             car.install(car.poll(line), download=False)
-    shown = _show(server, r["id"])
+    shown = show_rollout(server, r["id"])
     assert shown["state"] == "completed"
     assert [x for x in server.admin().get("/api/v1/lines").json() if x["name"] == line][0]["stable_version"] == 2
 
@@ -131,27 +114,27 @@ def test_auto_advance_waits_for_the_soak_time(server: LiveServer, shared: tuple[
     line, v1, _ = shared
     sel = {"t": "soak"}
     cars = _fleet(server, line, v1, 4, sel, prefix=sel["t"])
-    r = _create(server, line=line, selector=sel, version=2, stages=[{"percent": 50, "success_threshold_pct": 50,
+    r = create_rollout(server, line=line, selector=sel, version=2, stages=[{"percent": 50, "success_threshold_pct": 50,
                                                         "min_soak_s": 1.0}, {"percent": 100}])
     for car in cars:
         if stage_of(r["id"], car.device_id, [50, 100]) == 0:
             car.install(car.poll(line), download=False)
-    assert _show(server, r["id"])["current_stage"] == 0
+    assert show_rollout(server, r["id"])["current_stage"] == 0
     deadline = time.monotonic() + 5
-    while _show(server, r["id"])["current_stage"] == 0 and time.monotonic() < deadline:
+    while show_rollout(server, r["id"])["current_stage"] == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _show(server, r["id"])["current_stage"] == 1  # the background tick advanced it after the soak
+    assert show_rollout(server, r["id"])["current_stage"] == 1  # the background tick advanced it after the soak
 
 
 def test_auto_halt_at_error_threshold_stops_offers(server: LiveServer, shared: tuple[str, dict[str, Any], dict[str, Any]]) -> None:
     line, v1, _ = shared
     sel = {"t": "halt"}
     cars = _fleet(server, line, v1, 10, sel, prefix=sel["t"])
-    r = _create(server, line=line, selector=sel, version=2, error_threshold_count=2)
+    r = create_rollout(server, line=line, selector=sel, version=2, error_threshold_count=2)
     cars[0].fail(cars[0].poll(line))
-    assert _show(server, r["id"])["state"] == "running"  # one failure is below the threshold
+    assert show_rollout(server, r["id"])["state"] == "running"  # one failure is below the threshold
     cars[1].fail(cars[1].poll(line))
-    shown = _show(server, r["id"])
+    shown = show_rollout(server, r["id"])
     assert shown["state"] == "halted" and "error threshold" in shown["reason"]
     halts = [a for a in server.admin().get("/api/v1/audit").json() if a["action"] == "rollout.halt"]
     assert halts[0]["actor"] == "auto" and halts[0]["detail"]["rollout_id"] == r["id"]
@@ -159,30 +142,30 @@ def test_auto_halt_at_error_threshold_stops_offers(server: LiveServer, shared: t
     resumed = server.admin().post(f"/api/v1/rollouts/{r['id']}/resume").json()
     assert resumed["state"] == "running"
     time.sleep(0.5)  # background ticks evaluate it: old failures no longer count after a resume
-    assert _show(server, r["id"])["state"] == "running"
+    assert show_rollout(server, r["id"])["state"] == "running"
     cars[2].fail(cars[2].poll(line))
-    assert _show(server, r["id"])["state"] == "running"
+    assert show_rollout(server, r["id"])["state"] == "running"
     cars[3].fail(cars[3].poll(line))
-    assert _show(server, r["id"])["state"] == "halted"
+    assert show_rollout(server, r["id"])["state"] == "halted"
 
 
 def test_auto_halt_by_percent(server: LiveServer, shared: tuple[str, dict[str, Any], dict[str, Any]]) -> None:
     line, v1, _ = shared
     sel = {"t": "halt-pct"}
     cars = _fleet(server, line, v1, 10, sel, prefix=sel["t"])
-    r = _create(server, line=line, selector=sel, version=2, error_threshold_pct=25)
+    r = create_rollout(server, line=line, selector=sel, version=2, error_threshold_pct=25)
     for car in cars[:2]:
         car.fail(car.poll(line))
-    assert _show(server, r["id"])["state"] == "running"  # 20% < 25%
+    assert show_rollout(server, r["id"])["state"] == "running"  # 20% < 25%
     cars[2].fail(cars[2].poll(line))
-    assert _show(server, r["id"])["state"] == "halted"
+    assert show_rollout(server, r["id"])["state"] == "halted"
 
 
 def test_operator_actions_follow_the_state_machine_and_illegal_ones_are_409(server: LiveServer, shared: tuple[str, dict[str, Any], dict[str, Any]]) -> None:
     line, v1, _ = shared
     sel = {"t": "ops"}
     car = _fleet(server, line, v1, 1, sel, prefix=sel["t"])[0]
-    r = _create(server, line=line, selector=sel, version=2)
+    r = create_rollout(server, line=line, selector=sel, version=2)
     admin = server.admin()
     assert admin.post(f"/api/v1/rollouts/{r['id']}/pause").json()["state"] == "paused"
     assert car.poll(line) is not None  # paused keeps offering to reached stages, only progress stops
@@ -207,13 +190,13 @@ def test_rollback_sends_cars_back_with_a_signed_rollback_offer(server: LiveServe
     line, v1, _ = shared
     sel = {"t": "rollback"}
     car = _fleet(server, line, v1, 1, sel, prefix=sel["t"])[0]
-    r = _create(server, line=line, selector=sel, version=2)
+    r = create_rollout(server, line=line, selector=sel, version=2)
     car.install(car.poll(line))
     assert car.version == 2
     rb = server.admin().post(f"/api/v1/rollouts/{r['id']}/rollback", json={})
     assert rb.status_code == 201, rb.text
     assert rb.json()["rollback"] is True and rb.json()["target_version"] == 1
-    assert _show(server, r["id"])["state"] == "aborted"
+    assert show_rollout(server, r["id"])["state"] == "aborted"
     envelope = car.http.post("/api/v1/device/poll", json={
         "line": line, "current_version": 2, "current_model_sha256": car.model_sha256,
         "current_package_sha256": car.package_sha256}).json()["offer"]
@@ -233,8 +216,8 @@ def test_overlapping_rollouts_newest_wins(server: LiveServer, shared: tuple[str,
     line, v1, _ = shared
     sel = {"t": "overlap"}
     car = _fleet(server, line, v1, 1, sel, prefix=sel["t"])[0]
-    _create(server, line=line, selector=sel, version=2)
-    newer = _create(server, line=line, selector=sel, version=3)
+    create_rollout(server, line=line, selector=sel, version=2)
+    newer = create_rollout(server, line=line, selector=sel, version=3)
     offer = car.poll(line)
     assert offer["rollout_id"] == newer["id"] and offer["target_version"] == 3
 
@@ -243,9 +226,9 @@ def test_manifest_versions_strictly_increase_per_device(server: LiveServer, shar
     line, v1, _ = shared
     sel = {"t": "manifest"}
     car = _fleet(server, line, v1, 1, sel, prefix=sel["t"])[0]
-    first = _create(server, line=line, selector=sel, version=2)
+    first = create_rollout(server, line=line, selector=sel, version=2)
     m1 = car.poll(line)["manifest_version"]
     server.admin().post(f"/api/v1/rollouts/{first['id']}/abort")
-    _create(server, line=line, selector=sel, version=3)
+    create_rollout(server, line=line, selector=sel, version=3)
     m2 = car.poll(line)["manifest_version"]
     assert m2 > m1
