@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cli.demo_cmd import running_server  # noqa: E402
-from client.simulator.factory import fetch_image, preinstall  # noqa: E402
+from cli.simulate_cmd import add_initial_install_option  # noqa: E402
+from client.simulator.factory import describe_flash, flash_fleet  # noqa: E402
 from client.simulator.fleet import auto_poll_interval, plan_fleet  # noqa: E402
 from client.simulator.registry_admin import RegistryAdmin  # noqa: E402
 from client.simulator.runner import Fleet  # noqa: E402
@@ -94,13 +95,8 @@ async def _boot(args: argparse.Namespace, srv: Any, admin: RegistryAdmin, fleet:
 
     out: dict[str, Any] = {}
     if not args.initial_install:
-        t = time.monotonic()
-        image = await asyncio.to_thread(fetch_image, admin, v1, "deep")
-        flashed = await asyncio.to_thread(preinstall, fleet.specs, fleet.state_root, image)
-        out["factory_image"] = {"version": image.version, "codec": image.codec, "package_bytes": len(image.package),
-                                "cars_flashed": flashed, "flash_wall_s": round(time.monotonic() - t, 1)}
-        log(f"factory: v{image.version} ({len(image.package) / 1e3:.0f} KB {image.codec} package) flashed onto "
-            f"{flashed} cars in {out['factory_image']['flash_wall_s']} s (not downloaded: --initial-install does)")
+        out["factory_image"] = await asyncio.to_thread(flash_fleet, admin, v1, fleet.specs, fleet.state_root, "deep")
+        log(describe_flash(out["factory_image"]))
     a = meter.mark()
     await fleet.start(spread_real_s=args.start_spread)
     await fleet.wait_for(lambda: fleet.settled(0.0, include_offline=True), args.phase_timeout, _every(tick, 15))
@@ -203,9 +199,7 @@ def main() -> int:
     p.add_argument("--networks", default="mixed")
     p.add_argument("--time-scale", type=float, default=60.0)
     p.add_argument("--polls-per-s", type=float, default=150.0, help="target real polls per second for the fleet")
-    p.add_argument("--initial-install", action="store_true",
-                   help="cars start empty and download and install v1 in full first (default: v1 is "
-                        "factory-installed on every car's disk and the run measures the staged v2 rollout)")
+    add_initial_install_option(p)
     p.add_argument("--max-in-flight", type=int, default=8,
                    help="cap on the fleet's requests in flight at the registry (default 8): on SQLite every request "
                         "queues for one write lock, and more waiting requests only tie up the server's worker threads")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 HELP = """\
 Run N simulated cars in this one process (asyncio).  Each car runs the real agent code over real HTTP to the
@@ -17,11 +19,23 @@ and its camera keeps calling agent.predict so failed inferences are counted, not
 
 Shared inside the simulator, because thousands of cars share one machine: one ONNX Runtime session per model
 SHA-256 (every car still runs its own smoke test on it), and identical slot files are hard links to one copy.
-Cars keep their state in --state-dir, so a second run starts from the versions they have on disk.
+Cars leave the factory with v1 of the line on disk, as a real fleet is flashed at the factory: its package is
+fetched from the registry once (with the admin token), checked, decoded once and written into every car's state
+dir as its active slot, so the cars boot it, enrol and get deltas from it.  --initial-install instead lets every
+car enrol empty and download and install v1 in full.  Cars keep their state in --state-dir, so a second run
+starts from the versions they have on disk (a car that already has a model is not flashed again).
 
 Stops when every car has polled and has nothing left to do, after --duration simulated seconds, or on Ctrl-C;
 then prints a summary per network profile and a total line (bytes sent vs full fp32 files and full packages).
 """
+
+INITIAL_INSTALL_HELP = ("cars start empty and download and install v1 in full first (default: v1 is factory-installed "
+                        "on every car's disk: fetched from the registry and decoded once, not downloaded by each car)")
+
+
+def add_initial_install_option(p: argparse.ArgumentParser) -> None:
+    """``--initial-install``, worded the same for ``ota simulate`` and bench/fleet.py (both flash v1 by default)."""
+    p.add_argument("--initial-install", action="store_true", help=INITIAL_INSTALL_HELP)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="same seed, same fleet (ids, tags, links, drops)")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end instead of tables")
     p.add_argument("--enroll-token", help="fleet enrollment token (default: <--data-dir>/enrollment-token)")
-    p.add_argument("--data-dir", type=Path, help="a development server's data dir, to read its enrollment token")
+    p.add_argument("--admin-token", default=os.environ.get("OTA_ADMIN_TOKEN"),
+                   help="admin token, to fetch the v1 package flashed at the factory (env OTA_ADMIN_TOKEN; default: "
+                        "<--data-dir>/admin-token)")
+    p.add_argument("--data-dir", type=Path, help="a development server's data dir, to read its enrollment and admin "
+                                                 "tokens")
+    add_initial_install_option(p)
     p.add_argument("--state-dir", type=Path, default=Path(".ota-sim"), help="car state (default .ota-sim)")
     p.add_argument("--line", default="road-signs")
     p.add_argument("--prefix", default="car", help="device id prefix (default car: car-0001, ...)")
@@ -62,6 +81,41 @@ def _enroll_token(args: argparse.Namespace) -> str | None:
     return None
 
 
+class SimulateError(Exception):
+    """Something the operator can fix (a missing token, a line with no v1); printed without a traceback, exit 2."""
+
+
+def _admin_token(args: argparse.Namespace) -> str | None:
+    if args.admin_token:
+        return str(args.admin_token)
+    path = args.data_dir / "admin-token" if args.data_dir else None
+    return path.read_text().strip() if path is not None and path.is_file() else None
+
+
+def _flash_v1(args: argparse.Namespace, specs: list) -> dict[str, Any]:
+    """Flash v1 of ``--line`` onto every car in --state-dir that has no model yet (see client/simulator/factory.py).
+
+    Raises:
+        SimulateError: no admin token, or the registry cannot give a v1 package; the message says what to pass.
+    """
+    from client.simulator.factory import flash_fleet
+    from client.simulator.registry_admin import AdminError, RegistryAdmin
+
+    token = _admin_token(args)
+    if token is None:
+        raise SimulateError("cars leave the factory with v1, fetched with the admin token: pass "
+                            "--admin-token (or --data-dir of a development server), or --initial-install to have "
+                            "every car download it")
+    admin = RegistryAdmin(args.server, token, retry_s=10.0)
+    try:
+        return flash_fleet(admin, admin.version(args.line, 1), specs, args.state_dir)
+    except AdminError as e:
+        raise SimulateError(f"cannot flash v1 of {args.line!r} at the factory ({e}); "
+                            "pass --initial-install to have every car download it") from e
+    finally:
+        admin.close()
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -81,15 +135,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print("ota simulate: new cars must enrol: pass --enroll-token (or --data-dir of a development server)",
               file=sys.stderr)
         return 2
+    factory = None
+    if not args.initial_install:
+        from client.simulator.factory import describe_flash
+
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            factory = _flash_v1(args, specs)
+        except SimulateError as e:
+            print(f"ota simulate: {e}", file=sys.stderr)
+            return 2
+        print(describe_flash(factory), file=sys.stderr if args.json else sys.stdout)
     logging.getLogger("client").setLevel(logging.ERROR)  # the live view says what the cars' warnings would
     try:
-        asyncio.run(_simulate(args, specs, token))
+        asyncio.run(_simulate(args, specs, token, factory))
     except KeyboardInterrupt:
         return 130  # the summary of what happened so far was printed on the way out
     return 0
 
 
-async def _simulate(args: argparse.Namespace, specs: list, token: str | None) -> dict:
+async def _simulate(args: argparse.Namespace, specs: list, token: str | None, factory: dict | None) -> dict:
     from rich.console import Console
 
     from client.simulator.display import LiveView, print_summary
@@ -108,7 +173,7 @@ async def _simulate(args: argparse.Namespace, specs: list, token: str | None) ->
             else:
                 await fleet.wait_settled(real_timeout, view.update, since_sim_s=0.0, include_offline=True)
     finally:
-        summary = fleet.summary()
+        summary = {**fleet.summary(), "factory_image": factory}  # None: --initial-install
         await fleet.stop()
         if console:
             print_summary(console, summary)

@@ -6,15 +6,19 @@ package from the registry (one admin download, checked against the SHA-256s
 the registry published) and decodes it once; ``preinstall`` writes it into
 each car's state dir as the active slot, exactly as an install would have
 left it (slot files, journal), so the car boots it, enrols, polls with it and
-gets deltas from it.  Scale runs use this to measure a staged rollout rather
-than N initial full downloads; ``--initial-install`` keeps the download path.
+gets deltas from it.  ``flash_fleet`` does both and returns the figures that
+``bench/fleet.py`` and ``ota simulate`` report; they flash by default (a scale
+run then measures a staged rollout rather than N initial full downloads) and
+``--initial-install`` keeps the download path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -77,3 +81,38 @@ def preinstall(specs: list[CarSpec], state_root: Path, image: FactoryImage) -> i
         store.save(journal)
         flashed += 1
     return flashed
+
+
+def factory_codec(published: dict) -> str:
+    """The codec to flash: ``deep`` (what cars run in the field) when the version has it, else the first published.
+
+    Raises:
+        AdminError: the version has no package at all.
+    """
+    packages = published.get("packages") or {}
+    if not packages:
+        raise AdminError(f"version {published.get('version')} has no package to flash at the factory")
+    return "deep" if "deep" in packages else next(iter(packages))
+
+
+def flash_fleet(admin: RegistryAdmin, published: dict, specs: list[CarSpec], state_root: Path,
+                codec_name: str | None = None) -> dict[str, Any]:
+    """Fetch ``published`` once and flash it onto every car of ``specs`` that has no model yet.
+
+    Returns the figures a run reports: ``version``, ``codec``, ``package_bytes``, ``cars_flashed``, ``flash_wall_s``.
+
+    Raises:
+        AdminError: the registry has no such package, or its bytes do not match what it published.
+    """
+    t = time.monotonic()
+    image = fetch_image(admin, published, codec_name or factory_codec(published))
+    flashed = preinstall(specs, state_root, image)
+    return {"version": image.version, "codec": image.codec, "package_bytes": len(image.package),
+            "cars_flashed": flashed, "flash_wall_s": round(time.monotonic() - t, 1)}
+
+
+def describe_flash(figures: dict[str, Any]) -> str:
+    """One line for the operator: what was flashed, onto how many cars, and how to download it instead."""
+    return (f"factory: v{figures['version']} ({figures['package_bytes'] / 1e3:.0f} KB {figures['codec']} package) "
+            f"flashed onto {figures['cars_flashed']} cars in {figures['flash_wall_s']} s "
+            "(not downloaded: --initial-install does)")

@@ -60,6 +60,10 @@ class RegistryAdmin:
                 return []
             raise
 
+    def version(self, line: str, number: int) -> dict[str, Any]:
+        """One published version (its packages with their SHA-256s, labels), as the publish answered it."""
+        return self._call("GET", f"/lines/{line}/versions/{number}")
+
     def start_rollout(self, line: str, version: int, stages: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
         return self._call("POST", "/rollouts", ok=201, json={"line": line, "version": version, "stages": stages, **kw})
 

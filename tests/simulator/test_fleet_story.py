@@ -16,6 +16,7 @@ import pytest
 from cli.demo_cmd import running_server
 from cli.main import main as ota
 from client.simulator.story import DemoOptions, run_story
+from client.slots import SlotStore
 
 CARS = 20
 PROMISED_KEYS = {"cars", "updated", "failed", "rolled_back", "bytes_sent", "bytes_full_fp32", "bytes_full_package",
@@ -120,7 +121,7 @@ def test_ota_simulate_joins_new_cars_to_the_same_registry(story: dict[str, Any],
     srv = story["server"]
     code = ota(["simulate", "--server", srv.url, "--cars", "4", "--networks", "wifi", "--json", "--time-scale", "120",
                 "--data-dir", str(story["data"]), "--state-dir", str(tmp_path), "--line", story["report"]["line"],
-                "--prefix", "late", "--duration", "3600"])
+                "--prefix", "late", "--duration", "3600", "--initial-install"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert PROMISED_KEYS <= set(out)
@@ -128,6 +129,59 @@ def test_ota_simulate_joins_new_cars_to_the_same_registry(story: dict[str, Any],
     last = story["report"]["rollouts"][-1]["version"]
     assert out["versions"] == {f"v{last}": 4}  # the stable version after the last completed rollout
     assert out["bytes_sent"] == out["bytes_full_package"]  # new cars: full packages, nothing else
+    assert out["factory_image"] is None
+    for car in _car_dirs(tmp_path):  # enrolled empty: no model before the one it downloaded
+        assert SlotStore(car).load().previous is None, car.name
+
+
+def _car_dirs(state_dir: Path) -> list[Path]:
+    return sorted(p for p in state_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _simulate_late_cars(story: dict[str, Any], state_dir: Path, *extra: str) -> int:
+    return ota(["simulate", "--server", story["server"].url, "--cars", "4", "--networks", "wifi", "--json",
+                "--time-scale", "120", "--state-dir", str(state_dir), "--line", story["report"]["line"],
+                "--prefix", "factory", "--duration", "3600", *extra])
+
+
+def test_ota_simulate_flashes_v1_at_the_factory_by_default_and_not_twice(
+        story: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _simulate_late_cars(story, tmp_path, "--data-dir", str(story["data"])) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert "flashed onto 4 cars" in captured.err and "--initial-install" in captured.err
+    v1 = httpx.get(f"{story['server'].url}/api/v1/lines/{story['report']['line']}/versions/1",
+                   headers={"Authorization": f"Bearer {story['server'].admin_token}"}).json()
+    assert {k: out["factory_image"][k] for k in ("version", "codec", "cars_flashed")} == {
+        "version": 1, "codec": "lossless", "cars_flashed": 4}  # this registry packs lossless only
+    assert out["factory_image"]["package_bytes"] == v1["packages"]["lossless"]["bytes"]
+    last = story["report"]["rollouts"][-1]["version"]
+    assert out["updated"] == 4 and out["installs"] == 4 and out["failed"] == 0  # one update each: v1 -> stable
+    assert out["versions"] == {f"v{last}": 4}
+    cars = _car_dirs(tmp_path)
+    assert len(cars) == 4
+    for car in cars:  # booted the flashed v1, then updated from it: v1 is the fallback slot
+        journal = SlotStore(car).load()
+        assert journal.active is not None and journal.active.version == last, car.name
+        assert journal.previous is not None and journal.previous.version == 1, car.name
+        assert journal.previous.package_sha256 == v1["packages"]["lossless"]["sha256"], car.name
+
+    # A second run on the same state dir boots what the cars have: nothing is flashed over a model.
+    assert _simulate_late_cars(story, tmp_path, "--data-dir", str(story["data"])) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["factory_image"]["cars_flashed"] == 0 and again["installs"] == 0
+    assert again["versions"] == {f"v{last}": 4}
+
+
+def test_ota_simulate_without_an_admin_token_refuses_to_flash_and_names_both_ways_out(
+        story: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTA_ADMIN_TOKEN", raising=False)
+    code = _simulate_late_cars(story, tmp_path, "--enroll-token", story["server"].enrollment_token)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--admin-token" in err and "--initial-install" in err
+    assert not tmp_path.exists() or _car_dirs(tmp_path) == []  # no car was flashed or started
 
 
 def test_ota_demo_refuses_a_fleet_too_small_for_a_canary(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
