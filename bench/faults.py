@@ -334,22 +334,23 @@ def fault_transit(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 # -- database outage --------------------------------------------------------------------------------------------
 
 def _poll_loop(url: str, token: str, admin: str, stop: threading.Event,
-               log: list[tuple[float, int, float, str]]) -> None:
-    """A steady-state poll (often answered from the poll cache) and an inventory read (always SQL), in turn."""
+               log: list[tuple[float, int, float, str]], kind: str) -> None:
+    """Request ``kind`` in a loop: ``poll``, a steady-state poll (often answered from the poll cache), or ``sql``,
+    an inventory read (always SQL).  Each kind has its own thread, so a read stuck behind a database lock does not
+    hide what the polls got meanwhile."""
     with httpx.Client(timeout=60) as client:
         while not stop.is_set():
-            for kind in ("poll", "sql"):
-                t0 = time.monotonic()
-                try:
-                    if kind == "poll":
-                        code = client.post(f"{url}/api/v1/device/poll", headers={"Authorization": f"Bearer {token}"},
-                                           json={"line": "road-signs", "current_version": 1}).status_code
-                    else:
-                        code = client.get(f"{url}/api/v1/devices/car-db",
-                                          headers={"Authorization": f"Bearer {admin}"}).status_code
-                except httpx.HTTPError:
-                    code = 0
-                log.append((t0, code, time.monotonic() - t0, kind))
+            t0 = time.monotonic()
+            try:
+                if kind == "poll":
+                    code = client.post(f"{url}/api/v1/device/poll", headers={"Authorization": f"Bearer {token}"},
+                                       json={"line": "road-signs", "current_version": 1}).status_code
+                else:
+                    code = client.get(f"{url}/api/v1/devices/car-db",
+                                      headers={"Authorization": f"Bearer {admin}"}).status_code
+            except httpx.HTTPError:
+                code = 0
+            log.append((t0, code, time.monotonic() - t0, kind))
             time.sleep(0.05)
 
 
@@ -401,8 +402,10 @@ def _pg_database(base_url: str) -> Iterator[tuple[str, str]]:
 def _outage(reg: Any, token: str, outage_s: float, begin: Callable[[], None], end_: Callable[[], None]) -> dict:
     log: list[tuple[float, int, float, str]] = []
     stop = threading.Event()
-    t = threading.Thread(target=_poll_loop, args=(reg.url, token, reg.admin_token, stop, log), daemon=True)
-    t.start()
+    threads = [threading.Thread(target=_poll_loop, args=(reg.url, token, reg.admin_token, stop, log, kind),
+                                daemon=True) for kind in ("poll", "sql")]
+    for t in threads:
+        t.start()
     time.sleep(1.0)
     start = time.monotonic()
     begin()
@@ -411,7 +414,8 @@ def _outage(reg: Any, token: str, outage_s: float, begin: Callable[[], None], en
     end = time.monotonic()
     time.sleep(3.0)
     stop.set()
-    t.join(timeout=60)
+    for t in threads:
+        t.join(timeout=60)
     return _outage_figures(log, start, end)
 
 
