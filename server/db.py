@@ -4,20 +4,35 @@
 request gets one session and one transaction through ``session_scope``: the
 dependency commits when the handler returns and rolls back if it raises;
 services and stores only ``flush()``.
+
+Write slots (issue 8, the SQLite enrolment-burst stall): a request's write
+transaction first takes one of ``Database.write_slots`` on the event loop (1
+on SQLite, which has one writer anyway; 16 on PostgreSQL, below the pool's
+20 connections).  Why: FastAPI runs a sync endpoint, then its response
+validation, each in a worker thread of anyio's default pool (40 threads),
+and commits a ``DbSession`` only after both.  Without the slots a burst of a
+few hundred writers filled all 40 threads with requests blocked in ``BEGIN
+IMMEDIATE`` (or on the connection pool) while the lock holder waited for a
+thread to validate its response: nothing moved until busy timeouts (30 s)
+failed the waiters.  With them, a request waiting to write waits on the
+event loop, holding no thread, so a holder always finds a thread to finish.
+Paths that write in one thread call use ``Database.run_write``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, overload
+from typing import Annotated, Concatenate, ParamSpec, TypeVar, overload
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from anyio import CapacityLimiter, to_thread
 from pydantic import AfterValidator
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
@@ -28,6 +43,12 @@ from server.errors import Unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = ROOT / "migrations"
+
+SQLITE_WRITE_SLOTS = 1  # one writer at a time is all SQLite runs; more would only queue inside BEGIN IMMEDIATE
+POSTGRES_WRITE_SLOTS = 16  # below the pool's 10 + 10 connections, leaving some to read_scope readers
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def utcnow() -> datetime:
@@ -129,6 +150,30 @@ class Database:
         if not url.startswith("sqlite"):
             readers = readers.execution_options(isolation_level="AUTOCOMMIT")
         self._readers = sessionmaker(readers)
+        self.write_slots = SQLITE_WRITE_SLOTS if url.startswith("sqlite") else POSTGRES_WRITE_SLOTS
+        self._writers: CapacityLimiter | None = None
+
+    def writers(self) -> CapacityLimiter:
+        """The write slots (see the module docstring).  Call on the event loop: the limiter is made there."""
+        if self._writers is None:
+            self._writers = CapacityLimiter(self.write_slots)
+        return self._writers
+
+    async def run_write(self, fn: Callable[Concatenate[Session, _P], _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``fn(session, ...)`` in one transaction, begun and committed in one worker thread, once a write slot is free.
+
+        Waiting for the slot happens on the event loop (no thread held), and the transaction never spans a
+        thread hop, so its lock is released as soon as ``fn`` returns.
+
+        Raises:
+            Unavailable: the database cannot be reached (or stayed locked past the busy timeout).
+        """
+        return await to_thread.run_sync(functools.partial(self._in_transaction, fn, *args, **kwargs),
+                                        limiter=self.writers())
+
+    def _in_transaction(self, fn: Callable[Concatenate[Session, _P], _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with self.session_scope() as session:
+            return fn(session, *args, **kwargs)
 
     @contextmanager
     def session_scope(self) -> Iterator[Session]:

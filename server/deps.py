@@ -3,15 +3,23 @@
 ``AppContext`` is built once by the lifespan in ``app.py`` and hung on
 ``app.state``; routes reach it (and a session whose transaction commits when
 the handler returns) through these dependencies.
+
+``DbSession`` holds its transaction across FastAPI's thread hops (the sync
+endpoint, its response validation, the commit), so it first takes a write
+slot on the event loop (``Database.writers``, see ``server/db.py``): fine for
+the operator's endpoints.  Device-facing writes that come in bursts
+(enrolment, reports, polls that sign) instead run their whole transaction in
+one thread with ``Database.run_write``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import contextmanager_in_threadpool
 from sqlalchemy.orm import Session
 
 from server.blobs import BlobStore
@@ -34,9 +42,14 @@ def get_ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
-def get_session(ctx: Annotated[AppContext, Depends(get_ctx)]) -> Iterator[Session]:
-    """One transaction per request: commit on success, roll back on error."""
-    with ctx.db.session_scope() as session:
+async def get_session(ctx: Annotated[AppContext, Depends(get_ctx)]) -> AsyncIterator[Session]:
+    """One transaction per request: commit on success, roll back on error.
+
+    The write slot is awaited on the event loop before the session exists, and held until the commit: a
+    request queued behind a writer then holds no worker thread, so the writer always finds one for its
+    response validation and commit (on SQLite, 40 threads blocked in BEGIN IMMEDIATE stalled the burst).
+    """
+    async with ctx.db.writers(), contextmanager_in_threadpool(ctx.db.session_scope()) as session:
         yield session
 
 

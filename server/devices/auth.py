@@ -1,19 +1,22 @@
-"""Device credentials as FastAPI dependencies.
+"""Device credentials: the token lookup, and the artifact endpoint's dependency.
 
 A device token is looked up by its SHA-256 (the only form stored).  The
 artifact endpoint also accepts the admin token, so ``device_or_admin``
 returns the device row or None for an admin.
 
-The lookup reads through ``Database.read_scope`` and the row is then merged
-into the request's session without SQL.  Why: FastAPI runs a sync dependency
-and the sync endpoint in different worker threads, and on SQLite the request
-session's first statement takes the write lock (``BEGIN IMMEDIATE``).  Had
-the lookup been that statement, the lock would be held while the request
-waited for a free worker thread; in bursts of a few hundred cars every
-thread was waiting for that lock and it was held for up to 28.6 s.  Now the
-write transaction starts inside the endpoint, on the thread that finishes it.
-(An unthrottled burst of a few hundred enrolling cars on SQLite still stalls:
-enrolment is another path; the simulator caps its requests in flight.)
+``device_or_admin`` reads through ``Database.read_scope`` and merges the row
+into the request's session without SQL, so the lookup never holds the
+request's write transaction while FastAPI hops between worker threads.
+Enrolment, polls and reports look their token up inside their own write
+transaction instead (``Database.run_write``: one thread, no hop).
+
+Issue 8, closed: an unthrottled burst of a few hundred enrolling cars on
+SQLite stalled for minutes.  FastAPI validates a sync endpoint's response
+in a second worker thread before the request's session commits; with all 40
+threads blocked in ``BEGIN IMMEDIATE`` (or on the connection pool), the
+lock holder never got that thread and nothing moved until 30 s busy
+timeouts failed the waiters.  Writers now wait for a write slot on the event
+loop, holding no thread (``server/db.py``).
 """
 
 from __future__ import annotations
@@ -51,14 +54,6 @@ UNKNOWN_DEVICE = ("device token missing or unknown: enroll with the fleet enroll
                   "(POST /api/v1/devices/enroll) and send 'Authorization: Bearer <device token>'")
 
 
-def require_device(ctx: Ctx, session: DbSession, authorization: Annotated[str | None, Header()] = None) -> Device:
-    """Raises Unauthorized unless the request carries a known device token."""
-    device = _attached_device(ctx, session, bearer(authorization))
-    if device is None:
-        raise Unauthorized(UNKNOWN_DEVICE)
-    return device
-
-
 def device_or_admin(ctx: Ctx, session: DbSession, authorization: Annotated[str | None, Header()] = None) -> Device | None:
     """The calling device, or None for the admin.  Raises Unauthorized for anything else."""
     token = bearer(authorization)
@@ -70,5 +65,4 @@ def device_or_admin(ctx: Ctx, session: DbSession, authorization: Annotated[str |
     return device
 
 
-CurrentDevice = Annotated[Device, Depends(require_device)]
 DeviceOrAdmin = Annotated[Device | None, Depends(device_or_admin)]

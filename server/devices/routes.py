@@ -1,4 +1,10 @@
-"""HTTP for enrollment, polls, reports (device credentials) and the inventory (admin)."""
+"""HTTP for enrollment, polls, reports (device credentials) and the inventory (admin).
+
+The device-facing endpoints are async and write through ``Database.run_write``: each transaction is
+begun and committed inside one worker thread, after a write slot was awaited on the event loop, so a
+burst of several hundred cars queues on the loop instead of in threads blocked on the database's write
+lock (issue 8; see ``server/db.py``).  Their responses are validated on the event loop.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,12 @@ from typing import Annotated
 
 from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
 from server.db import utcnow
 from server.deps import Admin, AppContext, Ctx, DbSession
 from server.devices import pollcache, schemas, service
-from server.devices.auth import UNKNOWN_DEVICE, CurrentDevice, device_by_token
+from server.devices.auth import UNKNOWN_DEVICE, device_by_token
 from server.devices.pollcache import PollCache
 from server.errors import Unauthorized
 from server.rollouts.lineview import LineView, load_line
@@ -23,9 +29,9 @@ router = APIRouter(prefix="/api/v1")
 
 
 @router.post("/devices/enroll", status_code=201, response_model=schemas.EnrollOut)
-def enroll(body: schemas.EnrollIn, ctx: Ctx, session: DbSession,
-           authorization: Annotated[str | None, Header()] = None) -> schemas.EnrollOut:
-    return service.enroll(session, ctx.settings, ctx.signer, bearer(authorization), body)
+async def enroll(body: schemas.EnrollIn, ctx: Ctx,
+                 authorization: Annotated[str | None, Header()] = None) -> schemas.EnrollOut:
+    return await ctx.db.run_write(service.enroll, ctx.settings, ctx.signer, bearer(authorization), body)
 
 
 # The poll is async with async dependencies only: a steady-state poll is answered from the per-process
@@ -48,14 +54,13 @@ def _load_line(ctx: AppContext, cache: PollCache, name: str) -> LineView | None:
     return view
 
 
-def _poll_in_transaction(ctx: AppContext, token: str, body: schemas.PollIn) -> bytes:
-    """The full poll (may sign and store an offer); committed before the answer is sent."""
-    with ctx.db.session_scope() as session:
-        device = device_by_token(session, token)
-        if device is None:
-            raise Unauthorized(UNKNOWN_DEVICE)
-        out = service.poll(session, ctx.settings, ctx.signer, ctx.services["storage"], ctx.services["presence"],
-                           device, body)
+def _poll_in_transaction(session: Session, ctx: AppContext, token: str, body: schemas.PollIn) -> bytes:
+    """The full poll (may sign and store an offer); run by ``run_write``, so committed before the answer is sent."""
+    device = device_by_token(session, token)
+    if device is None:
+        raise Unauthorized(UNKNOWN_DEVICE)
+    out = service.poll(session, ctx.settings, ctx.signer, ctx.services["storage"], ctx.services["presence"],
+                       device, body)
     return pollcache.encode_answer(out.poll_interval_s, json.dumps(out.offer).encode() if out.offer else None)
 
 
@@ -99,16 +104,25 @@ async def poll(body: schemas.PollIn, request: Request,
     now = utcnow()
     content = pollcache.answer(caller.device, line, body, now, ctx.settings) if line is not None else None
     if content is None:  # needs the database (an unknown line: the slow path raises NotFound)
-        content = await run_in_threadpool(_poll_in_transaction, ctx, caller.token, body)
+        content = await ctx.db.run_write(_poll_in_transaction, ctx, caller.token, body)
     else:
         ctx.services["presence"].note(caller.device.pk, now)
     ctx.services["metrics"].polls.labels("no" if content.endswith(b'"offer":null}') else "yes").inc()
     return Response(content, media_type="application/json")
 
 
+def _report_in_transaction(session: Session, token: str | None, body: schemas.ReportsIn) -> schemas.ReportsOut:
+    """Raises Unauthorized for a missing or unknown token (looked up in the write transaction: no extra hop)."""
+    device = device_by_token(session, token)
+    if device is None:
+        raise Unauthorized(UNKNOWN_DEVICE)
+    return service.report(session, device, body)
+
+
 @router.post("/device/reports", response_model=schemas.ReportsOut)
-def reports(body: schemas.ReportsIn, ctx: Ctx, session: DbSession, device: CurrentDevice) -> schemas.ReportsOut:
-    ack = service.report(session, device, body)
+async def reports(body: schemas.ReportsIn, ctx: Ctx,
+                  authorization: Annotated[str | None, Header()] = None) -> schemas.ReportsOut:
+    ack = await ctx.db.run_write(_report_in_transaction, bearer(authorization), body)
     states = {r.seq: r.state for r in body.reports}
     for seq in ack.accepted:
         ctx.services["metrics"].reports.labels("accepted", states[seq]).inc()
