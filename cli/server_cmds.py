@@ -37,6 +37,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from server.config import InsecureConfiguration, Settings, resolve_secrets
     from server.db import upgrade_to_head
+    from server.httpproto import HTTP_PROTOCOL
 
     settings = Settings()
     try:
@@ -51,5 +52,5 @@ def serve(args: argparse.Namespace) -> int:
         print(f"admin token in {settings.data_dir / 'admin-token'}, enrollment token in "
               f"{settings.data_dir / 'enrollment-token'}", file=sys.stderr)
     uvicorn.run("server.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level)
+                log_level=args.log_level, http=HTTP_PROTOCOL)
     return 0

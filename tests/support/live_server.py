@@ -50,6 +50,7 @@ from server.app import create_app
 from server.config import Settings
 from server.db import upgrade_to_head
 from server.deps import AppContext
+from server.httpproto import HTTP_PROTOCOL
 
 FAST_SETTINGS: dict[str, Any] = {
     "default_codecs": "lossless",
@@ -166,7 +167,8 @@ def run_live_server(data_dir: Path, *, socket_sndbuf: int | None = None, **overr
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, socket_sndbuf)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30,
+                                               http=HTTP_PROTOCOL))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"ota-{port}")
         thread.start()
         deadline = time.monotonic() + 30
