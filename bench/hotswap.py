@@ -174,8 +174,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                               health_window_inferences=50, fsync=not args.no_fsync,
                               decode_in_subprocess=not args.in_process,
                               gil_switch_interval_s=args.gil_switch_s or None,
-                              decode_worker_nice=args.worker_nice,
-                              update_thread_nice=args.update_nice if args.update_nice >= 0 else None))
+                              decode_worker_nice=args.worker_nice))
     pub = Publisher(args.codec, agent.store.downloads_dir)
     for v in range(1, 6):
         pub.add_version(v)
@@ -244,7 +243,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "decode": "in-process thread" if args.in_process else "child process",
         "gil_switch_s": args.gil_switch_s or None,
         "worker_nice": None if args.in_process else args.worker_nice,
-        "update_thread_nice": args.update_nice if args.update_nice >= 0 else None,
         "inferences": len(camera.samples),
         "failed_inferences": sum(1 for *_, good in camera.samples if not good),
         "p50_steady_ms": round(pct(steady_lat, 50), 3),
@@ -286,9 +284,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="AgentConfig.gil_switch_interval_s during installs; 0 keeps Python's 5 ms")
     p.add_argument("--worker-nice", type=int, default=AgentConfig.decode_worker_nice,
                    help="AgentConfig.decode_worker_nice: how far the decode worker lowers its priority")
-    p.add_argument("--update-nice", type=int, default=AgentConfig.update_thread_nice,
-                   help="AgentConfig.update_thread_nice: how far the agent's update threads lower their priority "
-                        "(-1: the default executor at normal priority)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     r = asyncio.run(run(args))

@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
@@ -53,7 +53,6 @@ from client.hotswap import (
 )
 from client.identity import Identity, load_identity, save_identity
 from client.manifest import Artifact, Offer, check_offer, verify_signature
-from client.priority import update_executor
 from client.ratelimit import TokenBucket
 from client.slots import Journal, SlotRecord, SlotStore
 from models.errors import BaseMismatch, CorruptPackage, DeltaError
@@ -61,8 +60,6 @@ from models.errors import BaseMismatch, CorruptPackage, DeltaError
 log = logging.getLogger("client.agent")
 
 __all__ = ["Agent", "Prediction"]
-
-_T = TypeVar("_T")
 
 
 def _sha(data: bytes) -> str:
@@ -87,11 +84,7 @@ class Agent:
             raise ValueError(f"gil_switch_interval_s must be > 0 or None, got {config.gil_switch_interval_s}")
         self.config = config
         self.store = SlotStore(config.state_dir, fsync=config.fsync)
-        # Update work kept in this process runs on threads of lower CPU priority (client/priority.py).
-        self._update_executor = (update_executor(config.update_thread_nice)
-                                 if config.update_thread_nice is not None else None)
-        self.swapper = HotSwapper(session_factory or default_session_factory(config.inference_threads),
-                                  executor=self._update_executor)
+        self.swapper = HotSwapper(session_factory or default_session_factory(config.inference_threads))
         # One child per process, shared by every agent in it (a simulator runs thousands).
         self.decoder: Decoder = (
             shared_worker(idle_s=config.decode_worker_idle_s, nice=config.decode_worker_nice)
@@ -400,13 +393,13 @@ class Agent:
         artifact = "full"
         timings = self.last_install = {}
         try:
-            await self._in_update_thread(self.decoder.start)  # its imports overlap the download
+            await asyncio.to_thread(self.decoder.start)  # its imports overlap the download
             package, received, artifact = await self._obtain_package(offer)
             self._advance(offer, "downloaded", bytes_received=received, artifact=artifact)
             self.agent_state = "installing"
             log.info("installing v%d: decode", offer.target_version)
             t = self._clock()
-            model = await self._in_update_thread(self._decode, package, offer)  # in the decode worker
+            model = await asyncio.to_thread(self._decode, package, offer)  # in the decode worker
             timings["decode_ms"] = (self._clock() - t) * 1000
             self._advance(offer, "verified", bytes_received=received, artifact=artifact)
             log.info("installing v%d: load and smoke test", offer.target_version)
@@ -445,7 +438,7 @@ class Agent:
                 path, got = await self._download(delta)
                 t = self._clock()
                 base, patch = self.store.read_package(active), path.read_bytes()
-                package = await self._in_update_thread(self.decoder.patch, base, patch)
+                package = await asyncio.to_thread(self.decoder.patch, base, patch)
                 self.last_install["patch_ms"] = (self._clock() - t) * 1000
                 if _sha(package) != offer.package.sha256:
                     raise DeltaError("patched package does not match the offer's package sha256")
@@ -473,10 +466,6 @@ class Agent:
                  art.sha256[:12], result.bytes_received, result.resumed_from, result.attempts)
         return result.path, result.bytes_received + result.resumed_from
 
-    async def _in_update_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """``fn(*args)`` on an update thread (lowered priority), or the default executor when not configured."""
-        return await asyncio.get_running_loop().run_in_executor(self._update_executor, fn, *args)
-
     def _count_bytes(self, n: int) -> None:
         self.bytes_received_total += n
 
@@ -500,7 +489,7 @@ class Agent:
         if j.previous is not None and j.previous.slot == slot:
             j.previous = None  # about to be overwritten
             self.store.save(j)
-        await self._in_update_thread(self.store.write_slot, slot, package, model)
+        await asyncio.to_thread(self.store.write_slot, slot, package, model)
         record = SlotRecord(slot, offer.target_version, offer.model_sha256, offer.package.sha256, offer.codec,
                             list(offer.labels), offer.manifest_version, offer.rollout_id, offer.smoke.input_name)
         old = j.active
@@ -568,9 +557,9 @@ class Agent:
         prev, cur = j.previous, j.active
         assert prev is not None
         try:
-            if not await self._in_update_thread(self.store.verify, prev):
+            if not await asyncio.to_thread(self.store.verify, prev):
                 raise HashMismatch(f"previous slot {prev.slot} no longer verifies")
-            model = await self._in_update_thread(self.store.read_model, prev)
+            model = await asyncio.to_thread(self.store.read_model, prev)
             loaded = await self.swapper.load_and_smoke(model, version=prev.version, model_sha256=prev.model_sha256,
                                                        labels=tuple(prev.labels), smoke=offer.smoke)
         except VerificationError as e:

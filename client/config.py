@@ -47,10 +47,6 @@ class AgentConfig:
     decode_worker_idle_s: float = 30.0
     #: How far the child lowers its priority (``os.nice``): the camera comes first, the update can wait.
     decode_worker_nice: int = 10
-    #: How far the agent's own update threads (session build, smoke test, slot writes) lower their priority
-    #: (client/priority.py): the camera's inference thread runs first.  None: the default executor, as a
-    #: simulator running thousands of agents in one process wants.
-    update_thread_nice: int | None = 10
     #: GIL switch interval while an offer is handled (download and install), so a ``predict`` returning
     #: from ONNX Runtime waits at most about this long for the update's Python code; None keeps 5 ms.
     gil_switch_interval_s: float | None = 0.0001

@@ -25,7 +25,6 @@ import contextlib
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,9 +91,8 @@ def default_session_factory(threads: int = 1) -> SessionFactory:
 class HotSwapper:
     """Owns the live session; thread-safe ``predict``, async ``load``, atomic ``swap``."""
 
-    def __init__(self, session_factory: SessionFactory | None = None, executor: Executor | None = None) -> None:
+    def __init__(self, session_factory: SessionFactory | None = None) -> None:
         self._factory = session_factory or default_session_factory()
-        self._executor = executor  # where load_and_smoke runs (None: the event loop's default executor)
         self._live: _Live | None = None
         self._count_lock = threading.Lock()  # only guards the health counters, never held during a load
         self._window_calls = 0
@@ -178,7 +176,7 @@ class HotSwapper:
             smoke_test(loaded, smoke)
             return loaded
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        return await asyncio.to_thread(work)
 
     def swap(self, new: LoadedModel, *, health_window: bool = True) -> LoadedModel | None:
         """Make ``new`` live in one reference assignment; returns the model it replaced."""

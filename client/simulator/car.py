@@ -290,9 +290,6 @@ def build_car(spec: CarSpec, *, server_url: str, enroll_token: str | None, state
         # The GIL switch-interval tweak protects one car's camera thread; thousands of cars in one process
         # installing in turn would keep this whole process at 0.1 ms switches and slow every car down.
         gil_switch_interval_s=None,
-        # Likewise the lowered-priority update threads: two of them for thousands of cars would queue
-        # every car's install behind the others; the simulator's wide default executor does the work.
-        update_thread_nice=None,
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)
 
