@@ -10,12 +10,11 @@ callback, which records the transfer.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -106,7 +105,8 @@ class CountingResponse(Response):
     """Streams ``data[start:end]`` in chunks and reports the bytes written (and whether all were)."""
 
     def __init__(self, data: bytes, start: int, end: int, status_code: int, headers: dict[str, str],
-                 on_done: Callable[[int, bool], None], chunk: int = 64 * 1024, send_body: bool = True) -> None:
+                 on_done: Callable[[int, bool], Awaitable[None]], chunk: int = 64 * 1024,
+                 send_body: bool = True) -> None:
         super().__init__(status_code=status_code, headers=headers)
         self.data, self.start, self.end, self.chunk = memoryview(data), start, end, chunk
         self.on_done, self.send_body = on_done, send_body
@@ -141,4 +141,4 @@ class CountingResponse(Response):
         finally:
             if self.send_body:
                 with anyio.CancelScope(shield=True):
-                    await run_in_threadpool(self.on_done, sent, sent == self.end - self.start)
+                    await self.on_done(sent, sent == self.end - self.start)

@@ -85,10 +85,11 @@ def download(sha256: str, request: Request, ctx: Ctx, session: DbSession, device
     attribution = accounting.Attribution(**{**art.attribution.__dict__, "range_start": start})
     started = utcnow()
 
-    def on_done(sent: int, complete: bool) -> None:
+    async def on_done(sent: int, complete: bool) -> None:
         ctx.services["metrics"].bytes_sent.labels(attribution.kind).inc(sent)
-        with ctx.db.session_scope() as own:  # the request's transaction has ended by now
-            accounting.record(own, attribution, sent, complete, started, utcnow())
+        # Its own transaction (the request's has ended by now), through a write slot: hundreds of downloads
+        # ending together must queue on the event loop, not in threads blocked on the lock (server/db.py).
+        await ctx.db.run_write(accounting.record, attribution, sent, complete, started, utcnow())
 
     return artifacts.CountingResponse(art.data, start, end, 206 if span else 200, headers, on_done,
                                       chunk=ctx.settings.chunk_bytes, send_body=request.method != "HEAD")
