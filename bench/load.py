@@ -15,7 +15,7 @@ the load generator does not eat the CPU it is measuring).  Each request is a
 different device; 90% of them already run v1 (empty offer), 10% have no model
 and get their stored signed offer, as in a fleet between rollouts.
 
-Three measurements per configuration, each with wrk's HdrHistogram p50/p99
+Four measurements per configuration, each with wrk's HdrHistogram p50/p99
 and the server's CPU:
 
 - ``rate`` (the target is judged on this one): a fixed offered rate
@@ -24,12 +24,15 @@ and the server's CPU:
   not the last one was slow.  It follows an unreported ``--warmup`` (10 s
   at the same rate, ~10 polls per car), so it measures a fleet in steady
   state; a server's first minute after a restart, when each car's first poll
-  reads it from the database, is closer to ``uncached``.  ``late_sends`` counts requests sent more than
+  reads it from the database, is ``cold``.  ``late_sends`` counts requests sent more than
   10 ms after their slot because every connection was busy (then the
   latencies understate the queueing: coordinated omission);
 - ``saturation``: a closed loop of ``--connections`` connections with no
   think time: the most polls per second the server carries; its latencies
   measure the queue of those outstanding requests, not a fleet;
+- ``cold``: the fixed rate again right after the server restarted (no
+  warm-up): every car's first poll on each worker misses the caches and
+  reads the device, as in a fleet's first minute after a restart;
 - ``uncached``: the fixed rate again with the server restarted with
   ``OTA_POLL_CACHE_S=0``: every poll reads the device, its offers and the
   line from the database (what a cache miss costs; with the change feed a
@@ -242,6 +245,10 @@ def run_config(backend: str, workers: int, args: argparse.Namespace) -> dict[str
             _wrk(reg, work, args.rate_connections, args.warmup, args.rate)
             rate = _wrk(reg, work, args.rate_connections, args.duration, args.rate)
             saturation = _wrk(reg, work, args.connections, args.duration, 0)
+            # A restart under a polling fleet: empty caches, every car's first poll per worker is a miss.
+            reg.stop()
+            reg.start()
+            cold = _wrk(reg, work, args.rate_connections, args.duration, args.rate)
             uncached = None
             if args.uncached:
                 reg.stop()
@@ -262,6 +269,7 @@ def run_config(backend: str, workers: int, args: argparse.Namespace) -> dict[str
         "meets_target": _meets(rate),
         "rate": rate,
         "saturation": saturation,
+        "cold": cold,
         "uncached": uncached,
         "target": {"polls_per_s": TARGET_POLLS_PER_S, "p99_ms": TARGET_P99_MS, "judged_on": "rate"},
     }
@@ -299,7 +307,7 @@ def main() -> int:
         print(f"{'backend':<10}{'workers':>8}  {'run':<11}{'polls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
               f"{'errors':>8}{'late':>6}{'server CPU':>12}")
         for r in results:
-            for name in ("rate", "saturation", "uncached"):
+            for name in ("rate", "saturation", "cold", "uncached"):
                 run = r[name]
                 if run is None:
                     continue
