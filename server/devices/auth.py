@@ -54,6 +54,14 @@ UNKNOWN_DEVICE = ("device token missing or unknown: enroll with the fleet enroll
                   "(POST /api/v1/devices/enroll) and send 'Authorization: Bearer <device token>'")
 
 
+def known_device(session: Session, token: str | None) -> Device:
+    """The device holding this token, looked up in ``session`` (a write transaction's).  Raises Unauthorized."""
+    device = device_by_token(session, token)
+    if device is None:
+        raise Unauthorized(UNKNOWN_DEVICE)
+    return device
+
+
 def device_or_admin(ctx: Ctx, session: DbSession, authorization: Annotated[str | None, Header()] = None) -> Device | None:
     """The calling device, or None for the admin.  Raises Unauthorized for anything else."""
     token = bearer(authorization)

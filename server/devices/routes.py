@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from server.db import utcnow
 from server.deps import Admin, AppContext, Ctx, DbSession
 from server.devices import pollcache, schemas, service
-from server.devices.auth import UNKNOWN_DEVICE, device_by_token
+from server.devices.auth import UNKNOWN_DEVICE, known_device
 from server.devices.pollcache import PollCache
 from server.errors import Unauthorized
 from server.rollouts.lineview import LineView, load_line
@@ -56,9 +56,7 @@ def _load_line(ctx: AppContext, cache: PollCache, name: str) -> LineView | None:
 
 def _poll_in_transaction(session: Session, ctx: AppContext, token: str, body: schemas.PollIn) -> bytes:
     """The full poll (may sign and store an offer); run by ``run_write``, so committed before the answer is sent."""
-    device = device_by_token(session, token)
-    if device is None:
-        raise Unauthorized(UNKNOWN_DEVICE)
+    device = known_device(session, token)
     out = service.poll(session, ctx.settings, ctx.signer, ctx.services["storage"], ctx.services["presence"],
                        device, body)
     return pollcache.encode_answer(out.poll_interval_s, json.dumps(out.offer).encode() if out.offer else None)
@@ -113,10 +111,7 @@ async def poll(body: schemas.PollIn, request: Request,
 
 def _report_in_transaction(session: Session, token: str | None, body: schemas.ReportsIn) -> schemas.ReportsOut:
     """Raises Unauthorized for a missing or unknown token (looked up in the write transaction: no extra hop)."""
-    device = device_by_token(session, token)
-    if device is None:
-        raise Unauthorized(UNKNOWN_DEVICE)
-    return service.report(session, device, body)
+    return service.report(session, known_device(session, token), body)
 
 
 @router.post("/device/reports", response_model=schemas.ReportsOut)
