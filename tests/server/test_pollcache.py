@@ -31,10 +31,11 @@ _lines = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    # A long cache interval and flush period: nothing in the background reads or writes during a test,
-    # so any SQL seen is the poll's own.  In-process invalidation must not depend on the interval.
+    # A long cache interval, flush period and rollout tick: nothing in the background reads or writes during
+    # a test, so any SQL seen is the poll's own (the default 0.5 s tick's SELECT once landed inside the
+    # counted window).  In-process invalidation must not depend on the interval.
     with run_live_server(tmp_path_factory.mktemp("pollcache"), poll_cache_s=120.0,
-                         last_seen_flush_s=120.0) as srv:
+                         last_seen_flush_s=120.0, rollout_tick_s=120.0) as srv:
         yield srv
 
 
