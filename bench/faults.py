@@ -225,7 +225,7 @@ def fault_agent_kills(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
             target = 1
             while kills < args.agent_kills:
                 cmd = [sys.executable, "-m", "cli.main", "agent", "--server", srv.url, "--device-id", f"car-{car}",
-                       "--enroll-token", srv.enrollment_token, "--state-dir", str(state), "--poll-interval", "0.3",
+                       f"--enroll-token={srv.enrollment_token}", "--state-dir", str(state), "--poll-interval", "0.3",
                        "--max-rate", str(args.kill_rate)]
                 log = state.with_suffix(".log")
                 state.mkdir(parents=True, exist_ok=True)

@@ -177,7 +177,8 @@ def test_ota_simulate_without_an_admin_token_refuses_to_flash_and_names_both_way
         story: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTA_ADMIN_TOKEN", raising=False)
-    code = _simulate_late_cars(story, tmp_path, "--enroll-token", story["server"].enrollment_token)
+    # "--opt=value": a random token may begin with "-", which argparse would read as another option
+    code = _simulate_late_cars(story, tmp_path, f"--enroll-token={story['server'].enrollment_token}")
     assert code == 2
     err = capsys.readouterr().err
     assert "--admin-token" in err and "--initial-install" in err
