@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,6 +59,10 @@ from client.slots import Journal, SlotRecord, SlotStore
 from models.errors import BaseMismatch, CorruptPackage, DeltaError
 
 log = logging.getLogger("client.agent")
+
+
+class _DeltaUnusable(AgentError):
+    """The delta does not apply to this car's package (or gives another package): fetch the full one."""
 
 __all__ = ["Agent", "Prediction"]
 
@@ -106,7 +111,8 @@ class Agent:
         self.poll_interval_s = config.poll_interval_s or 60.0
         self.agent_state = "idle"
         self._health_deadline: float | None = None
-        #: Phase durations of the latest install (patch_ms, decode_ms, load_smoke_ms, commit_ms, swap_ms).
+        #: The latest install: phase durations (patch_ms, decode_ms, load_smoke_ms, commit_ms, swap_ms)
+        #: and sizes (package_bytes, model_bytes).
         self.last_install: dict[str, float] = {}
         #: Artifact bytes read from the wire by this agent object (all downloads, retries included).
         self.bytes_received_total = 0
@@ -150,9 +156,8 @@ class Agent:
             changed = True
         if j.active is not None:
             rec = j.active
-            model = await asyncio.to_thread(self.store.read_model, rec)
             loaded = await asyncio.to_thread(
-                self.swapper.load_sync, model, version=rec.version, model_sha256=rec.model_sha256,
+                self.swapper.load_sync, self.store.model_path(rec), version=rec.version, model_sha256=rec.model_sha256,
                 labels=tuple(rec.labels), input_name=rec.input_name,
             )
             self.swapper.swap(loaded, health_window=False)
@@ -375,14 +380,27 @@ class Agent:
     _ORDER = ("offered", "downloading", "downloaded", "verified")
 
     def _advance(self, offer: Offer, state: str, **kw: Any) -> None:
-        """Report ``state`` unless this update already reported it before a restart; save the journal."""
+        """Queue the ``state`` report unless this update already reported it before a restart.
+
+        The journal is not saved here: the report and the pending state reach
+        the disk together with the next save (the slot commit, or a failure), so
+        a crash before then loses both and the restarted agent reports the state
+        again: no report is lost or sent twice.  Why: each save is ~0.5 ms of the
+        agent's Python beside the camera thread, and the GIL makes the camera
+        wait for it (``bench/hotswap.py``).
+        """
         p = self.journal.pending or {}
         if self._ORDER.index(p.get("state", "offered")) < self._ORDER.index(state):
             self._report(offer, state, **kw)
-            self.store.save(self.journal)
 
     async def _install(self, offer: Offer) -> None:
-        """Download (delta if it fits, else full), decode, verify, smoke-test, commit, swap.
+        """Download (delta if it fits, else full), then patch, decode, verify, load, smoke-test, commit, swap.
+
+        Everything between the download and the commit runs in one worker
+        thread (``_build``).  Why: each return from a worker thread wakes the
+        event loop, and that burst of Python takes the GIL from the camera
+        thread just as its inference comes back from ONNX Runtime; measured on
+        ``bench/hotswap.py``, nearly every such hop cost one slow inference.
 
         Raises:
             DownloadError: the link failed; the partial file is kept and the next poll resumes.
@@ -391,30 +409,38 @@ class Agent:
         self._begin(offer)
         received = 0
         artifact = "full"
-        timings = self.last_install = {}
+        reached: list[str] = []  # the states _build got through, reported in order even when it fails
+        self.last_install = {}
         try:
-            await asyncio.to_thread(self.decoder.start)  # its imports overlap the download
-            package, received, artifact = await self._obtain_package(offer)
-            self._advance(offer, "downloaded", bytes_received=received, artifact=artifact)
-            self.agent_state = "installing"
-            log.info("installing v%d: decode", offer.target_version)
-            t = self._clock()
-            model = await asyncio.to_thread(self._decode, package, offer)  # in the decode worker
-            timings["decode_ms"] = (self._clock() - t) * 1000
-            self._advance(offer, "verified", bytes_received=received, artifact=artifact)
-            log.info("installing v%d: load and smoke test", offer.target_version)
-            t = self._clock()
-            loaded = await self.swapper.load_and_smoke(
-                model, version=offer.target_version, model_sha256=offer.model_sha256,
-                labels=offer.labels, smoke=offer.smoke,
-            )
-            timings["load_smoke_ms"] = (self._clock() - t) * 1000
-            log.info("installing v%d: commit slot", offer.target_version)
-            await self._commit(offer, package, model, loaded, received, artifact)
+            if not self.decoder.running:
+                await asyncio.to_thread(self.decoder.start)  # its imports overlap the download
+            built = None
+            if self._delta_applies(offer):
+                assert offer.delta is not None
+                try:
+                    path, received = await self._download(offer.delta)
+                    artifact = "delta"
+                    self.agent_state = "installing"
+                    built = await asyncio.to_thread(self._build, offer, path, True, reached)
+                except (_DeltaUnusable, HashMismatch) as e:
+                    if reached:  # the delta applied: this is the package or the model failing, not the delta
+                        raise
+                    self._delta_failed(offer, e)
+                    received, artifact = 0, "full"
+            if built is None:
+                path, received = await self._download(offer.package)
+                self.agent_state = "installing"
+                built = await asyncio.to_thread(self._build, offer, path, False, reached)
+            for state in reached:
+                self._advance(offer, state, bytes_received=received, artifact=artifact)
+            slot, loaded = built
+            self._commit(offer, slot, loaded, received, artifact)
         except (DownloadError, Unauthorized):
             self.store.save(self.journal)
             raise
         except (VerificationError, StorageError, ServerError) as e:
+            for state in reached:
+                self._advance(offer, state, bytes_received=received, artifact=artifact)
             if isinstance(e, SmokeTestFailed):
                 self.journal.bad_models.append(offer.model_sha256)
             self._report(offer, "failed", reason=f"{type(e).__name__}: {e}", bytes_received=received,
@@ -426,31 +452,81 @@ class Agent:
                 log.error("journal not saved (disk full?); the failure report is kept in memory")
             raise
 
-    async def _obtain_package(self, offer: Offer) -> tuple[bytes, int, str]:
-        """The offered package bytes, via the delta when it applies to what this car holds."""
-        active = self.journal.active
-        delta = offer.delta
-        pending = self.journal.pending or {}
-        if (delta is not None and active is not None and active.package_sha256 == delta.base_package_sha256
-                and not pending.get("delta_failed")):
-            got = 0
+    def _delta_applies(self, offer: Offer) -> bool:
+        """True if the offer's delta was made for the package this car runs (and has not failed here)."""
+        active, delta = self.journal.active, offer.delta
+        return (delta is not None and active is not None and active.package_sha256 == delta.base_package_sha256
+                and not (self.journal.pending or {}).get("delta_failed"))
+
+    def _delta_failed(self, offer: Offer, e: Exception) -> None:
+        """Drop the delta for this update (its files too); the full package comes next."""
+        assert offer.delta is not None
+        log.warning("delta unusable (%s); falling back to the full package", e)
+        if self.journal.pending is not None:
+            self.journal.pending["delta_failed"] = True
+        remove_partial(self.store.downloads_dir, offer.delta.sha256)
+        (self.store.downloads_dir / offer.delta.sha256).unlink(missing_ok=True)
+        self.store.save(self.journal)
+
+    def _build(self, offer: Offer, artifact: Path, is_delta: bool,
+               reached: list[str]) -> tuple[str, LoadedModel]:
+        """Patch (a delta), verify the package, decode it, verify the model, load it, smoke-test it and
+        write it into the free slot; returns the slot and the loaded model, ready for ``_commit``.
+
+        Runs in one worker thread; patch and decode go to the decode worker
+        process.  Appends "downloaded" to ``reached`` once the package is in
+        hand and verified, "verified" once the decoded model is.
+
+        Raises:
+            _DeltaUnusable: the delta does not apply or does not give the offered package.
+            VerificationError: the package does not decode or a hash differs (``HashMismatch``),
+                or the model fails its smoke test (``SmokeTestFailed``).
+            StorageError: the slot could not be written (the active slot is untouched).
+        """
+        timings = self.last_install
+        data = artifact.read_bytes()
+        if is_delta:
+            assert self.journal.active is not None
+            t = self._clock()
             try:
-                path, got = await self._download(delta)
-                t = self._clock()
-                base, patch = self.store.read_package(active), path.read_bytes()
-                package = await asyncio.to_thread(self.decoder.patch, base, patch)
-                self.last_install["patch_ms"] = (self._clock() - t) * 1000
-                if _sha(package) != offer.package.sha256:
-                    raise DeltaError("patched package does not match the offer's package sha256")
-                return package, got, "delta"
-            except (BaseMismatch, DeltaError, HashMismatch) as e:
-                log.warning("delta unusable (%s); falling back to the full package", e)
-                pending["delta_failed"] = True
-                remove_partial(self.store.downloads_dir, delta.sha256)
-                (self.store.downloads_dir / delta.sha256).unlink(missing_ok=True)
-                self.store.save(self.journal)
-        path, got = await self._download(offer.package)
-        return path.read_bytes(), got, "full"
+                package = self.decoder.patch(self.store.read_package(self.journal.active), data)
+            except (BaseMismatch, DeltaError) as e:
+                raise _DeltaUnusable(str(e)) from e
+            timings["patch_ms"] = (self._clock() - t) * 1000
+            if _sha(package) != offer.package.sha256:
+                raise _DeltaUnusable("patched package does not match the offer's package sha256")
+        else:
+            package = data
+            if _sha(package) != offer.package.sha256:
+                raise HashMismatch("package does not match the offer's sha256")
+        reached.append("downloaded")
+        log.info("installing v%d: decode", offer.target_version)
+        t = self._clock()
+        try:
+            model = self.decoder.unpack(package)
+        except CorruptPackage as e:
+            raise VerificationError(f"package for v{offer.target_version} does not decode: {e}") from e
+        if _sha(model) != offer.model_sha256:
+            raise HashMismatch(f"decoded model for v{offer.target_version} does not match the offer's model_sha256")
+        timings["decode_ms"] = (self._clock() - t) * 1000
+        reached.append("verified")
+        log.info("installing v%d: load and smoke test", offer.target_version)
+        t = self._clock()
+        # ONNX Runtime reads a file with less of the GIL held than bytes; staged beside the free slot's
+        # files, it becomes the slot's model by a rename, so the car's disk holds no extra copy.
+        timings.update(package_bytes=len(package), model_bytes=len(model))
+        slot = self.store.free_slot(self.journal)
+        staged = self.store.stage_model(slot, model)
+        try:
+            loaded = self.swapper.load_and_smoke_sync(staged, version=offer.target_version,
+                                                      model_sha256=offer.model_sha256, labels=offer.labels,
+                                                      smoke=offer.smoke)
+            timings["load_smoke_ms"] = (self._clock() - t) * 1000
+            log.info("installing v%d: commit slot", offer.target_version)
+            self._write_slot(slot, package, model, staged)
+        finally:
+            staged.unlink(missing_ok=True)
+        return slot, loaded
 
     async def _download(self, art: Artifact) -> tuple[Any, int]:
         spec = DownloadSpec(
@@ -469,27 +545,26 @@ class Agent:
     def _count_bytes(self, n: int) -> None:
         self.bytes_received_total += n
 
-    def _decode(self, package: bytes, offer: Offer) -> bytes:
-        if _sha(package) != offer.package.sha256:
-            raise HashMismatch("package does not match the offer's sha256")
-        try:
-            model = self.decoder.unpack(package)
-        except CorruptPackage as e:
-            raise VerificationError(f"package for v{offer.target_version} does not decode: {e}") from e
-        if _sha(model) != offer.model_sha256:
-            raise HashMismatch(f"decoded model for v{offer.target_version} does not match the offer's model_sha256")
-        return model
+    def _write_slot(self, slot: str, package: bytes, model: bytes, staged: Path) -> None:
+        """Write the package and model into ``slot`` (the one not active), the model by renaming ``staged``.
 
-    async def _commit(self, offer: Offer, package: bytes, model: bytes, loaded: LoadedModel,
-                      received: int, artifact: str) -> None:
-        """Write the free slot, flip the journal (with the ``installed`` report), then swap."""
+        If the previous model lives there, the journal forgets it first (durably),
+        so no crash can leave it naming files that are half overwritten.  Runs at
+        the end of ``_build``'s worker thread while the event loop waits for it,
+        so nothing else touches the journal meanwhile.
+        """
         j = self.journal
-        t = self._clock()
-        slot = self.store.free_slot(j)
         if j.previous is not None and j.previous.slot == slot:
             j.previous = None  # about to be overwritten
             self.store.save(j)
-        await asyncio.to_thread(self.store.write_slot, slot, package, model)
+        t = self._clock()
+        self.store.write_slot(slot, package, model, staged=staged)
+        self.last_install["commit_ms"] = (self._clock() - t) * 1000
+
+    def _commit(self, offer: Offer, slot: str, loaded: LoadedModel, received: int, artifact: str) -> None:
+        """Flip the journal to the written slot (with the ``installed`` report), then swap."""
+        j = self.journal
+        t = self._clock()
         record = SlotRecord(slot, offer.target_version, offer.model_sha256, offer.package.sha256, offer.codec,
                             list(offer.labels), offer.manifest_version, offer.rollout_id, offer.smoke.input_name)
         old = j.active
@@ -499,7 +574,8 @@ class Agent:
         self.store.save(j)
         t1 = self._clock()
         self.swapper.swap(loaded, health_window=old is not None)
-        self.last_install.update(commit_ms=(t1 - t) * 1000, swap_ms=(self._clock() - t1) * 1000)
+        self.last_install["commit_ms"] = self.last_install.get("commit_ms", 0.0) + (t1 - t) * 1000
+        self.last_install["swap_ms"] = (self._clock() - t1) * 1000
         if old is not None:
             self._health_deadline = self._clock() + self.config.health_window_max_s
         self._forget_downloads(offer)
@@ -536,9 +612,8 @@ class Agent:
         assert bad is not None and good is not None
         fallback = self.swapper.fallback
         if fallback is None:
-            model = await asyncio.to_thread(self.store.read_model, good)
             fallback = await asyncio.to_thread(
-                self.swapper.load_sync, model, version=good.version, model_sha256=good.model_sha256,
+                self.swapper.load_sync, self.store.model_path(good), version=good.version, model_sha256=good.model_sha256,
                 labels=tuple(good.labels), input_name=good.input_name,
             )
         self.swapper.swap(fallback, health_window=False)
@@ -559,8 +634,7 @@ class Agent:
         try:
             if not await asyncio.to_thread(self.store.verify, prev):
                 raise HashMismatch(f"previous slot {prev.slot} no longer verifies")
-            model = await asyncio.to_thread(self.store.read_model, prev)
-            loaded = await self.swapper.load_and_smoke(model, version=prev.version, model_sha256=prev.model_sha256,
+            loaded = await self.swapper.load_and_smoke(self.store.model_path(prev), version=prev.version, model_sha256=prev.model_sha256,
                                                        labels=tuple(prev.labels), smoke=offer.smoke)
         except VerificationError as e:
             log.warning("rollback via previous slot impossible (%s); fetching v%d in full", e, offer.target_version)

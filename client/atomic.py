@@ -34,6 +34,19 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def write_file(path: Path, data: bytes, *, what: str = "file") -> None:
+    """Write a scratch file (no fsync, no rename: nothing trusts it after a crash).
+
+    Raises:
+        StorageError: the disk refused the write; the partial file is removed.
+    """
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        raise storage_error(e, what, path) from e
+
+
 def write_atomic(path: Path, data: bytes, *, fsync: bool = True, what: str = "file") -> None:
     """Replace ``path`` with ``data`` atomically.
 

@@ -61,6 +61,11 @@ _ROOT = Path(__file__).resolve().parents[1]  # the folder holding ``client`` and
 class Decoder(Protocol):
     """How the agent patches and decodes packages; both calls block (run them in a worker thread)."""
 
+    @property
+    def running(self) -> bool:
+        """True if a call now would not first have to start something (``start`` would do nothing)."""
+        ...
+
     def start(self) -> None:
         """Get ready ahead of the first call (for example while the artifact downloads)."""
 
@@ -75,6 +80,10 @@ class Decoder(Protocol):
 
 class InProcessDecoder:
     """The codec called directly, in the calling thread (holds the GIL while it works)."""
+
+    @property
+    def running(self) -> bool:
+        return True
 
     def start(self) -> None:
         return None
@@ -116,6 +125,11 @@ class DecodeWorker:
         """The running child's process id (for RSS accounting), or None."""
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        """True if the child is up (or the worker decodes in process): ``start`` would do nothing."""
+        return self._fallback is not None or self.pid is not None
 
     def start(self) -> None:
         """Start the child now if none runs, so its imports overlap the download."""

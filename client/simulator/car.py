@@ -35,7 +35,7 @@ import onnxruntime as ort
 from client.agent import Agent
 from client.atomic import write_atomic
 from client.config import AgentConfig
-from client.hotswap import NoModel, default_session_factory
+from client.hotswap import ModelSource, NoModel, default_session_factory
 from client.manifest import Offer
 from client.simulator.fleet import CarSpec
 from client.simulator.link import PROFILES, LinkClock, LinkTransport
@@ -56,13 +56,13 @@ class SharedSessions:
         self._guard = threading.Lock()
         self.built = 0
 
-    def __call__(self, model_bytes: bytes, model_sha256: str) -> ort.InferenceSession:
+    def __call__(self, model: ModelSource, model_sha256: str) -> ort.InferenceSession:
         with self._guard:
             lock = self._locks.setdefault(model_sha256, threading.Lock())
         with lock:
             session = self._sessions.get(model_sha256)
             if session is None:
-                session = self._sessions[model_sha256] = self._make(model_bytes, model_sha256)
+                session = self._sessions[model_sha256] = self._make(model, model_sha256)
                 self.built += 1
             return session
 
@@ -75,8 +75,10 @@ class DedupSlotStore(SlotStore):
         self.cas_dir = cas_dir
         cas_dir.mkdir(parents=True, exist_ok=True)
 
-    def write_slot(self, slot: str, package: bytes, model: bytes) -> None:
+    def write_slot(self, slot: str, package: bytes, model: bytes, *, staged: Path | None = None) -> None:
         d = self.slot_dir(slot)
+        if staged is not None:
+            staged.unlink(missing_ok=True)  # the shared copy below replaces it
         for name, data in ((PACKAGE_FILE, package), (MODEL_FILE, model)):
             shared = self.cas_dir / hashlib.sha256(data).hexdigest()
             if not shared.exists():
@@ -145,12 +147,13 @@ class SimAgent(Agent):
         if state == "failed":
             self.failures[offer.target_version] = str(kw.get("reason"))
 
-    async def _commit(self, offer: Offer, package: bytes, model: bytes, loaded: Any, received: int,
-                      artifact: str) -> None:
-        await super()._commit(offer, package, model, loaded, received, artifact)
+    def _commit(self, offer: Offer, slot: str, loaded: Any, received: int, artifact: str) -> None:
+        super()._commit(offer, slot, loaded, received, artifact)
         now = self.sim_clock.now()
-        self.installs.append(InstallRecord(offer.target_version, artifact, received, len(package), len(model),
-                                           self.offered_at.get(offer.target_version, now), now))
+        sizes = self.last_install
+        self.installs.append(InstallRecord(offer.target_version, artifact, received, int(sizes["package_bytes"]),
+                                           int(sizes["model_bytes"]), self.offered_at.get(offer.target_version, now),
+                                           now))
 
     async def _health_rollback(self, reason: str) -> None:
         self.rolled_back += 1

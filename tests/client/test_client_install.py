@@ -205,3 +205,33 @@ def test_in_process_decoding_installs_the_same_model_and_bad_settings_are_refuse
     assert agent.running_version == 2 and agent.predict(IMAGE).version == 2
     with pytest.raises(ValueError, match="gil_switch_interval_s must be > 0"):
         make_agent(tmp_path / "other", gil_switch_interval_s=0.0)
+
+
+def test_sessions_load_from_the_staged_file_which_becomes_the_slot_model_and_never_outlives_an_install(
+        tmp_path: Path) -> None:
+    loaded_from: list[object] = []
+    make = default_session_factory()
+
+    def factory(model: object, model_sha256: str) -> object:
+        loaded_from.append(model)
+        return make(model, model_sha256)  # type: ignore[arg-type]
+
+    agent, offers = make_agent(tmp_path, session_factory=factory)
+    m1, m2 = zoo_model(1), zoo_model(2)
+    asyncio.run(agent.handle_offer(offers.offer(m1, 1)))
+    asyncio.run(agent.handle_offer(offers.offer(m2, 2, base_package=offers.package(m1))))
+    assert agent.running_version == 2 and agent.predict(IMAGE).version == 2
+    # Every session came from a file (ONNX Runtime holds the GIL longer reading bytes), staged in the slot it
+    # was then committed to; the slot's model is that file, renamed, and the stage is gone.
+    assert [type(m) for m in loaded_from] == [type(tmp_path)] * 2
+    assert [Path(str(m)).parent.name for m in loaded_from] == ["a", "b"]
+    assert all(not Path(str(m)).exists() for m in loaded_from)
+    assert agent.store.verify(agent.journal.active) and agent.store.verify(agent.journal.previous)  # type: ignore[arg-type]
+    # A model failing its smoke test leaves no staged file and the slots as they were.
+    asyncio.run(agent.handle_offer(offers.offer(zoo_model(3), 3, smoke_model=zoo_model(4))))
+    assert agent.running_version == 2 and states(agent)[-1][0] == "failed"
+    assert not list((tmp_path / "slots").glob("*/.model.onnx.staged"))
+    assert agent.store.verify(agent.journal.active) and agent.store.verify(agent.journal.previous)  # type: ignore[arg-type]
+    # The reports between download and commit reached the disk with the commit, in order.
+    on_disk = [(r["state"], r["target_version"]) for r in agent.store.load().outbox]
+    assert on_disk[4:8] == [("downloading", 2), ("downloaded", 2), ("verified", 2), ("installed", 2)]
