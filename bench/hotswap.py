@@ -15,8 +15,11 @@ per-update install time by phase, the model's bare load time, and RSS.
 Windows: "during swaps" is every inference that overlaps an install (from
 ``handle_offer`` receiving the offer to its return: verify, patch, decode,
 load, smoke test, commit, swap) or the health-window close that frees the old
-session; "steady" is every inference that overlaps none of those nor the
-bench's own publisher work (signing the next offer), which is left out of both.
+session; "steady" is every inference that overlaps none of those.  The bench's
+own publisher work (signing the next offer and writing its artifacts into the
+agent's download cache, as a download would have) is left out of both: an
+inference overlapping it counts in neither, and ``--settle-s`` separates it
+from the close before it and the install after it.
 RSS is the agent process plus its decode worker child (sum of the two VmRSS:
 an overcount, since shared library pages are counted in both).
 """
@@ -204,8 +207,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         rollback = target < current
         t = time.perf_counter()
         env = pub.offer(target, current, rollback=rollback)
+        excluded.append((t, time.perf_counter()))
+        await asyncio.sleep(args.settle_s)  # the publisher's own writes must not straddle the install
         t0 = time.perf_counter()
-        excluded.append((t, t0))
         await agent.handle_offer(env)
         t1 = time.perf_counter()
         if agent.running_version != target:
@@ -217,6 +221,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         await agent.check_health()  # closes the window: the old session is freed here
         windows.append((t, time.perf_counter()))
+        await asyncio.sleep(args.settle_s)  # nor may the next offer's preparation straddle the close
     await asyncio.sleep(args.steady_s / 2)
     camera.stop.set()
     sampler.stop.set()
@@ -227,9 +232,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     def overlaps(spans: list[tuple[float, float]], t: float, lat: float) -> bool:
         return any(t <= b and t + lat >= a for a, b in spans)
 
-    ok = [(t, lat) for t, lat, good in camera.samples if good]
+    # An inference that overlaps the bench's own work counts in neither window, even if it also
+    # overlaps an install: that work is not the agent's.
+    ok = [(t, lat) for t, lat, good in camera.samples if good and not overlaps(excluded, t, lat)]
     swap_lat = [lat * 1000 for t, lat in ok if overlaps(windows, t, lat)]
-    steady_lat = [lat * 1000 for t, lat in ok if not overlaps(windows + excluded, t, lat)]
+    steady_lat = [lat * 1000 for t, lat in ok if not overlaps(windows, t, lat)]
     swap_rss = [(r, c) for t, r, c in sampler.samples if overlaps(windows, t, 0.0)]
     steady_rss = [r + c for t, r, c in sampler.samples if not overlaps(windows, t, 0.0)]
     # The issue's figure: patch + decode + load + smoke test + swap.  The slot commit (fsync of package,
@@ -252,7 +259,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "p99_ratio": round(pct(swap_lat, 99) / pct(steady_lat, 99), 2),
         "steady_inferences": len(steady_lat),
         "swap_inferences": len(swap_lat),
-        "excluded_inferences": len(ok) - len(steady_lat) - len(swap_lat),
+        "excluded_inferences": sum(1 for *_, good in camera.samples if good) - len(steady_lat) - len(swap_lat),
         "swap_ms": round(max(install_ms), 1),
         "swap_ms_median": round(float(np.median(install_ms)), 1),
         "commit_ms_max": round(max(i["commit_ms"] for i in installs), 1),
@@ -277,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codec", default="lossless")
     p.add_argument("--steady-s", type=float, default=2.0, help="inference-only time before and after the updates")
     p.add_argument("--gap-s", type=float, default=0.5, help="inference-only time between updates")
+    p.add_argument("--settle-s", type=float, default=0.05,
+                   help="pause on each side of the publisher signing and placing an offer")
     p.add_argument("--no-fsync", action="store_true")
     p.add_argument("--in-process", action="store_true",
                    help="decode in a thread of the agent process (AgentConfig.decode_in_subprocess=False)")

@@ -546,17 +546,7 @@ class Agent:
         self.bytes_received_total += n
 
     def _write_slot(self, slot: str, package: bytes, model: bytes, staged: Path) -> None:
-        """Write the package and model into ``slot`` (the one not active), the model by renaming ``staged``.
-
-        If the previous model lives there, the journal forgets it first (durably),
-        so no crash can leave it naming files that are half overwritten.  Runs at
-        the end of ``_build``'s worker thread while the event loop waits for it,
-        so nothing else touches the journal meanwhile.
-        """
-        j = self.journal
-        if j.previous is not None and j.previous.slot == slot:
-            j.previous = None  # about to be overwritten
-            self.store.save(j)
+        """Write the package and model into ``slot`` (one the journal does not name), the model by renaming ``staged``."""
         t = self._clock()
         self.store.write_slot(slot, package, model, staged=staged)
         self.last_install["commit_ms"] = (self._clock() - t) * 1000
@@ -579,6 +569,10 @@ class Agent:
         if old is not None:
             self._health_deadline = self._clock() + self.config.health_window_max_s
         self._forget_downloads(offer)
+        try:
+            self.store.clear_unnamed(j)
+        except StorageError as e:  # the update is in; the next install overwrites these files anyway
+            log.warning("%s", e)
         log.info("installed v%d in slot %s (%s, %d bytes)", offer.target_version, slot, artifact, received)
 
     def _forget_downloads(self, offer: Offer) -> None:

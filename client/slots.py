@@ -2,20 +2,27 @@
 
 Layout under the agent's state directory::
 
-    journal.json          the one source of truth, replaced atomically
-    identity.json         device id, device token, pinned public key (written at enrolment)
-    slots/a/ slots/b/     package (what deltas apply to) + model.onnx (what ONNX Runtime loads)
-    downloads/            content-addressed artifacts and their .part files
+    journal.json             the one source of truth, replaced atomically
+    identity.json            device id, device token, pinned public key (written at enrolment)
+    slots/a/ slots/b/ slots/c/
+                             package (what deltas apply to) + model.onnx (what ONNX Runtime loads)
+    downloads/               content-addressed artifacts and their .part files
 
 The journal names the ``active`` slot, the ``previous`` one (kept for
 rollback), the highest manifest version accepted (anti-replay), the report
 outbox and the report sequence counter.  Install order, so that a crash at any
 instant leaves a car that boots a verified model:
 
-1. if the slot about to be written holds ``previous``, drop it from the journal;
-2. write package and model into that slot (temp + fsync + rename);
-3. one journal write makes it ``active``, the old active ``previous``, and
-   queues the ``installed`` report in the same breath.
+1. write package and model into the slot the journal does not name (temp +
+   fsync + rename): nothing trusts it yet, so this needs no journal write;
+2. one journal write makes it ``active``, the old active ``previous``, and
+   queues the ``installed`` report in the same breath;
+3. delete the files of the slot the journal no longer names (the old
+   ``previous``), so two models stay on disk at rest.
+
+Three directories, not two, so that step 1 never overwrites ``previous``:
+with two, the journal had to forget ``previous`` durably first, one more
+journal write per install beside the camera thread.
 
 At boot every slot the journal names is re-hashed; a slot that fails is
 dropped and the other one runs.
@@ -30,11 +37,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from client.atomic import commit_file, write_atomic, write_file
+from client.atomic import commit_file, storage_error, write_atomic, write_file
 from client.download import sha256_file
 from client.errors import StorageError
 
-SLOT_NAMES = ("a", "b")
+SLOT_NAMES = ("a", "b", "c")
 PACKAGE_FILE = "package"
 MODEL_FILE = "model.onnx"
 STAGED_MODEL_FILE = ".model.onnx.staged"
@@ -121,6 +128,8 @@ class SlotStore:
         for name in SLOT_NAMES:
             (self.state_dir / "slots" / name).mkdir(parents=True, exist_ok=True)
         self.downloads_dir.mkdir(parents=True, exist_ok=True)
+        #: seq -> (the queued report, its JSON): queued reports never change, so each is encoded once.
+        self._encoded: dict[int, tuple[dict[str, Any], str]] = {}
 
     def slot_dir(self, slot: str) -> Path:
         return self.state_dir / "slots" / slot
@@ -143,8 +152,29 @@ class SlotStore:
         Raises:
             StorageError: the disk refused; the journal on disk is the previous one.
         """
-        data = json.dumps(journal.to_dict(), sort_keys=True, separators=(",", ":")).encode()
-        write_atomic(self.journal_path, data, fsync=self.fsync, what="state journal")
+        write_atomic(self.journal_path, self.encode(journal), fsync=self.fsync, what="state journal")
+
+    def encode(self, journal: Journal) -> bytes:
+        """The journal as JSON, each queued report encoded only the first time it is saved.
+
+        Why: ``json.dumps`` holds the GIL for the whole call, and the outbox is
+        most of the journal (up to ``report_queue_max`` reports while offline);
+        re-encoding it on every save made each save a pause for the camera
+        thread that grew with the queue.  Joining cached strings does not.
+        """
+        d = journal.to_dict()
+        outbox = d.pop("outbox")
+        encoded: dict[int, tuple[dict[str, Any], str]] = {}
+        parts = []
+        for report in outbox:
+            hit = self._encoded.get(report["seq"])
+            text = hit[1] if hit is not None and hit[0] is report else json.dumps(
+                report, sort_keys=True, separators=(",", ":"))
+            encoded[report["seq"]] = (report, text)
+            parts.append(text)
+        self._encoded = encoded  # only what is still queued
+        head = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return f'{head[:-1]},"outbox":[{",".join(parts)}]}}'.encode()
 
     def verify(self, record: SlotRecord) -> bool:
         """True if the slot's files hash to what the journal says they are."""
@@ -158,10 +188,26 @@ class SlotStore:
             return False
 
     def free_slot(self, journal: Journal) -> str:
-        """The slot an install may overwrite: never the active one."""
-        if journal.active is None:
-            return SLOT_NAMES[0]
-        return SLOT_NAMES[1] if journal.active.slot == SLOT_NAMES[0] else SLOT_NAMES[0]
+        """The slot an install writes: one the journal names neither ``active`` nor ``previous``."""
+        used = _named_slots(journal)
+        return next(name for name in SLOT_NAMES if name not in used)
+
+    def clear_unnamed(self, journal: Journal) -> None:
+        """Delete the files of every slot the journal does not name (what an install left behind).
+
+        Raises:
+            StorageError: a file could not be deleted.
+        """
+        used = _named_slots(journal)
+        for name in SLOT_NAMES:
+            if name in used:
+                continue
+            for file in (PACKAGE_FILE, MODEL_FILE, STAGED_MODEL_FILE):
+                path = self.slot_dir(name) / file
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as e:
+                    raise storage_error(e, "unused slot file", path) from e
 
     def stage_model(self, slot: str, model: bytes) -> Path:
         """Put a decoded model beside ``slot``'s files without replacing its model (for loading and testing).
@@ -202,6 +248,10 @@ class SlotStore:
         for p in self.downloads_dir.iterdir():
             if p.name.split(".")[0] not in keep:
                 p.unlink(missing_ok=True)
+
+
+def _named_slots(journal: Journal) -> set[str]:
+    return {r.slot for r in (journal.active, journal.previous) if r is not None}
 
 
 __all__ = ["Journal", "SlotRecord", "SlotStore", "StorageError"]

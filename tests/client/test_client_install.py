@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_factories import OfflineOffers, nan_on_dark_model, sha, zoo_model
+from agent_factories import LABELS10, OfflineOffers, nan_on_dark_model, sha, zoo_model
 
 from client import Agent, AgentConfig
 from client.decode_worker import DecodeWorker, InProcessDecoder
@@ -235,3 +235,9 @@ def test_sessions_load_from_the_staged_file_which_becomes_the_slot_model_and_nev
     # The reports between download and commit reached the disk with the commit, in order.
     on_disk = [(r["state"], r["target_version"]) for r in agent.store.load().outbox]
     assert on_disk[4:8] == [("downloading", 2), ("downloaded", 2), ("verified", 2), ("installed", 2)]
+    # The next install goes to the slot the journal does not name (no journal write needed before it), and
+    # the slot of the model two versions back is emptied: two models on disk at rest.
+    asyncio.run(agent.handle_offer(offers.offer(zoo_model(4), 4, labels=[*LABELS10, "roadworks"])))
+    assert agent.running_version == 4
+    assert (agent.journal.active.slot, agent.journal.previous.slot) == ("c", "b")  # type: ignore[union-attr]
+    assert sorted(p.parent.name for p in (tmp_path / "slots").glob("*/*")) == ["b", "b", "c", "c"]

@@ -45,10 +45,13 @@ def test_unreadable_journal_is_set_aside_not_trusted(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("journal.corrupt-*.json"))) == 1
 
 
-def test_free_slot_is_never_the_active_one(tmp_path: Path) -> None:
+def test_free_slot_is_neither_the_active_nor_the_previous_one(tmp_path: Path) -> None:
     store, j = installed(tmp_path)
-    assert store.free_slot(j) == "a"
+    assert {j.active.slot, j.previous.slot} == {"a", "b"}  # type: ignore[union-attr]
+    assert store.free_slot(j) == "c"
     assert store.free_slot(Journal()) == "a"
+    j.previous = None
+    assert store.free_slot(j) == "a"
 
 
 def test_boot_runs_the_active_slot_when_it_verifies(tmp_path: Path) -> None:
