@@ -64,6 +64,7 @@ log = logging.getLogger("client.agent")
 class _DeltaUnusable(AgentError):
     """The delta does not apply to this car's package (or gives another package): fetch the full one."""
 
+
 __all__ = ["Agent", "Prediction"]
 
 
@@ -157,8 +158,8 @@ class Agent:
         if j.active is not None:
             rec = j.active
             loaded = await asyncio.to_thread(
-                self.swapper.load_sync, self.store.model_path(rec), version=rec.version, model_sha256=rec.model_sha256,
-                labels=tuple(rec.labels), input_name=rec.input_name,
+                self.swapper.load_sync, self.store.model_path(rec), version=rec.version,
+                model_sha256=rec.model_sha256, labels=tuple(rec.labels), input_name=rec.input_name,
             )
             self.swapper.swap(loaded, health_window=False)
             log.info("booted v%d from slot %s (model %s)", rec.version, rec.slot, rec.model_sha256[:12])
@@ -546,7 +547,8 @@ class Agent:
         self.bytes_received_total += n
 
     def _write_slot(self, slot: str, package: bytes, model: bytes, staged: Path) -> None:
-        """Write the package and model into ``slot`` (one the journal does not name), the model by renaming ``staged``."""
+        """Write the package and model into ``slot`` (one the journal does not name); the model by renaming
+        ``staged``."""
         t = self._clock()
         self.store.write_slot(slot, package, model, staged=staged)
         self.last_install["commit_ms"] = (self._clock() - t) * 1000
@@ -607,8 +609,8 @@ class Agent:
         fallback = self.swapper.fallback
         if fallback is None:
             fallback = await asyncio.to_thread(
-                self.swapper.load_sync, self.store.model_path(good), version=good.version, model_sha256=good.model_sha256,
-                labels=tuple(good.labels), input_name=good.input_name,
+                self.swapper.load_sync, self.store.model_path(good), version=good.version,
+                model_sha256=good.model_sha256, labels=tuple(good.labels), input_name=good.input_name,
             )
         self.swapper.swap(fallback, health_window=False)
         j.active, j.previous = good, None
@@ -628,8 +630,9 @@ class Agent:
         try:
             if not await asyncio.to_thread(self.store.verify, prev):
                 raise HashMismatch(f"previous slot {prev.slot} no longer verifies")
-            loaded = await self.swapper.load_and_smoke(self.store.model_path(prev), version=prev.version, model_sha256=prev.model_sha256,
-                                                       labels=tuple(prev.labels), smoke=offer.smoke)
+            loaded = await self.swapper.load_and_smoke(self.store.model_path(prev), version=prev.version,
+                                                       model_sha256=prev.model_sha256, labels=tuple(prev.labels),
+                                                       smoke=offer.smoke)
         except VerificationError as e:
             log.warning("rollback via previous slot impossible (%s); fetching v%d in full", e, offer.target_version)
             j.previous = None

@@ -240,7 +240,7 @@ class SlotStore:
         return (self.slot_dir(record.slot) / PACKAGE_FILE).read_bytes()
 
     def model_path(self, record: SlotRecord) -> Path:
-        """The slot's decoded ONNX file (ONNX Runtime loads it from the path: see ``HotSwapper.load_and_smoke_sync``)."""
+        """The slot's decoded ONNX file (loaded from the path: see ``HotSwapper.load_and_smoke_sync``)."""
         return self.slot_dir(record.slot) / MODEL_FILE
 
     def prune_downloads(self, keep: set[str]) -> None:

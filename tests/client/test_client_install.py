@@ -226,12 +226,14 @@ def test_sessions_load_from_the_staged_file_which_becomes_the_slot_model_and_nev
     assert [type(m) for m in loaded_from] == [type(tmp_path)] * 2
     assert [Path(str(m)).parent.name for m in loaded_from] == ["a", "b"]
     assert all(not Path(str(m)).exists() for m in loaded_from)
-    assert agent.store.verify(agent.journal.active) and agent.store.verify(agent.journal.previous)  # type: ignore[arg-type]
+    assert agent.store.verify(agent.journal.active)  # type: ignore[arg-type]
+    assert agent.store.verify(agent.journal.previous)  # type: ignore[arg-type]
     # A model failing its smoke test leaves no staged file and the slots as they were.
     asyncio.run(agent.handle_offer(offers.offer(zoo_model(3), 3, smoke_model=zoo_model(4))))
     assert agent.running_version == 2 and states(agent)[-1][0] == "failed"
     assert not list((tmp_path / "slots").glob("*/.model.onnx.staged"))
-    assert agent.store.verify(agent.journal.active) and agent.store.verify(agent.journal.previous)  # type: ignore[arg-type]
+    assert agent.store.verify(agent.journal.active)  # type: ignore[arg-type]
+    assert agent.store.verify(agent.journal.previous)  # type: ignore[arg-type]
     # The reports between download and commit reached the disk with the commit, in order.
     on_disk = [(r["state"], r["target_version"]) for r in agent.store.load().outbox]
     assert on_disk[4:8] == [("downloading", 2), ("downloaded", 2), ("verified", 2), ("installed", 2)]
