@@ -167,6 +167,10 @@ class Agent:
             log.info("no verified model on disk; waiting for the first update")
         if changed:
             self.store.save(j)
+        try:
+            self.store.clear_unnamed(j)  # what a crash mid-install left in the slot it was writing
+        except StorageError as e:
+            log.warning("%s", e)
 
     async def aclose(self) -> None:
         await self.api.aclose()

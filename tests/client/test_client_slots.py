@@ -77,3 +77,13 @@ def test_boot_with_nothing_verified_runs_nothing(tmp_path: Path) -> None:
     (store.slot_dir("b") / "package").write_bytes(b"y")
     agent = boot(tmp_path)
     assert agent.running_version == 0 and agent.swapper.current is None
+
+
+def test_boot_empties_slots_the_journal_does_not_name(tmp_path: Path) -> None:
+    """What a power cut during an install leaves (the third slot half written) goes at the next boot."""
+    store, _ = installed(tmp_path)
+    (store.slot_dir("c") / "package").write_bytes(b"half an install")
+    (store.slot_dir("c") / ".model.onnx.staged").write_bytes(b"x")
+    agent = boot(tmp_path)
+    assert agent.running_version == 2
+    assert sorted(p.parent.name for p in (tmp_path / "slots").glob("*/*")) == ["a", "a", "b", "b"]
