@@ -513,13 +513,12 @@ class Agent:
             raise VerificationError(f"package for v{offer.target_version} does not decode: {e}") from e
         if _sha(model) != offer.model_sha256:
             raise HashMismatch(f"decoded model for v{offer.target_version} does not match the offer's model_sha256")
-        timings["decode_ms"] = (self._clock() - t) * 1000
+        timings.update(decode_ms=(self._clock() - t) * 1000, package_bytes=len(package), model_bytes=len(model))
         reached.append("verified")
         log.info("installing v%d: load and smoke test", offer.target_version)
         t = self._clock()
         # ONNX Runtime reads a file with less of the GIL held than bytes; staged beside the free slot's
         # files, it becomes the slot's model by a rename, so the car's disk holds no extra copy.
-        timings.update(package_bytes=len(package), model_bytes=len(model))
         slot = self.store.free_slot(self.journal)
         staged = self.store.stage_model(slot, model)
         try:
