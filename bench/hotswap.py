@@ -9,7 +9,8 @@ this measures the install and the swap, not the link.
 
     .venv/bin/python bench/hotswap.py [--updates 8] [--codec lossless] [--json]
 
-Prints inference p50/p99 in steady state and during swaps, failed inferences,
+Prints inference p50/p99 in steady state and during swaps (and how many
+inferences during swaps were slower than 1.5x the steady p99), failed inferences,
 per-update install time by phase, the model's bare load time, and RSS.
 
 Windows: "during swaps" is every inference that overlaps an install (from
@@ -257,6 +258,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "p50_swap_ms": round(pct(swap_lat, 50), 3),
         "p99_swap_ms": round(pct(swap_lat, 99), 3),
         "p99_ratio": round(pct(swap_lat, 99) / pct(steady_lat, 99), 2),
+        # The same target counted, not as a percentile: inferences in the swap window slower than 1.5x the
+        # steady p99.  A longer install adds fast inferences to the window and lowers p99_ratio; this
+        # count does not move with it (the target holds while it stays under 1% of swap_inferences).
+        "slow_swap_inferences": sum(1 for lat in swap_lat if lat > 1.5 * pct(steady_lat, 99)),
         "steady_inferences": len(steady_lat),
         "swap_inferences": len(swap_lat),
         "excluded_inferences": sum(1 for *_, good in camera.samples if good) - len(steady_lat) - len(swap_lat),
@@ -304,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"inference p50/p99 steady: {r['p50_steady_ms']:.2f} / {r['p99_steady_ms']:.2f} ms "
           f"({r['steady_inferences']} inferences)")
     print(f"inference p50/p99 during swaps: {r['p50_swap_ms']:.2f} / {r['p99_swap_ms']:.2f} ms "
-          f"({r['swap_inferences']} inferences; p99 ratio {r['p99_ratio']}x, target 1.5x)")
+          f"({r['swap_inferences']} inferences; p99 ratio {r['p99_ratio']}x, target 1.5x; "
+          f"{r['slow_swap_inferences']} slower than 1.5x the steady p99, {r['slow_swap_inferences'] / r['updates']:.1f} "
+          "per update)")
     print(f"patch+decode+load+smoke+swap: max {r['swap_ms']} ms, median {r['swap_ms_median']} ms; "
           f"slot commit (fsync) max {r['commit_ms_max']} ms; bare model load {r['model_load_ms']} ms")
     for i in r["installs"]:
