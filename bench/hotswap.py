@@ -1,13 +1,19 @@
 """Hot-swap benchmark: inference latency and failures while the agent installs updates.
 
-A camera thread calls ``agent.predict`` continuously while the real agent
-code (``Agent.handle_offer``: verify signature, hash artifacts, patch, decode,
-load + smoke test in a worker thread, commit the slot with fsync, swap) applies
-a series of signed updates over the shipped SqueezeNet versions.  Artifacts
-are pre-placed in the agent's download cache, so the network is left out:
-this measures the install and the swap, not the link.
+A camera thread calls ``predict`` continuously while the real agent code
+(``Agent.handle_offer``: verify signature, hash artifacts, patch, decode, load
++ smoke test, commit the slot with fsync, swap) applies a series of signed
+updates over the shipped SqueezeNet versions.  Artifacts are pre-placed in the
+agent's download cache, so the network is left out: this measures the install
+and the swap, not the link.
 
-    .venv/bin/python bench/hotswap.py [--updates 8] [--codec lossless] [--json]
+Two deployments: by default the camera's process holds only the sessions
+(``client.ModelHost``) and the agent runs in its daemon (``client.agentd``),
+which asks this process to load, smoke-test, swap and free; with
+``--in-process-agent`` the whole ``Agent`` runs beside the camera (decoding in
+its child worker process), as the simulator and ``ota agent`` run it.
+
+    .venv/bin/python bench/hotswap.py [--updates 8] [--codec lossless] [--in-process-agent] [--json]
 
 Prints inference p50/p99 in steady state and during swaps (and how many
 inferences during swaps were slower than 1.5x the steady p99), failed inferences,
@@ -21,8 +27,8 @@ own publisher work (signing the next offer and writing its artifacts into the
 agent's download cache, as a download would have) is left out of both: an
 inference overlapping it counts in neither, and ``--settle-s`` separates it
 from the close before it and the install after it.
-RSS is the agent process plus its decode worker child (sum of the two VmRSS:
-an overcount, since shared library pages are counted in both).
+RSS is the camera's process plus its child, the agent daemon or the decode worker
+(sum of the two VmRSS: an overcount, since shared library pages are counted in both).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from client import Agent, AgentConfig  # noqa: E402
 from client.identity import Identity, save_identity  # noqa: E402
 from client.manifest import canonical_json  # noqa: E402
+from client.modelhost import ModelHost  # noqa: E402
 from models import codec  # noqa: E402
 from models.roadsigns import CLASSES, render  # noqa: E402
 from models.smoke import golden_inputs  # noqa: E402
@@ -128,10 +135,66 @@ class Publisher:
         return {"signed": signed, "signatures": [{"keyid": sha(self.pub), "sig": sig}]}
 
 
+class InProcess:
+    """The whole agent in the camera's process (``Agent``)."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.agent = Agent(config)
+        self.predict = self.agent.predict
+        self.downloads = self.agent.store.downloads_dir
+
+    async def start(self) -> None:
+        await self.agent.start()
+
+    async def install(self, env: dict[str, Any]) -> dict[str, Any]:
+        await self.agent.handle_offer(env)
+        return {"running_version": self.agent.running_version, "last_install": dict(self.agent.last_install)}
+
+    async def check_health(self) -> None:
+        await self.agent.check_health()
+
+    def worker_pid(self) -> int | None:
+        return getattr(self.agent.decoder, "pid", None)
+
+    def worker_starts(self) -> int:
+        return getattr(self.agent.decoder, "starts", 0)
+
+    async def close(self) -> None:
+        await self.agent.aclose()
+
+
+class Split:
+    """The camera's process holds only the sessions (``ModelHost``); the agent runs in its daemon."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.host = ModelHost(config, poll=False)
+        self.predict = self.host.predict
+        self.downloads = config.state_dir / "downloads"
+        self.downloads.mkdir(parents=True, exist_ok=True)
+
+    async def start(self) -> None:
+        self.host.start()
+
+    async def install(self, env: dict[str, Any]) -> dict[str, Any]:
+        return self.host.handle_offer(env)
+
+    async def check_health(self) -> None:
+        self.host.check_health()
+
+    def worker_pid(self) -> int | None:
+        return self.host.pid
+
+    def worker_starts(self) -> int:
+        return 1
+
+    async def close(self) -> None:
+        self.host.close()
+
+
 class Camera(threading.Thread):
     """Calls predict in a loop and records (start, latency, ok)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: InProcess | Split) -> None:
         super().__init__(daemon=True)
         self.agent = agent
         rng = np.random.default_rng(0)
@@ -153,9 +216,9 @@ class Camera(threading.Thread):
 
 
 class RssSampler(threading.Thread):
-    """Every 5 ms: (time, agent process RSS, decode worker child RSS)."""
+    """Every 5 ms: (time, this process's RSS, the child's RSS: decode worker or agent daemon)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: InProcess | Split) -> None:
         super().__init__(daemon=True)
         self.agent = agent
         self.samples: list[tuple[float, float, float]] = []
@@ -163,7 +226,7 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            pid = getattr(self.agent.decoder, "pid", None)
+            pid = self.agent.worker_pid()
             self.samples.append((time.perf_counter(), rss_mb(), rss_mb(pid) if pid else 0.0))
             time.sleep(0.005)
 
@@ -174,12 +237,13 @@ def pct(xs: list[float], q: float) -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     state = Path(tempfile.mkdtemp(prefix="ota-bench-"))
-    agent = Agent(AgentConfig(server_url="http://offline.invalid", device_id=DEVICE, state_dir=state,
-                              health_window_inferences=50, fsync=not args.no_fsync,
-                              decode_in_subprocess=not args.in_process,
-                              gil_switch_interval_s=args.gil_switch_s or None,
-                              decode_worker_nice=args.worker_nice))
-    pub = Publisher(args.codec, agent.store.downloads_dir)
+    config = AgentConfig(server_url="http://offline.invalid", device_id=DEVICE, state_dir=state,
+                         health_window_inferences=50, fsync=not args.no_fsync,
+                         decode_in_subprocess=not args.in_process,
+                         gil_switch_interval_s=args.gil_switch_s or None,
+                         decode_worker_nice=args.worker_nice)
+    agent = InProcess(config) if args.in_process_agent else Split(config)
+    pub = Publisher(args.codec, agent.downloads)
     for v in range(1, 6):
         pub.add_version(v)
     plan = ([2, 3, 4, 5, 1] * ((args.updates + 4) // 5))[: args.updates]
@@ -192,9 +256,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     save_identity(state / "identity.json", Identity(DEVICE, "unused", pub.pub, sha(pub.pub)))
     await agent.start()
     t = time.perf_counter()
-    await agent.handle_offer(pub.offer(1, None))
+    st = await agent.install(pub.offer(1, None))
     first_install_ms = (time.perf_counter() - t) * 1000  # includes the decode worker's cold start
-    assert agent.running_version == 1, "initial install failed"
+    assert st["running_version"] == 1, "initial install failed"
 
     camera, sampler = Camera(agent), RssSampler(agent)
     camera.start()
@@ -211,12 +275,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         excluded.append((t, time.perf_counter()))
         await asyncio.sleep(args.settle_s)  # the publisher's own writes must not straddle the install
         t0 = time.perf_counter()
-        await agent.handle_offer(env)
+        st = await agent.install(env)
         t1 = time.perf_counter()
-        if agent.running_version != target:
+        if st["running_version"] != target:
             raise SystemExit(f"update to v{target} did not install")
         windows.append((t0, t1))
-        installs.append({"target": target, "wall_ms": (t1 - t0) * 1000, **agent.last_install})
+        installs.append({"target": target, "wall_ms": (t1 - t0) * 1000, **st["last_install"]})
         current = target
         await asyncio.sleep(args.gap_s)
         t = time.perf_counter()
@@ -228,7 +292,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     sampler.stop.set()
     camera.join()
     sampler.join()
-    await agent.aclose()
+    await agent.close()
 
     def overlaps(spans: list[tuple[float, float]], t: float, lat: float) -> bool:
         return any(t <= b and t + lat >= a for a, b in spans)
@@ -244,11 +308,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # model and journal) is reported apart: it is disk I/O, and it happens before the swap by design.
     phases = ("patch_ms", "decode_ms", "load_smoke_ms", "swap_ms")
     install_ms = [sum(i.get(k, 0.0) for k in phases) for i in installs]
-    worker = agent.decoder
     return {
         "updates": len(installs),
         "codec": args.codec,
-        "decode": "in-process thread" if args.in_process else "child process",
+        "agent": "in the camera's process" if args.in_process_agent else "daemon process (ModelHost)",
+        "decode": ("the agent daemon" if not args.in_process_agent
+                   else "a thread beside the camera" if args.in_process else "a child process"),
         "gil_switch_s": args.gil_switch_s or None,
         "worker_nice": None if args.in_process else args.worker_nice,
         "inferences": len(camera.samples),
@@ -270,14 +335,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "commit_ms_max": round(max(i["commit_ms"] for i in installs), 1),
         "model_load_ms": round(load_ms, 1),
         "first_install_ms": round(first_install_ms, 1),
-        "decode_worker_starts": getattr(worker, "starts", 0),
+        "decode_worker_starts": agent.worker_starts(),
         "install_wall_ms_max": round(max(i["wall_ms"] for i in installs), 1),
         "installs": [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in i.items()} for i in installs],
         "rss_steady_mb": round(float(np.median(steady_rss)), 1) if steady_rss else None,
         # The issue's figure: the most the agent (process + decode worker child) held during a swap.
         "peak_rss_mb": round(max(r + c for r, c in swap_rss), 1) if swap_rss else None,
-        "peak_rss_agent_mb": round(max(r for r, _ in swap_rss), 1) if swap_rss else None,
-        "peak_rss_worker_mb": round(max(c for _, c in swap_rss), 1) if swap_rss else None,
+        # The camera's process, and its child: the agent daemon (default) or the decode worker.
+        "peak_rss_app_mb": round(max(r for r, _ in swap_rss), 1) if swap_rss else None,
+        "peak_rss_child_mb": round(max(c for _, c in swap_rss), 1) if swap_rss else None,
         # Includes the bench's own publisher work (packing with zstd -19), which a car never does.
         "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -292,8 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle-s", type=float, default=0.05,
                    help="pause on each side of the publisher signing and placing an offer")
     p.add_argument("--no-fsync", action="store_true")
+    p.add_argument("--in-process-agent", action="store_true",
+                   help="run the whole Agent in the camera's process (default: ModelHost + agent daemon)")
     p.add_argument("--in-process", action="store_true",
-                   help="decode in a thread of the agent process (AgentConfig.decode_in_subprocess=False)")
+                   help="with --in-process-agent: decode in a thread of that process (decode_in_subprocess=False)")
     p.add_argument("--gil-switch-s", type=float, default=AgentConfig.gil_switch_interval_s,
                    help="AgentConfig.gil_switch_interval_s during installs; 0 keeps Python's 5 ms")
     p.add_argument("--worker-nice", type=int, default=AgentConfig.decode_worker_nice,
@@ -304,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(r))
         return 0
-    print(f"{r['updates']} updates ({r['codec']}, decode in a {r['decode']}), {r['inferences']} inferences, "
+    print(f"{r['updates']} updates ({r['codec']}; agent {r['agent']}, decode in {r['decode']}), "
+          f"{r['inferences']} inferences, "
           f"failed: {r['failed_inferences']}")
     print(f"inference p50/p99 steady: {r['p50_steady_ms']:.2f} / {r['p99_steady_ms']:.2f} ms "
           f"({r['steady_inferences']} inferences)")
@@ -316,10 +385,14 @@ def main(argv: list[str] | None = None) -> int:
           f"slot commit (fsync) max {r['commit_ms_max']} ms; bare model load {r['model_load_ms']} ms")
     for i in r["installs"]:
         print("  ", i)
-    print(f"first install (decode worker cold start) {r['first_install_ms']} ms; "
-          f"worker processes started: {r['decode_worker_starts']}")
-    print(f"RSS agent + worker: steady {r['rss_steady_mb']} MB, peak during swaps {r['peak_rss_mb']} MB "
-          f"(agent {r['peak_rss_agent_mb']}, worker {r['peak_rss_worker_mb']}); "
+    if r["agent"].startswith("in the camera"):
+        print(f"first install (decode worker cold start) {r['first_install_ms']} ms; "
+              f"worker processes started: {r['decode_worker_starts']}")
+    else:
+        print(f"first install {r['first_install_ms']} ms (the daemon started, and imported, before it)")
+    child = "decode worker" if r["agent"].startswith("in the camera") else "agent daemon"
+    print(f"RSS camera's process + {child}: steady {r['rss_steady_mb']} MB, peak during swaps {r['peak_rss_mb']} MB "
+          f"(camera's process {r['peak_rss_app_mb']}, {child} {r['peak_rss_child_mb']}); "
           f"bench process peak (incl. its packing) {r['process_peak_rss_mb']} MB")
     return 0
 

@@ -13,9 +13,14 @@ Pieces, from the bottom up:
 - ``hotswap``    the live ONNX Runtime session; load + smoke test off the inference path.
 - ``reports``    state-change reports, queued in the journal, sent idempotently by seq.
 - ``agent``      the orchestrator that reads top to bottom, and ``Agent.predict``.
+- ``modelhost``  the car application's side of a split agent: the live session and ``ModelHost.predict``
+                 in the application's process, the ``Agent`` in a daemon it starts (``agentd``), so the
+                 agent's Python never takes the camera thread's GIL.
+- ``agentd``     that daemon: an ``Agent`` whose ``Swapper`` is the host's session, over a socket.
 """
 
 from client.agent import Agent, Prediction
 from client.config import AgentConfig
+from client.modelhost import ModelHost
 
-__all__ = ["Agent", "AgentConfig", "Prediction"]
+__all__ = ["Agent", "AgentConfig", "ModelHost", "Prediction"]

@@ -7,7 +7,9 @@ run thousands of agents in one event loop; ``run()`` is the blocking wrapper
 they would hold this process's GIL and stall the camera thread); ONNX Runtime
 loads and smoke tests run in worker threads here, where the session is used.
 ``predict`` is plain and thread-safe: the camera thread calls it while all of
-this happens.
+this happens.  A car application that cannot spare even that much of its GIL
+runs the agent as a daemon instead (``client.modelhost``: the sessions stay in
+the application's process, this class drives them from ``client.agentd``).
 
 Crash safety comes from ``slots`` (what is installed, in one atomic journal);
 this module only decides.  Trust comes from ``manifest`` (pure checks).
@@ -49,6 +51,7 @@ from client.hotswap import (
     LoadedModel,
     Prediction,
     SessionFactory,
+    Swapper,
     default_session_factory,
     gil_switch_interval,
 )
@@ -81,6 +84,7 @@ class Agent:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         session_factory: SessionFactory | None = None,
+        swapper: Swapper | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -90,7 +94,9 @@ class Agent:
             raise ValueError(f"gil_switch_interval_s must be > 0 or None, got {config.gil_switch_interval_s}")
         self.config = config
         self.store = SlotStore(config.state_dir, fsync=config.fsync)
-        self.swapper = HotSwapper(session_factory or default_session_factory(config.inference_threads))
+        #: The live session's owner: here, or (``client.agentd``) in the car application's process.
+        self.swapper: Swapper = swapper or HotSwapper(
+            session_factory or default_session_factory(config.inference_threads))
         # One child per process, shared by every agent in it (a simulator runs thousands).
         self.decoder: Decoder = (
             shared_worker(idle_s=config.decode_worker_idle_s, nice=config.decode_worker_nice)
@@ -126,7 +132,10 @@ class Agent:
 
         Raises:
             NoModel: the car has never installed a model.
+            AgentError: the live session is in another process (``client.modelhost.ModelHost.predict``).
         """
+        if not isinstance(self.swapper, HotSwapper):
+            raise AgentError("this agent runs as a daemon; the car application predicts through its ModelHost")
         return self.swapper.predict(image_uint8_hwc)
 
     @property

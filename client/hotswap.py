@@ -24,9 +24,11 @@ import asyncio
 import contextlib
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -90,6 +92,40 @@ def default_session_factory(threads: int = 1) -> SessionFactory:
         return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 
     return make
+
+
+class Swapper(Protocol):
+    """What the agent needs of the live session's owner: a ``HotSwapper`` in this process, or a
+    ``client.agentd.RemoteSwapper`` speaking to one in the car application's process (``client.modelhost``).
+
+    The models it hands back are opaque to the agent: it only passes them on to ``swap``.
+    """
+
+    @property
+    def fallback(self) -> Any:
+        """The model swapped out, while the health window keeps it alive (None otherwise)."""
+        ...
+
+    def load_sync(self, model: ModelSource, *, version: int, model_sha256: str, labels: tuple[str, ...],
+                  input_name: str) -> Any:
+        ...
+
+    def load_and_smoke_sync(self, model: ModelSource, *, version: int, model_sha256: str,
+                            labels: tuple[str, ...], smoke: Smoke) -> Any:
+        ...
+
+    async def load_and_smoke(self, model: ModelSource, *, version: int, model_sha256: str,
+                             labels: tuple[str, ...], smoke: Smoke) -> Any:
+        ...
+
+    def swap(self, new: Any, *, health_window: bool = True) -> Any:
+        ...
+
+    def health(self) -> tuple[int, int]:
+        ...
+
+    def close_health_window(self) -> None:
+        ...
 
 
 class HotSwapper:
@@ -193,14 +229,25 @@ class HotSwapper:
         return await asyncio.to_thread(self.load_and_smoke_sync, model, version=version,
                                        model_sha256=model_sha256, labels=labels, smoke=smoke)
 
-    def swap(self, new: LoadedModel, *, health_window: bool = True) -> LoadedModel | None:
-        """Make ``new`` live in one reference assignment; returns the model it replaced."""
-        old = self._live.current if self._live else None
+    def swap(self, new: LoadedModel, *, health_window: bool = True) -> None:
+        """Make ``new`` live in one reference assignment.
+
+        With ``health_window`` the model it replaces stays as the fallback;
+        whatever is no longer needed (the replaced model without a window, a
+        fallback of a window still open) is freed here, in the caller's thread.
+        """
+        live = self._live
+        retired = [] if live is None else [m for m in (live.current, live.fallback) if m is not None and m is not new]
+        del live
         with self._count_lock:
             self._window_calls = 0
             self._window_errors = 0
-        self._live = _Live(new, old if health_window else None)
-        return old
+        old = self._live.current if self._live else None
+        self._live = _Live(new, old if health_window and old is not new else None)
+        del old
+        if health_window and retired and retired[0] is self._live.fallback:
+            retired.pop(0)  # kept: it is the new fallback
+        _release(retired)
 
     def health(self) -> tuple[int, int]:
         """(calls, errors) on the new model since the last swap, while a health window is open."""
@@ -208,10 +255,31 @@ class HotSwapper:
             return self._window_calls, self._window_errors
 
     def close_health_window(self) -> None:
-        """Drop the previous session: the new model has proved itself."""
+        """Drop the previous session: the new model has proved itself.  It is freed in the caller's thread."""
         live = self._live
         if live is not None and live.fallback is not None:
+            retired = [live.fallback]
             self._live = _Live(live.current, None)
+            del live
+            _release(retired)
+
+
+def _release(retired: list[LoadedModel], wait_s: float = 0.05) -> None:
+    """Free the models in ``retired`` (the only references this thread holds) here, not in the camera's thread.
+
+    A ``predict`` that started before a swap holds its model until it returns,
+    and whoever drops the last reference pays for freeing the session: about
+    0.5 ms holding the GIL (``bench/hotswap.py``), which would land inside one
+    of the camera's inferences.  So wait, at most ``wait_s``, for such calls to
+    end, then drop the models.
+    """
+    end = time.monotonic() + wait_s
+    while retired:
+        # The list's reference and getrefcount's argument: one more is a call still running on it.
+        if sys.getrefcount(retired[-1]) > 2 and time.monotonic() < end:
+            time.sleep(0.0005)
+            continue
+        retired.pop()
 
 
 def _run(model: LoadedModel, x: np.ndarray) -> np.ndarray:

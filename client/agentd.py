@@ -1,0 +1,186 @@
+"""The agent daemon: the whole agent, in a process of its own, driving a ``ModelHost``'s live session.
+
+``client.modelhost.ModelHost`` starts it (``python -c ... main()``) with two
+socket pairs: ``rpc`` (this side asks the application's process to load, smoke
+test, swap or free a session: ``RemoteSwapper``) and ``ctl`` (the application
+asks: a standalone install, a health check, status, stop).  Everything else is
+the ordinary ``Agent``, on its own GIL and at a lower CPU priority: the car
+application's process holds the camera and the sessions and nothing more.
+
+The daemon exits when the application's process goes (end of input on either
+socket), so a SIGKILLed application leaves no orphan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import resource
+import sys
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from client.agent import Agent
+from client.errors import AgentError, SmokeTestFailed
+from client.hotswap import ModelSource
+from client.manifest import Smoke
+from client.modelhost import config_from_json
+
+log = logging.getLogger("client.agentd")
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """A session loaded in the application's process, known here by its handle."""
+
+    handle: int
+    version: int
+    model_sha256: str
+
+
+class HostGone(AgentError):
+    """The application's process closed its end: there is no session left to update."""
+
+
+class RemoteSwapper:
+    """``Swapper`` over the ``rpc`` socket: each call is one request to the ``ModelHost``'s thread."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()  # the build thread and the event loop may both ask
+        self._fallback: RemoteModel | None = None
+
+    def _call(self, op: str, **kw: Any) -> Any:
+        with self._lock:
+            try:
+                self._conn.send((op, kw))
+                reply = self._conn.recv()
+            except (EOFError, OSError) as e:
+                raise HostGone("the car application's process is gone") from e
+        if reply[0] == "ok":
+            return reply[1]
+        if reply[1] == "SmokeTestFailed":
+            raise SmokeTestFailed(reply[2])
+        raise AgentError(f"model host: {reply[1]}: {reply[2]}")
+
+    @property
+    def fallback(self) -> RemoteModel | None:
+        return self._fallback
+
+    def load_sync(self, model: ModelSource, *, version: int, model_sha256: str, labels: tuple[str, ...],
+                  input_name: str) -> RemoteModel:
+        return self._load(model, version=version, model_sha256=model_sha256, labels=labels,
+                          input_name=input_name, smoke=None)
+
+    def load_and_smoke_sync(self, model: ModelSource, *, version: int, model_sha256: str,
+                            labels: tuple[str, ...], smoke: Smoke) -> RemoteModel:
+        return self._load(model, version=version, model_sha256=model_sha256, labels=labels,
+                          input_name=smoke.input_name, smoke=smoke)
+
+    async def load_and_smoke(self, model: ModelSource, *, version: int, model_sha256: str,
+                             labels: tuple[str, ...], smoke: Smoke) -> RemoteModel:
+        return await asyncio.to_thread(self.load_and_smoke_sync, model, version=version,
+                                       model_sha256=model_sha256, labels=labels, smoke=smoke)
+
+    def _load(self, model: ModelSource, *, smoke: Smoke | None, **kw: Any) -> RemoteModel:
+        if isinstance(model, bytes):
+            raise AgentError("a model host loads from a file the agent has written, not from bytes")
+        handle = self._call("load", path=str(model), smoke=smoke, **kw)
+        return RemoteModel(handle, kw["version"], kw["model_sha256"])
+
+    def swap(self, new: RemoteModel, *, health_window: bool = True) -> RemoteModel | None:
+        old_handle = self._call("swap", handle=new.handle, health_window=health_window)
+        old = self._current if old_handle is not None else None
+        self._current = new
+        self._fallback = old if health_window else None
+        return old
+
+    _current: RemoteModel | None = None
+
+    def health(self) -> tuple[int, int]:
+        calls, errors = self._call("health")
+        return int(calls), int(errors)
+
+    def close_health_window(self) -> None:
+        self._call("close_health_window")
+        self._fallback = None
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def status(agent: Agent) -> dict[str, Any]:
+    return {"running_version": agent.running_version, "agent_state": agent.agent_state,
+            "last_install": dict(agent.last_install), "pid": os.getpid(), "peak_rss_mb": round(_rss_mb(), 1)}
+
+
+async def serve(agent: Agent, ctl: Connection, *, poll: bool) -> None:
+    """Boot, say ready, then answer the application's requests (and poll, if asked) until stopped."""
+    await agent.start()
+    ctl.send(status(agent))
+    loop = asyncio.get_running_loop()
+    poller = asyncio.ensure_future(agent.run_forever()) if poll else None
+    try:
+        while True:
+            try:
+                op, kw = await loop.run_in_executor(None, ctl.recv)
+            except (EOFError, OSError):
+                break  # the application went away
+            if op == "stop":
+                ctl.send(("ok", None))
+                break
+            try:
+                if op == "handle_offer":
+                    if poll:
+                        raise AgentError("this daemon polls its server, which owns its updates")
+                    await agent.handle_offer(kw["envelope"])
+                    result: Any = status(agent)
+                elif op == "check_health":
+                    result = await agent.check_health()
+                elif op == "status":
+                    result = status(agent)
+                else:
+                    raise AgentError(f"unknown request {op!r}")
+                reply: tuple[Any, ...] = ("ok", result)
+            except HostGone:
+                break
+            except Exception as e:  # the application gets it as an AgentError
+                reply = ("err", type(e).__name__, str(e))
+            ctl.send(reply)
+    finally:
+        agent.stop()
+        if poller is not None:
+            await asyncio.gather(poller, return_exceptions=True)
+        await agent.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="client.agentd", description=__doc__)
+    p.add_argument("--config", required=True, help="AgentConfig as JSON")
+    p.add_argument("--rpc-fd", type=int, required=True)
+    p.add_argument("--ctl-fd", type=int, required=True)
+    p.add_argument("--no-poll", action="store_true", help="do not poll a server (standalone installs only)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="agentd %(levelname)s %(name)s: %(message)s")
+    config = config_from_json(args.config)
+    # This process is the update: it yields the CPU to the camera, and it decodes in its own thread
+    # (a decode worker would be a third process for nothing: this one's GIL is not the camera's).
+    try:
+        os.nice(config.decode_worker_nice)
+    except OSError:
+        pass
+    config.decode_in_subprocess = False
+    config.gil_switch_interval_s = None
+    agent = Agent(config, swapper=RemoteSwapper(Connection(args.rpc_fd)))
+    ctl = Connection(args.ctl_fd)
+    asyncio.run(serve(agent, ctl, poll=not args.no_poll))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

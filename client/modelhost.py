@@ -1,0 +1,272 @@
+"""The car application's side of a split agent: the live session here, the rest of the agent in a daemon.
+
+Why split: the camera thread shares the GIL with everything else in its
+process.  With the whole agent in-process, each install's Python (offer
+checks, journal writes, reports, the event loop's wake-ups) makes the camera
+wait for the GIL on returning from ONNX Runtime (``bench/hotswap.py``: about
+four inferences per update slower than 1.5x the steady p99).  Here the
+application's process holds only what must be beside the camera: the
+``HotSwapper``, and one thread that builds, smoke-tests, swaps and frees
+sessions when the daemon asks.  Polling, downloads, patch, decode, hashes,
+slots, the journal and reports run in ``client.agentd``, a child process with
+its own GIL and a lower CPU priority, as Mender's client runs beside the
+application it updates.
+
+The daemon drives the session through two socket pairs (pickled messages,
+``multiprocessing.connection``): on ``rpc`` the daemon asks and this side's
+thread answers (``load``, ``swap``, ``health``, ``close_health_window``); on
+``ctl`` this side asks and the daemon answers (``handle_offer`` for a
+standalone install, ``check_health``, ``status``, ``stop``).  If the daemon dies
+the application keeps classifying on the live session; ``restart_daemon``
+starts a new one, which boots from the slots as after a power cut.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import socket
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.config import AgentConfig
+from client.errors import AgentError, SmokeTestFailed
+from client.hotswap import (
+    HotSwapper,
+    LoadedModel,
+    Prediction,
+    SessionFactory,
+    default_session_factory,
+    gil_switch_interval,
+)
+
+log = logging.getLogger("client.modelhost")
+
+_ROOT = Path(__file__).resolve().parents[1]  # the folder holding ``client`` and ``models``
+
+
+class DaemonGone(AgentError):
+    """The agent daemon is not running (it exited or was killed); the live model keeps answering."""
+
+
+def config_to_json(config: AgentConfig) -> str:
+    """``AgentConfig`` as JSON for the daemon's command line (paths as strings)."""
+    d = dataclasses.asdict(config)
+    d["state_dir"] = str(config.state_dir)
+    return json.dumps(d)
+
+
+def config_from_json(text: str) -> AgentConfig:
+    d = json.loads(text)
+    d["state_dir"] = Path(d["state_dir"])
+    return AgentConfig(**d)
+
+
+class ModelHost:
+    """The live model in the car application's process, updated by an agent daemon it starts.
+
+    ``start()`` starts the daemon and waits until it has booted the newest
+    verified slot (into this process's session); ``predict`` answers from any
+    thread, throughout updates and even with the daemon dead.
+    """
+
+    def __init__(self, config: AgentConfig, *, poll: bool = True,
+                 session_factory: SessionFactory | None = None) -> None:
+        self.config = config
+        self.poll = poll
+        self.swapper = HotSwapper(session_factory or default_session_factory(config.inference_threads))
+        # The daemon names models by handle: the live one, its fallback, and one loaded but not yet swapped in.
+        self._pending: dict[int, LoadedModel] = {}
+        self._current_handle: int | None = None
+        self._fallback_handle: int | None = None
+        self._handles = itertools.count(1)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ctl: Connection | None = None
+        self._ctl_lock = threading.Lock()
+        self._server: threading.Thread | None = None
+        #: What the daemon said when it booted or last answered ``status``.
+        self.daemon_status: dict[str, Any] = {}
+
+    # -- the application's API ---------------------------------------------
+
+    def predict(self, image_uint8_hwc: np.ndarray) -> Prediction:
+        """Classify a uint8 HWC image with the live model; never waits for the daemon.
+
+        Raises:
+            NoModel: the car has never installed a model.
+        """
+        return self.swapper.predict(image_uint8_hwc)
+
+    @property
+    def running_version(self) -> int:
+        current = self.swapper.current
+        return current.version if current else 0
+
+    @property
+    def pid(self) -> int | None:
+        """The daemon's process id while it runs."""
+        return self._proc.pid if self._proc and self._proc.poll() is None else None
+
+    # -- life cycle ---------------------------------------------------------
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start the daemon and wait until it has booted the newest verified slot.
+
+        Raises:
+            DaemonGone: the daemon exited or did not report ready within ``timeout_s``.
+        """
+        if self.pid is not None:
+            return
+        rpc_here, rpc_there = socket.socketpair()
+        ctl_here, ctl_there = socket.socketpair()
+        code = (f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
+                "from client.agentd import main; sys.exit(main(sys.argv[1:]))")
+        args = [sys.executable, "-c", code, "--config", config_to_json(self.config),
+                "--rpc-fd", str(rpc_there.fileno()), "--ctl-fd", str(ctl_there.fileno())]
+        if not self.poll:
+            args.append("--no-poll")
+        self._proc = subprocess.Popen(args, pass_fds=(rpc_there.fileno(), ctl_there.fileno()))
+        rpc_there.close()
+        ctl_there.close()
+        rpc = Connection(rpc_here.detach())
+        self._ctl = Connection(ctl_here.detach())
+        self._server = threading.Thread(target=self._serve, args=(rpc,), name="modelhost-rpc", daemon=True)
+        self._server.start()
+        if not self._ctl.poll(timeout_s):
+            self._kill()
+            raise DaemonGone(f"agent daemon did not boot within {timeout_s:.0f} s")
+        try:
+            self.daemon_status = self._ctl.recv()
+        except (EOFError, OSError) as e:
+            self._kill()
+            raise DaemonGone(f"agent daemon exited while booting (exit code {self._proc.poll()})") from e
+
+    def restart_daemon(self, timeout_s: float = 60.0) -> None:
+        """Start a new daemon after the last one died; it resumes any update from the slots and journal."""
+        self._kill()
+        self.start(timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the daemon (it finishes its current step); the live session stays usable."""
+        if self._proc is None:
+            return
+        try:
+            self._call("stop", timeout_s=timeout_s)
+        except DaemonGone:
+            pass
+        try:
+            self._proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("agent daemon did not stop within %.0f s; killing it", timeout_s)
+        self._kill()
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._ctl is not None:
+            self._ctl.close()
+            self._ctl = None
+        if self._server is not None:
+            self._server.join(5)
+            self._server = None
+
+    # -- asking the daemon --------------------------------------------------
+
+    def handle_offer(self, envelope: dict[str, Any], timeout_s: float = 600.0) -> dict[str, Any]:
+        """A standalone install: the daemon verifies and installs this signed offer (artifacts are looked
+        for in its download cache first, then fetched); returns its ``status`` afterwards.
+
+        Raises:
+            DaemonGone: no daemon, or it died on the way.
+            AgentError: the daemon polls a server (``poll=True``), which owns its updates.
+        """
+        return self._call("handle_offer", envelope=envelope, timeout_s=timeout_s)
+
+    def check_health(self, timeout_s: float = 60.0) -> bool | None:
+        """The daemon judges the open health window now: True kept, False rolled back, None still open."""
+        return self._call("check_health", timeout_s=timeout_s)
+
+    def status(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The daemon's view: running version, state, last install's timings and sizes, its RSS."""
+        self.daemon_status = self._call("status", timeout_s=timeout_s)
+        return self.daemon_status
+
+    def _call(self, op: str, *, timeout_s: float, **kw: Any) -> Any:
+        with self._ctl_lock:
+            if self._ctl is None or self.pid is None:
+                raise DaemonGone("the agent daemon is not running")
+            try:
+                self._ctl.send((op, kw))
+                if not self._ctl.poll(timeout_s):
+                    raise DaemonGone(f"agent daemon did not answer {op!r} within {timeout_s:.0f} s")
+                reply = self._ctl.recv()
+            except (EOFError, OSError) as e:
+                raise DaemonGone(f"agent daemon died during {op!r}") from e
+        if reply[0] == "ok":
+            return reply[1]
+        raise AgentError(f"agent daemon: {reply[1]}: {reply[2]}")
+
+    # -- answering the daemon -----------------------------------------------
+
+    def _serve(self, rpc: Connection) -> None:
+        """The daemon's requests on the live session, one at a time, until it goes away."""
+        while True:
+            try:
+                op, kw = rpc.recv()
+            except (EOFError, OSError):
+                break
+            try:
+                reply: tuple[Any, ...] = ("ok", getattr(self, f"_op_{op}")(**kw))
+            except Exception as e:  # sent back to the daemon, which raises it there
+                reply = ("err", type(e).__name__, str(e))
+            try:
+                rpc.send(reply)
+            except OSError:
+                break
+        rpc.close()
+        log.info("agent daemon disconnected; the live model keeps answering")
+
+    def _op_load(self, *, path: str, version: int, model_sha256: str, labels: tuple[str, ...],
+                 input_name: str, smoke: Any = None) -> int:
+        self._pending.clear()  # a model loaded before and never swapped in (its install failed later) goes
+        with gil_switch_interval(self.config.gil_switch_interval_s):
+            if smoke is None:
+                loaded = self.swapper.load_sync(Path(path), version=version, model_sha256=model_sha256,
+                                                labels=tuple(labels), input_name=input_name)
+            else:
+                loaded = self.swapper.load_and_smoke_sync(Path(path), version=version, model_sha256=model_sha256,
+                                                          labels=tuple(labels), smoke=smoke)
+        handle = next(self._handles)
+        self._pending[handle] = loaded
+        return handle
+
+    def _op_swap(self, *, handle: int, health_window: bool) -> int | None:
+        """Swap in a loaded model, or the fallback back in (a rollback); returns the replaced model's handle."""
+        if handle in self._pending:
+            new = self._pending.pop(handle)
+        elif handle == self._fallback_handle and self.swapper.fallback is not None:
+            new = self.swapper.fallback
+        else:
+            raise SmokeTestFailed(f"no loaded model {handle} in the application (it was dropped)")
+        self._pending.clear()
+        old_handle = self._current_handle
+        self.swapper.swap(new, health_window=health_window)  # frees what it no longer needs, in this thread
+        del new
+        self._current_handle, self._fallback_handle = handle, (old_handle if health_window else None)
+        return old_handle
+
+    def _op_health(self) -> tuple[int, int]:
+        return self.swapper.health()
+
+    def _op_close_health_window(self) -> None:
+        self.swapper.close_health_window()  # frees the old session in this thread
+        self._fallback_handle = None
