@@ -151,7 +151,10 @@ async def serve(agent: Agent, ctl: Connection, *, poll: bool) -> None:
                 break
             except Exception as e:  # the application gets it as an AgentError
                 reply = ("err", type(e).__name__, str(e))
-            ctl.send(reply)
+            try:
+                ctl.send(reply)
+            except OSError:
+                break  # the application went away while we worked
     finally:
         agent.stop()
         if poller is not None:

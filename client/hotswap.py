@@ -131,6 +131,10 @@ class Swapper(Protocol):
 class HotSwapper:
     """Owns the live session; thread-safe ``predict``, async ``load``, atomic ``swap``."""
 
+    #: How long ``swap`` and ``close_health_window`` wait for calls still running on a retired model,
+    #: so that this thread, not the camera's, frees it (see ``_release``).
+    release_wait_s: float = 0.05
+
     def __init__(self, session_factory: SessionFactory | None = None) -> None:
         self._factory = session_factory or default_session_factory()
         self._live: _Live | None = None
@@ -247,7 +251,7 @@ class HotSwapper:
         del old
         if health_window and retired and retired[0] is self._live.fallback:
             retired.pop(0)  # kept: it is the new fallback
-        _release(retired)
+        _release(retired, self.release_wait_s)
 
     def health(self) -> tuple[int, int]:
         """(calls, errors) on the new model since the last swap, while a health window is open."""
@@ -261,10 +265,10 @@ class HotSwapper:
             retired = [live.fallback]
             self._live = _Live(live.current, None)
             del live
-            _release(retired)
+            _release(retired, self.release_wait_s)
 
 
-def _release(retired: list[LoadedModel], wait_s: float = 0.05) -> None:
+def _release(retired: list[LoadedModel], wait_s: float) -> None:
     """Free the models in ``retired`` (the only references this thread holds) here, not in the camera's thread.
 
     A ``predict`` that started before a swap holds its model until it returns,

@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from client.config import AgentConfig
-from client.errors import AgentError, SmokeTestFailed
+from client.errors import AgentError
 from client.hotswap import (
     HotSwapper,
     LoadedModel,
@@ -92,6 +93,10 @@ class ModelHost:
         self._ctl: Connection | None = None
         self._ctl_lock = threading.Lock()
         self._server: threading.Thread | None = None
+        self._ops: dict[str, Callable[..., Any]] = {
+            "load": self._op_load, "swap": self._op_swap, "health": self.swapper.health,
+            "close_health_window": self._op_close_health_window,
+        }
         #: What the daemon said when it booted or last answered ``status``.
         self.daemon_status: dict[str, Any] = {}
 
@@ -206,11 +211,14 @@ class ModelHost:
                 raise DaemonGone("the agent daemon is not running")
             try:
                 self._ctl.send((op, kw))
-                if not self._ctl.poll(timeout_s):
-                    raise DaemonGone(f"agent daemon did not answer {op!r} within {timeout_s:.0f} s")
-                reply = self._ctl.recv()
+                answered = self._ctl.poll(timeout_s)
+                reply = self._ctl.recv() if answered else None
             except (EOFError, OSError) as e:
                 raise DaemonGone(f"agent daemon died during {op!r}") from e
+        if reply is None:  # its late answer would be taken for the next request's: end it
+            self._kill()
+            raise DaemonGone(f"agent daemon did not answer {op!r} within {timeout_s:.0f} s; stopped it "
+                             "(restart_daemon() starts another, which resumes from the slots)")
         if reply[0] == "ok":
             return reply[1]
         raise AgentError(f"agent daemon: {reply[1]}: {reply[2]}")
@@ -225,7 +233,7 @@ class ModelHost:
             except (EOFError, OSError):
                 break
             try:
-                reply: tuple[Any, ...] = ("ok", getattr(self, f"_op_{op}")(**kw))
+                reply: tuple[Any, ...] = ("ok", self._ops[op](**kw))
             except Exception as e:  # sent back to the daemon, which raises it there
                 reply = ("err", type(e).__name__, str(e))
             try:
@@ -238,6 +246,13 @@ class ModelHost:
     def _op_load(self, *, path: str, version: int, model_sha256: str, labels: tuple[str, ...],
                  input_name: str, smoke: Any = None) -> int:
         self._pending.clear()  # a model loaded before and never swapped in (its install failed later) goes
+        current = self.swapper.current
+        if smoke is None and current is not None and current.model_sha256 == model_sha256:
+            # A restarted daemon booting the model this process already runs: nothing to load or free.
+            handle = next(self._handles)
+            self._pending[handle] = current
+            return handle
+        del current
         with gil_switch_interval(self.config.gil_switch_interval_s):
             if smoke is None:
                 loaded = self.swapper.load_sync(Path(path), version=version, model_sha256=model_sha256,
@@ -256,16 +271,13 @@ class ModelHost:
         elif handle == self._fallback_handle and self.swapper.fallback is not None:
             new = self.swapper.fallback
         else:
-            raise SmokeTestFailed(f"no loaded model {handle} in the application (it was dropped)")
+            raise AgentError(f"no loaded model {handle} in the application (it was dropped)")
         self._pending.clear()
         old_handle = self._current_handle
         self.swapper.swap(new, health_window=health_window)  # frees what it no longer needs, in this thread
         del new
         self._current_handle, self._fallback_handle = handle, (old_handle if health_window else None)
         return old_handle
-
-    def _op_health(self) -> tuple[int, int]:
-        return self.swapper.health()
 
     def _op_close_health_window(self) -> None:
         self.swapper.close_health_window()  # frees the old session in this thread

@@ -103,3 +103,56 @@ def test_health_window_answers_from_the_previous_model_and_counts_the_failure() 
     assert sw.health() == (2, 1)
     sw.close_health_window()
     assert sw.fallback is None
+
+
+class _TracedSession:
+    """A real session whose ``run`` can be held open, and which records the thread that frees it."""
+
+    freed_by: dict[int, int] = {}
+
+    def __init__(self, session: object, version: int, gate: threading.Event) -> None:
+        self._s, self._version, self._gate = session, version, gate
+        self.running = threading.Event()
+
+    def get_inputs(self) -> object:
+        return self._s.get_inputs()  # type: ignore[attr-defined]
+
+    def run(self, *a: object) -> object:
+        self.running.set()
+        self._gate.wait(10)
+        return self._s.run(*a)  # type: ignore[attr-defined]
+
+    def __del__(self) -> None:
+        _TracedSession.freed_by[self._version] = threading.get_ident()
+
+
+def test_a_retired_session_is_freed_by_the_thread_that_retires_it_never_inside_a_predict() -> None:
+    """Freeing a session holds the GIL ~0.5 ms: it must not land in the camera's call that held it last."""
+    from client.hotswap import default_session_factory
+
+    gates = {1: threading.Event(), 2: threading.Event()}
+    gates[2].set()
+    sessions: dict[int, _TracedSession] = {}
+    make = default_session_factory()
+
+    def factory(model: object, model_sha256: str) -> object:
+        v = 1 if not sessions else 2
+        sessions[v] = _TracedSession(make(model, model_sha256), v, gates[v])  # type: ignore[arg-type]
+        return sessions[v]
+
+    sw = HotSwapper(factory)  # type: ignore[arg-type]
+    sw.release_wait_s = 10.0  # a loaded CI machine must not turn this into a timing test
+    gates[1].set()
+    sw.swap(load(sw, zoo_model(1), 1), health_window=False)
+    gates[1].clear()
+    sessions[1].running.clear()
+    camera = threading.Thread(target=sw.predict, args=(IMAGE,))
+    camera.start()  # a call on v1 that has not returned
+    assert sessions[1].running.wait(10)
+    sw.swap(load(sw, zoo_model(2), 2))
+    del sessions[1]
+    threading.Timer(0.05, gates[1].set).start()  # the camera's call returns while the window closes
+    sw.close_health_window()
+    camera.join()
+    assert _TracedSession.freed_by.get(1) == threading.get_ident()  # freed here, after the call returned
+    assert sw.predict(IMAGE).version == 2

@@ -131,8 +131,10 @@ def test_a_killed_daemon_leaves_the_model_serving_and_a_restarted_one_carries_on
     assert h.predict(IMAGE).version == 1  # the application never noticed
     with pytest.raises(DaemonGone):
         h.handle_offer(offers.offer(zoo_model(2), 2))
+    live = h.swapper.current
     h.restart_daemon()
     assert h.pid not in (None, pid) and h.daemon_status["running_version"] == 1
+    assert h.swapper.current is live  # the new daemon booted the model running here: no reload, no free
     assert h.handle_offer(offers.offer(zoo_model(2), 2))["running_version"] == 2
     assert h.predict(IMAGE).version == 2
 
