@@ -142,6 +142,11 @@ class Agent:
     def running_version(self) -> int:
         return self.journal.active.version if self.journal.active else 0
 
+    @property
+    def health_window_open(self) -> bool:
+        """The latest swap is still on probation: live inferences are counted and it may yet roll back."""
+        return self._health_deadline is not None
+
     # -- life cycle ---------------------------------------------------------
 
     async def start(self) -> None:

@@ -103,12 +103,14 @@ class Fleet:
                 "wall_s": now - self._t0, "failed_inferences": sum(c.failed_inferences for c in self.cars)}
 
     def settled(self, since_sim_s: float, include_offline: bool = False) -> bool:
-        """Every car (or every online car) has polled since ``since_sim_s``, asked for nothing new, and is idle."""
+        """Every car (or every online car) has polled since ``since_sim_s``, asked for nothing new, is idle,
+        has sent its reports and has no health window open (a car on probation may still roll back)."""
         for c in self.cars:
             if c.link.offline() and not include_offline:
                 continue
             a = c.agent
-            if a.last_poll_at < since_sim_s or not a.quiet or a.agent_state != "idle" or a.journal.outbox:
+            if (a.last_poll_at < since_sim_s or not a.quiet or a.agent_state != "idle" or a.journal.outbox
+                    or a.health_window_open):
                 return False
         return True
 
