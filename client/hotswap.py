@@ -28,19 +28,21 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import onnxruntime as ort
 
 from client.errors import AgentError, SmokeTestFailed
 from client.manifest import Smoke
 from models.preprocess import softmax, to_input
 from models.smoke import golden_inputs
 
+if TYPE_CHECKING:  # imported where a session is built: the agent daemon never loads ONNX Runtime
+    import onnxruntime as ort
+
 #: The model is ONNX bytes, or the path of an ONNX file; the second argument is its SHA-256.
 ModelSource = bytes | Path
-SessionFactory = Callable[[ModelSource, str], ort.InferenceSession]
+SessionFactory = Callable[[ModelSource, str], "ort.InferenceSession"]
 
 
 class NoModel(AgentError):
@@ -84,6 +86,8 @@ def default_session_factory(threads: int = 1) -> SessionFactory:
     """Sessions with a fixed, small thread count (the car's cores belong to the camera too)."""
 
     def make(model: ModelSource, model_sha256: str) -> ort.InferenceSession:
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -95,6 +95,8 @@ def test_the_daemon_installs_into_this_process_while_the_camera_never_fails(
         cam.join()
     assert failures == [] and answers[0] == 1 and answers[-1] == 2 and set(answers) == {1, 2}
     assert st["running_version"] == 2 and st["last_install"]["patch_ms"] > 0  # the delta path ran
+    with open(f"/proc/{h.pid}/maps") as f:  # the daemon decoded and installed without ONNX Runtime in memory
+        assert "onnxruntime" not in f.read()
     assert h.running_version == 2 and h.swapper.fallback is None
     assert SlotStore(tmp_path).load().active.version == 2  # type: ignore[union-attr]
     # A new application process (here: a new host) boots the slot the daemon committed.
