@@ -245,16 +245,16 @@ class HotSwapper:
         fallback of a window still open) is freed here, in the caller's thread.
         """
         live = self._live
+        old = live.current if live else None
         retired = [] if live is None else [m for m in (live.current, live.fallback) if m is not None and m is not new]
         del live
         with self._count_lock:
             self._window_calls = 0
             self._window_errors = 0
-        old = self._live.current if self._live else None
-        self._live = _Live(new, old if health_window and old is not new else None)
-        del old
-        if health_window and retired and retired[0] is self._live.fallback:
-            retired.pop(0)  # kept: it is the new fallback
+        keep = old if health_window and old is not new else None
+        self._live = _Live(new, keep)
+        retired = [m for m in retired if m is not keep]
+        del old, keep
         _release(retired, self.release_wait_s)
 
     def health(self) -> tuple[int, int]:
@@ -276,10 +276,11 @@ def _release(retired: list[LoadedModel], wait_s: float) -> None:
     """Free the models in ``retired`` (the only references this thread holds) here, not in the camera's thread.
 
     A ``predict`` that started before a swap holds its model until it returns,
-    and whoever drops the last reference pays for freeing the session: about
-    0.5 ms holding the GIL (``bench/hotswap.py``), which would land inside one
-    of the camera's inferences.  So wait, at most ``wait_s``, for such calls to
-    end, then drop the models.
+    and whoever drops the last reference pays for freeing the session: 0.2-0.5
+    ms holding the GIL (``bench/hotswap.py``), which would land inside one of
+    the camera's inferences.  So wait, at most ``wait_s``, for such calls to
+    end, then drop the models.  (With the whole agent in one process this runs
+    on its event loop, which it holds up only while such a call is running.)
     """
     end = time.monotonic() + wait_s
     while retired:

@@ -156,3 +156,18 @@ def test_a_retired_session_is_freed_by_the_thread_that_retires_it_never_inside_a
     camera.join()
     assert _TracedSession.freed_by.get(1) == threading.get_ident()  # freed here, after the call returned
     assert sw.predict(IMAGE).version == 2
+
+
+def test_a_swap_during_an_open_window_keeps_only_the_model_it_replaces_as_fallback() -> None:
+    import weakref
+
+    sw = HotSwapper()
+    sw.swap(load(sw, zoo_model(1), 1), health_window=False)
+    first = weakref.ref(sw.current)  # type: ignore[arg-type]
+    sw.swap(load(sw, zoo_model(2), 2))
+    assert sw.fallback is first() and first() is not None
+    sw.swap(load(sw, zoo_model(3), 3))  # the window of v2 was still open
+    assert sw.fallback is not None and sw.fallback.version == 2 and first() is None  # v1 freed by the swap
+    second = weakref.ref(sw.fallback)
+    sw.swap(load(sw, zoo_model(1), 1), health_window=False)  # a rollback-style swap: nothing kept
+    assert sw.fallback is None and second() is None and sw.predict(IMAGE).version == 1
