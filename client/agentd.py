@@ -52,6 +52,7 @@ class RemoteSwapper:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._lock = threading.Lock()  # the build thread and the event loop may both ask
+        self._current: RemoteModel | None = None
         self._fallback: RemoteModel | None = None
 
     def _call(self, op: str, **kw: Any) -> Any:
@@ -98,8 +99,6 @@ class RemoteSwapper:
         self._current = new
         self._fallback = old if health_window else None
         return old
-
-    _current: RemoteModel | None = None
 
     def health(self) -> tuple[int, int]:
         calls, errors = self._call("health")
