@@ -58,6 +58,7 @@ from client import Agent, AgentConfig  # noqa: E402
 from client.identity import Identity, save_identity  # noqa: E402
 from client.manifest import canonical_json  # noqa: E402
 from client.modelhost import ModelHost  # noqa: E402
+from client.slots import SlotStore  # noqa: E402
 from models import codec  # noqa: E402
 from models.roadsigns import CLASSES, render  # noqa: E402
 from models.smoke import golden_inputs  # noqa: E402
@@ -169,8 +170,7 @@ class Split:
     def __init__(self, config: AgentConfig) -> None:
         self.host = ModelHost(config, poll=False)
         self.predict = self.host.predict
-        self.downloads = config.state_dir / "downloads"
-        self.downloads.mkdir(parents=True, exist_ok=True)
+        self.downloads = SlotStore(config.state_dir).downloads_dir  # the daemon's download cache
 
     async def start(self) -> None:
         self.host.start()
@@ -184,8 +184,8 @@ class Split:
     def worker_pid(self) -> int | None:
         return self.host.pid
 
-    def worker_starts(self) -> int:
-        return 1
+    def worker_starts(self) -> int | None:
+        return None  # no decode worker: the daemon decodes
 
     async def close(self) -> None:
         self.host.close()

@@ -94,9 +94,8 @@ class RemoteSwapper:
         return RemoteModel(handle, kw["version"], kw["model_sha256"])
 
     def swap(self, new: RemoteModel, *, health_window: bool = True) -> RemoteModel | None:
-        old_handle = self._call("swap", handle=new.handle, health_window=health_window)
-        old = self._current if old_handle is not None else None
-        self._current = new
+        self._call("swap", handle=new.handle, health_window=health_window)
+        old, self._current = self._current, new
         self._fallback = old if health_window else None
         return old
 

@@ -264,8 +264,8 @@ class ModelHost:
         self._pending[handle] = loaded
         return handle
 
-    def _op_swap(self, *, handle: int, health_window: bool) -> int | None:
-        """Swap in a loaded model, or the fallback back in (a rollback); returns the replaced model's handle."""
+    def _op_swap(self, *, handle: int, health_window: bool) -> None:
+        """Swap in a loaded model, or the fallback back in (a rollback)."""
         if handle in self._pending:
             new = self._pending.pop(handle)
         elif handle == self._fallback_handle and self.swapper.fallback is not None:
@@ -277,7 +277,6 @@ class ModelHost:
         self.swapper.swap(new, health_window=health_window)  # frees what it no longer needs, in this thread
         del new
         self._current_handle, self._fallback_handle = handle, (old_handle if health_window else None)
-        return old_handle
 
     def _op_close_health_window(self) -> None:
         self.swapper.close_health_window()  # frees the old session in this thread

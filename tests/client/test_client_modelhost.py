@@ -56,8 +56,7 @@ def config(state: Path, **kw: object) -> AgentConfig:
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[tuple[ModelHost, OfflineOffers]]:
-    (tmp_path / "downloads").mkdir()
-    offers = OfflineOffers(tmp_path / "downloads")
+    offers = OfflineOffers(SlotStore(tmp_path).downloads_dir)  # the daemon's download cache
     save_identity(tmp_path / "identity.json", Identity("car-1", "token", offers.pub, sha(offers.pub)))
     h = ModelHost(config(tmp_path, health_window_inferences=10), poll=False)
     h.start()
