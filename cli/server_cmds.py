@@ -20,6 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--codecs", help="default codecs for publish, e.g. lossless,deep (OTA_DEFAULT_CODECS)")
     p.add_argument("--no-migrate", action="store_true", help="do not run migrations (the server refuses to start "
                                                               "if the schema is not at head)")
+    p.add_argument("--limit-concurrency", type=int, help="connections plus requests per worker before new ones get "
+                   "503 (OTA_LIMIT_CONCURRENCY, default 1000)")
+    p.add_argument("--backlog", type=int, help="connections the kernel queues before accept (OTA_BACKLOG, default 2048)")
+    p.add_argument("--keep-alive-timeout", type=float, help="seconds an idle kept-alive connection stays open "
+                   "(OTA_KEEP_ALIVE_TIMEOUT_S, default 5)")
+    p.add_argument("--head-timeout", type=float, help="seconds a client has to send a request's line and headers "
+                   "(OTA_HEAD_TIMEOUT_S, default 10)")
+    p.add_argument("--body-timeout", type=float, help="seconds a client has to send a request's body once its "
+                   "headers arrived (OTA_BODY_TIMEOUT_S, default 120)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=serve)
 
@@ -33,11 +42,16 @@ def serve(args: argparse.Namespace) -> int:
         os.environ["OTA_DATABASE_URL"] = args.database_url
     if args.codecs:
         os.environ["OTA_DEFAULT_CODECS"] = args.codecs
+    for flag, var in (("limit_concurrency", "OTA_LIMIT_CONCURRENCY"), ("backlog", "OTA_BACKLOG"),
+                      ("keep_alive_timeout", "OTA_KEEP_ALIVE_TIMEOUT_S"), ("head_timeout", "OTA_HEAD_TIMEOUT_S"),
+                      ("body_timeout", "OTA_BODY_TIMEOUT_S")):
+        if getattr(args, flag) is not None:
+            os.environ[var] = str(getattr(args, flag))
     import uvicorn
 
     from server.config import InsecureConfiguration, Settings, resolve_secrets
     from server.db import upgrade_to_head
-    from server.httpproto import HTTP_PROTOCOL
+    from server.httpproto import http_protocol
 
     settings = Settings()
     try:
@@ -51,6 +65,10 @@ def serve(args: argparse.Namespace) -> int:
     if settings.environment == "development":
         print(f"admin token in {settings.data_dir / 'admin-token'}, enrollment token in "
               f"{settings.data_dir / 'enrollment-token'}", file=sys.stderr)
+    # Connection limits (issue 15): a flood of connections gets 503s, not the worker's memory; slow heads and
+    # bodies are cut off by the protocol (server/httpproto.py); request bodies by server/limits.py.
     uvicorn.run("server.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, http=HTTP_PROTOCOL)
+                log_level=args.log_level, http=http_protocol(settings),  # type: ignore[arg-type]
+                limit_concurrency=settings.limit_concurrency, backlog=settings.backlog,
+                timeout_keep_alive=settings.keep_alive_timeout_s)
     return 0

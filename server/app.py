@@ -36,7 +36,8 @@ from server.devices.fastpoll import POLL_PATH, poll_fast_path
 from server.devices.pollcache import PollCache
 from server.devices.presence import LastSeen
 from server.devices.routes import router as devices_router
-from server.errors import RegistryError
+from server.errors import RegistryError, Unauthorized
+from server.limits import RateLimits, limit_requests
 from server.metrics import Metrics
 from server.openapi import document_errors
 from server.registry.routes import router as registry_router
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The registry app; nothing is opened until the lifespan starts."""
     settings = settings or Settings()
     metrics = Metrics()
+    limits = RateLimits(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -136,7 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="OTA model registry", version="1", lifespan=lifespan)
 
     @app.exception_handler(RegistryError)
-    async def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
+    async def _registry_error(request: Request, exc: RegistryError) -> JSONResponse:
+        if isinstance(exc, Unauthorized) and request.client is not None:
+            limits.note_failure(request.client.host)  # a spent allowance turns into 429s (server/limits.py)
         return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status_code)
 
     @app.exception_handler(OverflowError)
@@ -168,10 +172,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (registry_router, devices_router, rollouts_router, accounting_router, audit_router):
         app.include_router(router)
     app.mount("/dashboard", create_dashboard(lambda: app.state.ctx))  # issue 7: server-rendered pages
-    # Middleware, innermost first: cached polls answered below FastAPI's routing (issue 8), and the metrics
-    # around everything, fast answers included.
+    # Middleware, innermost first: cached polls answered below FastAPI's routing (issue 8); the limits before
+    # work around them, so an oversized or unauthenticated poll is refused before the fast path reads it
+    # (issue 15); the metrics around everything, fast answers and refusals included.
     poll_route = next(r for r in devices_router.routes if getattr(r, "path", None) == POLL_PATH)
     app.add_middleware(poll_fast_path, get_ctx=lambda: app.state.ctx, route=poll_route)  # type: ignore[arg-type]
+    app.add_middleware(limit_requests, get_settings=lambda: app.state.ctx.settings,  # type: ignore[arg-type]
+                       limits=limits)
     app.add_middleware(metrics.asgi)  # type: ignore[arg-type]  # a middleware factory: app -> app
     document_errors(app)  # 422 bodies in /openapi.json are the protocol's error shape
 

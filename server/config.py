@@ -42,6 +42,23 @@ class Settings(BaseSettings):
     package_cache_items: int = Field(default=8, ge=1)
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
 
+    # Limits before work (server/limits.py, issue 15): enforced on the raw request, before any body is parsed
+    # or spooled and before any credential is looked up in the database.
+    max_device_body_bytes: int = Field(default=16 * 1024, ge=1024)  # enrolment and poll bodies (~250 bytes)
+    max_reports_body_bytes: int = Field(default=256 * 1024, ge=1024)  # a car sends up to 100 reports at once
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)  # any other request (the operator's JSON, forms)
+    auth_failure_burst: int = Field(default=30, ge=1)  # credential failures per client address before 429
+    auth_failure_rate_per_s: float = Field(default=1.0, gt=0)  # ... and how fast that allowance refills
+    enroll_burst: int = Field(default=1000, ge=1)  # enrolments per client address before 429 (a depot's NAT)
+    enroll_rate_per_s: float = Field(default=20.0, gt=0)
+    # Connections (``ota serve``, server/httpproto.py): a client must send its request head within
+    # head_timeout_s of its first byte, and its body within body_timeout_s of the head (slowloris).
+    head_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=120.0, gt=0)
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)  # an idle kept-alive connection is closed after this
+    limit_concurrency: int = Field(default=1000, ge=1)  # connections + requests per worker; more get 503
+    backlog: int = Field(default=2048, ge=1)  # connections the kernel queues before accept()
+
     poll_interval_s: int = Field(default=60, ge=1)
     offer_ttl_s: int = Field(default=24 * 3600, ge=60)
     # Per-process poll caches (server/devices/pollcache.py): how stale a decision may be across workers.

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from server.db import UtcDateTime
 
@@ -13,10 +13,21 @@ DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
 INT32 = 2**31 - 1
 INT64 = 2**63 - 1
 
+# Bounds on everything a device (or the operator) writes that is stored and shown (issue 15, finding 4: 30 MB
+# of tags and a 30 MB failure reason were stored, and the dashboard page grew to 90 MB).  The body limits in
+# server/limits.py refuse bigger requests before they are parsed; these give a 422 that names the field.
+MAX_TAGS = 32
+TagKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+TagValue = Annotated[str, StringConstraints(max_length=256)]
+Tags = Annotated[dict[TagKey, TagValue], Field(max_length=MAX_TAGS,
+                                              description=f"at most {MAX_TAGS} tags, keys <= 64, values <= 256 chars")]
+Sha256Hex = Annotated[str, StringConstraints(max_length=64)]
+MAX_REASON_CHARS = 2000
+
 
 class EnrollIn(BaseModel):
     device_id: str = Field(pattern=DEVICE_ID)
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: Tags = Field(default_factory=dict)
 
 
 class EnrollOut(BaseModel):
@@ -30,9 +41,9 @@ class EnrollOut(BaseModel):
 class PollIn(BaseModel):
     line: str = Field(min_length=1, max_length=100)
     current_version: int = Field(default=0, ge=0, le=INT32)
-    current_model_sha256: str | None = None
-    current_package_sha256: str | None = None
-    agent_state: str | None = None
+    current_model_sha256: Sha256Hex | None = None
+    current_package_sha256: Sha256Hex | None = None
+    agent_state: str | None = Field(default=None, max_length=32)
 
 
 class PollOut(BaseModel):
@@ -46,12 +57,12 @@ class ReportIn(BaseModel):
     manifest_version: int | None = Field(default=None, le=INT64)
     target_version: int = Field(ge=1, le=INT32)
     state: Literal["downloading", "downloaded", "verified", "installed", "failed", "rolled_back"]
-    reason: str | None = None
+    reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
     bytes_received: int | None = Field(default=None, ge=0, le=INT64)
     artifact: Literal["delta", "full"] | None = None
     elapsed_s: float | None = None
     running_version: int | None = Field(default=None, le=INT32)
-    running_model_sha256: str | None = None
+    running_model_sha256: Sha256Hex | None = None
     at: UtcDateTime | None = None
 
 
@@ -84,7 +95,7 @@ class UpdateOut(BaseModel):
 class DevicePatch(BaseModel):
     """Operator changes to one device: tags (replaced) and its poll interval (null: the server default)."""
 
-    tags: dict[str, str] | None = None
+    tags: Tags | None = None
     poll_interval_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
 
 

@@ -17,6 +17,7 @@ from server.registry import artifacts, schemas, service
 from server.registry.storage import PackageStorage
 
 router = APIRouter(prefix="/api/v1")
+MAX_NOTES_CHARS = 10_000  # release notes are shown on the dashboard and by `ota versions`
 
 
 def _storage(ctx: Ctx) -> PackageStorage:
@@ -33,9 +34,12 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes:
 @router.post("/lines/{line}/versions", status_code=201, response_model=schemas.VersionOut)
 async def publish(line: str, ctx: Ctx, _admin: Admin,
                   file: Annotated[UploadFile, File(description="the ONNX model")],
-                  notes: Annotated[str | None, Form()] = None, publisher: Annotated[str | None, Form()] = None,
+                  notes: Annotated[str | None, Form(max_length=MAX_NOTES_CHARS)] = None,
+                  publisher: Annotated[str | None, Form(max_length=200)] = None,
                   min_agreement: Annotated[float | None, Form()] = None,
-                  codecs: Annotated[str | None, Form()] = None) -> schemas.VersionOut:
+                  codecs: Annotated[str | None, Form(max_length=200)] = None) -> schemas.VersionOut:
+    # The admin token and the upload limit are enforced before the body is read (server/limits.py); the
+    # limit is checked again here on the file part alone.
     data = await _read_limited(file, ctx.settings.max_upload_bytes)
     return await run_in_threadpool(service.publish, ctx.db, _storage(ctx), ctx.settings, line, data, notes=notes,
                                    publisher=publisher, codecs=codecs, min_agreement=min_agreement)

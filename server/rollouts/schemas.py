@@ -17,10 +17,10 @@ class StageIn(BaseModel):
 
 
 class RolloutIn(BaseModel):
-    line: str
+    line: str = Field(max_length=100)
     version: int = Field(ge=1, le=INT32)
-    codec: str | None = None
-    selector: dict[str, str] = Field(default_factory=dict)
+    codec: str | None = Field(default=None, max_length=100)
+    selector: dict[str, str] = Field(default_factory=dict, max_length=32)  # tag key=value, as device tags
     stages: list[StageIn] = Field(default_factory=lambda: [StageIn(percent=100)])
     error_threshold_pct: float | None = Field(default=None, ge=0, le=100)
     error_threshold_count: int | None = Field(default=None, ge=1, le=INT32)
