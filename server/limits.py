@@ -44,7 +44,7 @@ from server.security import bearer, tokens_equal
 ENROLL_PATH = "/api/v1/devices/enroll"
 POLL_PATH = "/api/v1/device/poll"
 REPORTS_PATH = "/api/v1/device/reports"
-PUBLISH_PATH = re.compile(r"/api/v1/lines/[^/]+/versions")
+PUBLISH_PATH = re.compile(r"/api/v1/lines/.+/versions")  # loose: a decoded %2F in the name still counts
 MULTIPART_OVERHEAD = 64 * 1024  # part headers, boundaries and the small form fields around the uploaded model
 ADMIN_REQUIRED = ("admin token required: send 'Authorization: Bearer <admin token>' "
                   "(development servers write it to <data dir>/admin-token)")

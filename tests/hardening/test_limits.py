@@ -259,3 +259,20 @@ def test_enrolment_is_rate_limited_per_address(live_server_factory: Callable[...
     assert r.status_code == 429, r.text
     assert int(r.headers["retry-after"]) >= 1 and "enrol" in r.json()["detail"]
     assert sorted(_device_ids(srv)) == ["car-0", "car-1", "car-2"]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared-length", "chunked"])
+def test_an_oversized_poll_from_a_cached_device_is_refused_before_the_fast_path_reads_it(
+        live_server: LiveServer, chunked: bool) -> None:
+    """The fast path (server/devices/fastpoll.py) answers cached polls below FastAPI: the limit sits outside it."""
+    live_server.publish(ZOO / "v1.onnx")
+    token = live_server.enroll("car-1")["device_token"]
+    poll = {"line": "road-signs", "current_version": 0}
+    assert live_server.device(token).post("/api/v1/device/poll", json=poll).status_code == 200  # now cached
+    prefix, suffix = b'{"line":"road-signs","current_version":0,"padding":"', b'"}'
+    out = send_body(int(live_server.url.rsplit(":", 1)[1]), "POST", "/api/v1/device/poll",
+                    {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                    repeated(b"x" * 4096, 4 * MB), length=None if chunked else len(prefix) + 4 * MB + len(suffix),
+                    prefix=prefix, suffix=suffix)
+    assert out.status == 413, out.response[:300]
+    assert b"OTA_MAX_DEVICE_BODY_BYTES" in out.response

@@ -57,7 +57,8 @@ def test_requests_the_fast_path_does_not_answer_reach_the_route(server: LiveServ
     car.http.post("/api/v1/device/poll", json=body)  # cached from here on
     r = car.http.post("/api/v1/device/poll", content=b'{"line": "fast", ', headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"] == "validation_error"
-    big = {**body, "agent_state": "x" * (fastpoll.MAX_FAST_BODY + 10)}  # read past the limit, then replayed
+    # read past the fast path's limit, then replayed (an unknown field: agent_state is bounded, issue 15)
+    big = {**body, "padding": "x" * (fastpoll.MAX_FAST_BODY + 10)}
     r = car.http.post("/api/v1/device/poll", json=big)
     assert r.status_code == 200 and r.json()["offer"] is not None
     r = car.http.post("/api/v1/device/poll", content=json.dumps(body), headers={"content-type": "text/plain"})
