@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from server.db import utcnow
 from server.deps import Admin, AppContext, Ctx, DbSession
 from server.devices import pollcache, schemas, service
-from server.devices.auth import UNKNOWN_DEVICE, known_device
+from server.devices.auth import UNKNOWN_DEVICE, device_by_token, known_device
 from server.devices.pollcache import PollCache
 from server.errors import Unauthorized
 from server.rollouts.lineview import LineView, load_line
@@ -62,6 +62,14 @@ def _poll_in_transaction(session: Session, ctx: AppContext, token: str, body: sc
     return pollcache.encode_answer(out.poll_interval_s, json.dumps(out.offer).encode() if out.offer else None)
 
 
+def _prepare_poll(ctx: AppContext, token: str, body: schemas.PollIn) -> None:
+    """The poll's codec work (an on-demand delta) in a read scope, before its write transaction."""
+    with ctx.db.read_scope() as session:
+        device = device_by_token(session, token)
+        if device is not None:
+            service.prepare_poll(session, ctx.settings, ctx.services["storage"], device, body)
+
+
 def _loaders(ctx: AppContext) -> CapacityLimiter:
     """Cache misses read in at most 4 threads: more only compete for the GIL and pooled connections."""
     limiter = ctx.services.get("poll_loaders")
@@ -102,6 +110,8 @@ async def poll(body: schemas.PollIn, request: Request,
     now = utcnow()
     content = pollcache.answer(caller.device, line, body, now, ctx.settings) if line is not None else None
     if content is None:  # needs the database (an unknown line: the slow path raises NotFound)
+        # A delta to make is made first, holding no write slot (issue 15); the transaction only writes rows.
+        await to_thread.run_sync(_prepare_poll, ctx, caller.token, body)
         content = await ctx.db.run_write(_poll_in_transaction, ctx, caller.token, body)
     else:
         ctx.services["presence"].note(caller.device.pk, now)

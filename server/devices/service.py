@@ -126,6 +126,44 @@ def _new_update(session: Session, device: Device, rollout_id: int | None, versio
         return winner
 
 
+def _offered_package(session: Session, settings: Settings, device: Device, body: schemas.PollIn,
+                     ) -> tuple[Line, rollouts.Target, Package] | None:
+    """The line, target and package a poll would offer, or None when it offers nothing (a read)."""
+    line = registry_store.line_by_name(session, body.line)
+    if line is None:
+        return None
+    target = rollouts.desired_for(session, line, device)
+    pkg = _choose_codec(session, target.version, target.codec, settings) if target else None
+    return (line, target, pkg) if _offers(target, pkg, body) else None
+
+
+def _offers(target: rollouts.Target | None, pkg: Package | None, body: schemas.PollIn) -> bool:
+    """Whether a poll gets an offer: there is a target with a package, not already run, and not a downgrade."""
+    if target is None or pkg is None:
+        return False
+    runs_target = body.current_version == target.version.number and (
+        body.current_model_sha256 in (None, pkg.model_sha256))
+    downgrade = target.version.number < body.current_version and not target.rollback
+    return not runs_target and not downgrade
+
+
+def prepare_poll(session: Session, settings: Settings, storage: PackageStorage, device: Device,
+                 body: schemas.PollIn) -> None:
+    """Make the transfer delta this poll will offer, if nobody has: in a read scope, before the write slot.
+
+    The codec work of an on-demand delta took SQLite's only write slot for its whole duration, so another
+    car's enrolment or reports waited for it (issue 15).  ``poll`` then finds the bytes made and only
+    inserts the delta's row.
+    """
+    offered = _offered_package(session, settings, device, body)
+    if offered is None or not body.current_package_sha256 or body.current_package_sha256 == offered[2].sha256:
+        return
+    line, _, pkg = offered
+    base = registry_store.line_package_by_sha(session, line.id, body.current_package_sha256)
+    if base is not None and base.codec == pkg.codec:
+        storage.prepare_delta(session, base, pkg)
+
+
 def poll(session: Session, settings: Settings, signer: Signer, storage: PackageStorage, presence: LastSeen,
          device: Device, body: schemas.PollIn) -> schemas.PollOut:
     """Answer a poll: no offer when the car runs its desired version, else a signed offer.
@@ -141,10 +179,7 @@ def poll(session: Session, settings: Settings, signer: Signer, storage: PackageS
         raise NotFound(f"model line {body.line!r} does not exist on this registry")
     target = rollouts.desired_for(session, line, device)
     pkg = _choose_codec(session, target.version, target.codec, settings) if target else None
-    runs_target = target is not None and body.current_version == target.version.number and (
-        body.current_model_sha256 in (None, pkg.model_sha256 if pkg else None))
-    downgrade = target is not None and target.version.number < body.current_version and not target.rollback
-    if target is None or pkg is None or runs_target or downgrade:
+    if target is None or pkg is None or not _offers(target, pkg, body):
         _note_running(device, line, body)
         return schemas.PollOut(poll_interval_s=interval, offer=None)
     rollout_id = target.rollout.id if target.rollout else None

@@ -96,22 +96,40 @@ class PackageStorage:
         with self._flights_lock:
             return self._flights.setdefault(key, threading.Lock())
 
+    def make_delta(self, session: Session, base: Package, target: Package) -> tuple[str, int]:
+        """The blob (SHA-256, size) of the transfer delta base -> target, diffed once per process.
+
+        The codec work (materialize both packages, diff, entropy-code) takes
+        a good part of a second: callers do it in a read scope, before they
+        take a write slot (issue 15: a poll used to hold SQLite's only write
+        slot for it).  Single-flight: one thread computes a pair while the
+        others wait for it and reuse its bytes.
+        """
+        key = (base.sha256, target.sha256)
+        with self._flight(key):
+            made = self._made.get(key)
+            if made is None:
+                patch = codec.diff(self.materialize(session, base), self.materialize(session, target))
+                made = self._made[key] = (self.blobs.put(patch), len(patch))
+        return made
+
+    def prepare_delta(self, session: Session, base: Package, target: Package) -> None:
+        """Make the delta's blob now unless its row exists, so that ``delta_for`` later only inserts the row."""
+        if store.delta(session, base.sha256, target.sha256) is None:
+            self.make_delta(session, base, target)
+
     def delta_for(self, session: Session, base: Package, target: Package) -> Delta | None:
         """The transfer delta base -> target, computed once if missing; None if it would not be smaller.
 
-        Single-flight: one thread per process computes a pair while the others
-        wait and reuse its bytes; the row goes into the caller's transaction,
-        and a concurrent insert from another process (unique constraint) is
-        settled by taking the row that won.
+        The row goes into the caller's transaction, and a concurrent insert
+        from another process (unique constraint) is settled by taking the row
+        that won.  Call ``prepare_delta`` first, outside the write
+        transaction, so that the diff is not made while holding it.
         """
         key = (base.sha256, target.sha256)
         existing = store.delta(session, *key)
         if existing is None:
-            with self._flight(key):
-                made = self._made.get(key)
-                if made is None:
-                    patch = codec.diff(self.materialize(session, base), self.materialize(session, target))
-                    made = self._made[key] = (self.blobs.put(patch), len(patch))
+            made = self.make_delta(session, base, target)
             existing = store.delta(session, *key)  # another request may have committed it meanwhile
             if existing is None:
                 try:
