@@ -123,15 +123,25 @@ class BodyLimit:
     setting: str  # the environment variable an operator raises, named in the 413
 
 
-def body_limit(settings: Settings, method: str, path: str) -> BodyLimit:
-    """The most body bytes the route at ``path`` accepts."""
-    if path in (ENROLL_PATH, POLL_PATH):
-        return BodyLimit(settings.max_device_body_bytes, "OTA_MAX_DEVICE_BODY_BYTES")
-    if path == REPORTS_PATH:
-        return BodyLimit(settings.max_reports_body_bytes, "OTA_MAX_REPORTS_BODY_BYTES")
-    if method == "POST" and PUBLISH_PATH.fullmatch(path):
-        return BodyLimit(settings.max_upload_bytes + MULTIPART_OVERHEAD, "OTA_MAX_UPLOAD_BYTES")
-    return BodyLimit(settings.max_body_bytes, "OTA_MAX_BODY_BYTES")
+class BodyLimits:
+    """The most body bytes each route accepts (built once from the settings: a dict lookup per request)."""
+
+    def __init__(self, settings: Settings) -> None:
+        device = BodyLimit(settings.max_device_body_bytes, "OTA_MAX_DEVICE_BODY_BYTES")
+        self.exact = {ENROLL_PATH: device, POLL_PATH: device,
+                      REPORTS_PATH: BodyLimit(settings.max_reports_body_bytes, "OTA_MAX_REPORTS_BODY_BYTES")}
+        self.upload = BodyLimit(settings.max_upload_bytes + MULTIPART_OVERHEAD, "OTA_MAX_UPLOAD_BYTES")
+        self.default = BodyLimit(settings.max_body_bytes, "OTA_MAX_BODY_BYTES")
+        self.admin_token = settings.admin_token
+
+    def for_route(self, method: str, path: str) -> tuple[BodyLimit, bool]:
+        """The route's limit, and whether it is the publish upload (which needs the admin token up front)."""
+        limit = self.exact.get(path)
+        if limit is not None:
+            return limit, False
+        if method == "POST" and PUBLISH_PATH.fullmatch(path):
+            return self.upload, True
+        return self.default, False
 
 
 class BodyTooLarge(Exception):
@@ -167,6 +177,7 @@ def _declared(scope: Scope) -> tuple[int | None, str | None]:
 
 def limit_requests(app: ASGIApp, get_settings: Callable[[], Settings], limits: RateLimits) -> ASGIApp:
     """Wrap ``app`` with the checks in this module's docstring; ``get_settings`` gives the resolved settings."""
+    routes: BodyLimits | None = None
 
     async def guard(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -186,11 +197,12 @@ def limit_requests(app: ASGIApp, get_settings: Callable[[], Settings], limits: R
                 await refuse(send, 429, "too_many_requests", f"too many enrolments from {address}; retry after "
                              f"{math.ceil(wait)} s", wait)
                 return
-        settings = get_settings()
-        limit = body_limit(settings, method, path)
+        nonlocal routes
+        if routes is None:  # the settings are resolved (the admin token set) once the lifespan has started
+            routes = BodyLimits(get_settings())
+        limit, publish = routes.for_route(method, path)
         length, authorization = _declared(scope)
-        if method == "POST" and PUBLISH_PATH.fullmatch(path) and not tokens_equal(bearer(authorization),
-                                                                                  settings.admin_token):
+        if publish and not tokens_equal(bearer(authorization), routes.admin_token):
             limits.note_failure(address)
             await refuse(send, 401, "unauthorized", ADMIN_REQUIRED)
             return

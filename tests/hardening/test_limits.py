@@ -276,3 +276,29 @@ def test_an_oversized_poll_from_a_cached_device_is_refused_before_the_fast_path_
                     prefix=prefix, suffix=suffix)
     assert out.status == 413, out.response[:300]
     assert b"OTA_MAX_DEVICE_BODY_BYTES" in out.response
+
+
+# Connection limits of `ota serve` (uvicorn's limit_concurrency and keep-alive timeout, from the Settings).
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedRegistry]:
+    env = {"OTA_LIMIT_CONCURRENCY": "2", "OTA_KEEP_ALIVE_TIMEOUT_S": "1"}
+    with serve(tmp_path_factory.mktemp("crowded") / "data", workers=1, env=env) as reg:
+        yield reg
+
+
+def test_connections_beyond_the_concurrency_limit_get_503(crowded: ServedRegistry) -> None:
+    with socket.create_connection(("127.0.0.1", crowded.port)):  # holds one of the two places, sending nothing
+        time.sleep(0.2)
+        assert httpx.get(f"{crowded.url}/healthz").status_code == 503
+    time.sleep(0.2)
+    assert httpx.get(f"{crowded.url}/healthz").status_code == 200
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout(crowded: ServedRegistry) -> None:
+    with socket.create_connection(("127.0.0.1", crowded.port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: registry\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        start = time.monotonic()
+        assert sock.recv(4096) == b"", "the server should close an idle connection"
+        assert time.monotonic() - start < 3.0
