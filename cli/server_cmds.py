@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-concurrency", type=int, help="connections plus requests per worker before new ones get "
                    "503 (OTA_LIMIT_CONCURRENCY, default 1000)")
     p.add_argument("--backlog", type=int, help="connections the kernel queues before accept (OTA_BACKLOG, default 2048)")
-    p.add_argument("--keep-alive-timeout", type=float, help="seconds an idle kept-alive connection stays open "
+    p.add_argument("--keep-alive-timeout", type=int, help="seconds an idle kept-alive connection stays open "
                    "(OTA_KEEP_ALIVE_TIMEOUT_S, default 5)")
     p.add_argument("--head-timeout", type=float, help="seconds a client has to send a request's line and headers "
                    "(OTA_HEAD_TIMEOUT_S, default 10)")

@@ -21,6 +21,9 @@ from client.slots import Journal
 log = logging.getLogger("client.reports")
 
 STATES = ("downloading", "downloaded", "verified", "installed", "failed", "rolled_back")
+#: The registry refuses a longer ``reason`` with 422 (docs/PROTOCOL.md, "Limits"): cut it here, so an exception's
+#: long message does not get the whole report dropped.
+MAX_REASON_CHARS = 2000
 
 
 def utc_now_iso(now: datetime | None = None) -> str:
@@ -52,7 +55,7 @@ def enqueue(
         "manifest_version": manifest_version,
         "target_version": target_version,
         "state": state,
-        "reason": reason,
+        "reason": reason if reason is None or len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS - 1] + "…",
         "bytes_received": int(bytes_received),
         "artifact": artifact,
         "elapsed_s": round(float(elapsed_s), 3),

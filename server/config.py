@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     # head_timeout_s of its first byte, and its body within body_timeout_s of the head (slowloris).
     head_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=120.0, gt=0)
-    keep_alive_timeout_s: float = Field(default=5.0, gt=0)  # an idle kept-alive connection is closed after this
+    keep_alive_timeout_s: int = Field(default=5, ge=1)  # an idle kept-alive connection is closed after this
     limit_concurrency: int = Field(default=1000, ge=1)  # connections + requests per worker; more get 503
     backlog: int = Field(default=2048, ge=1)  # connections the kernel queues before accept()
 

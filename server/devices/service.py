@@ -134,7 +134,9 @@ def _offered_package(session: Session, settings: Settings, device: Device, body:
         return None
     target = rollouts.desired_for(session, line, device)
     pkg = _choose_codec(session, target.version, target.codec, settings) if target else None
-    return (line, target, pkg) if _offers(target, pkg, body) else None
+    if target is None or pkg is None or not _offers(target, pkg, body):
+        return None
+    return line, target, pkg
 
 
 def _offers(target: rollouts.Target | None, pkg: Package | None, body: schemas.PollIn) -> bool:

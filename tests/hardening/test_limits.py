@@ -302,3 +302,20 @@ def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout(cr
         start = time.monotonic()
         assert sock.recv(4096) == b"", "the server should close an idle connection"
         assert time.monotonic() - start < 3.0
+
+
+def test_the_agent_cuts_a_long_failure_reason_to_the_bound_so_the_report_is_accepted(live_server: LiveServer) -> None:
+    from client.reports import enqueue
+    from client.slots import Journal
+
+    live_server.publish(ZOO / "v1.onnx")
+    token = live_server.enroll("car-1")["device_token"]
+    offer = live_server.device(token).post("/api/v1/device/poll", json={"line": "road-signs"}).json()["offer"]
+    journal = Journal()
+    report = enqueue(journal, state="failed", rollout_id=offer["signed"]["rollout_id"],
+                     manifest_version=offer["signed"]["manifest_version"], target_version=1,
+                     reason="RuntimeError: " + "x" * 10_000)
+    r = live_server.device(token).post("/api/v1/device/reports", json={"reports": [report]})
+    assert r.status_code == 200 and r.json()["accepted"] == [report["seq"]], r.text[:300]
+    stored = live_server.admin().get("/api/v1/devices/car-1").json()["updates"][0]["reason"]
+    assert stored.startswith("RuntimeError: xxx") and len(stored) == 2000
