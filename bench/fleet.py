@@ -216,7 +216,10 @@ def main() -> int:
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
     with tempfile.TemporaryDirectory(prefix="ota-fleet-") as tmp:
         args.state_dir = args.state_dir or str(Path(tmp) / "cars")
-        env = {"OTA_DATABASE_URL": args.database_url} if args.database_url else None
+        # Every simulated car enrolls from 127.0.0.1: lift the per-address enrolment allowance (server/limits.py).
+        env = {"OTA_ENROLL_BURST": str(max(args.cars, 1000))}
+        if args.database_url:
+            env["OTA_DATABASE_URL"] = args.database_url
         with running_server(Path(tmp) / "server", codecs="deep", extra_env=env) as srv:
             out = asyncio.run(_run(args, srv, _Meter(srv.pid), log))
     print(json.dumps(out, indent=2))
