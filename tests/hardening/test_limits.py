@@ -8,6 +8,7 @@ run against the in-process live server.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -322,3 +323,38 @@ def test_the_agent_cuts_a_long_failure_reason_to_the_bound_so_the_report_is_acce
     assert r.status_code == 200 and r.json()["accepted"] == [report["seq"]], r.text[:300]
     stored = live_server.admin().get("/api/v1/devices/car-1").json()["updates"][0]["reason"]
     assert stored.startswith("RuntimeError: xxx") and len(stored) == 2000
+
+
+def test_ota_serve_flags_set_the_connection_limits(tmp_path: Path) -> None:
+    """``ota serve --head-timeout 1 --keep-alive-timeout 1 --limit-concurrency 2``, as an operator types it."""
+    import subprocess
+    import sys
+
+    from tests.hardening.workers import ROOT, free_port, wait_ready
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_") and k != "DATABASE_URL"}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--data-dir",
+                                 str(tmp_path / "data"), "--log-level", "warning", "--head-timeout", "1",
+                                 "--keep-alive-timeout", "1", "--limit-concurrency", "2"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, 60, log=lambda: log.read_text(errors="replace"))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
+            time.sleep(0.2)
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 503
+            start = time.monotonic()
+            assert idle.recv(4096).startswith(b"HTTP/1.1 408"), "a connection that sends nothing is timed out"
+            assert time.monotonic() - start < 2.5
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as kept:
+            kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: registry\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b'{"status":"ok"}'):
+                answer += kept.recv(4096)
+            start = time.monotonic()
+            assert kept.recv(4096) == b"" and time.monotonic() - start < 2.5, "kept alive past --keep-alive-timeout"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
