@@ -13,6 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--server", required=True, help="registry URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--device-id", required=True)
     p.add_argument("--enroll-token", help="fleet enrollment token (needed on the first start only)")
+    p.add_argument("--root-key", type=Path, help="the fleet's root public key file (root.pub from `ota keys init`; "
+                                                 "needed to enrol: the car trusts no key it was not provisioned for)")
     p.add_argument("--state-dir", type=Path, default=Path(".ota-agent"), help="slots, journal, identity")
     p.add_argument("--line", default="road-signs", help="model line to follow")
     p.add_argument("--tag", action="append", default=[], metavar="K=V", help="device tag (repeatable)")
@@ -42,7 +44,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     from client import Agent, AgentConfig
     from client.errors import AgentError
+    from client.trust import read_root_key
 
+    try:
+        root_key = read_root_key(args.root_key) if args.root_key else None
+    except ValueError as e:
+        print(f"ota agent: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         stream=sys.stdout,
@@ -54,6 +62,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         line=args.line,
         enroll_token=args.enroll_token,
+        root_public_key=root_key,
         tags=_tags(args.tag),
         poll_interval_s=args.poll_interval,
         max_rate_bytes_per_s=args.max_rate,

@@ -38,10 +38,12 @@ def serve(args: argparse.Namespace) -> int:
     from server.config import InsecureConfiguration, Settings, resolve_secrets
     from server.db import upgrade_to_head
     from server.httpproto import HTTP_PROTOCOL
+    from server.keys import load_keyring
 
     settings = Settings()
     try:
         settings = resolve_secrets(settings)
+        load_keyring(settings)  # a development server makes its keys here, once, before the workers start
     except InsecureConfiguration as e:
         print(f"ota serve: {e}", file=sys.stderr)
         return 2
@@ -50,7 +52,8 @@ def serve(args: argparse.Namespace) -> int:
     print(f"registry on http://{args.host}:{args.port}  data dir {settings.data_dir.resolve()}", file=sys.stderr)
     if settings.environment == "development":
         print(f"admin token in {settings.data_dir / 'admin-token'}, enrollment token in "
-              f"{settings.data_dir / 'enrollment-token'}", file=sys.stderr)
+              f"{settings.data_dir / 'enrollment-token'}; cars trust {settings.data_dir / 'root.pub'} "
+              "(ota agent --root-key)", file=sys.stderr)
     uvicorn.run("server.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level=args.log_level, http=HTTP_PROTOCOL)
     return 0

@@ -53,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="admin token, to fetch the v1 package flashed at the factory (env OTA_ADMIN_TOKEN; default: "
                         "<--data-dir>/admin-token)")
     p.add_argument("--data-dir", type=Path, help="a development server's data dir, to read its enrollment and admin "
-                                                 "tokens")
+                                                 "tokens and its root.pub")
+    p.add_argument("--root-key", type=Path, help="the fleet's root public key file that cars are provisioned with "
+                                                 "(default: <--data-dir>/root.pub)")
     add_initial_install_option(p)
     p.add_argument("--state-dir", type=Path, default=Path(".ota-sim"), help="car state (default .ota-sim)")
     p.add_argument("--line", default="road-signs")
@@ -68,6 +70,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--full-duration", action="store_true",
                    help="keep going for the whole --duration even once the fleet is settled (watch a rollout)")
     p.set_defaults(func=cmd_simulate)
+
+
+def _root_key(args: argparse.Namespace) -> bytes | None:
+    from client.trust import read_root_key
+
+    path = args.root_key or (args.data_dir / "root.pub" if args.data_dir else None)
+    if path is None:
+        return None
+    try:
+        return read_root_key(path)
+    except ValueError as e:
+        raise SystemExit(f"ota simulate: {e}") from e
 
 
 def _enroll_token(args: argparse.Namespace) -> str | None:
@@ -161,7 +175,8 @@ async def _simulate(args: argparse.Namespace, specs: list, token: str | None, fa
     from client.simulator.runner import Fleet
 
     console = None if args.json else Console(highlight=False)
-    fleet = Fleet(args.server, specs, args.state_dir, enroll_token=token, time_scale=args.time_scale,
+    fleet = Fleet(args.server, specs, args.state_dir, enroll_token=token, root_public_key=_root_key(args),
+                  time_scale=args.time_scale,
                   poll_interval_s=args.poll_interval, line=args.line, max_in_flight=args.max_in_flight or None)
     real_timeout = args.duration / args.time_scale
     try:  # Ctrl-C cancels this task: the finally still stops the cars and prints what they did

@@ -18,6 +18,9 @@ class AgentConfig:
     device_id: str
     state_dir: Path
     line: str = "road-signs"
+    #: The fleet's root public key (raw Ed25519, 32 bytes), provisioned before first contact: the car trusts
+    #: only offers signed by keys a root-signed delegation names (client/trust.py).  Required to enrol.
+    root_public_key: bytes | None = None
     #: Fleet enrollment token; needed only for the first start (or if the device token is revoked).
     enroll_token: str | None = None
     tags: dict[str, str] = field(default_factory=dict)

@@ -23,6 +23,7 @@ starts a new one, which boots from the slots as after a power cut.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import itertools
 import json
@@ -62,12 +63,16 @@ def config_to_json(config: AgentConfig) -> str:
     """``AgentConfig`` as JSON for the daemon's command line (paths as strings)."""
     d = dataclasses.asdict(config)
     d["state_dir"] = str(config.state_dir)
+    if config.root_public_key is not None:
+        d["root_public_key"] = base64.b64encode(config.root_public_key).decode()
     return json.dumps(d)
 
 
 def config_from_json(text: str) -> AgentConfig:
     d = json.loads(text)
     d["state_dir"] = Path(d["state_dir"])
+    if d.get("root_public_key") is not None:
+        d["root_public_key"] = base64.b64decode(d["root_public_key"])
     return AgentConfig(**d)
 
 

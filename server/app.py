@@ -37,13 +37,14 @@ from server.devices.pollcache import PollCache
 from server.devices.presence import LastSeen
 from server.devices.routes import router as devices_router
 from server.errors import RegistryError
+from server.keys import keys_stamp, load_keyring
 from server.metrics import Metrics
 from server.openapi import document_errors
 from server.registry.routes import router as registry_router
 from server.registry.storage import PackageStorage
 from server.rollouts import service as rollouts
 from server.rollouts.routes import router as rollouts_router
-from server.security import Signer
+from server.status import StatusCache
 
 log = logging.getLogger("ota.server")
 
@@ -68,7 +69,9 @@ def build_context(settings: Settings) -> AppContext:
         blobs: BlobStore = S3BlobStore.from_settings(settings)
     else:
         blobs = LocalBlobStore(settings.blob_dir)
-    ctx = AppContext(settings=settings, db=db, blobs=blobs, signer=Signer.load_or_create(settings.key_path))
+    keys = load_keyring(settings)
+    ctx = AppContext(settings=settings, db=db, blobs=blobs, signer=keys.signer, keys=keys,
+                     statuses=StatusCache(keys.signer, settings.status_ttl_s))
     ctx.services["storage"] = PackageStorage(blobs, settings.package_cache_items)
     ctx.services["presence"] = LastSeen()
     cache = PollCache(settings.poll_cache_s, max_age_s=settings.poll_cache_max_s,
@@ -92,6 +95,21 @@ async def _every(seconds: float, job, what: str, stop: asyncio.Event) -> None:  
             await run_in_threadpool(job)
         except Exception:  # noqa: BLE001 - a background job must not die; the next tick retries
             log.exception("background %s failed", what)
+
+
+def _reload_keys(ctx: AppContext) -> None:
+    """Pick up ``ota keys rotate`` without a restart: a changed delegation file swaps the online key in.
+
+    A broken or half-written rotation keeps the key already loaded (and says why in the log); stored offers
+    signed by the old key are re-signed on their next poll (``devices/service.py``, ``pollcache.answer``).
+    """
+    stamp = keys_stamp(ctx.settings)
+    if stamp == ctx.keys.stamp:
+        return
+    ring = load_keyring(ctx.settings, create=False)
+    if ring.signer.key_id != ctx.signer.key_id:
+        log.warning("online signing key rotated: delegation v%d, key %s", ring.version, ring.signer.key_id[:12])
+    ctx.keys, ctx.signer, ctx.statuses = ring, ring.signer, StatusCache(ring.signer, ctx.settings.status_ttl_s)
 
 
 def _tick_rollouts(ctx: AppContext) -> None:
@@ -118,6 +136,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks = [asyncio.create_task(_every(ctx.settings.last_seen_flush_s, lambda: presence.flush(ctx.db), "flush",
                                             stop)),
                  asyncio.create_task(_every(ctx.settings.rollout_tick_s, lambda: _tick_rollouts(ctx), "rollouts",
+                                            stop)),
+                 asyncio.create_task(_every(ctx.settings.keys_reload_s, lambda: _reload_keys(ctx), "key reload",
                                             stop))]
         cache: PollCache = ctx.services["pollcache"]
         if ctx.settings.poll_cache_s > 0:  # keep the poll caches fresh (server/devices/pollcache.py)

@@ -9,6 +9,7 @@ weak secrets stop the server with a message that says which variable to set.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -33,7 +34,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("OTA_DATABASE_URL", "DATABASE_URL"))
     admin_token: str | None = None
     enrollment_token: str | None = None
-    signing_key_path: Path | None = None  # default: <data_dir>/signing-key.pem
+    signing_key_path: Path | None = None  # the online key; default: <data_dir>/signing-key.pem (server/keys.py)
+    # A "no offer" answer carries a status signed for the device; a car refuses one past its expiry, so an
+    # attacker who replays old answers can hide an update for at most this long.  Re-signed at half-life.
+    status_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    keys_reload_s: float = Field(default=10.0, gt=0)  # how often a server looks for a rotated key (ota keys rotate)
 
     default_codecs: str = "lossless,deep"
     default_min_agreement: float | None = None
@@ -92,12 +97,15 @@ class Settings(BaseSettings):
 
 
 def _secret_file(data_dir: Path, name: str) -> str:
+    """A development secret: read it, or create the file 0600 from the start (O_EXCL: two workers, one winner)."""
     path = data_dir / name
-    if path.exists():
-        return path.read_text().strip()
     value = secrets.token_urlsafe(32)
-    path.write_text(value + "\n")
-    path.chmod(0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
     return value
 
 
@@ -108,7 +116,7 @@ def resolve_secrets(settings: Settings) -> Settings:
         InsecureConfiguration: production without OTA_ADMIN_TOKEN / OTA_ENROLLMENT_TOKEN
             of at least 24 characters.
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if settings.environment == "development":
         return settings.model_copy(update={
             "admin_token": settings.admin_token or _secret_file(settings.data_dir, "admin-token"),

@@ -37,7 +37,7 @@ class AgentProcess:
 
     def __init__(self, server: LiveServer, state: Path, *extra: str) -> None:
         cmd = [sys.executable, "-m", "cli.main", "agent", "--server", server.url, "--device-id", "car-1",
-               f"--enroll-token={server.enrollment_token}", "--state-dir", str(state), "--poll-interval", "0.3", *extra]
+               f"--enroll-token={server.enrollment_token}", "--root-key", str(server.data_dir / "root.pub"), "--state-dir", str(state), "--poll-interval", "0.3", *extra]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.lines: queue.Queue[str] = queue.Queue()
