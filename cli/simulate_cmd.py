@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli.safe_text import safe
+
 HELP = """\
 Run N simulated cars in this one process (asyncio).  Each car runs the real agent code over real HTTP to the
 registry: it enrols with its own device id and tags (region, hw, network), polls, downloads (resuming after
@@ -143,7 +145,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         try:
             factory = _flash_v1(args, specs)
         except SimulateError as e:
-            print(f"ota simulate: {e}", file=sys.stderr)
+            print(f"ota simulate: {safe(e)}", file=sys.stderr)  # may echo the registry's error detail
             return 2
         print(describe_flash(factory), file=sys.stderr if args.json else sys.stdout)
     logging.getLogger("client").setLevel(logging.ERROR)  # the live view says what the cars' warnings would
