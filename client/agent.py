@@ -32,7 +32,7 @@ import numpy as np
 
 from client import reports
 from client.api import RegistryClient
-from client.config import AgentConfig
+from client.config import AgentConfig, clamp_server_poll_interval
 from client.decode_worker import Decoder, InProcessDecoder, shared_worker
 from client.download import DownloadSpec, fetch, remove_partial
 from client.errors import (
@@ -285,7 +285,7 @@ class Agent:
         self.identity = Identity(e.device_id, e.device_token, e.public_key, e.key_id)
         save_identity(self.config.state_dir / "identity.json", self.identity, fsync=self.config.fsync)
         self.api.device_token = e.device_token
-        self.poll_interval_s = e.poll_interval_s
+        self.poll_interval_s = clamp_server_poll_interval(self.config, e.poll_interval_s)
         log.info("enrolled as %s; pinned key %s", e.device_id, e.key_id[:12])
 
     async def poll_once(self) -> None:
@@ -303,7 +303,7 @@ class Agent:
             active.package_sha256 if active else None,
             self.agent_state,
         )
-        self.poll_interval_s = result.poll_interval_s
+        self.poll_interval_s = clamp_server_poll_interval(self.config, result.poll_interval_s)
         if result.offer is not None:
             await self.handle_offer(result.offer)
         await self.flush_reports()
