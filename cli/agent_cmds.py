@@ -38,6 +38,14 @@ def _tags(pairs: list[str]) -> dict[str, str]:
     return tags
 
 
+def make_state_dir(path: Path) -> None:
+    """The agent's state directory, created 0700: it holds the device's identity and its models.
+
+    An existing directory is left as the operator made it.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
 
     from client import Agent, AgentConfig
@@ -58,7 +66,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         poll_interval_s=args.poll_interval,
         max_rate_bytes_per_s=args.max_rate,
     )
-    args.state_dir.mkdir(parents=True, exist_ok=True)
+    make_state_dir(args.state_dir)
     agent = Agent(config)
     if not args.once:
         try:

@@ -108,7 +108,7 @@ def resolve_secrets(settings: Settings) -> Settings:
         InsecureConfiguration: production without OTA_ADMIN_TOKEN / OTA_ENROLLMENT_TOKEN
             of at least 24 characters.
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # database, blobs, key, tokens: private
     if settings.environment == "development":
         return settings.model_copy(update={
             "admin_token": settings.admin_token or _secret_file(settings.data_dir, "admin-token"),
