@@ -20,11 +20,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--codecs", help="default codecs for publish, e.g. lossless,deep (OTA_DEFAULT_CODECS)")
     p.add_argument("--no-migrate", action="store_true", help="do not run migrations (the server refuses to start "
                                                               "if the schema is not at head)")
+    p.add_argument("--metrics-port", type=int, help="also serve /metrics on this port, without a token, for "
+                                                     "Prometheus (OTA_METRICS_PORT); the API port's /metrics then "
+                                                     "needs the admin token.  Needs --workers 1")
+    p.add_argument("--metrics-host", help="address of the --metrics-port listener (OTA_METRICS_HOST, default "
+                                          "127.0.0.1)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=serve)
 
 
 def serve(args: argparse.Namespace) -> int:
+    if args.metrics_port and args.workers != 1:
+        print("ota serve: --metrics-port needs --workers 1 (each worker process has its own counters); "
+              "with several workers scrape the API port's /metrics with the admin token", file=sys.stderr)
+        return 2
     # The CLI is the one place that turns flags into the environment the Settings read,
     # so that every uvicorn worker process builds the same Settings.
     if args.data_dir:
@@ -33,6 +42,10 @@ def serve(args: argparse.Namespace) -> int:
         os.environ["OTA_DATABASE_URL"] = args.database_url
     if args.codecs:
         os.environ["OTA_DEFAULT_CODECS"] = args.codecs
+    if args.metrics_port:
+        os.environ["OTA_METRICS_PORT"] = str(args.metrics_port)
+    if args.metrics_host:
+        os.environ["OTA_METRICS_HOST"] = args.metrics_host
     import uvicorn
 
     from server.config import InsecureConfiguration, Settings, resolve_secrets

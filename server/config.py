@@ -69,6 +69,18 @@ class Settings(BaseSettings):
     s3_redirect_downloads: bool = False  # answer whole-artifact GETs with a 307 to a presigned URL
     s3_presign_ttl_s: int = Field(default=300, ge=1, le=7 * 24 * 3600)
 
+    # /metrics (issue 15): fleet size, poll rates and rollout activity are not for strangers.
+    metrics_public: bool | None = None  # None: public in development only; false: the admin token is required
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # also serve /metrics on this separate listener
+    metrics_host: str = "127.0.0.1"  # the separate listener's address: an interface only monitoring reaches
+
+    @property
+    def metrics_are_public(self) -> bool:
+        """Whether the API port's ``/metrics`` answers without the admin token."""
+        if self.metrics_public is not None:
+            return self.metrics_public
+        return self.environment == "development" and self.metrics_port is None
+
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
