@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     dashboard_refresh_s: float = Field(default=5.0, gt=0)  # how often dashboard pages refresh their counts
     dashboard_stuck_after_s: float = Field(default=1800.0, gt=0)  # an update with no progress this long is stuck
     dashboard_network_tag: str = "network"  # the device tag the bandwidth page groups transfers by
+    dashboard_session_s: int = Field(default=12 * 3600, ge=1)  # a login lasts this long (or until logout)
+    dashboard_login_max_failures: int = Field(default=5, ge=1)  # refused logins per client address per window,
+    dashboard_login_window_s: float = Field(default=60.0, gt=0)  # then 429 with Retry-After
 
     # Blob store (issue 8): a local folder by default, or any S3-compatible store (needs the `s3` extra).
     blob_backend: Literal["local", "s3"] = "local"
