@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cli.env import ADMIN_TOKEN, DATA_DIR, SERVER, SecretError, env, resolve_secret
 from cli.safe_text import safe
 
 API = "/api/v1"
@@ -27,21 +28,26 @@ class CliError(Exception):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=os.environ.get("OTA_SERVER", "http://127.0.0.1:8000"),
-                   help="registry URL (env OTA_SERVER)")
-    p.add_argument("--token", default=os.environ.get("OTA_ADMIN_TOKEN"), help="admin token (env OTA_ADMIN_TOKEN); write --token=VALUE if it starts with '-'")
-    p.add_argument("--data-dir", default=os.environ.get("OTA_DATA_DIR", ".ota-data"),
-                   help="read the token from <data dir>/admin-token when --token is not given")
+    p.add_argument("--server", default=env(SERVER, "http://127.0.0.1:8000"), help="registry URL (env OTA_SERVER)")
+    p.add_argument("--token", help="admin token; visible in the process list: prefer --token-file or "
+                                   "OTA_ADMIN_TOKEN (write --token=VALUE if it starts with '-')")
+    p.add_argument("--token-file", type=Path, metavar="FILE", help="read the admin token from FILE")
+    p.add_argument("--data-dir", default=env(DATA_DIR, ".ota-data"),
+                   help="read the token from <data dir>/admin-token when no other is given")
     p.add_argument("--json", action="store_true", help="print the server's JSON")
 
 
 def _token(args: argparse.Namespace) -> str:
-    if args.token:
-        return args.token
+    try:
+        token = resolve_secret(args.token, args.token_file, ADMIN_TOKEN, "admin token")
+    except SecretError as e:
+        raise CliError(str(e)) from e
+    if token:
+        return token
     path = Path(args.data_dir) / "admin-token"
     if path.exists():
         return path.read_text().strip()
-    raise CliError(f"no admin token: pass --token, set OTA_ADMIN_TOKEN, or point --data-dir at the server's data "
+    raise CliError(f"no admin token: pass --token-file, set OTA_ADMIN_TOKEN, or point --data-dir at the server's data "
                    f"directory ({path} does not exist)")
 
 

@@ -7,12 +7,17 @@ import logging
 import sys
 from pathlib import Path
 
+from cli.env import ENROLL_TOKEN, SecretError, resolve_secret
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("agent", help="run a car agent: enrol, poll, download, verify, hot-swap")
     p.add_argument("--server", required=True, help="registry URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--device-id", required=True)
-    p.add_argument("--enroll-token", help="fleet enrollment token (needed on the first start only)")
+    p.add_argument("--enroll-token", help="fleet enrollment token (needed on the first start only); visible in the "
+                                          "process list: prefer --enroll-token-file or OTA_ENROLL_TOKEN")
+    p.add_argument("--enroll-token-file", type=Path, metavar="FILE",
+                   help="read the enrollment token from FILE (env OTA_ENROLL_TOKEN also works)")
     p.add_argument("--state-dir", type=Path, default=Path(".ota-agent"), help="slots, journal, identity")
     p.add_argument("--line", default="road-signs", help="model line to follow")
     p.add_argument("--tag", action="append", default=[], metavar="K=V", help="device tag (repeatable)")
@@ -51,6 +56,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from client import Agent, AgentConfig
     from client.errors import AgentError
 
+    try:
+        enroll_token = resolve_secret(args.enroll_token, args.enroll_token_file, ENROLL_TOKEN, "enrollment token")
+    except SecretError as e:
+        print(f"ota agent: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         stream=sys.stdout,
@@ -61,7 +71,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         device_id=args.device_id,
         state_dir=args.state_dir,
         line=args.line,
-        enroll_token=args.enroll_token,
+        enroll_token=enroll_token,
         tags=_tags(args.tag),
         poll_interval_s=args.poll_interval,
         max_rate_bytes_per_s=args.max_rate,
