@@ -134,11 +134,15 @@ class ModelHost:
         ctl_here, ctl_there = socket.socketpair()
         code = (f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
                 "from client.agentd import main; sys.exit(main(sys.argv[1:]))")
-        args = [sys.executable, "-c", code, "--config", config_to_json(self.config),
+        # The config (it holds the enrolment token) goes through a pipe: argv is readable by every user (`ps`).
+        args = [sys.executable, "-c", code, "--config", "-",
                 "--rpc-fd", str(rpc_there.fileno()), "--ctl-fd", str(ctl_there.fileno())]
         if not self.poll:
             args.append("--no-poll")
-        self._proc = subprocess.Popen(args, pass_fds=(rpc_there.fileno(), ctl_there.fileno()))
+        self._proc = subprocess.Popen(args, pass_fds=(rpc_there.fileno(), ctl_there.fileno()), stdin=subprocess.PIPE)
+        assert self._proc.stdin is not None
+        with self._proc.stdin:  # a few hundred bytes: fits the pipe, never blocks
+            self._proc.stdin.write(config_to_json(self.config).encode())
         rpc_there.close()
         ctl_there.close()
         rpc = Connection(rpc_here.detach())

@@ -84,3 +84,26 @@ def test_admin_commands_take_the_token_from_a_file(live_server: LiveServer, tmp_
                           cwd=ROOT, env=base, capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert b"no devices" in done.stdout
+
+
+def test_model_host_hands_its_agent_daemon_the_config_without_putting_the_token_on_argv(
+        live_server: LiveServer, tmp_path: Path) -> None:
+    from client import AgentConfig
+    from client.modelhost import ModelHost
+
+    live_server.publish(ZOO / "v1.onnx")
+    secret = live_server.enrollment_token
+    host = ModelHost(AgentConfig(server_url=live_server.url, device_id="hosted", state_dir=tmp_path / "car",
+                                 enroll_token=secret, poll_interval_s=0.2), poll=True)
+    host.start()
+    try:
+        assert host.pid is not None
+        cmdline = Path(f"/proc/{host.pid}/cmdline").read_bytes()
+        assert b"client.agentd" in cmdline
+        assert secret.encode() not in cmdline
+        deadline = time.monotonic() + 60  # and the daemon still enrols with it
+        while live_server.admin().get("/api/v1/devices/hosted").status_code != 200:
+            assert time.monotonic() < deadline, "the daemon never enrolled"
+            time.sleep(0.1)
+    finally:
+        host.close()
