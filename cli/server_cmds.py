@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                      "needs the admin token.  Needs --workers 1")
     p.add_argument("--metrics-host", help="address of the --metrics-port listener (OTA_METRICS_HOST, default "
                                           "127.0.0.1)")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve https with this PEM certificate (chain); "
+                                                                  "needs --tls-key")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's PEM private key (keep it 0600)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=serve)
 
@@ -34,6 +38,13 @@ def serve(args: argparse.Namespace) -> int:
         print("ota serve: --metrics-port needs --workers 1 (each worker process has its own counters); "
               "with several workers scrape the API port's /metrics with the admin token", file=sys.stderr)
         return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("ota serve: --tls-cert and --tls-key go together (the certificate and its private key)", file=sys.stderr)
+        return 2
+    for what, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not path.is_file():
+            print(f"ota serve: {what} {path} is not a readable file", file=sys.stderr)
+            return 2
     # The CLI is the one place that turns flags into the environment the Settings read,
     # so that every uvicorn worker process builds the same Settings.
     if args.data_dir:
@@ -60,10 +71,13 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if not args.no_migrate:
         upgrade_to_head(settings.sqlalchemy_url)
-    print(f"registry on http://{args.host}:{args.port}  data dir {settings.data_dir.resolve()}", file=sys.stderr)
+    scheme = "https" if args.tls_cert else "http"
+    print(f"registry on {scheme}://{args.host}:{args.port}  data dir {settings.data_dir.resolve()}", file=sys.stderr)
     if settings.environment == "development":
         print(f"admin token in {settings.data_dir / 'admin-token'}, enrollment token in "
               f"{settings.data_dir / 'enrollment-token'}", file=sys.stderr)
     uvicorn.run("server.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, http=HTTP_PROTOCOL)
+                log_level=args.log_level, http=HTTP_PROTOCOL,
+                ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
+                ssl_keyfile=str(args.tls_key) if args.tls_key else None)
     return 0

@@ -59,6 +59,7 @@ from client.identity import Identity, load_identity, save_identity
 from client.manifest import Artifact, Offer, check_offer, verify_signature
 from client.ratelimit import TokenBucket
 from client.slots import Journal, SlotRecord, SlotStore
+from client.tls import registry_transport
 from models.errors import BaseMismatch, CorruptPackage, DeltaError
 
 log = logging.getLogger("client.agent")
@@ -103,7 +104,8 @@ class Agent:
             if config.decode_in_subprocess
             else InProcessDecoder()
         )
-        self.api = RegistryClient(config.server_url, transport=transport, timeout_s=config.http_timeout_s)
+        self.api = RegistryClient(config.server_url, transport=transport or registry_transport(config.ca_cert_path),
+                                  timeout_s=config.http_timeout_s)
         self.bucket = (
             TokenBucket(config.max_rate_bytes_per_s, config.rate_burst_bytes, clock=clock, sleep=sleep)
             if config.max_rate_bytes_per_s

@@ -25,6 +25,8 @@ class AgentConfig:
     #: Fleet enrollment token; needed only for the first start (or if the device token is revoked).
     enroll_token: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    #: PEM file of the CA that signed the registry's https certificate, when the system's CAs do not know it.
+    ca_cert_path: Path | None = None
 
     #: Overrides the server-given poll interval when set (tests, the demo); not clamped: the caller chose it.
     poll_interval_s: float | None = None

@@ -62,12 +62,14 @@ def config_to_json(config: AgentConfig) -> str:
     """``AgentConfig`` as JSON for the daemon's command line (paths as strings)."""
     d = dataclasses.asdict(config)
     d["state_dir"] = str(config.state_dir)
+    d["ca_cert_path"] = str(config.ca_cert_path) if config.ca_cert_path else None
     return json.dumps(d)
 
 
 def config_from_json(text: str) -> AgentConfig:
     d = json.loads(text)
     d["state_dir"] = Path(d["state_dir"])
+    d["ca_cert_path"] = Path(d["ca_cert_path"]) if d.get("ca_cert_path") else None
     return AgentConfig(**d)
 
 
