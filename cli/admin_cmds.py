@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cli.env import ADMIN_TOKEN, DATA_DIR, SERVER, SecretError, env, resolve_secret
+from cli.env import ADMIN_TOKEN, CA_CERT, DATA_DIR, SERVER, SecretError, env, resolve_secret
 from cli.safe_text import safe
 
 API = "/api/v1"
@@ -34,6 +35,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", type=Path, metavar="FILE", help="read the admin token from FILE")
     p.add_argument("--data-dir", default=env(DATA_DIR, ".ota-data"),
                    help="read the token from <data dir>/admin-token when no other is given")
+    p.add_argument("--ca-cert", type=Path, default=env(CA_CERT), metavar="FILE",
+                   help="PEM file of the CA that signed the registry's https certificate (env OTA_CA_CERT)")
     p.add_argument("--json", action="store_true", help="print the server's JSON")
 
 
@@ -51,15 +54,27 @@ def _token(args: argparse.Namespace) -> str:
                    f"directory ({path} does not exist)")
 
 
+def _verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    """How to check the registry's certificate: against ``--ca-cert`` when given, else the system's CAs."""
+    if not args.ca_cert:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(args.ca_cert))
+    except (OSError, ssl.SSLError) as e:
+        raise CliError(f"--ca-cert {args.ca_cert} cannot be used ({e}): pass the CA's PEM certificate") from e
+
+
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
     import httpx
 
     try:
         with httpx.Client(base_url=args.server, headers={"Authorization": f"Bearer {_token(args)}"},
-                          timeout=600) as client:
+                          timeout=600, verify=_verify(args)) as client:
             r = client.request(method, API + path, **kwargs)
     except httpx.HTTPError as e:
-        raise CliError(f"cannot reach the registry at {args.server}: {e}") from e
+        hint = ("; if your own CA signed the registry's certificate, pass --ca-cert FILE (or set OTA_CA_CERT)"
+                if "CERTIFICATE_VERIFY_FAILED" in str(e) and not args.ca_cert else "")
+        raise CliError(f"cannot reach the registry at {args.server}: {e}{hint}") from e
     if r.status_code >= 400:
         try:
             body = r.json()

@@ -169,3 +169,15 @@ def test_a_missing_ca_file_is_a_clear_error(tmp_path: Path) -> None:
                           cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "absent.pem" in done.stderr and "CA" in done.stderr
+
+
+def test_operator_commands_reach_an_https_registry_with_the_ca(tls_server: TlsServer, tmp_path: Path) -> None:
+    token = tmp_path / "admin-token"
+    token.write_text(tls_server.admin_token)
+    base = [sys.executable, "-m", "cli.main", "devices", "list", "--server", tls_server.url, "--token-file", str(token)]
+    refused = subprocess.run(base, cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "--ca-cert" in refused.stderr
+    done = subprocess.run([*base, "--ca-cert", str(tls_server.ca)], cwd=ROOT, env=_clean_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "no devices" in done.stdout
