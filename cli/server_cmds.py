@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,11 +21,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--codecs", help="default codecs for publish, e.g. lossless,deep (OTA_DEFAULT_CODECS)")
     p.add_argument("--no-migrate", action="store_true", help="do not run migrations (the server refuses to start "
                                                               "if the schema is not at head)")
+    p.add_argument("--metrics-port", type=int, help="also serve /metrics on this port, without a token, for "
+                                                     "Prometheus (OTA_METRICS_PORT); the API port's /metrics then "
+                                                     "needs the admin token.  Needs --workers 1")
+    p.add_argument("--metrics-host", help="address of the --metrics-port listener (OTA_METRICS_HOST, default "
+                                          "127.0.0.1)")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve https with this PEM certificate (chain); "
+                                                                  "needs --tls-key")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's PEM private key (keep it 0600)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=serve)
 
 
 def serve(args: argparse.Namespace) -> int:
+    if args.metrics_port and args.workers != 1:
+        print("ota serve: --metrics-port needs --workers 1 (each worker process has its own counters); "
+              "with several workers scrape the API port's /metrics with the admin token", file=sys.stderr)
+        return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("ota serve: --tls-cert and --tls-key go together (the certificate and its private key)", file=sys.stderr)
+        return 2
+    for what, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not path.is_file():
+            print(f"ota serve: {what} {path} is not a readable file", file=sys.stderr)
+            return 2
     # The CLI is the one place that turns flags into the environment the Settings read,
     # so that every uvicorn worker process builds the same Settings.
     if args.data_dir:
@@ -33,6 +53,10 @@ def serve(args: argparse.Namespace) -> int:
         os.environ["OTA_DATABASE_URL"] = args.database_url
     if args.codecs:
         os.environ["OTA_DEFAULT_CODECS"] = args.codecs
+    if args.metrics_port:
+        os.environ["OTA_METRICS_PORT"] = str(args.metrics_port)
+    if args.metrics_host:
+        os.environ["OTA_METRICS_HOST"] = args.metrics_host
     import uvicorn
 
     from server.config import InsecureConfiguration, Settings, resolve_secrets
@@ -49,11 +73,14 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if not args.no_migrate:
         upgrade_to_head(settings.sqlalchemy_url)
-    print(f"registry on http://{args.host}:{args.port}  data dir {settings.data_dir.resolve()}", file=sys.stderr)
+    scheme = "https" if args.tls_cert else "http"
+    print(f"registry on {scheme}://{args.host}:{args.port}  data dir {settings.data_dir.resolve()}", file=sys.stderr)
     if settings.environment == "development":
         print(f"admin token in {settings.data_dir / 'admin-token'}, enrollment token in "
               f"{settings.data_dir / 'enrollment-token'}; cars trust {settings.data_dir / 'root.pub'} "
               "(ota agent --root-key)", file=sys.stderr)
     uvicorn.run("server.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, http=HTTP_PROTOCOL)
+                log_level=args.log_level, http=HTTP_PROTOCOL,
+                ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
+                ssl_keyfile=str(args.tls_key) if args.tls_key else None)
     return 0

@@ -32,7 +32,7 @@ import numpy as np
 
 from client import reports
 from client.api import RegistryClient
-from client.config import AgentConfig
+from client.config import AgentConfig, clamp_server_poll_interval
 from client.decode_worker import Decoder, InProcessDecoder, shared_worker
 from client.download import DownloadSpec, fetch, remove_partial
 from client.errors import (
@@ -60,6 +60,7 @@ from client.identity import Identity, load_identity, save_identity
 from client.manifest import Artifact, Offer, check_offer
 from client.ratelimit import TokenBucket
 from client.slots import Journal, SlotRecord, SlotStore
+from client.tls import registry_transport
 from client.trust import Status, TrustKeeper, check_status, verify_by_any
 from models.errors import BaseMismatch, CorruptPackage, DeltaError
 
@@ -105,7 +106,8 @@ class Agent:
             if config.decode_in_subprocess
             else InProcessDecoder()
         )
-        self.api = RegistryClient(config.server_url, transport=transport, timeout_s=config.http_timeout_s)
+        self.api = RegistryClient(config.server_url, transport=transport or registry_transport(config.ca_cert_path),
+                                  timeout_s=config.http_timeout_s)
         self.bucket = (
             TokenBucket(config.max_rate_bytes_per_s, config.rate_burst_bytes, clock=clock, sleep=sleep)
             if config.max_rate_bytes_per_s
@@ -294,7 +296,7 @@ class Agent:
         self.identity = Identity(e.device_id, e.device_token, e.public_key, e.key_id)
         save_identity(self.config.state_dir / "identity.json", self.identity, fsync=self.config.fsync)
         self.api.device_token = e.device_token
-        self.poll_interval_s = e.poll_interval_s
+        self.poll_interval_s = clamp_server_poll_interval(self.config, e.poll_interval_s)
         log.info("enrolled as %s; pinned key %s", e.device_id, e.key_id[:12])
 
     async def poll_once(self) -> None:
@@ -312,7 +314,7 @@ class Agent:
             active.package_sha256 if active else None,
             self.agent_state,
         )
-        self.poll_interval_s = result.poll_interval_s
+        self.poll_interval_s = clamp_server_poll_interval(self.config, result.poll_interval_s)
         if result.offer is not None:
             await self.handle_offer(result.offer)
         else:

@@ -16,7 +16,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -30,7 +30,7 @@ from server.blobs import BlobStore, LocalBlobStore
 from server.config import Settings, resolve_secrets
 from server.dashboard.app import create_dashboard
 from server.db import Database, check_schema, current_revision, head_revision
-from server.deps import AppContext
+from server.deps import AppContext, require_admin
 from server.devices import changefeed
 from server.devices.fastpoll import POLL_PATH, poll_fast_path
 from server.devices.pollcache import PollCache
@@ -127,6 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctx = await run_in_threadpool(build_context, settings)
         ctx.services["metrics"] = metrics
         app.state.ctx = ctx
+        stop_metrics = (metrics.serve_separately(settings.metrics_host, settings.metrics_port)
+                        if settings.metrics_port else None)
         # What startup loaded (modules, ORM, codecs) lives as long as the process: move it out of the
         # collector's reach so a full collection under load walks only request garbage (poll tail, issue 8).
         gc.collect()
@@ -152,6 +154,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(cache.stop)
             await run_in_threadpool(presence.flush, ctx.db)
             ctx.db.dispose()
+            if stop_metrics is not None:
+                stop_metrics()
 
     app = FastAPI(title="OTA model registry", version="1", lifespan=lifespan)
 
@@ -213,7 +217,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 status_code=503)
         return JSONResponse({"status": "ready", "schema": current})
 
-    @app.get("/metrics")
+    # Public only in development (or OTA_METRICS_PUBLIC=true): fleet size and activity are not for strangers.
+    @app.get("/metrics", dependencies=[] if settings.metrics_are_public else [Depends(require_admin)])
     def metrics_endpoint():  # type: ignore[no-untyped-def]
         return metrics.render()
 
