@@ -1,11 +1,14 @@
 # The registry server.  Build: docker build -t ota-server .
-# Run:   docker run -p 8000:8000 -v ota-data:/data -e OTA_ENV=development ota-server
+# Run:   docker run -p 8000:8000 -v ota-data:/data -e OTA_ENVIRONMENT=development ota-server
+#        (production, the image's default: pass OTA_ADMIN_TOKEN and OTA_ENROLLMENT_TOKEN, or mount files,
+#        and provision the fleet keys in the volume once: `ota keys init --root-key-out /offline/root-key.pem`)
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    OTA_DATA_DIR=/data
+    OTA_DATA_DIR=/data \
+    OTA_ENVIRONMENT=production
 
 RUN useradd --create-home --uid 10001 ota
 WORKDIR /app

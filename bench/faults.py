@@ -213,6 +213,7 @@ def fault_agent_kills(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
     installs = 0
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with run_live_server(workdir / "agent-kills" / "srv") as srv:
+        env["OTA_ENROLL_TOKEN"] = srv.enrollment_token  # in the environment, not argv (`ps` shows argv to all)
         _release(srv, 1)
         size = srv.admin().get("/api/v1/lines/road-signs/versions/1").json()["packages"]["lossless"]["bytes"]
         # Cuts fall uniformly from just after start-up (~1.5 s of imports) to just after a whole download and
@@ -225,8 +226,7 @@ def fault_agent_kills(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
             target = 1
             while kills < args.agent_kills:
                 cmd = [sys.executable, "-m", "cli.main", "agent", "--server", srv.url, "--device-id", f"car-{car}",
-                       f"--enroll-token={srv.enrollment_token}", "--state-dir", str(state), "--poll-interval", "0.3",
-                       "--max-rate", str(args.kill_rate)]
+                       "--root-key", str(srv.data_dir / "root.pub"), "--state-dir", str(state), "--poll-interval", "0.3", "--max-rate", str(args.kill_rate)]
                 log = state.with_suffix(".log")
                 state.mkdir(parents=True, exist_ok=True)
                 part_before = sum(p.stat().st_size for p in (state / "downloads").glob("*.part")) \
@@ -313,7 +313,8 @@ def fault_transit(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 link = MangleLink(mode, rng)
                 agent = Agent(AgentConfig(server_url=srv.url, device_id=f"{mode}-{i}",
                                           state_dir=workdir / "transit" / f"{mode}-{i}",
-                                          enroll_token=srv.enrollment_token, backoff_initial_s=0.05),
+                                          enroll_token=srv.enrollment_token, root_public_key=srv.root_public_key,
+                                          backoff_initial_s=0.05),
                               transport=link)
                 agent.run_once()
                 active = agent.journal.active
@@ -499,7 +500,8 @@ def fault_disk_full(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         with tmpfs(workdir / "disk-car", size) as flash:
             def run_agent() -> Agent:
                 a = Agent(AgentConfig(server_url=srv.url, device_id="car-full", state_dir=flash / "agent",
-                                      enroll_token=srv.enrollment_token, backoff_initial_s=0.05))
+                                      enroll_token=srv.enrollment_token, root_public_key=srv.root_public_key,
+                                      backoff_initial_s=0.05))
                 a.run_once()
                 return a
 

@@ -45,6 +45,7 @@ from client.simulator.fleet import auto_poll_interval, plan_fleet  # noqa: E402
 from client.simulator.registry_admin import RegistryAdmin  # noqa: E402
 from client.simulator.runner import Fleet  # noqa: E402
 from client.simulator.stats import percentile  # noqa: E402
+from client.trust import read_root_key  # noqa: E402
 from models.zoo import model_path  # noqa: E402
 
 # The operator's calls get threads of their own: every car's decode call waits in the loop's default pool
@@ -118,7 +119,8 @@ async def _run(args: argparse.Namespace, srv: Any, meter: _Meter, log: Any) -> d
                            else "factory-installed v1 (not downloaded)"}
     v1 = await _admin(admin.publish, model_path("v1"), line, "v1")
     fleet = Fleet(srv.url, plan_fleet(args.cars, args.networks, args.seed, "car"), Path(args.state_dir), line=line,
-                  enroll_token=srv.enrollment_token, time_scale=args.time_scale, poll_interval_s=poll_s,
+                  enroll_token=srv.enrollment_token, root_public_key=read_root_key(Path(srv.data_dir) / "root.pub"),
+                  time_scale=args.time_scale, poll_interval_s=poll_s,
                   inference_interval_s=args.inference_interval, http_timeout_s=120, max_in_flight=args.max_in_flight)
 
     def tick(s: dict[str, Any]) -> None:

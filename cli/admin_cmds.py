@@ -12,9 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+from cli.env import ADMIN_TOKEN, CA_CERT, DATA_DIR, SERVER, SecretError, env, resolve_secret
+from cli.safe_text import safe
 
 API = "/api/v1"
 
@@ -24,22 +29,39 @@ class CliError(Exception):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=os.environ.get("OTA_SERVER", "http://127.0.0.1:8000"),
-                   help="registry URL (env OTA_SERVER)")
-    p.add_argument("--token", default=os.environ.get("OTA_ADMIN_TOKEN"), help="admin token (env OTA_ADMIN_TOKEN); write --token=VALUE if it starts with '-'")
-    p.add_argument("--data-dir", default=os.environ.get("OTA_DATA_DIR", ".ota-data"),
-                   help="read the token from <data dir>/admin-token when --token is not given")
+    p.add_argument("--server", default=env(SERVER, "http://127.0.0.1:8000"), help="registry URL (env OTA_SERVER)")
+    p.add_argument("--token", help="admin token; visible in the process list: prefer --token-file or "
+                                   "OTA_ADMIN_TOKEN (write --token=VALUE if it starts with '-')")
+    p.add_argument("--token-file", type=Path, metavar="FILE", help="read the admin token from FILE")
+    p.add_argument("--data-dir", default=env(DATA_DIR, ".ota-data"),
+                   help="read the token from <data dir>/admin-token when no other is given")
+    p.add_argument("--ca-cert", type=Path, default=env(CA_CERT), metavar="FILE",
+                   help="PEM file of the CA that signed the registry's https certificate (env OTA_CA_CERT)")
     p.add_argument("--json", action="store_true", help="print the server's JSON")
 
 
 def _token(args: argparse.Namespace) -> str:
-    if args.token:
-        return args.token
+    try:
+        token = resolve_secret(args.token, args.token_file, ADMIN_TOKEN, "admin token")
+    except SecretError as e:
+        raise CliError(str(e)) from e
+    if token:
+        return token
     path = Path(args.data_dir) / "admin-token"
     if path.exists():
         return path.read_text().strip()
-    raise CliError(f"no admin token: pass --token, set OTA_ADMIN_TOKEN, or point --data-dir at the server's data "
+    raise CliError(f"no admin token: pass --token-file, set OTA_ADMIN_TOKEN, or point --data-dir at the server's data "
                    f"directory ({path} does not exist)")
+
+
+def _verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    """How to check the registry's certificate: against ``--ca-cert`` when given, else the system's CAs."""
+    if not args.ca_cert:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(args.ca_cert))
+    except (OSError, ssl.SSLError) as e:
+        raise CliError(f"--ca-cert {args.ca_cert} cannot be used ({e}): pass the CA's PEM certificate") from e
 
 
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
@@ -47,10 +69,12 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
 
     try:
         with httpx.Client(base_url=args.server, headers={"Authorization": f"Bearer {_token(args)}"},
-                          timeout=600) as client:
+                          timeout=600, verify=_verify(args)) as client:
             r = client.request(method, API + path, **kwargs)
     except httpx.HTTPError as e:
-        raise CliError(f"cannot reach the registry at {args.server}: {e}") from e
+        hint = ("; if your own CA signed the registry's certificate, pass --ca-cert FILE (or set OTA_CA_CERT)"
+                if "CERTIFICATE_VERIFY_FAILED" in str(e) and not args.ca_cert else "")
+        raise CliError(f"cannot reach the registry at {args.server}: {e}{hint}") from e
     if r.status_code >= 400:
         try:
             body = r.json()
@@ -61,8 +85,18 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
     return r.json()
 
 
-def _emit(args: argparse.Namespace, data: Any, table: str) -> int:
-    print(json.dumps(data, indent=2, sort_keys=True) if args.json else table)
+def _emit(args: argparse.Namespace, data: Any, table: str | list[str]) -> int:
+    """Print ``data`` as JSON (``--json``; JSON escapes control characters itself) or the table.
+
+    The table's text comes from the registry (tags, reasons, ids cars chose): every row goes through
+    ``safe`` so no escape sequence reaches the terminal.  Pass rows as a list so that a newline inside a
+    value is escaped too, instead of starting a forged row.
+    """
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return 0
+    rows = table.split("\n") if isinstance(table, str) else table
+    print("\n".join(safe(row) for row in rows))
     return 0
 
 
@@ -75,7 +109,7 @@ def _run(handler):  # type: ignore[no-untyped-def]
         try:
             return handler(args)
         except CliError as e:
-            print(f"ota: {e}", file=sys.stderr)
+            print(f"ota: {safe(e)}", file=sys.stderr)  # error details echo remote text
             return 1
     return wrapped
 
@@ -96,7 +130,7 @@ def publish(args: argparse.Namespace) -> int:
         agree = p["fidelity"].get("top1_agreement")
         lines.append(f"  {name:9s} package {_kb(p['bytes']):>14s}  delta from previous {_kb(p['delta_from_previous']):>12s}"
                      f"  top-1 agreement {'-' if agree is None else f'{agree:.4f}'}")
-    return _emit(args, v, "\n".join(lines))
+    return _emit(args, v, lines)
 
 
 # ---- rollouts -----------------------------------------------------------------------------------
@@ -125,7 +159,7 @@ def _stage(text: str) -> dict[str, Any]:
     return stage
 
 
-def _rollout_table(r: dict[str, Any]) -> str:
+def _rollout_table(r: dict[str, Any]) -> list[str]:
     sel = ",".join(f"{k}={v}" for k, v in r["selector"].items()) or "all devices"
     head = (f"rollout {r['id']}  {r['line']} -> v{r['target_version']} ({r['codec']})"
             f"{'  ROLLBACK' if r['rollback'] else ''}  {r['state']}  stage {r['current_stage'] + 1}/{len(r['stages'])}"
@@ -137,7 +171,7 @@ def _rollout_table(r: dict[str, Any]) -> str:
         auto = f"auto at {s['success_threshold_pct']}%" if s["success_threshold_pct"] is not None else "manual"
         rows.append(f" {marker} stage {s['position'] + 1}: {s['percent']:g}%  soak {s['min_soak_s']:g}s  {auto}  "
                     f"assigned {s['assigned']}  {counts}")
-    return "\n".join(rows)
+    return rows
 
 
 def rollout_create(args: argparse.Namespace) -> int:
@@ -155,9 +189,9 @@ def rollout_create(args: argparse.Namespace) -> int:
 
 def rollout_list(args: argparse.Namespace) -> int:
     rs = _call(args, "GET", "/rollouts", params={"line": args.line} if args.line else None)
-    table = "\n".join(f"{r['id']:>5}  {r['line']:20s} v{r['target_version']:<4} {r['state']:10s} "
-                      f"stage {r['current_stage'] + 1}/{len(r['stages'])}{'  rollback' if r['rollback'] else ''}"
-                      for r in rs) or "no rollouts"
+    table = [f"{r['id']:>5}  {r['line']:20s} v{r['target_version']:<4} {r['state']:10s} "
+             f"stage {r['current_stage'] + 1}/{len(r['stages'])}{'  rollback' if r['rollback'] else ''}"
+             for r in rs] or ["no rollouts"]
     return _emit(args, rs, table)
 
 
@@ -167,8 +201,8 @@ def rollout_show(args: argparse.Namespace) -> int:
     t = acc["totals"]
     savings = "" if t["savings_vs_fp32"] is None else \
         f"  savings vs fp32 {t['savings_vs_fp32']:.1%}, vs full package {t['savings_vs_package']:.1%}"
-    table = (_rollout_table(r) + f"\n  bytes sent {_kb(t['bytes_sent'])} in {t['requests']} requests "
-             f"({t['resumes']} resumed), {t['devices_updated']} cars updated{savings}")
+    table = _rollout_table(r) + [f"  bytes sent {_kb(t['bytes_sent'])} in {t['requests']} requests "
+                                 f"({t['resumes']} resumed), {t['devices_updated']} cars updated{savings}"]
     return _emit(args, {"rollout": r, "accounting": acc}, table)
 
 
@@ -189,23 +223,24 @@ def devices_list(args: argparse.Namespace) -> int:
     if args.drift:
         params.append(("drift", "true"))
     ds = _call(args, "GET", "/devices", params=params)
-    table = "\n".join(
+    table = [
         f"{d['device_id']:24s} {d['line'] or '-':14s} running v{d['running_version'] if d['running_version'] is not None else '-'}"
         f"  {'DRIFT ' if d['drift'] else ''}{','.join(f'{k}={v}' for k, v in d['tags'].items())}"
-        f"  seen {d['last_seen_at'] or 'never'}" for d in ds) or "no devices"
+        f"  seen {d['last_seen_at'] or 'never'}" for d in ds] or ["no devices"]
     return _emit(args, ds, table)
 
 
 def devices_show(args: argparse.Namespace) -> int:
-    d = _call(args, "GET", f"/devices/{args.device_id}")
-    rows = [f"{d['device_id']}  tags {d['tags']}  line {d['line']}  running v{d['running_version']}  "
+    d = _call(args, "GET", f"/devices/{quote(args.device_id, safe='')}")
+    tags = ",".join(f"{k}={v}" for k, v in d["tags"].items()) or "-"
+    rows = [f"{d['device_id']}  tags {tags}  line {d['line']}  running v{d['running_version']}  "
             f"reported v{d['reported_version']}  last seen {d['last_seen_at']}"]
     if d["drift"]:
         rows.append(f"  DRIFT: {d['drift_detail']}")
     for u in d["updates"]:
         rows.append(f"  rollout {u['rollout_id']}  v{u['target_version']} ({u['codec']})  {u['state']}"
                     f"{'  ' + u['reason'] if u['reason'] else ''}  reported {_kb(u['bytes_reported'])}")
-    return _emit(args, d, "\n".join(rows))
+    return _emit(args, d, rows)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -7,12 +7,21 @@ import logging
 import sys
 from pathlib import Path
 
+from cli.env import ENROLL_TOKEN, SecretError, resolve_secret
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("agent", help="run a car agent: enrol, poll, download, verify, hot-swap")
-    p.add_argument("--server", required=True, help="registry URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--server", required=True, help="registry URL, e.g. https://registry.example")
+    p.add_argument("--ca-cert", type=Path, metavar="FILE",
+                   help="PEM file of the CA that signed the registry's https certificate (a private CA)")
     p.add_argument("--device-id", required=True)
-    p.add_argument("--enroll-token", help="fleet enrollment token (needed on the first start only)")
+    p.add_argument("--enroll-token", help="fleet enrollment token (needed on the first start only); visible in the "
+                                          "process list: prefer --enroll-token-file or OTA_ENROLL_TOKEN")
+    p.add_argument("--enroll-token-file", type=Path, metavar="FILE",
+                   help="read the enrollment token from FILE (env OTA_ENROLL_TOKEN also works)")
+    p.add_argument("--root-key", type=Path, help="the fleet's root public key file (root.pub from `ota keys init`; "
+                                                 "needed to enrol: the car trusts no key it was not provisioned for)")
     p.add_argument("--state-dir", type=Path, default=Path(".ota-agent"), help="slots, journal, identity")
     p.add_argument("--line", default="road-signs", help="model line to follow")
     p.add_argument("--tag", action="append", default=[], metavar="K=V", help="device tag (repeatable)")
@@ -38,11 +47,38 @@ def _tags(pairs: list[str]) -> dict[str, str]:
     return tags
 
 
+def make_state_dir(path: Path) -> None:
+    """The agent's state directory, created 0700: it holds the device's identity and its models.
+
+    An existing directory is left as the operator made it.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
 
     from client import Agent, AgentConfig
     from client.errors import AgentError
+    from client.trust import read_root_key
 
+    try:
+        root_key = read_root_key(args.root_key) if args.root_key else None
+    except ValueError as e:
+        print(f"ota agent: {e}", file=sys.stderr)
+        return 2
+    try:
+        enroll_token = resolve_secret(args.enroll_token, args.enroll_token_file, ENROLL_TOKEN, "enrollment token")
+    except SecretError as e:
+        print(f"ota agent: {e}", file=sys.stderr)
+        return 2
+    if args.ca_cert is not None:
+        from client.tls import ca_context
+
+        try:
+            ca_context(args.ca_cert)  # a bad file is a usage error now, not a failed poll later
+        except AgentError as e:
+            print(f"ota agent: {e}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         stream=sys.stdout,
@@ -53,28 +89,40 @@ def cmd_agent(args: argparse.Namespace) -> int:
         device_id=args.device_id,
         state_dir=args.state_dir,
         line=args.line,
-        enroll_token=args.enroll_token,
+        enroll_token=enroll_token,
+        root_public_key=root_key,
         tags=_tags(args.tag),
         poll_interval_s=args.poll_interval,
         max_rate_bytes_per_s=args.max_rate,
+        ca_cert_path=args.ca_cert,
     )
-    args.state_dir.mkdir(parents=True, exist_ok=True)
+    make_state_dir(args.state_dir)
     agent = Agent(config)
     if not args.once:
         try:
             agent.run()
         except AgentError as e:
-            print(f"ota agent: {e}", file=sys.stderr)
+            print(f"ota agent: {e}{_tls_hint(e, args)}", file=sys.stderr)
             return 1
         return 0
 
     try:
         agent.run_once()
     except AgentError as e:
-        print(f"ota agent: {e}", file=sys.stderr)
+        print(f"ota agent: {e}{_tls_hint(e, args)}", file=sys.stderr)
         return 1
     print(f"running v{agent.running_version}")
     return 0
+
+
+def _tls_hint(error: Exception, args: argparse.Namespace) -> str:
+    """What to do when the registry's certificate was not trusted."""
+    if "CERTIFICATE_VERIFY_FAILED" not in str(error) and "certificate verify failed" not in str(error):
+        return ""
+    if args.ca_cert is None:
+        return ("\n  the registry's https certificate is not signed by a CA this machine trusts: if it comes from "
+                "your own CA, pass --ca-cert FILE with that CA's PEM certificate")
+    return f"\n  the registry's https certificate is not signed by the CA in {args.ca_cert}"
 
 
 def cmd_classify(args: argparse.Namespace) -> int:

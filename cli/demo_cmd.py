@@ -133,6 +133,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import logging
 
     from client.simulator.story import DemoOptions, StoryError, run_story
+    from client.trust import read_root_key
 
     if args.cars < 10:
         print("ota demo: --cars must be at least 10 (a canary stage needs a few cars)", file=sys.stderr)
@@ -146,7 +147,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(f"registry on {srv.url} (data dir {srv.data_dir}, log {srv.log_path})")
             try:
                 report = asyncio.run(run_story(srv.url, srv.admin_token, srv.enrollment_token,
-                                               srv.data_dir / "demo-cars", opts))
+                                               srv.data_dir / "demo-cars", opts,
+                                               read_root_key(srv.data_dir / "root.pub")))
             except StoryError as e:
                 print(f"ota demo: {e}", file=sys.stderr)
                 return 1

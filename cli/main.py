@@ -13,6 +13,7 @@ import sys
 
 COMMAND_MODULES = (
     "cli.server_cmds",  # serve
+    "cli.keys_cmds",  # keys init|rotate|show
     "cli.admin_cmds",  # publish, rollout, devices (HTTP clients of the registry)
     "cli.agent_cmds",  # agent, classify, simulate
     "cli.model_cmds",  # model pack|diff|patch|unpack|inspect

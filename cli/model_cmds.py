@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cli.safe_text import safe
+
 CODEC_CHOICES = ("lossless", "int8", "deep", "svd")
 
 
@@ -69,7 +71,8 @@ def load_probe(path: str) -> Any:
 
 
 def _emit(args: argparse.Namespace, result: dict[str, Any], human: str) -> int:
-    print(json.dumps(result, sort_keys=True) if args.json else human)
+    # A package's header carries publisher text (notes): escape control characters line by line.
+    print(json.dumps(result, sort_keys=True) if args.json else "\n".join(safe(line) for line in human.split("\n")))
     return 0
 
 
@@ -77,7 +80,7 @@ def _fail(args: argparse.Namespace, error: Exception) -> int:
     code = type(error).__name__
     if getattr(args, "json", False):
         print(json.dumps({"error": code, "detail": str(error)}))
-    print(f"error: {error}", file=sys.stderr)
+    print(f"error: {safe(error)}", file=sys.stderr)
     return 1
 
 

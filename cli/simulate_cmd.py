@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from cli.env import ADMIN_TOKEN, ENROLL_TOKEN, SecretError, resolve_secret
+from cli.safe_text import safe
 
 HELP = """\
 Run N simulated cars in this one process (asyncio).  Each car runs the real agent code over real HTTP to the
@@ -48,12 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--time-scale", type=float, default=60.0, help="simulated seconds per real second (default 60)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same fleet (ids, tags, links, drops)")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end instead of tables")
-    p.add_argument("--enroll-token", help="fleet enrollment token (default: <--data-dir>/enrollment-token)")
-    p.add_argument("--admin-token", default=os.environ.get("OTA_ADMIN_TOKEN"),
-                   help="admin token, to fetch the v1 package flashed at the factory (env OTA_ADMIN_TOKEN; default: "
-                        "<--data-dir>/admin-token)")
+    p.add_argument("--enroll-token", help="fleet enrollment token (default: OTA_ENROLL_TOKEN, else "
+                                          "<--data-dir>/enrollment-token); prefer --enroll-token-file")
+    p.add_argument("--enroll-token-file", type=Path, metavar="FILE", help="read the enrollment token from FILE")
+    p.add_argument("--admin-token", help="admin token, to fetch the v1 package flashed at the factory (default: "
+                                         "OTA_ADMIN_TOKEN, else <--data-dir>/admin-token); prefer --admin-token-file")
+    p.add_argument("--admin-token-file", type=Path, metavar="FILE", help="read the admin token from FILE")
     p.add_argument("--data-dir", type=Path, help="a development server's data dir, to read its enrollment and admin "
-                                                 "tokens")
+                                                 "tokens and its root.pub")
+    p.add_argument("--root-key", type=Path, help="the fleet's root public key file that cars are provisioned with "
+                                                 "(default: <--data-dir>/root.pub)")
     add_initial_install_option(p)
     p.add_argument("--state-dir", type=Path, default=Path(".ota-sim"), help="car state (default .ota-sim)")
     p.add_argument("--line", default="road-signs")
@@ -70,13 +76,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_simulate)
 
 
+def _root_key(args: argparse.Namespace) -> bytes | None:
+    from client.trust import read_root_key
+
+    path = args.root_key or (args.data_dir / "root.pub" if args.data_dir else None)
+    if path is None:
+        return None
+    try:
+        return read_root_key(path)
+    except ValueError as e:
+        raise SystemExit(f"ota simulate: {e}") from e
+
+
 def _enroll_token(args: argparse.Namespace) -> str | None:
-    if args.enroll_token:
-        return str(args.enroll_token)
+    try:
+        token = resolve_secret(args.enroll_token, args.enroll_token_file, ENROLL_TOKEN, "enrollment token")
+    except SecretError as e:
+        raise SystemExit(f"ota simulate: {e}") from e
+    if token:
+        return token
     if args.data_dir:
         path = args.data_dir / "enrollment-token"
         if not path.is_file():
-            raise SystemExit(f"ota simulate: no enrollment token at {path}; pass --enroll-token")
+            raise SystemExit(f"ota simulate: no enrollment token at {path}; pass --enroll-token-file")
         return path.read_text().strip()
     return None
 
@@ -86,8 +108,12 @@ class SimulateError(Exception):
 
 
 def _admin_token(args: argparse.Namespace) -> str | None:
-    if args.admin_token:
-        return str(args.admin_token)
+    try:
+        token = resolve_secret(args.admin_token, args.admin_token_file, ADMIN_TOKEN, "admin token")
+    except SecretError as e:
+        raise SimulateError(str(e)) from e
+    if token:
+        return token
     path = args.data_dir / "admin-token" if args.data_dir else None
     return path.read_text().strip() if path is not None and path.is_file() else None
 
@@ -104,8 +130,8 @@ def _flash_v1(args: argparse.Namespace, specs: list) -> dict[str, Any]:
     token = _admin_token(args)
     if token is None:
         raise SimulateError("cars leave the factory with v1, fetched with the admin token: pass "
-                            "--admin-token (or --data-dir of a development server), or --initial-install to have "
-                            "every car download it")
+                            "--admin-token-file or set OTA_ADMIN_TOKEN (or --data-dir of a development server), or "
+                            "--initial-install to have every car download it")
     admin = RegistryAdmin(args.server, token, retry_s=10.0)
     try:
         return flash_fleet(admin, admin.version(args.line, 1), specs, args.state_dir)
@@ -132,7 +158,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     args.poll_interval = args.poll_interval or auto_poll_interval(args.cars, args.time_scale)
     token = _enroll_token(args)
     if token is None and not any((args.state_dir / s.device_id / "identity.json").exists() for s in specs):
-        print("ota simulate: new cars must enrol: pass --enroll-token (or --data-dir of a development server)",
+        print("ota simulate: new cars must enrol: pass --enroll-token-file or set OTA_ENROLL_TOKEN (or --data-dir of a "
+              "development server)",
               file=sys.stderr)
         return 2
     factory = None
@@ -143,7 +170,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         try:
             factory = _flash_v1(args, specs)
         except SimulateError as e:
-            print(f"ota simulate: {e}", file=sys.stderr)
+            print(f"ota simulate: {safe(e)}", file=sys.stderr)  # may echo the registry's error detail
             return 2
         print(describe_flash(factory), file=sys.stderr if args.json else sys.stdout)
     logging.getLogger("client").setLevel(logging.ERROR)  # the live view says what the cars' warnings would
@@ -161,7 +188,8 @@ async def _simulate(args: argparse.Namespace, specs: list, token: str | None, fa
     from client.simulator.runner import Fleet
 
     console = None if args.json else Console(highlight=False)
-    fleet = Fleet(args.server, specs, args.state_dir, enroll_token=token, time_scale=args.time_scale,
+    fleet = Fleet(args.server, specs, args.state_dir, enroll_token=token, root_public_key=_root_key(args),
+                  time_scale=args.time_scale,
                   poll_interval_s=args.poll_interval, line=args.line, max_in_flight=args.max_in_flight or None)
     real_timeout = args.duration / args.time_scale
     try:  # Ctrl-C cancels this task: the finally still stops the cars and prints what they did

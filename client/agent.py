@@ -32,7 +32,7 @@ import numpy as np
 
 from client import reports
 from client.api import RegistryClient
-from client.config import AgentConfig
+from client.config import AgentConfig, clamp_server_poll_interval
 from client.decode_worker import Decoder, InProcessDecoder, shared_worker
 from client.download import DownloadSpec, fetch, remove_partial
 from client.errors import (
@@ -44,6 +44,7 @@ from client.errors import (
     SmokeTestFailed,
     StorageError,
     Unauthorized,
+    UnknownKey,
     VerificationError,
 )
 from client.hotswap import (
@@ -56,9 +57,11 @@ from client.hotswap import (
     gil_switch_interval,
 )
 from client.identity import Identity, load_identity, save_identity
-from client.manifest import Artifact, Offer, check_offer, verify_signature
+from client.manifest import Artifact, Offer, check_offer
 from client.ratelimit import TokenBucket
 from client.slots import Journal, SlotRecord, SlotStore
+from client.tls import registry_transport
+from client.trust import Status, TrustKeeper, check_status, verify_by_any
 from models.errors import BaseMismatch, CorruptPackage, DeltaError
 
 log = logging.getLogger("client.agent")
@@ -103,7 +106,8 @@ class Agent:
             if config.decode_in_subprocess
             else InProcessDecoder()
         )
-        self.api = RegistryClient(config.server_url, transport=transport, timeout_s=config.http_timeout_s)
+        self.api = RegistryClient(config.server_url, transport=transport or registry_transport(config.ca_cert_path),
+                                  timeout_s=config.http_timeout_s)
         self.bucket = (
             TokenBucket(config.max_rate_bytes_per_s, config.rate_burst_bytes, clock=clock, sleep=sleep)
             if config.max_rate_bytes_per_s
@@ -115,6 +119,9 @@ class Agent:
         self._rng = rng or random.Random()
         self.journal = Journal()
         self.identity: Identity | None = None
+        self.trust = TrustKeeper(config.root_public_key, config.state_dir / "trust.json", fsync=config.fsync)
+        #: The latest verified "no offer" status: the registry had nothing for this car until its expiry.
+        self.status: Status | None = None
         self.poll_interval_s = config.poll_interval_s or 60.0
         self.agent_state = "idle"
         self._health_deadline: float | None = None
@@ -234,7 +241,7 @@ class Agent:
                 self.identity = None if self.config.enroll_token else self.identity
                 failures += 1
                 delay = self._backoff(failures)
-            except (ServerError, DownloadError, StorageError) as e:
+            except (ServerError, DownloadError, StorageError, VerificationError) as e:
                 failures += 1
                 delay = self._backoff(failures)
                 log.warning("poll failed (%s); retrying in %.1fs", e, delay)
@@ -267,25 +274,29 @@ class Agent:
     async def ensure_enrolled(self) -> None:
         """Enrol once and pin the fleet key; later enrolments (token rotation) must present the same key.
 
+        The fleet key the answer presents is believed only through its root-signed delegation (no trust on
+        first use), so a key rotated with ``ota keys rotate`` is followed and a stranger's key is not.
+
         Raises:
             AgentError: never enrolled and no enrollment token given.
-            OfferRejected: the server now presents a different fleet key.
+            OfferRejected: no root key configured, or the answer's key is not vouched for by the root key.
         """
         if self.identity is not None:
             return
         if not self.config.enroll_token:
             raise AgentError("this car is not enrolled: start it once with --enroll-token")
+        if self.config.root_public_key is None:
+            raise OfferRejected("this car has no root key, so it cannot tell the registry from an impostor: "
+                                "provision the fleet's root public key (ota agent --root-key FILE)")
         e = await self.api.enroll(self.config.device_id, self.config.enroll_token, self.config.tags)
-        pinned = load_identity(self.config.state_dir / "identity.json")
-        if pinned is not None and pinned.public_key != e.public_key:
-            raise OfferRejected(
-                f"server presented fleet key {e.key_id[:12]} but this car pinned {pinned.key_id[:12]}; "
-                "delete identity.json only if the key was deliberately rotated"
-            )
+        delegation = self.trust.accept(e.delegation, self._wall_clock())
+        if e.key_id not in delegation.keys or delegation.keys[e.key_id] != e.public_key:
+            raise OfferRejected(f"enrolment presented key {e.key_id[:12]}, which the root-signed delegation "
+                                f"v{delegation.version} does not name")
         self.identity = Identity(e.device_id, e.device_token, e.public_key, e.key_id)
         save_identity(self.config.state_dir / "identity.json", self.identity, fsync=self.config.fsync)
         self.api.device_token = e.device_token
-        self.poll_interval_s = e.poll_interval_s
+        self.poll_interval_s = clamp_server_poll_interval(self.config, e.poll_interval_s)
         log.info("enrolled as %s; pinned key %s", e.device_id, e.key_id[:12])
 
     async def poll_once(self) -> None:
@@ -303,10 +314,37 @@ class Agent:
             active.package_sha256 if active else None,
             self.agent_state,
         )
-        self.poll_interval_s = result.poll_interval_s
+        self.poll_interval_s = clamp_server_poll_interval(self.config, result.poll_interval_s)
         if result.offer is not None:
             await self.handle_offer(result.offer)
+        else:
+            assert self.identity is not None
+            signed = await self.verified(result.status, "status")
+            self.status = check_status(signed, device_id=self.identity.device_id, now=self._wall_clock())
         await self.flush_reports()
+
+    async def verified(self, envelope: Any, what: str) -> dict[str, Any]:
+        """``envelope["signed"]`` if a key the fleet's root vouches for signed it.
+
+        A signature by a key the car does not know yet (the online key was rotated), or an expired
+        delegation, makes it fetch the registry's current delegation once and verify that with the root key.
+
+        Raises:
+            OfferRejected: not signed by a trusted key (also after the refresh), or the refresh's delegation
+                does not verify.
+            ServerError, Offline: the refresh could not be fetched.
+        """
+        assert self.identity is not None, "enrol before verifying the registry's answers"
+        pinned = {self.identity.key_id: self.identity.public_key}
+        now = self._wall_clock()
+        if not self.trust.expired(now):
+            try:
+                return verify_by_any(envelope, self.trust.keys(pinned), what)
+            except UnknownKey:
+                if self.trust.root is None:
+                    raise
+        self.trust.accept(await self.api.keys(), now)
+        return verify_by_any(envelope, self.trust.keys(pinned), what)
 
     async def flush_reports(self) -> None:
         """Send the outbox if the server is reachable; otherwise keep it on disk for later."""
@@ -337,7 +375,7 @@ class Agent:
         """Verify a signed offer and act on it.  Never raises for a bad offer: it is refused and reported."""
         assert self.identity is not None, "enrol before handling offers"
         try:
-            signed = verify_signature(envelope, self.identity.public_key)
+            signed = await self.verified(envelope, "offer")
             offer = check_offer(
                 signed, device_id=self.identity.device_id, now=self._wall_clock(),
                 highest_manifest_version=self.journal.highest_manifest_version,

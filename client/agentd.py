@@ -162,13 +162,14 @@ async def serve(agent: Agent, ctl: Connection, *, poll: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="client.agentd", description=__doc__)
-    p.add_argument("--config", required=True, help="AgentConfig as JSON")
+    p.add_argument("--config", required=True, help="AgentConfig as JSON, or - to read it from stdin (keeps the "
+                                                   "enrolment token out of the process list)")
     p.add_argument("--rpc-fd", type=int, required=True)
     p.add_argument("--ctl-fd", type=int, required=True)
     p.add_argument("--no-poll", action="store_true", help="do not poll a server (standalone installs only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="agentd %(levelname)s %(name)s: %(message)s")
-    config = config_from_json(args.config)
+    config = config_from_json(sys.stdin.read() if args.config == "-" else args.config)
     # This process is the update: it yields the CPU to the camera, and it decodes in its own thread
     # (a decode worker would be a third process for nothing: this one's GIL is not the camera's).
     try:

@@ -33,6 +33,7 @@ class Enrollment:
     public_key: bytes
     key_id: str
     poll_interval_s: float
+    delegation: dict[str, Any] | None = None  # root-signed; the agent believes public_key only through it
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class PollResult:
 
     poll_interval_s: float
     offer: dict[str, Any] | None
+    status: Any = None  # with no offer: the signed status the agent checks for freshness
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class RegistryClient:
                 public_key=base64.b64decode(body["public_key"], validate=True),
                 key_id=str(body["key_id"]),
                 poll_interval_s=float(body.get("poll_interval_s", 60)),
+                delegation=body.get("delegation"),
             )
         except (KeyError, TypeError, ValueError, binascii.Error) as e:
             raise ServerError(f"enrolment answer is missing or has a bad field: {e}") from e
@@ -131,7 +134,22 @@ class RegistryClient:
             interval = float(data.get("poll_interval_s", 60))
         except (TypeError, ValueError) as e:
             raise ServerError(f"poll_interval_s is not a number: {data.get('poll_interval_s')!r}") from e
-        return PollResult(interval, offer)
+        return PollResult(interval, offer, data.get("status"))
+
+    async def keys(self) -> dict[str, Any]:
+        """The registry's current root-signed delegation (``GET /keys``; the caller verifies it).
+
+        Raises:
+            ServerError, Offline: as for ``enroll``.
+        """
+        try:
+            resp = await self.http.get(API + "/keys")
+        except httpx.TransportError as e:
+            raise Offline(f"registry unreachable at {self.http.base_url} ({type(e).__name__}: {e})") from e
+        delegation = _json(resp, "keys").get("delegation")
+        if not isinstance(delegation, dict):
+            raise ServerError("keys answer carries no delegation object")
+        return delegation
 
     async def send_reports(self, reports: list[dict[str, Any]]) -> ReportAck:
         """Send queued reports in one request; the server acknowledges each seq.

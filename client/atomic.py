@@ -47,15 +47,21 @@ def write_file(path: Path, data: bytes, *, what: str = "file") -> None:
         raise storage_error(e, what, path) from e
 
 
-def write_atomic(path: Path, data: bytes, *, fsync: bool = True, what: str = "file") -> None:
+def write_atomic(path: Path, data: bytes, *, fsync: bool = True, what: str = "file", mode: int = 0o666) -> None:
     """Replace ``path`` with ``data`` atomically.
+
+    The file is created with ``mode`` (less the umask), so a secret passed ``mode=0o600`` is never
+    readable by others, not even between its creation and a later chmod: there is no later chmod.
+    A temp file left by an earlier crash is removed first rather than reused with its old mode.
 
     Raises:
         StorageError: the disk refused the write; ``path`` keeps its old content.
     """
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             if fsync:
                 f.flush()

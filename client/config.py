@@ -6,8 +6,12 @@ reads the environment.  Units are in the field names.
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger("client.config")
 
 
 @dataclass
@@ -18,12 +22,22 @@ class AgentConfig:
     device_id: str
     state_dir: Path
     line: str = "road-signs"
+    #: The fleet's root public key (raw Ed25519, 32 bytes), provisioned before first contact: the car trusts
+    #: only offers signed by keys a root-signed delegation names (client/trust.py).  Required to enrol.
+    root_public_key: bytes | None = None
     #: Fleet enrollment token; needed only for the first start (or if the device token is revoked).
     enroll_token: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    #: PEM file of the CA that signed the registry's https certificate, when the system's CAs do not know it.
+    ca_cert_path: Path | None = None
 
-    #: Overrides the server-given poll interval when set (tests, the demo).
+    #: Overrides the server-given poll interval when set (tests, the demo); not clamped: the caller chose it.
     poll_interval_s: float | None = None
+    #: Bounds on the server-given interval: a registry answering 0 or a negative number (a bad row, a hostile
+    #: proxy) would otherwise make the car poll hundreds of times a second, and an absurdly large one would
+    #: silence it.  The ceiling is a day, so a car still hears of revocations and new keys daily.
+    poll_interval_min_s: float = 1.0
+    poll_interval_max_s: float = 24 * 3600.0
     #: Each wait is the interval times a uniform factor in [1 - j, 1 + j].
     poll_jitter_fraction: float = 0.2
     #: Exponential backoff on errors, with full jitter so a fleet does not return in step.
@@ -60,3 +74,22 @@ class AgentConfig:
     report_queue_max: int = 500
     #: fsync on every atomic write.  Only a simulator running thousands of agents on one disk turns it off.
     fsync: bool = True
+
+
+#: What a car does with a poll interval that is not a number at all (NaN): the registry's usual default.
+FALLBACK_POLL_INTERVAL_S = 60.0
+
+
+def clamp_server_poll_interval(config: AgentConfig, value: float) -> float:
+    """The server's ``poll_interval_s`` bounded to ``[poll_interval_min_s, poll_interval_max_s]``.
+
+    Logs a warning when it had to change the value, so the operator of the car can see the server is wrong.
+    """
+    if math.isnan(value):
+        used = FALLBACK_POLL_INTERVAL_S
+    else:
+        used = min(max(value, config.poll_interval_min_s), config.poll_interval_max_s)
+    if used != value:
+        log.warning("server sent poll_interval_s=%r; using %.0f s (this car polls every %g-%g s)", value, used,
+                    config.poll_interval_min_s, config.poll_interval_max_s)
+    return used

@@ -6,6 +6,7 @@
     ├── DownloadError           the network failed mid-transfer; retry, resuming the partial file
     ├── VerificationError       the bytes or the offer are bad; never install them
     │   ├── OfferRejected       signature, device, expiry, replay or downgrade check failed
+    │   │   └── UnknownKey      signed by no key the car trusts yet: fetch the delegation, then decide
     │   ├── HashMismatch        an artifact or model does not match its SHA-256 (refetch it)
     │   └── SmokeTestFailed     the new model does not reproduce the golden outputs
     └── StorageError            the car's disk refused a write (full, read-only); the old model keeps serving
@@ -44,6 +45,10 @@ class VerificationError(AgentError):
 
 class OfferRejected(VerificationError):
     """A signed offer failed signature, identity, expiry, replay or downgrade checks."""
+
+
+class UnknownKey(OfferRejected):
+    """No signature names a key the car trusts: a newer root-signed delegation may name it."""
 
 
 class HashMismatch(VerificationError):

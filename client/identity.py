@@ -48,4 +48,5 @@ def save_identity(path: Path, identity: Identity, *, fsync: bool = True) -> None
         "public_key": base64.b64encode(identity.public_key).decode(),
         "key_id": identity.key_id,
     }
-    write_atomic(path, json.dumps(data, indent=1).encode(), fsync=fsync, what="device identity")
+    write_atomic(path, json.dumps(data, indent=1).encode(), fsync=fsync, what="device identity",
+                 mode=0o600)  # it holds the device token: private from its first instant

@@ -22,6 +22,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from client.errors import OfferRejected
 
+#: The registry numbers offers by its clock in ms; one further ahead than this is a forgery (or a broken clock).
+MAX_MANIFEST_AHEAD_MS = 24 * 3600 * 1000
+
+
+def parse_time(value: Any, where: str) -> datetime:
+    """An ISO 8601 time from signed metadata (UTC when no zone is given).  Raises OfferRejected."""
+    if not isinstance(value, str):
+        raise OfferRejected(f"{where} is missing or not a string: {value!r}")
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise OfferRejected(f"{where} is not an ISO 8601 time: {value!r}") from e
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
 
 def canonical_json(signed: dict[str, Any]) -> bytes:
     """The bytes a signature covers (sorted keys, no spaces, UTF-8)."""
@@ -80,17 +94,17 @@ class Offer:
     expires: datetime
 
 
-def verify_signature(envelope: Any, public_key_raw: bytes) -> dict[str, Any]:
+def verify_signature(envelope: Any, public_key_raw: bytes, what: str = "offer") -> dict[str, Any]:
     """Return ``envelope["signed"]`` if one signature by the pinned key covers it.
 
     Raises:
         OfferRejected: malformed envelope, unknown keyid, or no valid signature.
     """
     if not isinstance(envelope, dict) or not isinstance(envelope.get("signed"), dict):
-        raise OfferRejected("offer is not a signed envelope ({'signed': {...}, 'signatures': [...]})")
+        raise OfferRejected(f"{what} is not a signed envelope ({{'signed': {{...}}, 'signatures': [...]}})")
     signatures = envelope.get("signatures")
     if not isinstance(signatures, list) or not signatures:
-        raise OfferRejected("offer carries no signatures")
+        raise OfferRejected(f"{what} carries no signatures")
     pinned = key_id(public_key_raw)
     key = _load_key(public_key_raw)
     payload = canonical_json(envelope["signed"])
@@ -103,10 +117,8 @@ def verify_signature(envelope: Any, public_key_raw: bytes) -> dict[str, Any]:
             continue
         return envelope["signed"]
     keyids = ", ".join(str(s.get("keyid"))[:12] for s in signatures if isinstance(s, dict))
-    raise OfferRejected(
-        f"no valid signature by the pinned key {pinned[:12]}... (signed by: {keyids or 'nobody'}); "
-        "re-enrol only if the fleet key was deliberately rotated"
-    )
+    raise OfferRejected(f"{what}: no valid signature by the trusted key {pinned[:12]}... "
+                        f"(signed by: {keyids or 'nobody'})")
 
 
 def _load_key(public_key_raw: bytes) -> Ed25519PublicKey:
@@ -135,6 +147,12 @@ def check_offer(
         raise OfferRejected(f"offer is for device {offer.device_id!r}, not this car ({device_id!r})")
     if offer.expires <= now:
         raise OfferRejected(f"offer expired at {offer.expires.isoformat()} (car clock {now.isoformat()})")
+    ahead_ms = offer.manifest_version - int(now.timestamp() * 1000)
+    if ahead_ms > MAX_MANIFEST_AHEAD_MS:
+        raise OfferRejected(
+            f"manifest_version {offer.manifest_version} is {ahead_ms / 86_400_000:.1f} days ahead of this car's "
+            "clock: accepting it would lock out every genuine later offer"
+        )
     if offer.manifest_version < highest_manifest_version:
         raise OfferRejected(
             f"replayed offer: manifest_version {offer.manifest_version} is below {highest_manifest_version}, "
@@ -175,13 +193,7 @@ def _parse(signed: dict[str, Any]) -> Offer:
         base = _field(signed["delta"], "base_package_sha256", str, "offer.delta")
         delta = Delta(dsha, dsize, durl, base_package_sha256=base)
     smoke = _field(signed, "smoke", dict)
-    expires_raw = _field(signed, "expires", str)
-    try:
-        expires = datetime.fromisoformat(expires_raw.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise OfferRejected(f"offer.expires is not an ISO 8601 time: {expires_raw!r}") from e
-    if expires.tzinfo is None:
-        expires = expires.replace(tzinfo=UTC)
+    expires = parse_time(signed.get("expires"), "offer.expires")
     rollout_id = signed.get("rollout_id")
     if rollout_id is not None and not isinstance(rollout_id, int):
         raise OfferRejected(f"offer.rollout_id is not an integer or null: {rollout_id!r}")

@@ -23,6 +23,7 @@ starts a new one, which boots from the slots as after a power cut.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import itertools
 import json
@@ -62,12 +63,18 @@ def config_to_json(config: AgentConfig) -> str:
     """``AgentConfig`` as JSON for the daemon's command line (paths as strings)."""
     d = dataclasses.asdict(config)
     d["state_dir"] = str(config.state_dir)
+    if config.root_public_key is not None:
+        d["root_public_key"] = base64.b64encode(config.root_public_key).decode()
+    d["ca_cert_path"] = str(config.ca_cert_path) if config.ca_cert_path else None
     return json.dumps(d)
 
 
 def config_from_json(text: str) -> AgentConfig:
     d = json.loads(text)
     d["state_dir"] = Path(d["state_dir"])
+    if d.get("root_public_key") is not None:
+        d["root_public_key"] = base64.b64decode(d["root_public_key"])
+    d["ca_cert_path"] = Path(d["ca_cert_path"]) if d.get("ca_cert_path") else None
     return AgentConfig(**d)
 
 
@@ -134,11 +141,15 @@ class ModelHost:
         ctl_here, ctl_there = socket.socketpair()
         code = (f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
                 "from client.agentd import main; sys.exit(main(sys.argv[1:]))")
-        args = [sys.executable, "-c", code, "--config", config_to_json(self.config),
+        # The config (it holds the enrolment token) goes through a pipe: argv is readable by every user (`ps`).
+        args = [sys.executable, "-c", code, "--config", "-",
                 "--rpc-fd", str(rpc_there.fileno()), "--ctl-fd", str(ctl_there.fileno())]
         if not self.poll:
             args.append("--no-poll")
-        self._proc = subprocess.Popen(args, pass_fds=(rpc_there.fileno(), ctl_there.fileno()))
+        self._proc = subprocess.Popen(args, pass_fds=(rpc_there.fileno(), ctl_there.fileno()), stdin=subprocess.PIPE)
+        assert self._proc.stdin is not None
+        with self._proc.stdin:  # a few hundred bytes: fits the pipe, never blocks
+            self._proc.stdin.write(config_to_json(self.config).encode())
         rpc_there.close()
         ctl_there.close()
         rpc = Connection(rpc_here.detach())

@@ -16,7 +16,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -30,13 +30,14 @@ from server.blobs import BlobStore, LocalBlobStore
 from server.config import Settings, resolve_secrets
 from server.dashboard.app import create_dashboard
 from server.db import Database, check_schema, current_revision, head_revision
-from server.deps import AppContext
+from server.deps import AppContext, require_admin
 from server.devices import changefeed
 from server.devices.fastpoll import POLL_PATH, poll_fast_path
 from server.devices.pollcache import PollCache
 from server.devices.presence import LastSeen
 from server.devices.routes import router as devices_router
 from server.errors import RegistryError, Unauthorized
+from server.keys import keys_stamp, load_keyring
 from server.limits import RateLimits, limit_requests
 from server.metrics import Metrics
 from server.openapi import document_errors
@@ -44,7 +45,7 @@ from server.registry.routes import router as registry_router
 from server.registry.storage import PackageStorage
 from server.rollouts import service as rollouts
 from server.rollouts.routes import router as rollouts_router
-from server.security import Signer
+from server.status import StatusCache
 
 log = logging.getLogger("ota.server")
 
@@ -69,7 +70,9 @@ def build_context(settings: Settings) -> AppContext:
         blobs: BlobStore = S3BlobStore.from_settings(settings)
     else:
         blobs = LocalBlobStore(settings.blob_dir)
-    ctx = AppContext(settings=settings, db=db, blobs=blobs, signer=Signer.load_or_create(settings.key_path))
+    keys = load_keyring(settings)
+    ctx = AppContext(settings=settings, db=db, blobs=blobs, signer=keys.signer, keys=keys,
+                     statuses=StatusCache(keys.signer, settings.status_ttl_s))
     ctx.services["storage"] = PackageStorage(blobs, settings.package_cache_items)
     ctx.services["presence"] = LastSeen()
     cache = PollCache(settings.poll_cache_s, max_age_s=settings.poll_cache_max_s,
@@ -95,6 +98,21 @@ async def _every(seconds: float, job, what: str, stop: asyncio.Event) -> None:  
             log.exception("background %s failed", what)
 
 
+def _reload_keys(ctx: AppContext) -> None:
+    """Pick up ``ota keys rotate`` without a restart: a changed delegation file swaps the online key in.
+
+    A broken or half-written rotation keeps the key already loaded (and says why in the log); stored offers
+    signed by the old key are re-signed on their next poll (``devices/service.py``, ``pollcache.answer``).
+    """
+    stamp = keys_stamp(ctx.settings)
+    if stamp == ctx.keys.stamp:
+        return
+    ring = load_keyring(ctx.settings, create=False)
+    if ring.signer.key_id != ctx.signer.key_id:
+        log.warning("online signing key rotated: delegation v%d, key %s", ring.version, ring.signer.key_id[:12])
+    ctx.keys, ctx.signer, ctx.statuses = ring, ring.signer, StatusCache(ring.signer, ctx.settings.status_ttl_s)
+
+
 def _tick_rollouts(ctx: AppContext) -> None:
     with ctx.db.session_scope() as session:
         rollouts.evaluate_running(session)
@@ -111,6 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctx = await run_in_threadpool(build_context, settings)
         ctx.services["metrics"] = metrics
         app.state.ctx = ctx
+        stop_metrics = (metrics.serve_separately(settings.metrics_host, settings.metrics_port)
+                        if settings.metrics_port else None)
         # What startup loaded (modules, ORM, codecs) lives as long as the process: move it out of the
         # collector's reach so a full collection under load walks only request garbage (poll tail, issue 8).
         gc.collect()
@@ -120,6 +140,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks = [asyncio.create_task(_every(ctx.settings.last_seen_flush_s, lambda: presence.flush(ctx.db), "flush",
                                             stop)),
                  asyncio.create_task(_every(ctx.settings.rollout_tick_s, lambda: _tick_rollouts(ctx), "rollouts",
+                                            stop)),
+                 asyncio.create_task(_every(ctx.settings.keys_reload_s, lambda: _reload_keys(ctx), "key reload",
                                             stop))]
         cache: PollCache = ctx.services["pollcache"]
         if ctx.settings.poll_cache_s > 0:  # keep the poll caches fresh (server/devices/pollcache.py)
@@ -134,6 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(cache.stop)
             await run_in_threadpool(presence.flush, ctx.db)
             ctx.db.dispose()
+            if stop_metrics is not None:
+                stop_metrics()
 
     app = FastAPI(title="OTA model registry", version="1", lifespan=lifespan)
 
@@ -200,7 +224,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 status_code=503)
         return JSONResponse({"status": "ready", "schema": current})
 
-    @app.get("/metrics")
+    # Public only in development (or OTA_METRICS_PUBLIC=true): fleet size and activity are not for strangers.
+    @app.get("/metrics", dependencies=[] if settings.metrics_are_public else [Depends(require_admin)])
     def metrics_endpoint():  # type: ignore[no-untyped-def]
         return metrics.render()
 

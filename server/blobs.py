@@ -39,7 +39,7 @@ class LocalBlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # models are the fleet's, not the host's users'
 
     def _path(self, sha256: str) -> Path:
         if not is_sha256(sha256):
@@ -52,8 +52,8 @@ class LocalBlobStore:
         path = self._path(digest)
         if path.exists():
             return digest
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # mkstemp creates it 0600
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

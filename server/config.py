@@ -9,6 +9,7 @@ weak secrets stop the server with a message that says which variable to set.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -33,7 +34,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("OTA_DATABASE_URL", "DATABASE_URL"))
     admin_token: str | None = None
     enrollment_token: str | None = None
-    signing_key_path: Path | None = None  # default: <data_dir>/signing-key.pem
+    signing_key_path: Path | None = None  # the online key; default: <data_dir>/signing-key.pem (server/keys.py)
+    # A "no offer" answer carries a status signed for the device; a car refuses one past its expiry, so an
+    # attacker who replays old answers can hide an update for at most this long.  Re-signed at half-life.
+    status_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    keys_reload_s: float = Field(default=10.0, gt=0)  # how often a server looks for a rotated key (ota keys rotate)
 
     default_codecs: str = "lossless,deep"
     default_min_agreement: float | None = None
@@ -74,6 +79,9 @@ class Settings(BaseSettings):
     dashboard_refresh_s: float = Field(default=5.0, gt=0)  # how often dashboard pages refresh their counts
     dashboard_stuck_after_s: float = Field(default=1800.0, gt=0)  # an update with no progress this long is stuck
     dashboard_network_tag: str = "network"  # the device tag the bandwidth page groups transfers by
+    dashboard_session_s: int = Field(default=12 * 3600, ge=1)  # a login lasts this long (or until logout)
+    dashboard_login_max_failures: int = Field(default=5, ge=1)  # refused logins per client address per window,
+    dashboard_login_window_s: float = Field(default=60.0, gt=0)  # then 429 with Retry-After
 
     # Blob store (issue 8): a local folder by default, or any S3-compatible store (needs the `s3` extra).
     blob_backend: Literal["local", "s3"] = "local"
@@ -85,6 +93,18 @@ class Settings(BaseSettings):
     s3_prefix: str = "blobs/"
     s3_redirect_downloads: bool = False  # answer whole-artifact GETs with a 307 to a presigned URL
     s3_presign_ttl_s: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+
+    # /metrics (issue 15): fleet size, poll rates and rollout activity are not for strangers.
+    metrics_public: bool | None = None  # None: public in development only; false: the admin token is required
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # also serve /metrics on this separate listener
+    metrics_host: str = "127.0.0.1"  # the separate listener's address: an interface only monitoring reaches
+
+    @property
+    def metrics_are_public(self) -> bool:
+        """Whether the API port's ``/metrics`` answers without the admin token."""
+        if self.metrics_public is not None:
+            return self.metrics_public
+        return self.environment == "development" and self.metrics_port is None
 
     @property
     def blob_dir(self) -> Path:
@@ -109,12 +129,15 @@ class Settings(BaseSettings):
 
 
 def _secret_file(data_dir: Path, name: str) -> str:
+    """A development secret: read it, or create the file 0600 from the start (O_EXCL: two workers, one winner)."""
     path = data_dir / name
-    if path.exists():
-        return path.read_text().strip()
     value = secrets.token_urlsafe(32)
-    path.write_text(value + "\n")
-    path.chmod(0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
     return value
 
 
@@ -125,7 +148,7 @@ def resolve_secrets(settings: Settings) -> Settings:
         InsecureConfiguration: production without OTA_ADMIN_TOKEN / OTA_ENROLLMENT_TOKEN
             of at least 24 characters.
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # database, blobs, key, tokens: private
     if settings.environment == "development":
         return settings.model_copy(update={
             "admin_token": settings.admin_token or _secret_file(settings.data_dir, "admin-token"),

@@ -22,6 +22,7 @@ Paths that write in one thread call use ``Database.run_write``.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -70,6 +71,25 @@ UtcDateTime = Annotated[datetime, AfterValidator(as_utc)]
 """A datetime field for API schemas: always serialized with its UTC offset."""
 
 
+def create_private_sqlite_file(url: str) -> None:
+    """For a SQLite file URL: create the file 0600 (in a 0700 folder) before SQLite opens it.
+
+    SQLite would create it with 0644 (under the usual umask): the registry's database, readable by every
+    user of the host.  SQLite gives its ``-wal`` and ``-shm`` files the database's mode, so those follow.
+    An existing file is left alone.  Other databases: nothing to do.
+    """
+    if not url.startswith("sqlite:///") or url in ("sqlite://", "sqlite:///:memory:"):
+        return
+    path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+    if not path.name or path.name == ":memory:" or path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # another worker created it first, the same way
+
+
 def make_engine(url: str) -> Engine:
     """An engine tuned per backend.
 
@@ -80,6 +100,7 @@ def make_engine(url: str) -> Engine:
     transactions simply queue for each other (busy timeout 30 s).
     """
     if url.startswith("sqlite"):
+        create_private_sqlite_file(url)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8)
 
         @event.listens_for(engine, "connect")
@@ -111,6 +132,7 @@ def alembic_config(url: str) -> Config:
 
 def upgrade_to_head(url: str) -> None:
     """Run ``alembic upgrade head`` (what ``ota serve`` does before starting)."""
+    create_private_sqlite_file(url)  # alembic may be the first to open a new database
     command.upgrade(alembic_config(url), "head")
 
 

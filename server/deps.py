@@ -26,7 +26,9 @@ from server.blobs import BlobStore
 from server.config import Settings
 from server.db import Database
 from server.errors import Unauthorized
+from server.keys import KeyRing
 from server.security import Signer, bearer, tokens_equal
+from server.status import StatusCache
 
 
 @dataclass
@@ -34,7 +36,9 @@ class AppContext:
     settings: Settings
     db: Database
     blobs: BlobStore
-    signer: Signer
+    signer: Signer  # the online key (keys.signer)
+    keys: KeyRing
+    statuses: StatusCache  # signed "no offer" answers, one per device
     services: dict[str, Any] = field(default_factory=dict)  # feature singletons (storage, caches)
 
 

@@ -1,10 +1,23 @@
-"""Prometheus metrics, one registry per app instance (tests build many apps in one process)."""
+"""Prometheus metrics, one registry per app instance (tests build many apps in one process).
+
+``/metrics`` on the API port is public only in development (``Settings.metrics_are_public``); otherwise
+it needs the admin token.  ``Metrics.serve_separately`` adds a listener that serves only the metrics, for
+an address only the monitoring network reaches (``ota serve --metrics-port``).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -55,3 +68,21 @@ class Metrics:
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def serve_separately(self, host: str, port: int) -> Callable[[], None]:
+        """Serve this registry's metrics on ``host:port`` from a daemon thread; returns the function that stops it.
+
+        One listener per process: with several uvicorn workers each would have its own counters and all
+        but one would fail to bind, so ``ota serve`` refuses ``--metrics-port`` with more than one worker.
+
+        Raises:
+            OSError: the port is taken or the address is not local.
+        """
+        httpd, thread = start_http_server(port, addr=host, registry=self.registry)
+
+        def stop() -> None:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(timeout=5)
+
+        return stop

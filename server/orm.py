@@ -196,3 +196,28 @@ class AuditEntry(Base):
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(100))
     detail: Mapped[dict[str, Any]]
+
+
+class DashboardSession(Base):
+    """A dashboard login (issue 15): the browser holds a random id, the server only its SHA-256.
+
+    Stored, not merely signed, so that logout revokes it for every worker and a copied cookie dies with it.
+    ``token_mac`` binds it to the admin token it was issued under: rotating the token logs every browser out.
+    """
+
+    __tablename__ = "dashboard_sessions"
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_mac: Mapped[str] = mapped_column(String(64))
+    client: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None]
+
+
+class DashboardLoginFailure(Base):
+    """One refused dashboard login, kept for the throttle's window (per client address)."""
+
+    __tablename__ = "dashboard_login_failures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client: Mapped[str] = mapped_column(String(100), index=True)
+    at: Mapped[datetime] = mapped_column(index=True)

@@ -1,9 +1,8 @@
 """Tokens and Ed25519 signing of offers (docs/PROTOCOL.md, "Signed envelope").
 
 The signature covers the canonical JSON of ``signed``: sorted keys, no
-whitespace, UTF-8.  The signing key is a PEM file in the data directory,
-generated on first start; the raw public key and its SHA-256 key id are what
-a car pins at enrollment.
+whitespace, UTF-8.  ``Signer`` holds the online key; where it comes from and
+which root key vouches for it is ``server/keys.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import hashlib
 import hmac
 import json
 import secrets
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -61,24 +59,6 @@ class Signer:
     @property
     def public_b64(self) -> str:
         return base64.b64encode(self.public_raw).decode("ascii")
-
-    @classmethod
-    def load_or_create(cls, path: Path) -> Signer:
-        """Load the PEM key at ``path``, generating it (mode 0600) on first start."""
-        if path.exists():
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            if not isinstance(key, Ed25519PrivateKey):
-                raise ValueError(f"{path} is not an Ed25519 private key")
-            return cls(key)
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(pem)
-        tmp.chmod(0o600)
-        tmp.replace(path)
-        return cls(key)
 
     def envelope(self, signed: dict[str, Any]) -> dict[str, Any]:
         sig = self._key.sign(canonical_json(signed))

@@ -273,7 +273,8 @@ class GateTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def build_car(spec: CarSpec, *, server_url: str, enroll_token: str | None, state_root: Path, clock: LinkClock,
+def build_car(spec: CarSpec, *, server_url: str, enroll_token: str | None, root_public_key: bytes | None,
+              state_root: Path, clock: LinkClock,
               sessions: SharedSessions, images: np.ndarray, line: str, poll_interval_s: float,
               inference_interval_s: float, gate: asyncio.Semaphore | None = None,
               http_timeout_s: float = 60.0) -> SimCar:
@@ -287,7 +288,7 @@ def build_car(spec: CarSpec, *, server_url: str, enroll_token: str | None, state
     link = LinkTransport(inner, PROFILES[spec.network], rng, clock)
     config = AgentConfig(
         server_url=server_url, device_id=spec.device_id, state_dir=state_root / spec.device_id, line=line,
-        enroll_token=enroll_token, tags=dict(spec.tags), poll_interval_s=poll_interval_s,
+        enroll_token=enroll_token, root_public_key=root_public_key, tags=dict(spec.tags), poll_interval_s=poll_interval_s,
         backoff_initial_s=5.0, backoff_max_s=max(60.0, poll_interval_s), http_timeout_s=http_timeout_s,
         health_window_max_s=health_window_s(inference_interval_s), fsync=False,
         # The GIL switch-interval tweak protects one car's camera thread; thousands of cars in one process

@@ -32,13 +32,14 @@ class Fleet:
     """Many cars against one registry.  Times given to it are simulated seconds unless named ``real``."""
 
     def __init__(self, server_url: str, specs: list[CarSpec], state_root: Path, *, enroll_token: str | None,
-                 time_scale: float = 60.0, poll_interval_s: float = 60.0, line: str = "road-signs",
+                 root_public_key: bytes | None = None, time_scale: float = 60.0, poll_interval_s: float = 60.0, line: str = "road-signs",
                  inference_interval_s: float | None = None, http_timeout_s: float = 60.0,
                  max_in_flight: int | None = 24) -> None:
         self.server_url = server_url
         self.specs = specs
         self.state_root = Path(state_root)
         self.enroll_token = enroll_token
+        self.root_public_key = root_public_key  # the fleet's root key: cars that enrol need it
         self.clock = LinkClock(time_scale)
         self.poll_interval_s = poll_interval_s
         self.line = line
@@ -63,7 +64,8 @@ class Fleet:
         images, _ = probe_images()
         gate = asyncio.Semaphore(self.max_in_flight) if self.max_in_flight else None
         self.cars = [
-            build_car(spec, server_url=self.server_url, enroll_token=self.enroll_token, state_root=self.state_root,
+            build_car(spec, server_url=self.server_url, enroll_token=self.enroll_token,
+                      root_public_key=self.root_public_key, state_root=self.state_root,
                       clock=self.clock, sessions=self.sessions, images=images, line=self.line,
                       poll_interval_s=self.poll_interval_s, inference_interval_s=self.inference_interval_s,
                       gate=gate, http_timeout_s=self.http_timeout_s)

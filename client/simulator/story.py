@@ -95,7 +95,7 @@ def _pick_line(admin: RegistryAdmin, wanted: str | None) -> str:
 
 
 async def run_story(server_url: str, admin_token: str, enroll_token: str, state_root: Path,
-                    opts: DemoOptions) -> dict[str, Any]:
+                    opts: DemoOptions, root_public_key: bytes) -> dict[str, Any]:
     """Tell the story; returns the simulator summary and the per-version outcomes.
 
     Raises:
@@ -105,20 +105,21 @@ async def run_story(server_url: str, admin_token: str, enroll_token: str, state_
     say: Callable[[str], None] = console.print if console else (lambda _m: None)
     admin = RegistryAdmin(server_url, admin_token)
     try:
-        return await _tell(admin, server_url, enroll_token, state_root, opts, console, say)
+        return await _tell(admin, server_url, enroll_token, root_public_key, state_root, opts, console, say)
     except AdminError as e:
         raise StoryError(str(e)) from e
     finally:
         admin.close()
 
 
-async def _tell(admin: RegistryAdmin, server_url: str, enroll_token: str, state_root: Path, opts: DemoOptions,
-                console: Console | None, say: Callable[[str], None]) -> dict[str, Any]:
+async def _tell(admin: RegistryAdmin, server_url: str, enroll_token: str, root_public_key: bytes, state_root: Path,
+                opts: DemoOptions, console: Console | None, say: Callable[[str], None]) -> dict[str, Any]:
     line = await asyncio.to_thread(_pick_line, admin, opts.line)
     prefix = "car" if line == "road-signs" else f"{line.rsplit('-', 1)[-1]}-car"
     poll_s = opts.poll_interval_s or auto_poll_interval(opts.cars, opts.time_scale)
     fleet = Fleet(server_url, plan_fleet(opts.cars, opts.networks, opts.seed, prefix), state_root / line,
-                  enroll_token=enroll_token, time_scale=opts.time_scale, poll_interval_s=poll_s,
+                  enroll_token=enroll_token, root_public_key=root_public_key, time_scale=opts.time_scale,
+                  poll_interval_s=poll_s,
                   line=line, inference_interval_s=opts.inference_interval())
     outcomes: list[dict[str, Any]] = []
     started = time.monotonic()

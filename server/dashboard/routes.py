@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from server.dashboard import format as fmt
-from server.dashboard import service, session
+from server.dashboard import service, session, session_store
+from server.db import utcnow
 from server.deps import AppContext
 from server.security import tokens_equal
 
@@ -61,7 +62,12 @@ Ctx = Annotated[AppContext, Depends(get_ctx)]
 
 
 def _check(request: Request, ctx: AppContext, api: bool) -> None:
-    if not session.valid(request.cookies.get(session.COOKIE), ctx.settings.admin_token):
+    cookie = request.cookies.get(session.COOKIE)
+    if not cookie:
+        raise LoginRequired(api)
+    with ctx.db.read_scope() as db:
+        ok = session_store.is_valid(db, cookie, admin_token=ctx.settings.admin_token, now=utcnow())
+    if not ok:
         raise LoginRequired(api)
 
 
@@ -109,26 +115,50 @@ def login_form(request: Request, next: str | None = None) -> Response:  # noqa: 
                                                               "next": _safe_next(request, next), "error": None})
 
 
+def client_address(request: Request) -> str:
+    """The caller's address as uvicorn saw it (behind a proxy: ``--forwarded-allow-ips`` decides)."""
+    return request.client.host if request.client else "unknown"
+
+
+def _login_page(request: Request, target: str, error: str, status_code: int,
+                headers: dict[str, str] | None = None) -> Response:
+    return templates.TemplateResponse(request, "login.html", {**page_context(request, "", title="Log in"),
+                                                              "next": target, "error": error},
+                                      status_code=status_code, headers=headers)
+
+
 @router.post("/login")
-def login(request: Request, ctx: Ctx, token: Annotated[str, Form()] = "",
-          next: Annotated[str, Form()] = "") -> Response:  # noqa: A002
+async def login(request: Request, ctx: Ctx, token: Annotated[str, Form()] = "",
+                next: Annotated[str, Form()] = "") -> Response:  # noqa: A002
     target = _safe_next(request, next)
-    if not tokens_equal(token.strip(), ctx.settings.admin_token):
+    settings = ctx.settings
+    outcome = await ctx.db.run_write(
+        session_store.attempt_login, client=client_address(request),
+        token_ok=tokens_equal(token.strip(), settings.admin_token), admin_token=settings.admin_token or "",
+        now=utcnow(), lifetime_s=settings.dashboard_session_s, limit=settings.dashboard_login_max_failures,
+        window_s=settings.dashboard_login_window_s)
+    if outcome.retry_after_s is not None:
+        return _login_page(request, target, f"Too many refused logins from your address; try again in "
+                           f"{outcome.retry_after_s} s.", 429, {"Retry-After": str(outcome.retry_after_s)})
+    if outcome.session_id is None:
         error = ("That is not the admin token; check that you copied all of it (it is the server's current "
                  "one: rotating it logs every browser out).") if token.strip() else "Enter the admin token."
-        return templates.TemplateResponse(request, "login.html", {**page_context(request, "", title="Log in"),
-                                                                  "next": target, "error": error}, status_code=401)
+        return _login_page(request, target, error, 401)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(session.COOKIE, session.issue(ctx.settings.admin_token or ""), max_age=session.SESSION_S,
+    response.set_cookie(session.COOKIE, outcome.session_id, max_age=settings.dashboard_session_s,
                         path=base_path(request) or "/", httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
     return response
 
 
 @router.post("/logout")
-def logout(request: Request) -> Response:
+async def logout(request: Request, ctx: Ctx) -> Response:
+    cookie = request.cookies.get(session.COOKIE)
+    if cookie:  # revoked server-side: a copy of the cookie is refused too
+        await ctx.db.run_write(session_store.revoke, cookie, now=utcnow())
     response = RedirectResponse(f"{base_path(request)}/login", status_code=303)
-    response.delete_cookie(session.COOKIE, path=base_path(request) or "/")
+    response.delete_cookie(session.COOKIE, path=base_path(request) or "/", httponly=True, samesite="strict",
+                           secure=request.url.scheme == "https")
     return response
 
 

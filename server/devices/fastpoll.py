@@ -49,7 +49,8 @@ def answer_from_cache(ctx: AppContext, authorization: str | None, raw: bytes) ->
     if line is None:
         return None
     now = utcnow()
-    content = pollcache.answer(device, line, body, now, ctx.settings)
+    content = pollcache.answer(device, line, body, now, ctx.settings, ctx.statuses.get(device.device_id, now),
+                               ctx.signer.key_id)
     if content is None:
         return None
     ctx.services["presence"].note(device.pk, now)

@@ -67,6 +67,7 @@ class OfferView:
     base_package_sha256: str | None
     expires_at: datetime
     envelope_json: bytes
+    keyid: str | None  # which online key signed it: after a rotation the offer is signed again
 
 
 @dataclass(frozen=True)
@@ -111,14 +112,19 @@ def load_device(session: Session, token_sha256: str) -> DeviceView | None:
     offers: dict[tuple[int, int], OfferView] = {}
     for key, version_id, state, codec, delta, base, expires, envelope in conn.execute(_RECENT_OFFERS, {"pk": pk}):
         offers.setdefault((key, version_id), OfferView(state, codec, delta, base, as_utc(expires),
-                                                       json.dumps(envelope).encode()))
+                                                       json.dumps(envelope).encode(), signed_by(envelope)))
     return DeviceView(pk, device_id, dict(tags or {}), interval, line, running, running_sha, reported, bool(drift),
                       detail, offers)
 
 
-def encode_answer(poll_interval_s: int, envelope_json: bytes | None) -> bytes:
-    """The poll response body (docs/PROTOCOL.md "Poll")."""
-    return b'{"poll_interval_s":%d,"offer":%s}' % (poll_interval_s, envelope_json or b"null")
+def encode_answer(poll_interval_s: int, envelope_json: bytes | None, status_json: bytes) -> bytes:
+    """The poll response body (docs/PROTOCOL.md "Poll"): an offer, or the device's signed status and no offer.
+
+    "No offer" bodies end in ``"offer":null}`` (the metrics label polls by that).
+    """
+    if envelope_json is not None:
+        return b'{"poll_interval_s":%d,"offer":%s}' % (poll_interval_s, envelope_json)
+    return b'{"poll_interval_s":%d,"status":%s,"offer":null}' % (poll_interval_s, status_json)
 
 
 def _unchanged_running(d: DeviceView, line: str, body: schemas.PollIn) -> bool:
@@ -130,33 +136,46 @@ def _unchanged_running(d: DeviceView, line: str, body: schemas.PollIn) -> bool:
             and d.running_model_sha256 == body.current_model_sha256 and d.drift == drift and d.drift_detail == detail)
 
 
-def answer(d: DeviceView, line: LineView, body: schemas.PollIn, now: datetime, settings: Settings) -> bytes | None:
-    """``service.poll``'s answer from the cached views, or None when the poll needs the database (pure)."""
+def signed_by(envelope: dict[str, Any] | None) -> str | None:
+    """The keyid of an envelope's first signature (the online key that signed a stored offer)."""
+    try:
+        return str(envelope["signatures"][0]["keyid"]) if envelope else None
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def answer(d: DeviceView, line: LineView, body: schemas.PollIn, now: datetime, settings: Settings,
+           status_json: bytes, keyid: str) -> bytes | None:
+    """``service.poll``'s answer from the cached views, or None when the poll needs the database (pure).
+
+    ``status_json`` is the device's signed status, sent with a "no offer" answer; ``keyid`` the online key's:
+    an offer another key signed (before a rotation) is signed again by the slow path.
+    """
     interval = d.poll_interval_s or settings.poll_interval_s
     if not _unchanged_running(d, line.name, body):
         return None
     target = desired_in(line, d.device_id, d.tags)
     pkg = choose_package(target.version, target.codec, settings.codec_list()) if target else None
     if target is None or pkg is None:
-        return encode_answer(interval, None)
+        return encode_answer(interval, None, status_json)
     runs_target = body.current_version == target.version.number and (
         body.current_model_sha256 in (None, pkg.model_sha256))
     downgrade = target.version.number < body.current_version and not target.rollback
     if runs_target or downgrade:
-        return encode_answer(interval, None)
+        return encode_answer(interval, None, status_json)
     offer = d.offers.get((target.rollout.id if target.rollout else 0, target.version.id))
     if offer is None:
         return None  # a first offer: signed and stored by the slow path
     if offer.state == "rolled_back":
-        return encode_answer(interval, None)
+        return encode_answer(interval, None, status_json)
     base = body.current_package_sha256
     if not base or base == pkg.sha256:
         same_delta = offer.delta_sha256 is None
     else:  # only the stored base is known without the database
         same_delta = offer.delta_sha256 is not None and offer.base_package_sha256 == base
     fresh = offer.expires_at - now > timedelta(seconds=settings.offer_ttl_s / 2)
-    if same_delta and offer.codec == pkg.codec and fresh:
-        return encode_answer(interval, offer.envelope_json)
+    if same_delta and offer.codec == pkg.codec and fresh and offer.keyid == keyid:
+        return encode_answer(interval, offer.envelope_json, status_json)
     return None
 
 

@@ -28,10 +28,17 @@ from server.security import bearer, token_digest
 router = APIRouter(prefix="/api/v1")
 
 
+@router.get("/keys", response_model=schemas.KeysOut)
+def keys(ctx: Ctx) -> schemas.KeysOut:
+    """The root-signed delegation naming the online key (public: a car verifies it with its provisioned root key)."""
+    return schemas.KeysOut(root_keyid=ctx.keys.root_keyid, delegation=ctx.keys.delegation)
+
+
 @router.post("/devices/enroll", status_code=201, response_model=schemas.EnrollOut)
 async def enroll(body: schemas.EnrollIn, ctx: Ctx,
                  authorization: Annotated[str | None, Header()] = None) -> schemas.EnrollOut:
-    return await ctx.db.run_write(service.enroll, ctx.settings, ctx.signer, bearer(authorization), body)
+    return await ctx.db.run_write(service.enroll, ctx.settings, ctx.signer, bearer(authorization), body,
+                                  ctx.keys.delegation)
 
 
 # The poll is async with async dependencies only: a steady-state poll is answered from the per-process
@@ -59,7 +66,8 @@ def _poll_in_transaction(session: Session, ctx: AppContext, token: str, body: sc
     device = known_device(session, token)
     out = service.poll(session, ctx.settings, ctx.signer, ctx.services["storage"], ctx.services["presence"],
                        device, body)
-    return pollcache.encode_answer(out.poll_interval_s, json.dumps(out.offer).encode() if out.offer else None)
+    return pollcache.encode_answer(out.poll_interval_s, json.dumps(out.offer).encode() if out.offer else None,
+                                   ctx.statuses.get(device.device_id, utcnow()))
 
 
 def _prepare_poll(ctx: AppContext, token: str, body: schemas.PollIn) -> None:
@@ -108,7 +116,9 @@ async def poll(body: schemas.PollIn, request: Request,
     line = cache.line(body.line) or await to_thread.run_sync(_load_line, ctx, cache, body.line,
                                                              limiter=_loaders(ctx))
     now = utcnow()
-    content = pollcache.answer(caller.device, line, body, now, ctx.settings) if line is not None else None
+    content = (pollcache.answer(caller.device, line, body, now, ctx.settings,
+                                ctx.statuses.get(caller.device.device_id, now), ctx.signer.key_id)
+               if line is not None else None)
     if content is None:  # needs the database (an unknown line: the slow path raises NotFound)
         # A delta to make is made first, holding no write slot (issue 15); the transaction only writes rows.
         await to_thread.run_sync(_prepare_poll, ctx, caller.token, body)

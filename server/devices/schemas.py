@@ -36,6 +36,7 @@ class EnrollOut(BaseModel):
     public_key: str
     key_id: str
     poll_interval_s: int
+    delegation: dict[str, Any]  # root-signed: names the key above (the car checks it with its root key)
 
 
 class PollIn(BaseModel):
@@ -49,6 +50,12 @@ class PollIn(BaseModel):
 class PollOut(BaseModel):
     poll_interval_s: int
     offer: dict[str, Any] | None
+    status: dict[str, Any] | None = None  # with no offer: the device's signed, expiring status
+
+
+class KeysOut(BaseModel):
+    root_keyid: str
+    delegation: dict[str, Any]
 
 
 class ReportIn(BaseModel):

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from server.config import Settings
 from server.db import as_utc, utcnow
 from server.devices import schemas, states, store
+from server.devices.pollcache import signed_by
 from server.devices.presence import LastSeen
 from server.errors import IllegalTransition, NotFound, Unauthorized
 from server.orm import AuditEntry, Device, DeviceReport, DeviceUpdate, Line, Package, Version
@@ -29,7 +30,7 @@ from server.security import Signer, new_token, token_digest, tokens_equal
 
 
 def enroll(session: Session, settings: Settings, signer: Signer, enrollment_token: str | None,
-           body: schemas.EnrollIn) -> schemas.EnrollOut:
+           body: schemas.EnrollIn, delegation: dict[str, Any]) -> schemas.EnrollOut:
     """Create the device, or rotate its token if it exists (its history stays).
 
     Raises:
@@ -54,7 +55,8 @@ def enroll(session: Session, settings: Settings, signer: Signer, enrollment_toke
         device.tags = dict(body.tags)
     session.flush()
     return schemas.EnrollOut(device_id=device.device_id, device_token=token, public_key=signer.public_b64,
-                             key_id=signer.key_id, poll_interval_s=device.poll_interval_s or settings.poll_interval_s)
+                             key_id=signer.key_id, poll_interval_s=device.poll_interval_s or settings.poll_interval_s,
+                             delegation=delegation)
 
 
 def _next_manifest_version(device: Device, now: datetime) -> int:
@@ -193,7 +195,8 @@ def poll(session: Session, settings: Settings, signer: Signer, storage: PackageS
     _note_running(device, line, body)
     wanted_delta = delta.sha256 if delta is not None else None
     if existing is not None and existing.codec == pkg.codec and existing.delta_sha256 == wanted_delta and \
-            as_utc(existing.expires_at) - now > timedelta(seconds=settings.offer_ttl_s / 2):
+            as_utc(existing.expires_at) - now > timedelta(seconds=settings.offer_ttl_s / 2) and \
+            signed_by(existing.envelope) == signer.key_id:  # after a key rotation: signed again
         return schemas.PollOut(poll_interval_s=interval, offer=existing.envelope)  # same offer, no write
     mv = _next_manifest_version(device, now)
     device.manifest_version = mv

@@ -37,9 +37,11 @@ class AgentProcess:
 
     def __init__(self, server: LiveServer, state: Path, *extra: str) -> None:
         cmd = [sys.executable, "-m", "cli.main", "agent", "--server", server.url, "--device-id", "car-1",
-               f"--enroll-token={server.enrollment_token}", "--state-dir", str(state), "--poll-interval", "0.3", *extra]
+               "--root-key", str(server.data_dir / "root.pub"), "--state-dir", str(state), "--poll-interval", "0.3", *extra]
+        # The token travels in the environment, not argv, where every user's `ps` would show it.
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                          "OTA_ENROLL_TOKEN": server.enrollment_token})
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

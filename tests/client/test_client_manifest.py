@@ -31,7 +31,7 @@ def test_offer_signed_by_the_pinned_key_is_accepted_and_typed() -> None:
 def test_offer_signed_by_another_key_is_refused() -> None:
     _, pub = new_key()
     other, _ = new_key()
-    with pytest.raises(OfferRejected, match="no valid signature by the pinned key"):
+    with pytest.raises(OfferRejected, match="no valid signature by the trusted key"):
         checked(sign(offer_body(), other), pub)
 
 

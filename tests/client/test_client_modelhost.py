@@ -174,7 +174,8 @@ def test_the_daemon_exits_when_the_application_is_killed(tmp_path: Path) -> None
 def test_a_polling_daemon_updates_this_process_from_the_real_registry(live_server: LiveServer, tmp_path: Path) -> None:
     v1 = live_server.publish(zoo_model(1))
     h = ModelHost(AgentConfig(server_url=live_server.url, device_id="car-1", state_dir=tmp_path,
-                              enroll_token=live_server.enrollment_token, poll_interval_s=0.2,
+                              enroll_token=live_server.enrollment_token, root_public_key=live_server.root_public_key,
+                              poll_interval_s=0.2,
                               health_window_inferences=5), poll=True)
     h.start()
     try:

@@ -22,7 +22,8 @@ IMAGE = render(3, np.random.default_rng(0))
 def agent_for(server: LiveServer, state: Path, device_id: str = "car-1", **kw: Any) -> Agent:
     transport = kw.pop("transport", None)
     cfg = AgentConfig(server_url=server.url, device_id=device_id, state_dir=state,
-                      enroll_token=server.enrollment_token, tags={"region": "eu", "network": "lte"}, **kw)
+                      enroll_token=server.enrollment_token, root_public_key=server.root_public_key,
+                      tags={"region": "eu", "network": "lte"}, **kw)
     return Agent(cfg, transport=transport)
 
 
@@ -167,7 +168,7 @@ def test_enrolment_without_a_valid_fleet_token_says_what_to_do(
     from client.errors import AgentError, Unauthorized
 
     agent = Agent(AgentConfig(server_url=live_server.url, device_id="car-9", state_dir=tmp_path,
-                              enroll_token=token))
+                              enroll_token=token, root_public_key=live_server.root_public_key))
     with pytest.raises((Unauthorized, AgentError), match="enrol"):
         run(agent)
     assert not (tmp_path / "identity.json").exists()

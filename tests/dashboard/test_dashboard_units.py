@@ -29,17 +29,25 @@ def test_percentages_durations_and_ages_read_like_a_person_would_say_them() -> N
     assert ago(T0.replace(tzinfo=None) - timedelta(hours=2), T0) == "2 h ago"  # SQLite's naive UTC
 
 
-def test_session_cookie_is_refused_when_malformed_forged_expired_or_the_admin_token_rotated() -> None:
-    now = 1_800_000_000.0
-    cookie = session.issue("admin-token", now=now, lifetime_s=60)
-    assert session.valid(cookie, "admin-token", now=now + 59)
-    assert not session.valid(cookie, "admin-token", now=now + 61)  # expired
-    assert not session.valid(cookie, "rotated-token", now=now)  # new admin token logs everyone out
-    expires, _, mac = cookie.partition(".")
-    assert not session.valid(f"{int(expires) + 3600}.{mac}", "admin-token", now=now)  # extended by hand
-    for bad in (None, "", "garbage", ".", f"{expires}.", "abc.def", f"{expires}.{'0' * 64}"):
-        assert not session.valid(bad, "admin-token", now=now)
-    assert not session.valid(cookie, None, now=now)
+def test_session_is_refused_when_expired_revoked_forged_or_the_admin_token_rotated() -> None:
+    now = T0
+    sid = session.new_session_id()
+    stored = {"stored_mac": session.token_mac("admin-token", sid), "expires_at": now + timedelta(seconds=60),
+              "revoked_at": None, "session_id": sid}
+    assert session.still_valid(**stored, admin_token="admin-token", now=now + timedelta(seconds=59))
+    assert not session.still_valid(**stored, admin_token="admin-token", now=now + timedelta(seconds=61))  # expired
+    assert not session.still_valid(**stored, admin_token="rotated-token", now=now)  # new admin token: all out
+    assert not session.still_valid(**stored, admin_token=None, now=now)
+    assert not session.still_valid(**{**stored, "revoked_at": now}, admin_token="admin-token", now=now)  # logout
+    assert not session.still_valid(**{**stored, "stored_mac": "0" * 64}, admin_token="admin-token", now=now)
+    assert session.digest(sid) != sid and len(session.digest(sid)) == 64  # the server stores only the digest
+
+
+def test_login_throttle_waits_until_the_oldest_failure_leaves_the_window() -> None:
+    fails = [T0 + timedelta(seconds=s) for s in (0, 10, 20, 30, 40)]
+    assert session.retry_after_s(fails[:4], now=T0 + timedelta(seconds=41), limit=5, window_s=60) is None
+    assert session.retry_after_s(fails, now=T0 + timedelta(seconds=41), limit=5, window_s=60) == 19
+    assert session.retry_after_s(fails, now=T0 + timedelta(seconds=59.9), limit=5, window_s=60) == 1
 
 
 def test_state_history_replays_each_update_through_its_states_and_ends_at_now() -> None:

@@ -9,8 +9,8 @@ over-the-limit uploads are in tests/server/test_publish.py.)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ import pytest
 
 from server.blobs import BlobNotFound, LocalBlobStore
 from server.dashboard import session as dashboard_session
+from server.dashboard import session_store
+from server.db import utcnow
 from server.httpproto import MAX_HEAD_BYTES
 from tests.hardening import hostile
 from tests.server.factories import stored_state
@@ -191,8 +193,13 @@ def test_rotated_device_token_is_dead_for_poll_reports_and_downloads(fleet: dict
 
 def test_expired_dashboard_session_sends_the_browser_to_log_in(fleet: dict[str, Any]) -> None:
     srv = fleet["srv"]
-    expired = dashboard_session.issue(srv.admin_token, now=time.time() - 3600, lifetime_s=60)
-    fresh = dashboard_session.issue(srv.admin_token)
+    with srv.ctx.db.session_scope() as db:  # a session that ended an hour ago, stored as a login stores it
+        expired = session_store.attempt_login(
+            db, client="127.0.0.1", token_ok=True, admin_token=srv.admin_token, now=utcnow() - timedelta(hours=2),
+            lifetime_s=3600, limit=5, window_s=60).session_id
+    with httpx.Client(base_url=srv.url, follow_redirects=False, timeout=30) as login:
+        assert login.post("/dashboard/login", data={"token": srv.admin_token}).status_code == 303
+        fresh = login.cookies[dashboard_session.COOKIE]
     with httpx.Client(base_url=srv.url, follow_redirects=False, timeout=30) as browser:
         r = browser.get("/dashboard/rollouts", headers={"Cookie": f"{dashboard_session.COOKIE}={expired}"})
         assert r.status_code == 303 and "/login" in r.headers["location"]

@@ -64,6 +64,7 @@ def test_dockerfile_declares_a_slim_non_root_image_with_a_volume_health_check_an
     data_dir = env_of(steps)["OTA_DATA_DIR"]
     assert data_dir in json.loads(words["VOLUME"])
     assert json.loads(words["ENTRYPOINT"])[:2] == ["ota", "serve"]
+    assert env_of(steps)["OTA_ENVIRONMENT"] == "production"  # secrets are required, never generated, in the image
     assert "/healthz" in words["HEALTHCHECK"]
 
 
@@ -105,6 +106,12 @@ def test_install_steps_succeed_in_a_fresh_venv_and_the_entrypoint_serves(tmp_pat
 
     port = free_port()
     image_env = {**env, **env_of(steps), "OTA_DATA_DIR": str(tmp_path / "data")}  # the volume, here a temp folder
+    # The image runs in production (OTA_ENVIRONMENT=production): the operator passes the secrets, as `docker run -e`.
+    image_env.update(OTA_ADMIN_TOKEN="a" * 32, OTA_ENROLLMENT_TOKEN="e" * 32)
+    # ... and provisions the fleet keys once, the root key going offline (here: outside the volume).
+    done = subprocess.run([str(bin_dir / "ota"), "keys", "init", "--root-key-out", str(tmp_path / "offline-root.pem")],
+                          cwd=outside, env=image_env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
     log = tmp_path / "entrypoint.log"
     with log.open("wb") as out:
         server = subprocess.Popen([str(bin_dir / entry[0]), *entry[1:], "--host", "127.0.0.1", "--port", str(port)],

@@ -68,7 +68,8 @@ class Car:
 
     def _agent(self) -> Agent:
         return Agent(AgentConfig(server_url=self.srv.url, device_id="car-1", state_dir=self.state,
-                                 enroll_token=self.srv.enrollment_token, tags={"region": "eu"}), transport=self.mitm)
+                                 enroll_token=self.srv.enrollment_token, root_public_key=self.srv.root_public_key,
+                                 tags={"region": "eu"}), transport=self.mitm)
 
     def poll(self) -> None:
         self.agent = self._agent()

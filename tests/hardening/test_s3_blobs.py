@@ -113,7 +113,8 @@ def test_real_agent_installs_a_model_whose_blobs_are_in_s3(s3_registry: tuple[Li
                                                            tmp_path: Path) -> None:
     srv, _ = s3_registry
     agent = Agent(AgentConfig(server_url=srv.url, device_id="car-s3", state_dir=tmp_path,
-                              enroll_token=srv.enrollment_token, tags={"region": "eu"}))
+                              enroll_token=srv.enrollment_token, root_public_key=srv.root_public_key,
+                              tags={"region": "eu"}))
 
     async def go() -> None:
         try:

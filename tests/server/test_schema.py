@@ -47,11 +47,11 @@ def test_production_refuses_missing_or_weak_secrets(tmp_path: Path) -> None:
 
 def test_development_generates_tokens_and_signing_key_once(tmp_path: Path) -> None:
     from server.config import resolve_secrets
-    from server.security import Signer
+    from server.keys import load_keyring
 
     first = resolve_secrets(Settings(data_dir=tmp_path))
     again = resolve_secrets(Settings(data_dir=tmp_path))
     assert first.admin_token == again.admin_token and first.enrollment_token == again.enrollment_token
     assert first.admin_token != first.enrollment_token
     assert (tmp_path / "admin-token").stat().st_mode & 0o777 == 0o600
-    assert Signer.load_or_create(tmp_path / "k.pem").key_id == Signer.load_or_create(tmp_path / "k.pem").key_id
+    assert load_keyring(first).signer.key_id == load_keyring(again).signer.key_id

@@ -17,6 +17,7 @@ from cli.demo_cmd import running_server
 from cli.main import main as ota
 from client.simulator.story import DemoOptions, run_story
 from client.slots import SlotStore
+from client.trust import read_root_key
 
 CARS = 20
 PROMISED_KEYS = {"cars", "updated", "failed", "rolled_back", "bytes_sent", "bytes_full_fp32", "bytes_full_package",
@@ -30,7 +31,8 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with running_server(data, codecs="lossless", tick_s=0.5) as srv:
         opts = DemoOptions(cars=CARS, time_scale=120, seed=7, quiet=True, detail=True, min_soak_s=0.5,
                            phase_timeout_real_s=60)
-        report = asyncio.run(run_story(srv.url, srv.admin_token, srv.enrollment_token, data / "cars", opts))
+        report = asyncio.run(run_story(srv.url, srv.admin_token, srv.enrollment_token, data / "cars", opts,
+                                       read_root_key(srv.data_dir / "root.pub")))
         admin = httpx.Client(base_url=srv.url + "/api/v1", headers={"Authorization": f"Bearer {srv.admin_token}"})
         transfers = admin.get("/accounting/transfers", params={"limit": 10000}).json()
         rollouts = {r["id"]: r for r in admin.get("/rollouts").json()}
@@ -178,7 +180,8 @@ def test_ota_simulate_without_an_admin_token_refuses_to_flash_and_names_both_way
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTA_ADMIN_TOKEN", raising=False)
     # "--opt=value": a random token may begin with "-", which argparse would read as another option
-    code = _simulate_late_cars(story, tmp_path, f"--enroll-token={story['server'].enrollment_token}")
+    code = _simulate_late_cars(story, tmp_path, f"--enroll-token={story['server'].enrollment_token}",
+                               "--root-key", str(story["data"] / "root.pub"))
     assert code == 2
     err = capsys.readouterr().err
     assert "--admin-token" in err and "--initial-install" in err

@@ -10,7 +10,8 @@ Use it through the fixtures in ``tests/conftest.py`` (``live_server``,
             yield srv
 
 What you get (``LiveServer``): ``url`` (base URL, no trailing slash),
-``admin_token``, ``enrollment_token``, ``public_key`` (raw Ed25519 bytes),
+``admin_token``, ``enrollment_token``, ``public_key`` (raw Ed25519 bytes of the online key),
+``root_public_key`` (the root key cars are provisioned with; the file is ``data_dir / "root.pub"``),
 ``data_dir``, ``database_url``, ``settings``, ``ctx`` (the app's context, for
 driving services directly), and helpers ``admin()`` (an httpx.Client with the
 admin token), ``publish(path_or_bytes, line=..., codecs=...)``,
@@ -94,7 +95,8 @@ class LiveServer:
     url: str
     admin_token: str
     enrollment_token: str
-    public_key: bytes
+    public_key: bytes  # the online key that signs offers
+    root_public_key: bytes  # what cars are provisioned with (AgentConfig.root_public_key)
     data_dir: Path
     database_url: str
     settings: Settings
@@ -180,7 +182,8 @@ def run_live_server(data_dir: Path, *, socket_sndbuf: int | None = None, **overr
         ctx: AppContext = app.state.ctx
         live = LiveServer(url=f"http://127.0.0.1:{port}", admin_token=ctx.settings.admin_token or "",
                           enrollment_token=ctx.settings.enrollment_token or "",
-                          public_key=base64.b64decode(ctx.signer.public_b64), data_dir=data_dir, database_url=url,
+                          public_key=base64.b64decode(ctx.signer.public_b64), root_public_key=ctx.keys.root_public,
+                          data_dir=data_dir, database_url=url,
                           settings=ctx.settings, ctx=ctx)
         try:
             yield live
