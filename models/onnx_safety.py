@@ -77,12 +77,12 @@ def _attribute_graphs(attr: onnx.AttributeProto, what: str) -> Iterator[tuple[on
 
 
 def _check_nodes(nodes: Iterable[onnx.NodeProto], where: str, depth: int, budget: list[int]) -> Iterator[_Graph]:
-    """Check every node's attributes; yield the subgraphs one level down.  ``budget`` is the nodes left."""
+    """Check every node's attributes; yield the subgraphs one level down.  ``budget`` is [nodes left, limit]."""
     for i, node in enumerate(nodes):
         budget[0] -= 1
         if budget[0] < 0:
-            raise UnsafeModel(f"model has more than {MAX_NODES} nodes over all its graphs and functions; "
-                              "this registry does not load graphs that large")
+            raise UnsafeModel(f"model has more than {budget[1]} nodes over all its graphs and functions; "
+                              "split it, or raise the limit if such a model is expected")
         for attr in node.attribute:
             what = f"attribute {attr.name!r} of {_node_label(node, i)} in {where}"
             for g, desc in _attribute_graphs(attr, what):
@@ -110,7 +110,7 @@ def check_embedded(model: onnx.ModelProto, *, max_nodes: int = MAX_NODES) -> Non
             holding it), or graphs nest deeper than ``MAX_GRAPH_DEPTH``, or there are more than
             ``max_nodes`` nodes.
     """
-    budget = [max_nodes]
+    budget = [max_nodes, max_nodes]  # [left, limit]
     pending = [_Graph(model.graph, 0, f"graph {model.graph.name!r}")]
     for ti, info in enumerate(model.training_info):
         for field in ("initialization", "algorithm"):
