@@ -194,7 +194,7 @@ def _encode_split(flat: np.ndarray) -> bytes:
 
 
 def _decode_split(r: Reader, n: int, what: str) -> np.ndarray:
-    classes = decode(r.take(r.varint()), what)
+    classes = decode(r.take(r.varint()), what, max_symbols=n)
     if classes.size != n or (n and (classes.min() < 0 or classes.max() > 2 * MAX_BIT_LENGTH)):
         raise CorruptPackage(f"{what}: magnitude classes do not fit {n} symbols")
     length = (classes + 1) // 2
@@ -215,17 +215,21 @@ def _decode_split(r: Reader, n: int, what: str) -> np.ndarray:
     return np.where(classes % 2 == 1, mag, -mag)
 
 
-def decode(stream: bytes | memoryview, what: str = "symbol stream") -> np.ndarray:
+def decode(stream: bytes | memoryview, what: str = "symbol stream", *, max_symbols: int = MAX_SYMBOLS) -> np.ndarray:
     """Inverse of :func:`encode`: the flat int64 symbol array.
 
+    ``max_symbols`` is what the caller's header allows: a stream's own count is
+    never trusted for an allocation (a few bytes can claim 2^28 constant symbols).
+
     Raises:
-        CorruptPackage: the stream is truncated or malformed.
+        CorruptPackage: the stream is truncated or malformed, or claims more than ``max_symbols``.
     """
     r = Reader(stream, what)
     method = r.byte()
     n = r.varint()
-    if n > MAX_SYMBOLS:
-        raise CorruptPackage(f"{what}: claims {n} symbols, more than any model this codec accepts")
+    if n > min(max_symbols, MAX_SYMBOLS):
+        raise CorruptPackage(f"{what}: claims {n} symbols, more than the {min(max_symbols, MAX_SYMBOLS)} "
+                             "its header allows")
     if method == _CONSTANT:
         return np.full(n, _unzigzag(r.varint()), dtype=np.int64)
     if method == _SPLIT:
@@ -295,7 +299,7 @@ def decode_u32_planes(stream: bytes | memoryview, n: int, what: str = "float pla
     planes = np.empty((n, 4), dtype=np.uint8)
     for k in (3, 2, 1, 0):
         length = r.varint()
-        plane = decode(r.take(length), what)
+        plane = decode(r.take(length), what, max_symbols=n)
         if plane.size != n:
             raise CorruptPackage(f"{what}: plane {k} holds {plane.size} bytes, expected {n}")
         planes[:, k] = plane
