@@ -40,6 +40,7 @@ MAX_SYMBOLS = 1 << 28  # 1 GiB of float32: anything larger in a header is corrup
 _CONSTANT, _PACKED, _ANS, _SPLIT = 0, 1, 2, 3
 SPLIT_MIN_ALPHABET = 32  # below this the plain table is small and ANS codes the values at their entropy
 SPLIT_MAX_SYMBOLS_PER_VALUE = 64  # with more symbols per table entry the table is cheap and split is not tried
+SPLIT_DECODE_CELLS = 1 << 18  # int64 cells per block of the split decoder's work arrays (2 MB each)
 MAX_BIT_LENGTH = 62  # classes above 2 * 52 are refused: magnitudes are below 2**52
 
 
@@ -207,11 +208,17 @@ def _decode_split(r: Reader, n: int, what: str) -> np.ndarray:
     mag = np.where(length > 0, np.int64(1) << np.maximum(length - 1, 0), 0)
     top = int(widths.max(initial=0))
     if top:
+        # (symbols x top) work arrays, a block of rows at a time: one wide symbol must not make
+        # every symbol cost 61 int64 cells (a few bytes of stream would claim gigabytes)
+        starts = np.cumsum(widths) - widths
         j = np.arange(top)[None, :]
-        used = j < widths[:, None]
-        index = np.minimum((np.cumsum(widths) - widths)[:, None] + j, total - 1)
-        shift = np.where(used, widths[:, None] - 1 - j, 0)
-        mag |= np.sum(np.where(used, bits[index] << shift, 0), axis=1)
+        step = max(1, SPLIT_DECODE_CELLS // top)
+        for a in range(0, n, step):
+            w, st = widths[a : a + step, None], starts[a : a + step, None]
+            used = j < w
+            index = np.minimum(st + j, total - 1)
+            shift = np.where(used, w - 1 - j, 0)
+            mag[a : a + step] |= np.sum(np.where(used, bits[index] << shift, 0), axis=1)
     return np.where(classes % 2 == 1, mag, -mag)
 
 

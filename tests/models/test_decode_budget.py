@@ -18,6 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models import codec
@@ -50,7 +51,7 @@ def _package(tensors: list[tuple[str, list[int], bytes]], skeleton: bytes | None
 
 
 def _decode_in_child(tmp_path: Path, op: str, *inputs: bytes) -> dict[str, object]:
-    """Run ``codec.<op>(*inputs)`` in a child limited to ``ADDRESS_SPACE_LIMIT``; its outcome, time and peak RSS growth."""
+    """Run ``<op>(*inputs)`` (``codec.unpack``, ``entropy.decode``) in a child limited to ``ADDRESS_SPACE_LIMIT``; its outcome, time and peak RSS growth."""
     files = []
     for i, data in enumerate(inputs):
         (tmp_path / f"in{i}").write_bytes(data)
@@ -59,6 +60,7 @@ def _decode_in_child(tmp_path: Path, op: str, *inputs: bytes) -> dict[str, objec
         import json, resource, sys, time
         resource.setrlimit(resource.RLIMIT_AS, ({ADDRESS_SPACE_LIMIT}, {ADDRESS_SPACE_LIMIT}))
         from models import codec
+        from models.codec import entropy
 
         def status_mb(key):  # this process's own memory (ru_maxrss would carry the forking parent's peak)
             line = next(x for x in open("/proc/self/status") if x.startswith(key + ":"))
@@ -68,7 +70,7 @@ def _decode_in_child(tmp_path: Path, op: str, *inputs: bytes) -> dict[str, objec
         before = status_mb("VmRSS")
         t = time.perf_counter()
         try:
-            codec.{op}(*args)
+            {op}(*args)
             outcome, message = "decoded", ""
         except BaseException as e:
             outcome, message = type(e).__name__, str(e)
@@ -85,7 +87,7 @@ def test_a_tiny_package_claiming_a_trillion_weights_is_refused_quickly_with_litt
     n = 1_000_000 * 1_000_000
     package = _package([("w", [1_000_000, 1_000_000], _float_payload(n))])
     assert len(package) < 1000
-    result = _decode_in_child(tmp_path, "unpack", package)
+    result = _decode_in_child(tmp_path, "codec.unpack", package)
     assert result["outcome"] == "CorruptPackage", result
     assert "more than the cap of" in str(result["message"]) and "'w'" in str(result["message"]), result
     assert float(result["seconds"]) < 1.0 and float(result["peak_growth_mb"]) < MAX_PEAK_GROWTH_MB, result
@@ -95,7 +97,7 @@ def test_many_tensors_each_under_the_per_tensor_limit_are_refused_by_their_total
     """Eight tensors of 2^28 - 2^14 floats (1 GB each): each passes a per-tensor limit, the total does not."""
     n = (1 << 14) * ((1 << 14) - 1)
     package = _package([(f"w{i}", [1 << 14, (1 << 14) - 1], _float_payload(n)) for i in range(8)])
-    result = _decode_in_child(tmp_path, "unpack", package)
+    result = _decode_in_child(tmp_path, "codec.unpack", package)
     assert result["outcome"] == "CorruptPackage", result
     assert "more than the cap of" in str(result["message"]), result
     assert float(result["seconds"]) < 1.0 and float(result["peak_growth_mb"]) < MAX_PEAK_GROWTH_MB, result
@@ -105,10 +107,27 @@ def test_a_stream_claiming_more_symbols_than_its_shape_is_refused_before_allocat
     """A 10-weight tensor whose byte planes each claim 2^28 - 1 symbols (2 GB of int64 each, were they believed)."""
     plane = _constant_stream((1 << 28) - 1)
     payload = entropy.varint(0) + (entropy.varint(len(plane)) + plane) * 4
-    result = _decode_in_child(tmp_path, "unpack", _package([("w", [10], payload)]))
+    result = _decode_in_child(tmp_path, "codec.unpack", _package([("w", [10], payload)]))
     assert result["outcome"] == "CorruptPackage", result
     assert "its header allows" in str(result["message"]), result
     assert float(result["seconds"]) < 1.0 and float(result["peak_growth_mb"]) < MAX_PEAK_GROWTH_MB, result
+
+
+def test_one_wide_symbol_does_not_make_every_symbol_cost_its_width(tmp_path: Path) -> None:
+    """A split stream of a million symbols, one of them 61 bits wide: 17 bytes of low bits.
+
+    Decoded a million x 61 int64 cells at a time it needs gigabytes; by blocks, a few MB over its output.
+    """
+    n = 1 << 20
+    classes = np.zeros(n, dtype=np.int64)
+    classes[-1] = 2 * entropy.MAX_BIT_LENGTH - 1
+    head = entropy.encode(classes)
+    stream = bytes([3]) + entropy.varint(n) + entropy.varint(len(head)) + head + b"\xff" * 8
+    result = _decode_in_child(tmp_path, "entropy.decode", stream)
+    assert result["outcome"] == "decoded", result
+    assert float(result["peak_growth_mb"]) < 100, result
+    decoded = entropy.decode(stream)
+    assert decoded[-1] == (1 << 61) + (1 << 61) - 1 and not decoded[:-1].any()
 
 
 @pytest.mark.parametrize("shape", [[-1, 4], [2.5], "12", [1] * 9, [True]])
