@@ -58,9 +58,9 @@ def session(onnx_bytes: bytes) -> ort.InferenceSession:
     """An in-memory session for probe runs, unable to read files (``models.sessions``).
 
     Callers pass bytes that went through ``onnxio.load`` or ``onnxio.assemble``,
-    both of which refuse external data.  ONNX Runtime is imported there, not
-    here: the car's decode worker imports the codec to patch and unpack,
-    never to measure, and the runtime costs it ~20 MB.
+    both of which refuse external data.  ONNX Runtime is imported when a
+    session is built, never at module level: the car's decode worker imports
+    the codec to patch and unpack, never to measure, and the runtime costs it ~20 MB.
     """
     from models.sessions import open_session
 
