@@ -8,6 +8,7 @@ lock (issue 8; see ``server/db.py``).  Their responses are validated on the even
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from dataclasses import dataclass
@@ -66,14 +67,23 @@ def reauthorize_device(device_id: str, session: DbSession, actor: Admin,
     return enrollment.reauthorize(session, device_id, (body or schemas.ReauthorizeIn()).valid_s, actor)
 
 
+async def _revoke(ctx: AppContext, device_id: str, actor: str, decommission: bool) -> schemas.DeviceActionOut:
+    """Commit the revocation, then wait until every other process has heard of it (the change feed) so that
+    the device's very next poll is refused whichever worker or replica answers it."""
+    out = await ctx.db.run_write(enrollment.revoke, device_id, actor, decommission)
+    feed = ctx.services["pollcache"].feed
+    await asyncio.sleep(feed.propagation_s if feed is not None else 0.0)
+    return out
+
+
 @router.post("/devices/{device_id}/revoke", response_model=schemas.DeviceActionOut)
-def revoke_device(device_id: str, session: DbSession, actor: Admin) -> schemas.DeviceActionOut:
-    return enrollment.revoke(session, device_id, actor)
+async def revoke_device(device_id: str, ctx: Ctx, actor: Admin) -> schemas.DeviceActionOut:
+    return await _revoke(ctx, device_id, actor, decommission=False)
 
 
 @router.post("/devices/{device_id}/decommission", response_model=schemas.DeviceActionOut)
-def decommission_device(device_id: str, session: DbSession, actor: Admin) -> schemas.DeviceActionOut:
-    return enrollment.revoke(session, device_id, actor, decommission=True)
+async def decommission_device(device_id: str, ctx: Ctx, actor: Admin) -> schemas.DeviceActionOut:
+    return await _revoke(ctx, device_id, actor, decommission=True)
 
 
 @router.post("/enrollment-tokens", status_code=201, response_model=schemas.EnrollmentTokenCreated)
