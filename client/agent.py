@@ -55,7 +55,14 @@ from client.hotswap import (
     default_session_factory,
     gil_switch_interval,
 )
-from client.identity import Identity, load_identity, save_identity
+from client.identity import (
+    DEVICE_KEY_FILE,
+    DeviceKey,
+    Identity,
+    load_identity,
+    load_or_create_device_key,
+    save_identity,
+)
 from client.manifest import Artifact, Offer, check_offer, verify_signature
 from client.ratelimit import TokenBucket
 from client.slots import Journal, SlotRecord, SlotStore
@@ -115,6 +122,8 @@ class Agent:
         self._rng = rng or random.Random()
         self.journal = Journal()
         self.identity: Identity | None = None
+        #: The car's own key pair (``start`` loads or generates it): proves re-enrolments, signs reports.
+        self.device_key: DeviceKey | None = None
         self.poll_interval_s = config.poll_interval_s or 60.0
         self.agent_state = "idle"
         self._health_deadline: float | None = None
@@ -151,6 +160,8 @@ class Agent:
 
     async def start(self) -> None:
         """Read identity and journal, and boot the newest slot that still verifies."""
+        self.device_key = load_or_create_device_key(self.config.state_dir / DEVICE_KEY_FILE,
+                                                    fsync=self.config.fsync)
         self.identity = load_identity(self.config.state_dir / "identity.json")
         if self.identity:
             self.api.device_token = self.identity.device_token
@@ -230,8 +241,9 @@ class Agent:
                 j = self.config.poll_jitter_fraction
                 delay = base * self._rng.uniform(1 - j, 1 + j)
             except Unauthorized as e:
+                # the device token was refused (rotated, lost): re-enrol by proving the car's key
                 log.warning("%s; re-enrolling", e)
-                self.identity = None if self.config.enroll_token else self.identity
+                self.identity = None
                 failures += 1
                 delay = self._backoff(failures)
             except (ServerError, DownloadError, StorageError) as e:
@@ -265,25 +277,36 @@ class Agent:
             stopper.cancel()
 
     async def ensure_enrolled(self) -> None:
-        """Enrol once and pin the fleet key; later enrolments (token rotation) must present the same key.
+        """Enrol and pin the fleet key; later enrolments (token rotation) must present the same fleet key.
+
+        Every enrolment carries the car's public key and a proof signed by it: for an id the server already
+        holds with this key, the proof alone re-enrols it (no enrolment token needed, a car whose token was
+        lost recovers by itself); for a new id the server wants the enrolment token and ignores the proof.
 
         Raises:
             AgentError: never enrolled and no enrollment token given.
+            ServerError: the id is enrolled with another key (409: the operator must reauthorise it).
             OfferRejected: the server now presents a different fleet key.
         """
         if self.identity is not None:
             return
-        if not self.config.enroll_token:
+        path = self.config.state_dir / "identity.json"
+        pinned = load_identity(path)
+        if pinned is None and not self.config.enroll_token:
             raise AgentError("this car is not enrolled: start it once with --enroll-token")
-        e = await self.api.enroll(self.config.device_id, self.config.enroll_token, self.config.tags)
-        pinned = load_identity(self.config.state_dir / "identity.json")
+        if self.device_key is None:
+            self.device_key = load_or_create_device_key(self.config.state_dir / DEVICE_KEY_FILE,
+                                                        fsync=self.config.fsync)
+        e = await self.api.enroll(self.config.device_id, self.config.enroll_token, self.config.tags,
+                                  public_key=self.device_key.public_b64,
+                                  proof=self.device_key.enroll_proof(self.config.device_id))
         if pinned is not None and pinned.public_key != e.public_key:
             raise OfferRejected(
                 f"server presented fleet key {e.key_id[:12]} but this car pinned {pinned.key_id[:12]}; "
                 "delete identity.json only if the key was deliberately rotated"
             )
         self.identity = Identity(e.device_id, e.device_token, e.public_key, e.key_id)
-        save_identity(self.config.state_dir / "identity.json", self.identity, fsync=self.config.fsync)
+        save_identity(path, self.identity, fsync=self.config.fsync)
         self.api.device_token = e.device_token
         self.poll_interval_s = e.poll_interval_s
         log.info("enrolled as %s; pinned key %s", e.device_id, e.key_id[:12])
@@ -313,7 +336,8 @@ class Agent:
         if not self.journal.outbox:
             return
         try:
-            answered = await reports.flush(self.api, self.journal)
+            sign = self.device_key.sign_report if self.device_key is not None else None
+            answered = await reports.flush(self.api, self.journal, sign=sign)
         except (ServerError, DownloadError) as e:
             log.info("reports kept for later (%d queued): %s", len(self.journal.outbox), e)
             return

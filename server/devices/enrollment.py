@@ -75,7 +75,8 @@ def enroll(session: Session, settings: Settings, signer: Signer, enrollment_toke
     """
     now, token = utcnow(), new_token()
     device = store.by_device_id(session, body.device_id)
-    if device is not None and body.proof is not None:
+    # a pre-authorised re-enrolment with an enrolment token wins over a proof (the car may have lost its key)
+    if device is not None and body.proof is not None and not (enrollment_token and _reauthorized(device, now)):
         _by_proof(device, body, now)
         actor, outcome = f"device:{device.device_id}", "proof"
     else:

@@ -58,7 +58,9 @@ def check_proof(registered_key: str | None, last_proof_ms: int, device_id: str, 
         raise Unauthorized(f"device {device_id!r} has no registered key to prove; ask the operator to run "
                            f"`ota devices reauthorize {device_id}` and enrol with an enrolment token")
     if not _verifies(registered_key, signature, proof_payload(device_id, new_public_key, timestamp_ms)):
-        raise Unauthorized(f"key proof for {device_id!r} does not verify with its registered key")
+        raise Unauthorized(f"key proof for {device_id!r} does not verify with its registered key (another car holds "
+                           "this id, or this car's key was replaced); an operator can allow one enrolment with a "
+                           f"new key: `ota devices reauthorize {device_id}`")
     if abs(timestamp_ms - now_ms) > PROOF_WINDOW_MS:
         raise Unauthorized(f"key proof timestamp is {abs(timestamp_ms - now_ms) // 1000} s from the server's "
                            "clock (at most 300 s allowed); set the car's clock and retry")
