@@ -170,6 +170,8 @@ def _apply_report(session: Session, device: Device, r: schemas.ReportIn) -> Devi
 def _signatures(device: Device, body: schemas.ReportsIn, raw: list[dict[str, Any]] | None) -> dict[int, bool]:
     """seq -> whether the report was signed by the device's registered key (as sent: ``raw``).
 
+    A device enrolled without a key (before keys existed) may sign anyway: its reports count as unsigned.
+
     Raises:
         Unauthorized: a report carries a signature that does not verify (nothing is applied).
     """
@@ -177,10 +179,10 @@ def _signatures(device: Device, body: schemas.ReportsIn, raw: list[dict[str, Any
     for i, r in enumerate(body.reports):
         sent = raw[i] if raw is not None and i < len(raw) and isinstance(raw[i], dict) else None
         ok = sent is not None and r.signature is not None and keys.report_verifies(device.public_key, sent)
-        if r.signature is not None and not ok:
-            raise Unauthorized(f"report seq {r.seq}: signature does not verify with the device's registered key"
-                               f" ({'none registered' if device.public_key is None else 'wrong key or altered'}); "
-                               "sign the canonical JSON of the report without its signature field")
+        if r.signature is not None and not ok and device.public_key is not None:
+            raise Unauthorized(f"report seq {r.seq}: signature does not verify with the device's registered key "
+                               "(wrong key, or the report was altered); sign the canonical JSON of the report "
+                               "without its signature field")
         signed[r.seq] = ok
     return signed
 

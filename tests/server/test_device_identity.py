@@ -271,3 +271,15 @@ def test_enrolment_is_rate_limited_per_client_address(live_server_factory: Any) 
     assert r.status_code == 429, r.text
     assert int(r.headers["Retry-After"]) >= 1 and r.json()["error"] == "rate_limited"
     assert stored_state(srv)["devices"] == 0
+
+
+def test_a_device_enrolled_before_keys_existed_may_sign_its_reports_and_they_count_as_unsigned(
+        server: LiveServer) -> None:
+    car_id = _id("car-legacy")
+    http = server.device(server.enroll(car_id)["device_token"])  # no public_key: as enrolled before issue 15
+    offer = http.post("/api/v1/device/poll", json=POLL).json()["offer"]["signed"]
+    report = DeviceKey().signed_report({"seq": 1, "rollout_id": offer["rollout_id"],
+                                        "target_version": offer["target_version"], "state": "downloading"})
+    r = http.post("/api/v1/device/reports", json={"reports": [report]})
+    assert r.status_code == 200 and r.json()["accepted"] == [1], r.text
+    assert _device(server, car_id)["public_key"] is None
