@@ -203,6 +203,11 @@ def devices_show(args: argparse.Namespace) -> int:
             f"reported v{d['reported_version']}  last seen {d['last_seen_at']}"]
     if d["drift"]:
         rows.append(f"  DRIFT: {d['drift_detail']}")
+    if d.get("decommissioned_at") or d.get("revoked_at"):
+        rows.append(f"  {'DECOMMISSIONED' if d.get('decommissioned_at') else 'REVOKED'} at "
+                    f"{d.get('decommissioned_at') or d.get('revoked_at')}")
+    if d.get("reauthorized_until"):
+        rows.append(f"  reauthorized: its next enrolment until {d['reauthorized_until']} may replace its key")
     for u in d["updates"]:
         rows.append(f"  rollout {u['rollout_id']}  v{u['target_version']} ({u['codec']})  {u['state']}"
                     f"{'  ' + u['reason'] if u['reason'] else ''}  reported {_kb(u['bytes_reported'])}")

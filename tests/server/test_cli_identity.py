@@ -43,6 +43,8 @@ def test_operator_cli_reauthorizes_revokes_and_decommissions_devices(
     assert code == 0 and "revoked" in out
     r = cars[0].http.post("/api/v1/device/poll", json={"line": "road-signs"})
     assert r.status_code == 401
+    code, out, _ = _ota(capsys, live_server, "devices", "show", "cli-car-0")
+    assert code == 0 and "REVOKED at" in out
     code, out, _ = _ota(capsys, live_server, "devices", "reauthorize", "cli-car-0", "--valid", "1h")
     assert code == 0 and "reauthorized" in out
     assert _ota(capsys, live_server, "devices", "decommission", "cli-car-1")[0] == 0
