@@ -299,7 +299,8 @@ class Agent:
                                                         fsync=self.config.fsync)
         e = await self.api.enroll(self.config.device_id, self.config.enroll_token, self.config.tags,
                                   public_key=self.device_key.public_b64,
-                                  proof=self.device_key.enroll_proof(self.config.device_id))
+                                  proof=self.device_key.enroll_proof(
+                                      self.config.device_id, int(self._wall_clock().timestamp() * 1000)))
         if pinned is not None and pinned.public_key != e.public_key:
             raise OfferRejected(
                 f"server presented fleet key {e.key_id[:12]} but this car pinned {pinned.key_id[:12]}; "

@@ -101,9 +101,8 @@ def enroll(session: Session, settings: Settings, signer: Signer, enrollment_toke
 
 def record_refusal(session: Session, body: schemas.EnrollIn, client: str, status: int, reason: str) -> None:
     """Audit a refused enrolment (run in a transaction of its own, after the enrolment's was rolled back)."""
-    actor = f"device:{body.device_id}" if body.proof is not None else f"client:{client}"
-    audit.record(session, actor, "device.enroll", device_id=body.device_id, outcome="refused", status=status,
-                 reason=reason, client=client)
+    audit.record(session, f"client:{client}", "device.enroll", device_id=body.device_id, outcome="refused",
+                 status=status, reason=reason, with_proof=body.proof is not None)
 
 
 def _device(session: Session, device_id: str) -> Device:
