@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # While the cross-process change feed listens, an entry lives until a change drops it, or this long
     # (a safety net against a lost change; server/devices/changefeed.py).
     poll_cache_max_s: float = Field(default=600.0, ge=0)
+    # Enrolment rate limit (issue 15): a token bucket per client address and per enrolment credential, per
+    # process; generous enough for a depot enrolling hundreds of cars at once, low enough to stop guessing.
+    enroll_rate_per_s: float = Field(default=50.0, ge=0)
+    enroll_burst: int = Field(default=1000, ge=1)
     smoke_count: int = 3
     smoke_atol: float = 1e-3
     last_seen_flush_s: float = 5.0
