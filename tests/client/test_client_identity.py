@@ -48,7 +48,8 @@ def test_agent_whose_token_was_lost_recovers_by_key_proof_without_the_enrolment_
     identity["device_token"] = "lost-or-rotated"
     (tmp_path / "identity.json").write_text(json.dumps(identity))
     agent = Agent(AgentConfig(server_url=live_server.url, device_id="car-1", state_dir=tmp_path,
-                              enroll_token=None, backoff_initial_s=0.05, backoff_max_s=0.1, poll_interval_s=0.1))
+                              enroll_token=None, root_public_key=live_server.root_public_key, backoff_initial_s=0.05,
+                              backoff_max_s=0.1, poll_interval_s=0.1))
 
     async def go() -> None:
         await agent.start()
