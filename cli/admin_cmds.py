@@ -1,4 +1,5 @@
-"""Operator commands, HTTP clients of the registry: ``ota publish``, ``ota rollout ...``, ``ota devices ...``.
+"""Operator commands, HTTP clients of the registry: ``ota publish``, ``ota rollout ...``, ``ota devices ...``,
+``ota tokens ...``.
 
 They never import ``server``: everything goes over the documented API
 (docs/PROTOCOL.md) with the admin token.  Each takes ``--json`` to print the
@@ -237,10 +238,103 @@ def devices_show(args: argparse.Namespace) -> int:
             f"reported v{d['reported_version']}  last seen {d['last_seen_at']}"]
     if d["drift"]:
         rows.append(f"  DRIFT: {d['drift_detail']}")
+    if d.get("decommissioned_at") or d.get("revoked_at"):
+        rows.append(f"  {'DECOMMISSIONED' if d.get('decommissioned_at') else 'REVOKED'} at "
+                    f"{d.get('decommissioned_at') or d.get('revoked_at')}")
+    if d.get("reauthorized_until"):
+        rows.append(f"  reauthorized: its next enrolment until {d['reauthorized_until']} may replace its key")
     for u in d["updates"]:
         rows.append(f"  rollout {u['rollout_id']}  v{u['target_version']} ({u['codec']})  {u['state']}"
                     f"{'  ' + u['reason'] if u['reason'] else ''}  reported {_kb(u['bytes_reported'])}")
     return _emit(args, d, rows)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_s(text: str, flag: str) -> int:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` -> seconds."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "s")
+    try:
+        value = int(number)
+    except ValueError as e:
+        raise CliError(f"{flag} {text!r} must be a number with an optional unit s, m, h or d (e.g. 7d)") from e
+    if value <= 0:
+        raise CliError(f"{flag} {text!r} must be positive")
+    return value * _UNITS[unit]
+
+
+def devices_action(args: argparse.Namespace) -> int:
+    """Revoke (token and key stop working at once), decommission (also out of rollouts) or reauthorize
+    (the next enrolment of the id, once, before the deadline, may replace its key)."""
+    body = {"valid_s": _duration_s(args.valid, "--valid")} if args.action == "reauthorize" else None
+    d = _call(args, "POST", f"/devices/{args.device_id}/{args.action}", json=body)
+    if args.action == "reauthorize":
+        table = (f"{d['device_id']} reauthorized: its next enrolment (with an enrolment token) until "
+                 f"{d['reauthorized_until']} may replace its key")
+    else:
+        past = "revoked" if args.action == "revoke" else "decommissioned"
+        table = f"{d['device_id']} {past} at {d['decommissioned_at'] or d['revoked_at']}"
+    return _emit(args, d, table)
+
+
+# ---- enrolment tokens -----------------------------------------------------------------------------
+
+def _token_row(t: dict[str, Any]) -> str:
+    uses = f"{t['uses']}/{t['max_uses']}" if t["max_uses"] is not None else f"{t['uses']}/unlimited"
+    state = "REVOKED" if t["revoked_at"] else f"expires {t['expires_at'] or 'never'}"
+    tags = ",".join(f"{k}={v}" for k, v in t["tags"].items()) or "-"
+    return f"{t['id']:>4}  {t['name']:20s} uses {uses:12s} {state:34s} tags {tags}"
+
+
+def tokens_create(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": args.name, "tags": _pairs(args.tag, "tag")}
+    if args.uses is not None:
+        body["max_uses"] = args.uses
+    if args.expires is not None:
+        body["expires_in_s"] = _duration_s(args.expires, "--expires")
+    t = _call(args, "POST", "/enrollment-tokens", json=body)
+    return _emit(args, t, f"{_token_row(t)}\ntoken (shown once, only its hash is stored): {t['token']}")
+
+
+def tokens_list(args: argparse.Namespace) -> int:
+    ts = _call(args, "GET", "/enrollment-tokens")
+    return _emit(args, ts, "\n".join(_token_row(t) for t in ts) or "no enrolment tokens")
+
+
+def tokens_revoke(args: argparse.Namespace) -> int:
+    t = _call(args, "POST", f"/enrollment-tokens/{args.id}/revoke")
+    return _emit(args, t, _token_row(t))
+
+
+def _register_identity(subparsers: argparse._SubParsersAction, dv: argparse._SubParsersAction) -> None:
+    """``ota devices reauthorize|revoke|decommission`` and ``ota tokens create|list|revoke`` (issue 15)."""
+    for action, text in (("revoke", "refuse the device's token and key at once (reauthorize brings it back)"),
+                         ("decommission", "revoke the device and drop it from the inventory and rollouts"),
+                         ("reauthorize", "let the next enrolment of this id replace its key, once")):
+        a = dv.add_parser(action, help=text)
+        a.add_argument("device_id")
+        if action == "reauthorize":
+            a.add_argument("--valid", default="1h", help="how long the permission lasts: 90s, 15m, 1h, 7d")
+        _common(a)
+        a.set_defaults(func=_run(devices_action), action=action)
+
+    tk = subparsers.add_parser("tokens", help="scoped enrolment tokens").add_subparsers(
+        dest="tokens_command", metavar="ACTION", required=True)
+    c = tk.add_parser("create", help="mint an enrolment token (printed once)")
+    c.add_argument("--name", default="enrolment", help="a label for the audit log and `ota tokens list`")
+    c.add_argument("--uses", type=int, help="how many enrolments it admits (default: unlimited)")
+    c.add_argument("--expires", help="lifetime: 90s, 15m, 12h, 7d (default: never)")
+    c.add_argument("--tag", action="append", metavar="TAG=VALUE", help="tag forced onto devices it enrols")
+    _common(c)
+    c.set_defaults(func=_run(tokens_create))
+    ls = tk.add_parser("list", help="list enrolment tokens and their uses")
+    _common(ls)
+    ls.set_defaults(func=_run(tokens_list))
+    rv = tk.add_parser("revoke", help="refuse a token from now on")
+    rv.add_argument("id", type=int)
+    _common(rv)
+    rv.set_defaults(func=_run(tokens_revoke))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -297,3 +391,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ds.add_argument("device_id")
     _common(ds)
     ds.set_defaults(func=_run(devices_show))
+    _register_identity(subparsers, dv)

@@ -56,7 +56,14 @@ from client.hotswap import (
     default_session_factory,
     gil_switch_interval,
 )
-from client.identity import Identity, load_identity, save_identity
+from client.identity import (
+    DEVICE_KEY_FILE,
+    DeviceKey,
+    Identity,
+    load_identity,
+    load_or_create_device_key,
+    save_identity,
+)
 from client.manifest import Artifact, Offer, check_offer
 from client.ratelimit import TokenBucket
 from client.slots import Journal, SlotRecord, SlotStore
@@ -122,6 +129,8 @@ class Agent:
         self.trust = TrustKeeper(config.root_public_key, config.state_dir / "trust.json", fsync=config.fsync)
         #: The latest verified "no offer" status: the registry had nothing for this car until its expiry.
         self.status: Status | None = None
+        #: The car's own key pair (``start`` loads or generates it): proves re-enrolments, signs reports.
+        self.device_key: DeviceKey | None = None
         self.poll_interval_s = config.poll_interval_s or 60.0
         self.agent_state = "idle"
         self._health_deadline: float | None = None
@@ -158,6 +167,8 @@ class Agent:
 
     async def start(self) -> None:
         """Read identity and journal, and boot the newest slot that still verifies."""
+        self.device_key = load_or_create_device_key(self.config.state_dir / DEVICE_KEY_FILE,
+                                                    fsync=self.config.fsync)
         self.identity = load_identity(self.config.state_dir / "identity.json")
         if self.identity:
             self.api.device_token = self.identity.device_token
@@ -237,8 +248,9 @@ class Agent:
                 j = self.config.poll_jitter_fraction
                 delay = base * self._rng.uniform(1 - j, 1 + j)
             except Unauthorized as e:
+                # the device token was refused (rotated, lost): re-enrol by proving the car's key
                 log.warning("%s; re-enrolling", e)
-                self.identity = None if self.config.enroll_token else self.identity
+                self.identity = None
                 failures += 1
                 delay = self._backoff(failures)
             except (ServerError, DownloadError, StorageError, VerificationError) as e:
@@ -272,29 +284,42 @@ class Agent:
             stopper.cancel()
 
     async def ensure_enrolled(self) -> None:
-        """Enrol once and pin the fleet key; later enrolments (token rotation) must present the same key.
+        """Enrol (or re-enrol by proof of the car's key) and take the fleet key the root key vouches for.
+
+        Every enrolment carries the car's public key and a proof signed by it: for an id the server already
+        holds with this key, the proof alone re-enrols it (no enrolment token needed, a car whose token was
+        lost recovers by itself); for a new id the server wants the enrolment token and ignores the proof.
 
         The fleet key the answer presents is believed only through its root-signed delegation (no trust on
         first use), so a key rotated with ``ota keys rotate`` is followed and a stranger's key is not.
 
         Raises:
             AgentError: never enrolled and no enrollment token given.
+            ServerError: the id is enrolled with another key (409: the operator must reauthorise it).
             OfferRejected: no root key configured, or the answer's key is not vouched for by the root key.
         """
         if self.identity is not None:
             return
-        if not self.config.enroll_token:
+        path = self.config.state_dir / "identity.json"
+        pinned = load_identity(path)
+        if pinned is None and not self.config.enroll_token:
             raise AgentError("this car is not enrolled: start it once with --enroll-token")
         if self.config.root_public_key is None:
             raise OfferRejected("this car has no root key, so it cannot tell the registry from an impostor: "
                                 "provision the fleet's root public key (ota agent --root-key FILE)")
-        e = await self.api.enroll(self.config.device_id, self.config.enroll_token, self.config.tags)
+        if self.device_key is None:
+            self.device_key = load_or_create_device_key(self.config.state_dir / DEVICE_KEY_FILE,
+                                                        fsync=self.config.fsync)
+        e = await self.api.enroll(self.config.device_id, self.config.enroll_token, self.config.tags,
+                                  public_key=self.device_key.public_b64,
+                                  proof=self.device_key.enroll_proof(
+                                      self.config.device_id, int(self._wall_clock().timestamp() * 1000)))
         delegation = self.trust.accept(e.delegation, self._wall_clock())
         if e.key_id not in delegation.keys or delegation.keys[e.key_id] != e.public_key:
             raise OfferRejected(f"enrolment presented key {e.key_id[:12]}, which the root-signed delegation "
                                 f"v{delegation.version} does not name")
         self.identity = Identity(e.device_id, e.device_token, e.public_key, e.key_id)
-        save_identity(self.config.state_dir / "identity.json", self.identity, fsync=self.config.fsync)
+        save_identity(path, self.identity, fsync=self.config.fsync)
         self.api.device_token = e.device_token
         self.poll_interval_s = clamp_server_poll_interval(self.config, e.poll_interval_s)
         log.info("enrolled as %s; pinned key %s", e.device_id, e.key_id[:12])
@@ -351,7 +376,8 @@ class Agent:
         if not self.journal.outbox:
             return
         try:
-            answered = await reports.flush(self.api, self.journal)
+            sign = self.device_key.sign_report if self.device_key is not None else None
+            answered = await reports.flush(self.api, self.journal, sign=sign)
         except (ServerError, DownloadError) as e:
             log.info("reports kept for later (%d queued): %s", len(self.journal.outbox), e)
             return

@@ -84,15 +84,22 @@ class RegistryClient:
         except httpx.TransportError as e:
             raise Offline(f"registry unreachable at {self.http.base_url} ({type(e).__name__}: {e})") from e
 
-    async def enroll(self, device_id: str, enroll_token: str, tags: dict[str, str]) -> Enrollment:
-        """Enrol (or re-enrol, rotating the token) with the fleet enrollment token.
+    async def enroll(self, device_id: str, enroll_token: str | None, tags: dict[str, str],
+                     public_key: str | None = None, proof: dict[str, Any] | None = None) -> Enrollment:
+        """Enrol a new id with an enrolment token, or re-enrol (rotating the token) with a ``proof`` signed by
+        the car's registered key (then no enrolment token is needed).
 
         Raises:
-            Unauthorized: the enrollment token is wrong.
-            ServerError: any other refusal or a malformed answer.
+            Unauthorized: the enrolment token or the proof was refused.
+            ServerError: any other refusal (409: the id is enrolled with another key) or a malformed answer.
             Offline: the registry is unreachable.
         """
-        resp = await self._post("/devices/enroll", {"device_id": device_id, "tags": tags}, enroll_token)
+        body: dict[str, Any] = {"device_id": device_id, "tags": tags}
+        if public_key is not None:
+            body["public_key"] = public_key
+        if proof is not None:
+            body["proof"] = proof
+        resp = await self._post("/devices/enroll", body, enroll_token)
         body = _json(resp, "enrolment", expect=(200, 201))
         try:
             return Enrollment(

@@ -86,14 +86,12 @@ def default_session_factory(threads: int = 1) -> SessionFactory:
     """Sessions with a fixed, small thread count (the car's cores belong to the camera too)."""
 
     def make(model: ModelSource, model_sha256: str) -> ort.InferenceSession:
-        import onnxruntime as ort
+        # The bytes passed models.onnx_safety in codec.unpack; models.sessions confines any external
+        # data lookup to an empty folder, so neither a staged file's neighbours nor the car's
+        # working directory can be read (see the README's design notes).
+        from models.sessions import open_session
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        source = str(model) if isinstance(model, Path) else model
-        return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+        return open_session(model, intra_threads=threads)
 
     return make
 

@@ -2,6 +2,7 @@
 
     ModelError                  anything wrong with a model, package or patch
     ├── InvalidModel            the input is not a usable ONNX model
+    │   └── UnsafeModel         it would make the runtime read files (external data), or is too deep/large to walk
     ├── CorruptPackage          package bytes fail their format or hash checks
     ├── DeltaError              a patch cannot be applied
     │   └── BaseMismatch        the patch was made for a different base package
@@ -20,6 +21,14 @@ class ModelError(Exception):
 
 class InvalidModel(ModelError):
     """The bytes are not an ONNX model the codec can handle."""
+
+
+class UnsafeModel(InvalidModel):
+    """The model keeps tensor bytes in files ("external data"), or nests or grows beyond the walk's bounds.
+
+    A model is data: loading it must never read a file, so such a model is
+    refused wherever it appears (an upload, a decoded package).
+    """
 
 
 class CorruptPackage(ModelError):

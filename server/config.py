@@ -54,8 +54,6 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)  # any other request (the operator's JSON, forms)
     auth_failure_burst: int = Field(default=30, ge=1)  # credential failures per client address before 429
     auth_failure_rate_per_s: float = Field(default=1.0, gt=0)  # ... and how fast that allowance refills
-    enroll_burst: int = Field(default=1000, ge=1)  # enrolments per client address before 429 (a depot's NAT)
-    enroll_rate_per_s: float = Field(default=20.0, gt=0)
     # Connections (``ota serve``, server/httpproto.py): a client must send its request head within
     # head_timeout_s of its first byte, and its body within body_timeout_s of the head (slowloris).
     head_timeout_s: float = Field(default=10.0, gt=0)
@@ -71,6 +69,10 @@ class Settings(BaseSettings):
     # While the cross-process change feed listens, an entry lives until a change drops it, or this long
     # (a safety net against a lost change; server/devices/changefeed.py).
     poll_cache_max_s: float = Field(default=600.0, ge=0)
+    # Enrolment rate limit (issue 15): a token bucket per client address and per enrolment credential, per
+    # process; generous enough for a depot enrolling hundreds of cars at once, low enough to stop guessing.
+    enroll_rate_per_s: float = Field(default=50.0, ge=0)
+    enroll_burst: int = Field(default=1000, ge=1)
     smoke_count: int = 3
     smoke_atol: float = 1e-3
     last_seen_flush_s: float = 5.0

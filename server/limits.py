@@ -10,18 +10,19 @@ app sees a request it:
 
 1. answers 429 if the client's address has run out of credential failures
    (one dict lookup: the hot path's only cost when nothing is wrong);
-2. answers 429 to an enrolment over the address's enrolment allowance;
-3. answers 401 to a publish (multipart upload) without the admin token,
+2. answers 401 to a publish (multipart upload) without the admin token,
    from the headers alone, so a stranger's upload costs a few KB;
-4. answers 413 to a declared ``Content-Length`` over the route's limit
+3. answers 413 to a declared ``Content-Length`` over the route's limit
    without reading a byte of the body, and counts the bytes of a chunked
    body as they arrive, answering 413 as soon as they pass the limit.
 
 Every refusal carries ``connection: close``: uvicorn then closes the
 socket instead of reading (and discarding) the rest of the body.
 
-The rate limits are token buckets per client address, per process: with N
-workers an address gets up to N times the burst.  A 401 anywhere in the
+The failure limit is a token bucket per client address, per process: with
+N workers an address gets up to N times the burst.  (Enrolments have their
+own limit, per address and per credential, in the route:
+``server/devices/ratelimit.py``.)  A 401 anywhere in the
 app (``note_failure``, called by the error handler in ``server/app.py``)
 takes a token from its address's failure bucket; an address with an empty
 bucket gets 429 with ``Retry-After`` for everything until it refills.
@@ -83,11 +84,10 @@ class TokenBuckets:
 
 
 class RateLimits:
-    """Per-address allowances for credential failures and enrolments (one per app, per process)."""
+    """Per-address allowance of credential failures (one per app, per process)."""
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.failures = TokenBuckets(settings.auth_failure_burst, settings.auth_failure_rate_per_s)
-        self.enrolments = TokenBuckets(settings.enroll_burst, settings.enroll_rate_per_s)
         self._blocked: dict[str, float] = {}  # address -> clock time until which it is answered 429
         self._clock = clock
 
@@ -110,11 +110,6 @@ class RateLimits:
             if len(self._blocked) >= self.failures.max_keys:
                 self._blocked = {a: u for a, u in self._blocked.items() if u > now}
             self._blocked[address] = now + wait
-
-    def enrolment_wait(self, address: str) -> float:
-        """0 if this address may enrol now (a token is taken), else the seconds until it may."""
-        taken, wait = self.enrolments.take(address, self._clock())
-        return 0.0 if taken else max(wait, 1e-3)
 
 
 @dataclass(frozen=True)
@@ -187,16 +182,10 @@ def limit_requests(app: ASGIApp, get_settings: Callable[[], Settings], limits: R
         address = client[0] if client else ""
         wait = limits.blocked_for(address)
         if wait:
-            await refuse(send, 429, "too_many_requests", f"too many refused credentials from {address}; retry "
+            await refuse(send, 429, "rate_limited", f"too many refused credentials from {address}; retry "
                          f"after {math.ceil(wait)} s with a valid token", wait)
             return
         path, method = scope["path"], scope["method"]
-        if path == ENROLL_PATH and method == "POST":
-            wait = limits.enrolment_wait(address)
-            if wait:
-                await refuse(send, 429, "too_many_requests", f"too many enrolments from {address}; retry after "
-                             f"{math.ceil(wait)} s", wait)
-                return
         nonlocal routes
         if routes is None:  # the settings are resolved (the admin token set) once the lifespan has started
             routes = BodyLimits(get_settings())

@@ -92,6 +92,14 @@ class Device(Base):
     drift_detail: Mapped[str | None] = mapped_column(Text)
     manifest_version: Mapped[int] = mapped_column(BigInteger, default=0)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Device identity (issue 15): the car's own Ed25519 public key (raw, base64), the timestamp (ms) of the
+    # last key proof accepted (a proof must be newer: no replay), the operator's one-time permission to
+    # replace the key, and revocation (revoked: no credential works; decommissioned: also out of rollouts).
+    public_key: Mapped[str | None] = mapped_column(String(64))
+    proof_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    reauthorized_until: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    decommissioned_at: Mapped[datetime | None]
 
 
 class DeviceUpdate(Base):
@@ -119,6 +127,9 @@ class DeviceUpdate(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     bytes_reported: Mapped[int] = mapped_column(BigInteger, default=0)
     artifact_reported: Mapped[str | None] = mapped_column(String(10))
+    # What the server saw of an "installed" report: "signed" (by the device's key), "download" (the artifact went
+    # out in full to this device) or None (nothing: recorded, but not counted toward a rollout's advance).
+    install_evidence: Mapped[str | None] = mapped_column(String(10))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -134,6 +145,7 @@ class DeviceReport(Base):
     accepted: Mapped[bool] = mapped_column(Boolean)
     error: Mapped[str | None] = mapped_column(Text)
     body: Mapped[dict[str, Any]]
+    signed: Mapped[bool] = mapped_column(Boolean, default=False)  # verified against the device's registered key
     received_at: Mapped[datetime]
 
 
@@ -187,6 +199,22 @@ class Transfer(Base):
     complete: Mapped[bool] = mapped_column(Boolean)
     started_at: Mapped[datetime]
     ended_at: Mapped[datetime]
+
+
+class EnrollmentToken(Base):
+    """A scoped enrolment token (only its digest is stored): limited uses, an expiry, tags forced onto devices."""
+
+    __tablename__ = "enrollment_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    tags: Mapped[dict[str, Any]]
+    max_uses: Mapped[int | None] = mapped_column(Integer)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
 
 
 class AuditEntry(Base):

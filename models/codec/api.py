@@ -146,13 +146,18 @@ def read_header(package: bytes) -> dict[str, Any]:
     return container.parse_package(package).header
 
 
-def unpack(package: bytes) -> bytes:
+def unpack(package: bytes, *, max_decoded_bytes: int = container.MAX_DECODED_BYTES) -> bytes:
     """Decode a package to ONNX bytes and check them against the header's SHA-256.
 
+    The header's tensor table is checked against ``max_decoded_bytes`` before
+    anything is allocated from it, and the graph must keep every tensor inside
+    the model (``onnxio.assemble``): the car decodes what the network gave it.
+
     Raises:
-        CorruptPackage: malformed package or decoded model hash mismatch.
+        CorruptPackage: malformed or over-budget package, a graph that names a file, or a
+            decoded model hash mismatch.
     """
-    parsed = container.parse_package(package)
+    parsed = container.parse_package(package, max_decoded_bytes=max_decoded_bytes)
     model = onnxio.assemble(parsed.skeleton, _weights(decode_tensors(parsed)), parsed.header.get("metadata"))
     if sha256(model) != parsed.header.get("model_sha256"):
         raise CorruptPackage("decoded model does not match the package's model_sha256; the package is damaged")

@@ -22,11 +22,21 @@ Patch (format 2)::
 
 Canonical JSON is ``sort_keys``, compact separators, ASCII: the same header
 always gives the same bytes.
+
+A package comes from the network, so its header is checked before anything
+is allocated from it (:func:`check_budget`): tensor count, ranks and
+dimensions must be sane, and the float32 tensors it declares must fit in a
+cap (``MAX_DECODED_BYTES`` by default, a keyword of every decoding
+function); every zstd frame is refused when its declared content size is
+over its limit, before it is inflated.  Decoding then allocates a small
+constant multiple of what the header declares (int64 symbols, float32
+values), never what a payload's own counts claim.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +50,11 @@ PATCH_MAGIC = b"OTAPAT2\n"
 FORMAT = 2
 ZSTD_LEVEL = 19
 MAX_SECTION = 1 << 28  # a header or graph larger than this is corruption, not a model
+#: Default cap on the float32 tensors one package may declare (SqueezeNet: 5 MB); callers may pass another.
+MAX_DECODED_BYTES = 256 << 20
+MAX_TENSORS = 100_000
+MAX_RANK = 8
+MAX_DIM = 1 << 31
 
 
 def compress(data: bytes) -> bytes:
@@ -47,16 +62,22 @@ def compress(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(data)
 
 
-def decompress(data: bytes | memoryview, what: str) -> bytes:
-    """Inverse of :func:`compress`.
+def decompress(data: bytes | memoryview, what: str, *, limit: int = MAX_SECTION,
+               dict_data: zstandard.ZstdCompressionDict | None = None) -> bytes:
+    """Inverse of :func:`compress`, refusing a frame that declares (or inflates to) more than ``limit`` bytes.
 
     Raises:
-        CorruptPackage: the section is not a zstd frame.
+        CorruptPackage: the section is not a zstd frame, or is larger than ``limit`` once inflated.
     """
+    raw = bytes(data)
     try:
-        return zstandard.ZstdDecompressor().decompress(bytes(data), max_output_size=MAX_SECTION)
+        declared = zstandard.frame_content_size(raw)
+        if declared > limit:
+            raise CorruptPackage(f"{what} declares {declared} bytes once decompressed, more than the "
+                                 f"{limit} allowed; refused before inflating it")
+        return zstandard.ZstdDecompressor(dict_data=dict_data).decompress(raw, max_output_size=limit)
     except zstandard.ZstdError as e:
-        raise CorruptPackage(f"{what} does not decompress: {e}") from e
+        raise CorruptPackage(f"{what} does not decompress (or exceeds {limit} bytes): {e}") from e
 
 
 def older_package(data: bytes) -> bool:
@@ -128,14 +149,60 @@ def build_from_sections(header_bytes: bytes, skeleton_section: bytes, payloads: 
     return frame(PKG_MAGIC, header_bytes, [skeleton_section, *payloads])
 
 
-def parse_package(data: bytes) -> Parsed:
-    """Split a package, checking that the header's lengths account for every byte.
+def _dims(shape: Any, name: str, what: str) -> list[int]:
+    if not isinstance(shape, list) or len(shape) > MAX_RANK:
+        raise CorruptPackage(f"{what} tensor {name}: shape {str(shape)[:60]} is not a list of at most {MAX_RANK} dims")
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise CorruptPackage(f"{what} tensor {name}: shape {str(shape)[:60]} has a dimension that is not a "
+                             "non-negative integer")
+    if any(d > MAX_DIM for d in shape):
+        raise CorruptPackage(f"{what} tensor {name}: shape {str(shape)[:60]} has a dimension over {MAX_DIM}, "
+                             "more than any model has")
+    return shape
+
+
+def check_budget(header: dict[str, Any], what: str, max_decoded_bytes: int = MAX_DECODED_BYTES) -> int:
+    """Check a header's tensor table before anything is allocated from it; return the declared float32 bytes.
+
+    Python integers, so a 10^12-element claim is a number to compare, not an allocation.
 
     Raises:
-        CorruptPackage: malformed or truncated package.
+        CorruptPackage: the table is not a list of at most ``MAX_TENSORS`` entries with sane shapes and
+            byte counts, the declared tensors total more than ``max_decoded_bytes``, or the declared
+            ``model_bytes`` does.
+    """
+    entries = header.get("tensors")
+    if not isinstance(entries, list) or len(entries) > MAX_TENSORS:
+        raise CorruptPackage(f"{what} header's tensor table is not a list of at most {MAX_TENSORS} entries")
+    total, biggest = 0, ("", 0)
+    for e in entries:
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str) or type(e.get("bytes")) is not int \
+                or e["bytes"] < 0:
+            raise CorruptPackage(f"{what} header has a malformed tensor entry {str(e)[:80]!r}")
+        n = 4 * math.prod(_dims(e.get("shape"), e["name"], what))
+        total += n
+        biggest = max(biggest, (e["name"], n), key=lambda x: x[1])
+        if total > max_decoded_bytes:
+            raise CorruptPackage(f"{what} declares at least {total} bytes of decoded weights (tensor "
+                                 f"{biggest[0]!r}: {biggest[1]} bytes), more than the cap of {max_decoded_bytes}; "
+                                 "refused before decoding (raise the cap if such a model is expected)")
+    model_bytes = header.get("model_bytes", 0)
+    if type(model_bytes) is not int or not 0 <= model_bytes <= max_decoded_bytes + MAX_SECTION:
+        raise CorruptPackage(f"{what} declares a decoded model of {str(model_bytes)[:30]} bytes, outside "
+                             f"[0, {max_decoded_bytes + MAX_SECTION}]")
+    return total
+
+
+def parse_package(data: bytes, *, max_decoded_bytes: int = MAX_DECODED_BYTES) -> Parsed:
+    """Split a package, checking that the header's lengths account for every byte and that what it
+    declares fits in ``max_decoded_bytes`` (:func:`check_budget`) before decompressing anything.
+
+    Raises:
+        CorruptPackage: malformed, truncated or over-budget package.
     """
     raw, body = unframe(PKG_MAGIC, data, "package")
     header = parse_header(raw, "package")
+    check_budget(header, "package", max_decoded_bytes)
     try:
         sizes = [int(header["skeleton_bytes"])] + [int(t["bytes"]) for t in header["tensors"]]
     except (KeyError, TypeError, ValueError) as e:

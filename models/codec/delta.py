@@ -38,7 +38,6 @@ from models.codec.tensors import Coded
 from models.errors import BaseMismatch, CorruptPackage, DeltaError
 
 ZSTD_LEVEL = 19
-MAX_OUTPUT = 1 << 30
 
 
 def _zpatch(old: bytes, new: bytes) -> bytes:
@@ -46,12 +45,13 @@ def _zpatch(old: bytes, new: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=d, write_content_size=True).compress(new)
 
 
-def _zapply(old: bytes, data: bytes | memoryview, what: str) -> bytes:
+def _zapply(old: bytes, data: bytes | memoryview, what: str, limit: int) -> bytes:
+    """Inflate a patch section (against ``old`` as a raw dictionary), refusing more than ``limit`` bytes."""
     d = zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT) if old else None
     try:
-        return zstandard.ZstdDecompressor(dict_data=d).decompress(bytes(data), max_output_size=MAX_OUTPUT)
-    except zstandard.ZstdError as e:
-        raise DeltaError(f"patch {what} section does not decompress: {e}") from e
+        return container.decompress(data, f"patch {what} section", limit=limit, dict_data=d)
+    except CorruptPackage as e:
+        raise DeltaError(str(e)) from e
 
 
 def _code_delta(old: Coded, new: Coded) -> bytes:
@@ -76,7 +76,7 @@ def _apply_code_delta(old: Coded, section: memoryview, entry: dict[str, Any]) ->
         if entry["kind"] == "float":
             symbols = old.symbols ^ entropy.decode_u32_planes(rest, old.symbols.size, f"patch for {name}").astype(np.int64)
         else:
-            d = entropy.decode(rest, f"patch for {name}")
+            d = entropy.decode(rest, f"patch for {name}", max_symbols=old.symbols.size)
             if d.size != old.symbols.size:
                 raise DeltaError(f"patch for {name} holds {d.size} code differences, the base has {old.symbols.size}")
             symbols = old.symbols + d
@@ -145,7 +145,7 @@ def diff(old_package: bytes, new_package: bytes) -> bytes:
     return delta if len(delta) < len(full) else full
 
 
-def _rebuild(old: container.Parsed, meta: dict[str, Any], body: memoryview) -> bytes:
+def _rebuild(old: container.Parsed, meta: dict[str, Any], body: memoryview, max_decoded_bytes: int) -> bytes:
     pos = 0
 
     def take(n: int, what: str) -> memoryview:
@@ -155,8 +155,9 @@ def _rebuild(old: container.Parsed, meta: dict[str, Any], body: memoryview) -> b
         pos += n
         return body[pos - n : pos]
 
-    header_bytes = _zapply(old.header_bytes, take(int(meta["header_bytes"]), "header"), "header")
+    header_bytes = _zapply(old.header_bytes, take(int(meta["header_bytes"]), "header"), "header", container.MAX_SECTION)
     header = container.parse_header(header_bytes, "patched package")
+    container.check_budget(header, "patched package", max_decoded_bytes)
     sk_op, sk_n = meta["skeleton"]
     if sk_op not in ("same", "stored"):
         raise DeltaError(f"patch has unknown graph operation {sk_op!r}")
@@ -188,12 +189,18 @@ def _rebuild(old: container.Parsed, meta: dict[str, Any], body: memoryview) -> b
     return container.build_from_sections(header_bytes, skeleton_section, payloads)
 
 
-def patch(old_package: bytes, patch_bytes: bytes) -> bytes:
+def patch(old_package: bytes, patch_bytes: bytes, *,
+          max_decoded_bytes: int = container.MAX_DECODED_BYTES) -> bytes:
     """Apply a patch; the result's SHA-256 is checked against the patch header.
+
+    The patched header's tensor table must fit ``max_decoded_bytes`` before
+    any tensor is rebuilt, and a full-mode patch may not inflate past that
+    plus ``container.MAX_SECTION`` (a package is never much larger than its
+    decoded weights plus its graph).
 
     Raises:
         BaseMismatch: ``old_package`` is not the base the patch was made for.
-        DeltaError: the patch is corrupt or does not reproduce its target.
+        DeltaError: the patch is corrupt, over budget, or does not reproduce its target.
     """
     try:
         raw, body = container.unframe(container.PATCH_MAGIC, patch_bytes, "patch")
@@ -207,9 +214,10 @@ def patch(old_package: bytes, patch_bytes: bytes) -> bytes:
         )
     try:
         if meta.get("mode") == "full":
-            new = _zapply(b"", body, "full package")
+            new = _zapply(b"", body, "full package", max_decoded_bytes + container.MAX_SECTION)
         else:
-            new = _rebuild(container.parse_package(old_package), meta, body)
+            new = _rebuild(container.parse_package(old_package, max_decoded_bytes=max_decoded_bytes), meta, body,
+                           max_decoded_bytes)
     except (KeyError, TypeError, ValueError) as e:
         raise DeltaError(f"patch header is malformed: {e}") from e
     except CorruptPackage as e:

@@ -40,6 +40,7 @@ MAX_SYMBOLS = 1 << 28  # 1 GiB of float32: anything larger in a header is corrup
 _CONSTANT, _PACKED, _ANS, _SPLIT = 0, 1, 2, 3
 SPLIT_MIN_ALPHABET = 32  # below this the plain table is small and ANS codes the values at their entropy
 SPLIT_MAX_SYMBOLS_PER_VALUE = 64  # with more symbols per table entry the table is cheap and split is not tried
+SPLIT_DECODE_CELLS = 1 << 18  # int64 cells per block of the split decoder's work arrays (2 MB each)
 MAX_BIT_LENGTH = 62  # classes above 2 * 52 are refused: magnitudes are below 2**52
 
 
@@ -194,7 +195,7 @@ def _encode_split(flat: np.ndarray) -> bytes:
 
 
 def _decode_split(r: Reader, n: int, what: str) -> np.ndarray:
-    classes = decode(r.take(r.varint()), what)
+    classes = decode(r.take(r.varint()), what, max_symbols=n)
     if classes.size != n or (n and (classes.min() < 0 or classes.max() > 2 * MAX_BIT_LENGTH)):
         raise CorruptPackage(f"{what}: magnitude classes do not fit {n} symbols")
     length = (classes + 1) // 2
@@ -207,25 +208,35 @@ def _decode_split(r: Reader, n: int, what: str) -> np.ndarray:
     mag = np.where(length > 0, np.int64(1) << np.maximum(length - 1, 0), 0)
     top = int(widths.max(initial=0))
     if top:
+        # (symbols x top) work arrays, a block of rows at a time: one wide symbol must not make
+        # every symbol cost 61 int64 cells (a few bytes of stream would claim gigabytes)
+        starts = np.cumsum(widths) - widths
         j = np.arange(top)[None, :]
-        used = j < widths[:, None]
-        index = np.minimum((np.cumsum(widths) - widths)[:, None] + j, total - 1)
-        shift = np.where(used, widths[:, None] - 1 - j, 0)
-        mag |= np.sum(np.where(used, bits[index] << shift, 0), axis=1)
+        step = max(1, SPLIT_DECODE_CELLS // top)
+        for a in range(0, n, step):
+            w, st = widths[a : a + step, None], starts[a : a + step, None]
+            used = j < w
+            index = np.minimum(st + j, total - 1)
+            shift = np.where(used, w - 1 - j, 0)
+            mag[a : a + step] |= np.sum(np.where(used, bits[index] << shift, 0), axis=1)
     return np.where(classes % 2 == 1, mag, -mag)
 
 
-def decode(stream: bytes | memoryview, what: str = "symbol stream") -> np.ndarray:
+def decode(stream: bytes | memoryview, what: str = "symbol stream", *, max_symbols: int = MAX_SYMBOLS) -> np.ndarray:
     """Inverse of :func:`encode`: the flat int64 symbol array.
 
+    ``max_symbols`` is what the caller's header allows: a stream's own count is
+    never trusted for an allocation (a few bytes can claim 2^28 constant symbols).
+
     Raises:
-        CorruptPackage: the stream is truncated or malformed.
+        CorruptPackage: the stream is truncated or malformed, or claims more than ``max_symbols``.
     """
     r = Reader(stream, what)
     method = r.byte()
     n = r.varint()
-    if n > MAX_SYMBOLS:
-        raise CorruptPackage(f"{what}: claims {n} symbols, more than any model this codec accepts")
+    if n > min(max_symbols, MAX_SYMBOLS):
+        raise CorruptPackage(f"{what}: claims {n} symbols, more than the {min(max_symbols, MAX_SYMBOLS)} "
+                             "its header allows")
     if method == _CONSTANT:
         return np.full(n, _unzigzag(r.varint()), dtype=np.int64)
     if method == _SPLIT:
@@ -295,7 +306,7 @@ def decode_u32_planes(stream: bytes | memoryview, n: int, what: str = "float pla
     planes = np.empty((n, 4), dtype=np.uint8)
     for k in (3, 2, 1, 0):
         length = r.varint()
-        plane = decode(r.take(length), what)
+        plane = decode(r.take(length), what, max_symbols=n)
         if plane.size != n:
             raise CorruptPackage(f"{what}: plane {k} holds {plane.size} bytes, expected {n}")
         planes[:, k] = plane

@@ -55,19 +55,16 @@ class Fidelity:
 
 
 def session(onnx_bytes: bytes) -> ort.InferenceSession:
-    """An in-memory session for probe runs.
+    """An in-memory session for probe runs, unable to read files (``models.sessions``).
 
-    ONNX Runtime is imported here, not at module level: the car's decode
-    worker imports the codec to patch and unpack, never to measure, and
-    the runtime costs it ~20 MB.
+    Callers pass bytes that went through ``onnxio.load`` or ``onnxio.assemble``,
+    both of which refuse external data.  ONNX Runtime is imported when a
+    session is built, never at module level: the car's decode worker imports
+    the codec to patch and unpack, never to measure, and the runtime costs it ~20 MB.
     """
-    import onnxruntime as ort
+    from models.sessions import open_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    return open_session(onnx_bytes, intra_threads=2)
 
 
 def synthetic_probe(model: onnx.ModelProto) -> np.ndarray:

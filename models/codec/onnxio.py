@@ -16,14 +16,17 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from models.errors import CorruptPackage, InvalidModel
+from models.errors import CorruptPackage, InvalidModel, UnsafeModel
+from models.onnx_safety import check_embedded
 
 
 def load(onnx_bytes: bytes) -> onnx.ModelProto:
     """Parse and check an uploaded model.
 
     Raises:
-        InvalidModel: not an ONNX ModelProto, fails the checker, or keeps weights outside the file.
+        InvalidModel: not an ONNX ModelProto or fails the checker.
+        UnsafeModel: some tensor keeps its bytes outside the file (checked before the checker,
+            which would look for the file).
     """
     if not onnx_bytes:
         raise InvalidModel("model upload is empty")
@@ -33,13 +36,11 @@ def load(onnx_bytes: bytes) -> onnx.ModelProto:
         raise InvalidModel(f"not an ONNX ModelProto ({len(onnx_bytes)} bytes did not parse: {e})") from e
     if not model.graph.node:
         raise InvalidModel("ONNX model has an empty graph (is the file truncated or another protobuf?)")
+    check_embedded(model)
     try:
         onnx.checker.check_model(model)
     except Exception as e:
         raise InvalidModel(f"ONNX checker rejected the model: {str(e).splitlines()[0]}") from e
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            raise InvalidModel(f"initializer {t.name!r} uses external data; save the model as one file")
     return model
 
 
@@ -66,14 +67,22 @@ def split(model: onnx.ModelProto) -> tuple[bytes, list[tuple[str, np.ndarray]]]:
 def assemble(skeleton: bytes, weights: dict[str, np.ndarray], props: list[list[str]] | None = None) -> bytes:
     """Put decoded weights (and metadata properties) back into the skeleton; the ONNX bytes the car runs.
 
+    The skeleton came from the server: before the car builds a session on it, every tensor in it
+    must be embedded (a skeleton naming a file would make ONNX Runtime read the car's disk).
+
     Raises:
-        CorruptPackage: the skeleton does not parse, a weight is missing, or a property is malformed.
+        CorruptPackage: the skeleton does not parse or keeps a tensor in a file, a weight is
+            missing, or a property is malformed.
     """
     model = onnx.ModelProto()
     try:
         model.ParseFromString(skeleton)
     except Exception as e:
         raise CorruptPackage(f"package graph does not parse: {e}") from e
+    try:
+        check_embedded(model)
+    except UnsafeModel as e:
+        raise CorruptPackage(f"package graph is unsafe to load: {e}") from e
     for prop in props or []:
         if not (isinstance(prop, list) and len(prop) == 2 and all(isinstance(x, str) for x in prop)):
             raise CorruptPackage(f"package metadata entry {str(prop)[:60]!r} is not a [key, value] pair of strings")

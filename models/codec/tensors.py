@@ -20,6 +20,7 @@ Kinds:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,13 +201,13 @@ def _scaled_symbols(rest: memoryview, shape: tuple[int, ...], name: str, zero: i
     """Inverse of the scaled branch of :func:`symbol_stream`: the full symbol array."""
     r = entropy.Reader(rest, f"tensor {name}")
     cout, cin, taps = quantize.scaled_layout(shape)
-    levels = entropy.decode(r.take(r.varint()), f"tensor {name} levels")
+    levels = entropy.decode(r.take(r.varint()), f"tensor {name} levels", max_symbols=cout + cin)
     if levels.size != cout + cin:
         raise CorruptPackage(f"tensor {name}: {levels.size} channel levels, expected {cout + cin}")
     rows, cols = levels[:cout], levels[cout:]
     if rows.size and (rows.min() < 0 or rows.max() > 1) or cols.size and (cols.min() < 0 or cols.max() > quantize.MASKED):
         raise CorruptPackage(f"tensor {name}: channel levels out of range")
-    live = entropy.decode(r.take(len(r.data) - r.pos), f"tensor {name}")
+    live = entropy.decode(r.take(len(r.data) - r.pos), f"tensor {name}", max_symbols=cout * cin * taps)
     expected = int(np.sum(rows == 0)) * int(np.sum(cols != quantize.MASKED)) * taps
     if live.size != expected:
         raise CorruptPackage(f"tensor {name}: {live.size} codes, expected {expected}")
@@ -233,15 +234,15 @@ def from_payload(payload: bytes | memoryview, entry: dict[str, Any]) -> Coded:
     nparams = r.varint()
     params = np.frombuffer(r.take(4 * nparams), dtype="<f4").astype(np.float32)
     rest = r.take(len(r.data) - r.pos)
-    n = int(np.prod(shape, dtype=np.int64))
+    n = math.prod(shape)  # the header's shape was checked against the package's budget (container.check_budget)
     if kind == "float":
         symbols = entropy.decode_u32_planes(rest, n, f"tensor {name}").astype(np.int64)
     elif kind == "deep" and entry.get("scaled"):
         if len(shape) < 2:
             raise CorruptPackage(f"tensor {name}: a scaled grid needs at least 2 dimensions, got {list(shape)}")
         symbols = _scaled_symbols(rest, shape, name, _masked_zero(params, bool(entry.get("grid"))))
-    else:
-        symbols = entropy.decode(rest, f"tensor {name}")
+    else:  # int8 and deep hold n codes, svd rank * (rows + cols) <= 2n
+        symbols = entropy.decode(rest, f"tensor {name}", max_symbols=2 * n)
     coded = Coded(kind, shape, params, symbols, {k: v for k, v in entry.items() if k not in ENTRY_KEYS})
     check(coded, name)
     return coded

@@ -69,6 +69,10 @@ def decode(payload: str) -> tuple[str, list[int], bool]:
 class ChangeFeed:
     """Base: an id for this process's own messages (skipped on receipt) and the listener thread's lifecycle."""
 
+    #: How long after a commit every other listening process has heard of it (a revocation waits this long
+    #: before answering, so that the revoked device's next poll is refused by every worker).
+    propagation_s = 0.0
+
     def __init__(self) -> None:
         self.source = uuid.uuid4().hex[:12]
         self.trust: tuple[float, float | None] | None = None
@@ -122,6 +126,8 @@ class ChangeFeed:
 
 
 class PostgresFeed(ChangeFeed):
+    propagation_s = 0.2  # NOTIFY reaches a waiting LISTEN connection within milliseconds
+
     def __init__(self, sqlalchemy_url: str) -> None:
         super().__init__()
         self.libpq_url = make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -155,6 +161,8 @@ class PostgresFeed(ChangeFeed):
 
 class FileFeed(ChangeFeed):
     """SQLite: ``<database file>-changes``, appended after each commit, tailed by every process."""
+
+    propagation_s = 4 * TAIL_INTERVAL_S
 
     def __init__(self, database_file: Path) -> None:
         super().__init__()

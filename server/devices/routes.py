@@ -8,20 +8,24 @@ lock (issue 8; see ``server/db.py``).  Their responses are validated on the even
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from server.db import utcnow
 from server.deps import Admin, AppContext, Ctx, DbSession
-from server.devices import pollcache, schemas, service
+from server.devices import enrollment, pollcache, schemas, service, tokens
 from server.devices.auth import UNKNOWN_DEVICE, device_by_token, known_device
 from server.devices.pollcache import PollCache
-from server.errors import Unauthorized
+from server.devices.ratelimit import RateLimiter
+from server.errors import Conflict, Unauthorized
 from server.rollouts.lineview import LineView, load_line
 from server.security import bearer, token_digest
 
@@ -34,11 +38,75 @@ def keys(ctx: Ctx) -> schemas.KeysOut:
     return schemas.KeysOut(root_keyid=ctx.keys.root_keyid, delegation=ctx.keys.delegation)
 
 
-@router.post("/devices/enroll", status_code=201, response_model=schemas.EnrollOut)
-async def enroll(body: schemas.EnrollIn, ctx: Ctx,
-                 authorization: Annotated[str | None, Header()] = None) -> schemas.EnrollOut:
-    return await ctx.db.run_write(service.enroll, ctx.settings, ctx.signer, bearer(authorization), body,
-                                  ctx.keys.delegation)
+def _enroll_limiter(ctx: AppContext) -> RateLimiter:
+    limiter = ctx.services.get("enroll_limiter")
+    if limiter is None:  # made on the event loop (this runs there), once per app
+        limiter = ctx.services["enroll_limiter"] = RateLimiter(ctx.settings.enroll_rate_per_s,
+                                                               ctx.settings.enroll_burst)
+    return limiter
+
+
+@router.post("/devices/enroll", status_code=201, response_model=schemas.EnrollOut,
+             responses={409: {"description": "the id is enrolled: prove its key or have it reauthorised"},
+                        429: {"description": "too many enrolments from this address or with this token"}})
+async def enroll(body: schemas.EnrollIn, request: Request, ctx: Ctx,
+                 authorization: Annotated[str | None, Header()] = None) -> schemas.EnrollOut | Response:
+    token = bearer(authorization)
+    client = request.client.host if request.client else "unknown"
+    credential = f"token:{token_digest(token)}" if token else f"proof:{body.device_id}"
+    wait_s = _enroll_limiter(ctx).take(f"addr:{client}", credential)
+    if wait_s > 0:
+        retry = str(max(1, math.ceil(min(wait_s, 86400.0))))
+        return JSONResponse({"error": "rate_limited", "detail": f"too many enrolments from {client} or with this "
+                             f"credential; retry in {retry} s"}, status_code=429, headers={"Retry-After": retry})
+    try:
+        return await ctx.db.run_write(enrollment.enroll, ctx.settings, ctx.signer, token, body,
+                                      ctx.keys.delegation)
+    except (Unauthorized, Conflict) as e:
+        await ctx.db.run_write(enrollment.record_refusal, body, client, e.status_code, e.message)
+        raise
+
+
+@router.post("/devices/{device_id}/reauthorize", response_model=schemas.DeviceActionOut)
+def reauthorize_device(device_id: str, session: DbSession, actor: Admin,
+                       body: schemas.ReauthorizeIn | None = None) -> schemas.DeviceActionOut:
+    """Allow one enrolment of this id (with an enrolment token) to replace its key, within ``valid_s``."""
+    return enrollment.reauthorize(session, device_id, (body or schemas.ReauthorizeIn()).valid_s, actor)
+
+
+async def _revoke(ctx: AppContext, device_id: str, actor: str, decommission: bool) -> schemas.DeviceActionOut:
+    """Commit the revocation, then wait until every other process has heard of it (the change feed) so that
+    the device's very next poll is refused whichever worker or replica answers it."""
+    out = await ctx.db.run_write(enrollment.revoke, device_id, actor, decommission)
+    feed = ctx.services["pollcache"].feed
+    await asyncio.sleep(feed.propagation_s if feed is not None else 0.0)
+    return out
+
+
+@router.post("/devices/{device_id}/revoke", response_model=schemas.DeviceActionOut)
+async def revoke_device(device_id: str, ctx: Ctx, actor: Admin) -> schemas.DeviceActionOut:
+    return await _revoke(ctx, device_id, actor, decommission=False)
+
+
+@router.post("/devices/{device_id}/decommission", response_model=schemas.DeviceActionOut)
+async def decommission_device(device_id: str, ctx: Ctx, actor: Admin) -> schemas.DeviceActionOut:
+    return await _revoke(ctx, device_id, actor, decommission=True)
+
+
+@router.post("/enrollment-tokens", status_code=201, response_model=schemas.EnrollmentTokenCreated)
+def create_enrollment_token(body: schemas.EnrollmentTokenIn, session: DbSession,
+                            actor: Admin) -> schemas.EnrollmentTokenCreated:
+    return tokens.create(session, body, actor)
+
+
+@router.get("/enrollment-tokens", response_model=list[schemas.EnrollmentTokenOut])
+def list_enrollment_tokens(session: DbSession, _admin: Admin) -> list[schemas.EnrollmentTokenOut]:
+    return tokens.list_tokens(session)
+
+
+@router.post("/enrollment-tokens/{token_id}/revoke", response_model=schemas.EnrollmentTokenOut)
+def revoke_enrollment_token(token_id: int, session: DbSession, actor: Admin) -> schemas.EnrollmentTokenOut:
+    return tokens.revoke(session, token_id, actor)
 
 
 # The poll is async with async dependencies only: a steady-state poll is answered from the per-process
@@ -129,15 +197,19 @@ async def poll(body: schemas.PollIn, request: Request,
     return Response(content, media_type="application/json")
 
 
-def _report_in_transaction(session: Session, token: str | None, body: schemas.ReportsIn) -> schemas.ReportsOut:
+def _report_in_transaction(session: Session, token: str | None, body: schemas.ReportsIn,
+                           raw: list[dict[str, Any]] | None) -> schemas.ReportsOut:
     """Raises Unauthorized for a missing or unknown token (looked up in the write transaction: no extra hop)."""
-    return service.report(session, known_device(session, token), body)
+    return service.report(session, known_device(session, token), body, raw)
 
 
 @router.post("/device/reports", response_model=schemas.ReportsOut)
-async def reports(body: schemas.ReportsIn, ctx: Ctx,
+async def reports(body: schemas.ReportsIn, request: Request, ctx: Ctx,
                   authorization: Annotated[str | None, Header()] = None) -> schemas.ReportsOut:
-    ack = await ctx.db.run_write(_report_in_transaction, bearer(authorization), body)
+    sent = await request.json()  # already parsed for ``body``; signatures cover the reports exactly as sent
+    raw = sent.get("reports") if isinstance(sent, dict) else None
+    ack = await ctx.db.run_write(_report_in_transaction, bearer(authorization), body,
+                                 raw if isinstance(raw, list) else None)
     states = {r.seq: r.state for r in body.reports}
     for seq in ack.accepted:
         ctx.services["metrics"].reports.labels("accepted", states[seq]).inc()

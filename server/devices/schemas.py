@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from server.db import UtcDateTime
+from server.devices.device_keys import public_key as parse_public_key
 
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
 # Upper bounds of the database columns (INTEGER / BIGINT on PostgreSQL), so a huge number is a 422, not a 500.
@@ -25,9 +26,26 @@ Sha256Hex = Annotated[str, StringConstraints(max_length=64)]
 MAX_REASON_CHARS = 2000
 
 
+class ProofIn(BaseModel):
+    """A re-enrolment proof: the id's current key signs {type, device_id, public_key, timestamp}."""
+
+    timestamp: int = Field(ge=0, le=INT64, description="milliseconds since the Unix epoch")
+    signature: str = Field(max_length=200, description="base64 Ed25519 signature")
+
+
 class EnrollIn(BaseModel):
     device_id: str = Field(pattern=DEVICE_ID)
     tags: Tags = Field(default_factory=dict)
+    public_key: str | None = Field(default=None, max_length=64,
+                                   description="the car's own raw Ed25519 public key, base64 (32 bytes)")
+    proof: ProofIn | None = None
+
+    @field_validator("public_key")
+    @classmethod
+    def _raw_ed25519(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_public_key(v)  # ValueError: a 422 saying what is wrong
+        return v
 
 
 class EnrollOut(BaseModel):
@@ -71,6 +89,8 @@ class ReportIn(BaseModel):
     running_version: int | None = Field(default=None, le=INT32)
     running_model_sha256: Sha256Hex | None = None
     at: UtcDateTime | None = None
+    signature: str | None = Field(default=None, max_length=200,
+                                  description="base64 Ed25519 signature of the report by the device's key")
 
 
 class ReportsIn(BaseModel):
@@ -118,3 +138,44 @@ class DeviceOut(BaseModel):
     last_seen_at: UtcDateTime | None
     created_at: UtcDateTime
     updates: list[UpdateOut] = Field(default_factory=list)
+    public_key: str | None = None
+    revoked_at: UtcDateTime | None = None
+    decommissioned_at: UtcDateTime | None = None
+    reauthorized_until: UtcDateTime | None = None
+
+
+class ReauthorizeIn(BaseModel):
+    """How long the operator's permission to replace the device's key lasts (used once)."""
+
+    valid_s: int = Field(default=3600, ge=1, le=30 * 24 * 3600)
+
+
+class DeviceActionOut(BaseModel):
+    device_id: str
+    action: str
+    revoked_at: UtcDateTime | None
+    decommissioned_at: UtcDateTime | None
+    reauthorized_until: UtcDateTime | None
+
+
+class EnrollmentTokenIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    max_uses: int | None = Field(default=None, ge=1, le=INT32)
+    expires_in_s: int | None = Field(default=None, ge=1, le=10 * 365 * 24 * 3600)
+    tags: Tags = Field(default_factory=dict)  # forced onto every device enrolled with it
+
+
+class EnrollmentTokenOut(BaseModel):
+    id: int
+    name: str
+    tags: dict[str, str]
+    max_uses: int | None
+    uses: int
+    expires_at: UtcDateTime | None
+    revoked_at: UtcDateTime | None
+    created_by: str
+    created_at: UtcDateTime
+
+
+class EnrollmentTokenCreated(EnrollmentTokenOut):
+    token: str = Field(description="shown once; only its SHA-256 is stored")

@@ -1,4 +1,4 @@
-"""Device decisions: enrollment, polls that answer with signed offers, reports, inventory, drift.
+"""Device decisions: polls that answer with signed offers, reports, inventory, drift (enrolment: ``enrollment.py``).
 
 Poll path: resolve the desired version (``rollouts.service.desired_for``),
 and if the car is not running it, answer with a signed offer.  The offer is
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from server.config import Settings
 from server.db import as_utc, utcnow
-from server.devices import schemas, states, store
+from server.devices import device_keys, schemas, states, store
 from server.devices.pollcache import signed_by
 from server.devices.presence import LastSeen
 from server.errors import IllegalTransition, NotFound, Unauthorized
@@ -26,37 +26,7 @@ from server.orm import AuditEntry, Device, DeviceReport, DeviceUpdate, Line, Pac
 from server.registry import store as registry_store
 from server.registry.storage import PackageStorage
 from server.rollouts import service as rollouts
-from server.security import Signer, new_token, token_digest, tokens_equal
-
-
-def enroll(session: Session, settings: Settings, signer: Signer, enrollment_token: str | None,
-           body: schemas.EnrollIn, delegation: dict[str, Any]) -> schemas.EnrollOut:
-    """Create the device, or rotate its token if it exists (its history stays).
-
-    Raises:
-        Unauthorized: wrong or missing enrollment token.
-    """
-    if not tokens_equal(enrollment_token, settings.enrollment_token):
-        raise Unauthorized("enrollment needs the fleet enrollment token: 'Authorization: Bearer <enrollment token>'")
-    token = new_token()
-    device = store.by_device_id(session, body.device_id)
-    if device is None:
-        device = Device(device_id=body.device_id, token_sha256=token_digest(token), tags=dict(body.tags),
-                        created_at=utcnow(), drift=False, manifest_version=0, last_seq=0)
-        session.add(device)
-        try:
-            with session.begin_nested():
-                session.flush()
-        except IntegrityError:  # enrolled concurrently: rotate the winner's token instead
-            device = store.by_device_id(session, body.device_id)
-            assert device is not None
-    device.token_sha256 = token_digest(token)
-    if body.tags:
-        device.tags = dict(body.tags)
-    session.flush()
-    return schemas.EnrollOut(device_id=device.device_id, device_token=token, public_key=signer.public_b64,
-                             key_id=signer.key_id, poll_interval_s=device.poll_interval_s or settings.poll_interval_s,
-                             delegation=delegation)
+from server.security import Signer
 
 
 def _next_manifest_version(device: Device, now: datetime) -> int:
@@ -236,15 +206,48 @@ def _apply_report(session: Session, device: Device, r: schemas.ReportIn) -> Devi
     return update
 
 
-def report(session: Session, device: Device, body: schemas.ReportsIn) -> schemas.ReportsOut:
-    """Apply queued reports in seq order; re-sent seqs are acknowledged without effect.
+def _signatures(device: Device, body: schemas.ReportsIn, raw: list[dict[str, Any]] | None) -> dict[int, bool]:
+    """seq -> whether the report was signed by the device's registered key (as sent: ``raw``).
+
+    A device enrolled without a key (before keys existed) may sign anyway: its reports count as unsigned.
 
     Raises:
+        Unauthorized: a report carries a signature that does not verify (nothing is applied).
+    """
+    signed: dict[int, bool] = {}
+    for i, r in enumerate(body.reports):
+        sent = raw[i] if raw is not None and i < len(raw) and isinstance(raw[i], dict) else None
+        ok = sent is not None and r.signature is not None and device_keys.report_verifies(device.public_key, sent)
+        if r.signature is not None and not ok and device.public_key is not None:
+            raise Unauthorized(f"report seq {r.seq}: signature does not verify with the device's registered key "
+                               "(wrong key, or the report was altered); sign the canonical JSON of the report "
+                               "without its signature field")
+        signed[r.seq] = ok
+    return signed
+
+
+def _install_evidence(session: Session, device: Device, update: DeviceUpdate, signed: bool) -> str | None:
+    """Why an "installed" report is believed: its signature, or a full download of the offer's artifact."""
+    if signed:
+        return "signed"
+    artifacts = {update.package_sha256, update.delta_sha256} - {None, ""}
+    return "download" if store.downloaded_in_full(session, device.id, artifacts) else None
+
+
+def report(session: Session, device: Device, body: schemas.ReportsIn,
+           raw: list[dict[str, Any]] | None = None) -> schemas.ReportsOut:
+    """Apply queued reports in seq order; re-sent seqs are acknowledged without effect.
+
+    ``raw`` is the reports as the car sent them (their signatures cover those exact fields).
+
+    Raises:
+        Unauthorized: a report's signature does not verify (nothing changes).
         IllegalTransition / NotFound: a request with a single report that is refused (nothing changes).
     """
     accepted: list[int] = []
     rejected: list[schemas.Rejected] = []
     touched: set[int] = set()
+    signed = _signatures(device, body, raw)
     # One device's report requests queue behind each other (row lock on PostgreSQL; SQLite's BEGIN IMMEDIATE
     # already serialises): a re-sent batch racing the original is then seen as already applied, not applied twice.
     session.refresh(device, with_for_update=True)
@@ -255,8 +258,11 @@ def report(session: Session, device: Device, body: schemas.ReportsIn) -> schemas
         try:
             with session.begin_nested():
                 update = _apply_report(session, device, r)
+                if r.state == "installed":
+                    update.install_evidence = _install_evidence(session, device, update, signed[r.seq])
                 session.add(DeviceReport(device_pk=device.id, seq=r.seq, update_id=update.id, state=r.state,
-                                         accepted=True, body=r.model_dump(mode="json"), received_at=utcnow()))
+                                         accepted=True, body=r.model_dump(mode="json"), signed=signed[r.seq],
+                                         received_at=utcnow()))
                 device.last_seq = max(device.last_seq or 0, r.seq)
                 session.flush()
         except (IllegalTransition, NotFound) as e:
@@ -282,13 +288,17 @@ def _device_out(session: Session, device: Device, presence: LastSeen, with_updat
                              running_version=device.running_version, reported_version=device.reported_version,
                              drift=device.drift, drift_detail=device.drift_detail,
                              poll_interval_s=device.poll_interval_s, last_seen_at=seen,
-                             created_at=device.created_at, updates=updates)
+                             created_at=device.created_at, updates=updates, public_key=device.public_key,
+                             revoked_at=device.revoked_at, decommissioned_at=device.decommissioned_at,
+                             reauthorized_until=device.reauthorized_until)
 
 
 def inventory(session: Session, presence: LastSeen, tag_filter: dict[str, str] | None = None,
               drift_only: bool = False) -> list[schemas.DeviceOut]:
     out = []
     for d in store.all_devices(session):
+        if d.decommissioned_at is not None:
+            continue  # no longer part of the fleet (``device_detail`` still shows it)
         if tag_filter and not all(str(d.tags.get(k)) == v for k, v in tag_filter.items()):
             continue
         if drift_only and not d.drift:
@@ -325,4 +335,4 @@ def update_device(session: Session, presence: LastSeen, device_id: str, body: sc
     return _device_out(session, d, presence, with_updates=True)
 
 
-__all__ = ["device_detail", "enroll", "inventory", "poll", "report", "update_device"]
+__all__ = ["device_detail", "inventory", "poll", "report", "update_device"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from server.orm import Device, DeviceReport, DeviceUpdate
+from server.orm import Device, DeviceReport, DeviceUpdate, Transfer
 
 
 def by_token(session: Session, token_sha256: str) -> Device | None:
@@ -48,3 +48,23 @@ def offered_update(session: Session, device_pk: int, artifact_sha256: str) -> De
 
 def report(session: Session, device_pk: int, seq: int) -> DeviceReport | None:
     return session.scalar(select(DeviceReport).where(DeviceReport.device_pk == device_pk, DeviceReport.seq == seq))
+
+
+def downloaded_in_full(session: Session, device_pk: int, artifacts: set[str]) -> bool:
+    """Whether the server sent this device one of these artifacts to its last byte, every byte at least once.
+
+    Resumed downloads are several transfers: their bytes add up, and the last one reaches the end.
+    """
+    if not artifacts:
+        return False
+    rows = session.execute(select(Transfer.artifact_sha256, Transfer.artifact_bytes, Transfer.range_start,
+                                  Transfer.bytes_sent).where(Transfer.device_pk == device_pk,
+                                                             Transfer.artifact_sha256.in_(artifacts)))
+    sent: dict[str, int] = {}
+    size: dict[str, int] = {}
+    reached_end: set[str] = set()
+    for sha, total, start, n in rows:
+        sent[sha], size[sha] = sent.get(sha, 0) + int(n), int(total)
+        if int(start) + int(n) >= int(total):
+            reached_end.add(sha)
+    return any(sent[sha] >= size[sha] for sha in reached_end)

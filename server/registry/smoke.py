@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
+from models.errors import InvalidModel as CodecInvalidModel
+from models.onnx_safety import parse_embedded
+from models.sessions import open_session
 from models.smoke import golden_inputs
 from server.errors import InvalidModel
 
@@ -19,15 +21,21 @@ def expected_outputs(model_bytes: bytes, input_name: str, shape: list[int], seed
                      atol: float) -> dict[str, Any]:
     """The offer's ``smoke`` object for one decoded model.
 
+    The session is built from bytes, after the model was checked for external data, with external
+    data lookups confined to an empty folder (``models.sessions``): it cannot read the server's files.
+
     Raises:
-        InvalidModel: ONNX Runtime cannot load or run the model (e.g. a tiny upload whose graph
-            asks for a tensor larger than memory): a bad upload, not a server failure.
+        InvalidModel: the model keeps a tensor in a file, or ONNX Runtime cannot load or run it
+            (e.g. a tiny upload whose graph asks for a tensor larger than memory): a bad upload,
+            not a server failure.
     """
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    try:
+        parse_embedded(model_bytes)
+    except CodecInvalidModel as e:
+        raise InvalidModel(f"{e}; nothing was stored") from e
     expected = []
     try:
-        sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        sess = open_session(model_bytes, intra_threads=1, log_severity=2)
         for x in golden_inputs(seed, count, shape):
             out = sess.run(None, {input_name: x})[0]
             expected.append([float(v) for v in np.asarray(out, dtype=np.float32).reshape(-1)])

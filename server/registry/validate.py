@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import onnx
 from google.protobuf.message import DecodeError
 
+from models.errors import UnsafeModel
+from models.onnx_safety import check_embedded
 from server.errors import InvalidModel
 
 
@@ -32,7 +34,8 @@ def inspect_upload(data: bytes) -> ModelInfo:
     """Validate ``data`` with ``onnx.checker`` and return its labels and input shape.
 
     Raises:
-        InvalidModel: empty, not an ONNX ModelProto, truncated, or rejected by the checker.
+        InvalidModel: empty, not an ONNX ModelProto, truncated, keeps a tensor in a file (external
+            data, anywhere in the model), or rejected by the checker.
     """
     if not data:
         raise InvalidModel("upload is empty; send the ONNX file as the multipart field 'file'")
@@ -43,6 +46,10 @@ def inspect_upload(data: bytes) -> ModelInfo:
                            "is the file truncated or not an .onnx export?") from e
     if not model.graph.node:
         raise InvalidModel(f"model upload is not an ONNX model: parsed {len(data)} bytes but found no graph nodes")
+    try:  # before onnx.checker, which would look for the files
+        check_embedded(model)
+    except UnsafeModel as e:
+        raise InvalidModel(f"model upload refused: {e}") from e
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:

@@ -157,17 +157,22 @@ ERROR_STATES = frozenset({"failed", "rolled_back"})
 
 def _tally(session: Session, r: Rollout, percents: list[float], line: Line,
            errors_since: datetime | None = None) -> tuple[list[dict[str, int]], list[int]]:
-    """Per stage: assigned devices and their latest update states; and per stage the devices in an error
-    state since ``errors_since`` (all of them if None).  Membership comes from the process cache."""
+    """Per stage: assigned devices and their latest update states (``installed_unverified``: installs the
+    server saw no evidence of, neither a signed report nor a full download); and per stage the devices in an
+    error state since ``errors_since`` (all of them if None).  Membership comes from the process cache."""
     m = membership.CACHE.get(session, r.id, line.name, dict(r.selector), tuple(percents))
     counts: list[dict[str, int]] = [{"assigned": n} for n in m.assigned]
     errors = [0] * len(percents)
     since = as_utc(errors_since) if errors_since is not None else None
     latest = store.latest_updates(session, r.id)
+    unproven = {pk for pk, (state, _at, evidence) in latest.items() if state == "installed" and evidence is None}
+    unproven -= store.fully_downloaded(session, r.id, unproven & set(m.stage_of_pk))
     for pk, stage in m.stage_of_pk.items():
-        state, at = latest.get(pk, ("pending", None))
+        state, at, _evidence = latest.get(pk, ("pending", None, None))
         c = counts[stage]
         c[state] = c.get(state, 0) + 1
+        if pk in unproven:
+            c["installed_unverified"] = c.get("installed_unverified", 0) + 1
         if state in ERROR_STATES and (since is None or (at is not None and as_utc(at) >= since)):
             errors[stage] += 1
     return counts, errors
@@ -188,7 +193,9 @@ def evaluate(session: Session, rollout_id: int, now: datetime | None = None) -> 
     percents = [s.percent for s in stage_rows]
     all_counts, errors = _tally(session, r, percents, line, errors_since=r.stage_started_at)
     counts = all_counts[r.current_stage]
-    sc = staging.StageCounts(counts["assigned"], counts.get("installed", 0), errors[r.current_stage])
+    # only installs the server saw evidence of count toward advancing (issue 15: phantom devices)
+    verified = counts.get("installed", 0) - counts.get("installed_unverified", 0)
+    sc = staging.StageCounts(counts["assigned"], verified, errors[r.current_stage])
     if staging.should_halt(sc, r.error_threshold_pct, r.error_threshold_count):
         _apply(session, r, "halt", "auto", reason=f"error threshold reached in stage {r.current_stage}: "
                                                   f"{sc.failed} of {sc.assigned} devices failed or rolled back")

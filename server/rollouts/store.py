@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from server.orm import Device, DeviceUpdate, Rollout, RolloutStage
+from server.orm import Device, DeviceUpdate, Rollout, RolloutStage, Transfer
 from server.rollouts.machine import OFFERING
 
 
@@ -39,22 +39,43 @@ def stages(session: Session, rollout_id: int) -> list[RolloutStage]:
 
 
 def line_fingerprint(session: Session, line: str) -> tuple[int, int]:
-    """(count, highest primary key) of the line's devices: changes when a device enrols on or joins the line."""
-    count, top = session.execute(select(func.count(Device.id), func.max(Device.id)).where(Device.line == line)).one()
+    """(count, highest primary key) of the line's active devices: changes when a device enrols on or joins the
+    line, or is decommissioned."""
+    count, top = session.execute(select(func.count(Device.id), func.max(Device.id))
+                                 .where(Device.line == line, Device.decommissioned_at.is_(None))).one()
     return int(count or 0), int(top or 0)
 
 
 def line_members(session: Session, line: str, *, with_tags: bool) -> list[tuple[int, str, dict[str, Any] | None]]:
-    """(pk, device id, tags or None) of the line's devices: columns only, no ORM objects (10,000 rows)."""
+    """(pk, device id, tags or None) of the line's devices, decommissioned ones left out: columns only, no ORM
+    objects (10,000 rows)."""
+    active = (Device.line == line, Device.decommissioned_at.is_(None))
     if with_tags:
-        rows = session.execute(select(Device.id, Device.device_id, Device.tags).where(Device.line == line))
+        rows = session.execute(select(Device.id, Device.device_id, Device.tags).where(*active))
         return [(pk, did, tags) for pk, did, tags in rows]
-    rows = session.execute(select(Device.id, Device.device_id).where(Device.line == line))
+    rows = session.execute(select(Device.id, Device.device_id).where(*active))
     return [(pk, did, None) for pk, did in rows]
 
 
-def latest_updates(session: Session, rollout_id: int) -> dict[int, tuple[str, datetime]]:
-    """device pk -> (state, updated_at) of its latest update in this rollout."""
-    rows = session.execute(select(DeviceUpdate.device_pk, DeviceUpdate.state, DeviceUpdate.updated_at)
+def latest_updates(session: Session, rollout_id: int) -> dict[int, tuple[str, datetime, str | None]]:
+    """device pk -> (state, updated_at, install evidence) of its latest update in this rollout."""
+    rows = session.execute(select(DeviceUpdate.device_pk, DeviceUpdate.state, DeviceUpdate.updated_at,
+                                  DeviceUpdate.install_evidence)
                            .where(DeviceUpdate.rollout_id == rollout_id).order_by(DeviceUpdate.id))
-    return {pk: (state, at) for pk, state, at in rows}
+    return {pk: (state, at, evidence) for pk, state, at, evidence in rows}
+
+
+def fully_downloaded(session: Session, rollout_id: int, device_pks: set[int]) -> set[int]:
+    """Those of ``device_pks`` the server sent one of the rollout's artifacts to the last byte (resumed
+    transfers add up): the evidence for an unsigned install whose transfer record landed after its report."""
+    if not device_pks:
+        return set()
+    rows = session.execute(select(Transfer.device_pk, Transfer.artifact_sha256, Transfer.artifact_bytes,
+                                  Transfer.range_start, Transfer.bytes_sent)
+                           .where(Transfer.rollout_id == rollout_id, Transfer.device_pk.in_(device_pks)))
+    sent: dict[tuple[int, str], list[int]] = {}
+    for pk, sha, size, start, n in rows:
+        got = sent.setdefault((pk, sha), [0, int(size), 0])
+        got[0] += int(n)
+        got[2] |= int(start) + int(n) >= int(size)
+    return {pk for (pk, _sha), (total, size, reached_end) in sent.items() if reached_end and total >= size}

@@ -181,7 +181,7 @@ def test_rotated_device_token_is_dead_for_poll_reports_and_downloads(fleet: dict
     srv = fleet["srv"]
     old = srv.enroll("car-rotate", {"region": "eu"})["device_token"]
     offer = srv.device(old).post("/api/v1/device/poll", json={"line": "road-signs"}).json()["offer"]["signed"]
-    new = srv.enroll("car-rotate", {"region": "eu"})["device_token"]  # re-enrolment rotates the token
+    new = srv.reenroll("car-rotate", {"region": "eu"})["device_token"]  # re-enrolment rotates the token
     stale = srv.device(old)
     assert stale.post("/api/v1/device/poll", json={"line": "road-signs"}).status_code == 401
     report = {"seq": 1, "rollout_id": offer["rollout_id"], "target_version": offer["target_version"],

@@ -247,7 +247,7 @@ def test_repeated_wrong_tokens_get_429_with_retry_after(live_server_factory: Cal
     assert statuses[:5] == [401] * 5 and statuses[5:] == [429, 429], statuses
     r = srv.device(token).post("/api/v1/device/poll", json={"line": "road-signs"})
     assert r.status_code == 429, "the limit is per client address, whatever the credential"
-    assert r.json()["error"] == "too_many_requests" and 1 <= int(r.headers["retry-after"]) <= 3
+    assert r.json()["error"] == "rate_limited" and 1 <= int(r.headers["retry-after"]) <= 3
     time.sleep(int(r.headers["retry-after"]))
     assert srv.device(token).post("/api/v1/device/poll", json={"line": "road-signs"}).status_code == 404
 

@@ -149,6 +149,8 @@ def test_token_rotation_and_patch_on_one_worker_reach_cached_entries_on_every_wo
         assert {r.status_code for r in polls(tokens[d])} == {200}  # now answered from both workers' caches
     old = {d: tokens[d] for d in cars}
     for d in cars:  # rotate each token with one request (one worker), and change its poll interval
+        r = fresh("POST", f"{reg.url}/api/v1/devices/{d}/reauthorize", reg.admin_token, json={})
+        assert r.status_code == 200, r.text
         r = fresh("POST", f"{reg.url}/api/v1/devices/enroll", reg.enrollment_token,
                   json={"device_id": d, "tags": {"region": "eu"}})
         assert r.status_code == 201
@@ -178,3 +180,23 @@ def test_database_is_intact_and_both_workers_still_answer(registry: dict[str, An
     answers = in_parallel([lambda: httpx.get(f"{reg.url}/readyz", timeout=10) for _ in range(20)])
     assert all(a.status_code == 200 for a in answers)
     assert len(reg.worker_pids()) >= 2
+
+
+def test_revoked_device_is_refused_on_every_worker_from_its_very_next_poll(registry: dict[str, Any]) -> None:
+    reg, tokens = registry["reg"], registry["tokens"]
+    cars = sorted(tokens)[-3:]  # not the ones the rotation test re-enrols
+    body = {"line": "road-signs", "current_version": 0}
+
+    def polls(token: str) -> list[int]:  # fresh connections: both workers answer some
+        return [r.status_code for r in in_parallel(
+            [lambda: fresh("POST", f"{reg.url}/api/v1/device/poll", token, json=body) for _ in range(8)], threads=8)]
+
+    for d in cars:
+        assert set(polls(tokens[d])) == {200}
+        assert set(polls(tokens[d])) == {200}  # now answered from both workers' caches
+    for d in cars:
+        r = fresh("POST", f"{reg.url}/api/v1/devices/{d}/revoke", reg.admin_token)
+        assert r.status_code == 200, r.text
+        assert set(polls(tokens[d])) == {401}, d  # no worker answers from its cache any more
+        package = fresh("GET", f"{reg.url}/api/v1/artifacts/{'0' * 64}", tokens[d])
+        assert package.status_code == 401

@@ -42,7 +42,7 @@ def test_agent_polls_at_most_at_the_floor_rate_when_the_server_answers_a_negativ
     server: LiveServer = live_server_factory(poll_cache_s=0, poll_interval_s=1)
     server.publish(ZOO / "v1.onnx")  # the line exists; no rollout, so every poll answers "no offer"
     config = AgentConfig(server_url=server.url, device_id="pacer", state_dir=tmp_path / "car",
-                         enroll_token=server.enrollment_token)
+                         enroll_token=server.enrollment_token, root_public_key=server.root_public_key)
     config.state_dir.mkdir()
     agent = Agent(config)
     window_s = 4.0

@@ -58,8 +58,9 @@ class FileEvents:
 _EVENTS: list[FileEvents] = []
 
 
-def _dispatch(event: str, args: tuple[Any, ...]) -> None:
-    for watcher in _EVENTS:
+def _dispatch(event: str, args: tuple[Any, ...], _watchers: list[FileEvents] = _EVENTS) -> None:
+    # Bound at definition: at interpreter exit the module's globals are cleared while the hook still runs.
+    for watcher in _watchers:
         watcher.hook(event, args)
 
 

@@ -24,7 +24,8 @@ ZOO = ROOT / "models" / "zoo"
 def _start_agent(server: LiveServer, state: Path, device_id: str, *extra: str,
                  env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "cli.main", "agent", "--server", server.url, "--device-id", device_id,
-           "--state-dir", str(state), "--poll-interval", "0.3", "-q", *extra]
+           "--state-dir", str(state), "--root-key", str(server.data_dir / "root.pub"), "--poll-interval", "0.3", "-q",
+           *extra]
     base = {k: v for k, v in os.environ.items() if not k.startswith("OTA_")}
     return subprocess.Popen(cmd, cwd=ROOT, env={**base, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
@@ -94,7 +95,8 @@ def test_model_host_hands_its_agent_daemon_the_config_without_putting_the_token_
     live_server.publish(ZOO / "v1.onnx")
     secret = live_server.enrollment_token
     host = ModelHost(AgentConfig(server_url=live_server.url, device_id="hosted", state_dir=tmp_path / "car",
-                                 enroll_token=secret, poll_interval_s=0.2), poll=True)
+                                 enroll_token=secret, root_public_key=live_server.root_public_key,
+                                 poll_interval_s=0.2), poll=True)
     host.start()
     try:
         assert host.pid is not None

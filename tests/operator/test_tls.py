@@ -142,6 +142,7 @@ def _agent(tls_server: TlsServer, state: Path, *extra: str) -> subprocess.Comple
     token.write_text(tls_server.enrollment_token)
     return subprocess.run([sys.executable, "-m", "cli.main", "agent", "--server", tls_server.url, "--device-id",
                            state.name, "--state-dir", str(state), "--enroll-token-file", str(token), "--once", "-q",
+                           "--root-key", str(tls_server.data_dir / "root.pub"),
                            *extra], cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=180)
 
 

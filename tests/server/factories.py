@@ -9,6 +9,7 @@ import httpx
 from sqlalchemy import func, select
 
 from server.orm import Base
+from tests.support.device_keys import DeviceKey
 from tests.support.live_server import LiveServer
 
 
@@ -44,12 +45,22 @@ def show_rollout(server: LiveServer, rollout_id: int) -> dict[str, Any]:
 
 
 class Car:
-    """A device speaking the protocol with plain httpx (the real agent is tested in tests/client)."""
+    """A device speaking the protocol with plain httpx (the real agent is tested in tests/client).
 
-    def __init__(self, server: LiveServer, device_id: str, tags: dict[str, str] | None = None) -> None:
+    It holds its own Ed25519 key, registered at enrolment, and signs its reports with it unless
+    ``signs`` is False (a phantom: its installs count toward a rollout only after a full download).
+    """
+
+    def __init__(self, server: LiveServer, device_id: str, tags: dict[str, str] | None = None,
+                 signs: bool = True) -> None:
         self.server = server
         self.device_id = device_id
-        self.enrollment = server.enroll(device_id, tags)
+        self.key = DeviceKey()
+        self.signs = signs
+        r = server.device(server.enrollment_token).post("/api/v1/devices/enroll", json={
+            "device_id": device_id, "tags": tags or {}, "public_key": self.key.public_b64})
+        assert r.status_code == 201, r.text
+        self.enrollment = r.json()
         self.http: httpx.Client = server.device(self.enrollment["device_token"])
         self.seq = 0
         self.version = 0
@@ -68,6 +79,8 @@ class Car:
         self.seq += 1
         body = {"seq": self.seq, "rollout_id": offer["rollout_id"], "manifest_version": offer["manifest_version"],
                 "target_version": offer["target_version"], "state": state, **extra}
+        if self.signs:
+            body = self.key.signed_report(body)
         return self.http.post("/api/v1/device/reports", json={"reports": [body]})
 
     def install(self, offer: dict[str, Any], download: bool = True) -> None:

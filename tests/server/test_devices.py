@@ -27,7 +27,9 @@ def test_enroll_with_wrong_or_missing_token_is_401_and_stores_nothing(server: Li
     for client in (server.anonymous(), server.device("wrong"), server.admin()):
         r = client.post("/api/v1/devices/enroll", json={"device_id": "intruder", "tags": {}})
         assert r.status_code == 401, r.text
-    assert stored_state(server) == before
+    after = stored_state(server)
+    assert after["audit_log"] == before["audit_log"] + 3  # each refusal is audited, nothing else is stored
+    assert {k: v for k, v in after.items() if k != "audit_log"} == {k: v for k, v in before.items() if k != "audit_log"}
 
 
 def test_enroll_with_malformed_body_is_422(server: LiveServer) -> None:
@@ -36,11 +38,12 @@ def test_enroll_with_malformed_body_is_422(server: LiveServer) -> None:
     assert client.post("/api/v1/devices/enroll", json={"tags": {}}).status_code == 422
 
 
-def test_enrollment_returns_the_pinned_key_and_reenrollment_rotates_the_token(server: LiveServer) -> None:
+def test_enrollment_returns_the_pinned_key_and_reauthorised_reenrollment_rotates_the_token(
+        server: LiveServer) -> None:
     first = server.enroll("car-rotate", {"region": "eu"})
     assert base64.b64decode(first["public_key"]) == server.public_key
     assert first["key_id"] == hashlib.sha256(server.public_key).hexdigest()
-    second = server.enroll("car-rotate", {"region": "eu"})
+    second = server.reenroll("car-rotate", {"region": "eu"})
     assert second["device_token"] != first["device_token"]
     old, new = server.device(first["device_token"]), server.device(second["device_token"])
     body = {"line": "road-signs", "current_version": 0}

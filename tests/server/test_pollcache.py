@@ -135,7 +135,7 @@ def test_rotated_token_stops_working_at_once_on_this_server(server: LiveServer) 
     car = _car_on_v1(server, line, v1, f"{line}-car")
     assert car.poll(line) is None
     old = car.http
-    new_token = server.enroll(car.device_id, {"region": "eu"})["device_token"]
+    new_token = server.reenroll(car.device_id, {"region": "eu"})["device_token"]
     r = old.post("/api/v1/device/poll", json={"line": line, "current_version": 1})
     assert r.status_code == 401
     car.http = server.device(new_token)
@@ -198,7 +198,7 @@ def test_another_process_changes_reach_its_cache_and_unchanged_entries_outlive_t
     assert sql.statements == [], sql.statements
     assert a.admin().post("/api/v1/rollouts", json={"line": line, "version": 2}).status_code == 201
     seen(lambda ans: ans[0] == 200 and ans[1] is not None)
-    new_token = a.enroll(car.device_id, {"region": "eu"})["device_token"]  # rotate on A
+    new_token = a.reenroll(car.device_id, {"region": "eu"})["device_token"]  # rotate on A
     seen(lambda ans: ans[0] == 401)
     on_b = b.device(new_token)
     assert b_answer()[0] == 200

@@ -139,6 +139,13 @@ class LiveServer:
             raise AssertionError(f"enroll failed: {r.status_code} {r.text}")
         return r.json()
 
+    def reenroll(self, device_id: str, tags: dict[str, str] | None = None) -> dict[str, Any]:
+        """Rotate an enrolled device's token the operator's way: reauthorise it, then enrol it again."""
+        r = self.admin().post(f"/api/v1/devices/{device_id}/reauthorize", json={})
+        if r.status_code != 200:
+            raise AssertionError(f"reauthorize failed: {r.status_code} {r.text}")
+        return self.enroll(device_id, tags)
+
     def close_clients(self) -> None:
         for c in self._clients:
             c.close()

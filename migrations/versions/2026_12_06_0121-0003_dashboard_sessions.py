@@ -1,7 +1,7 @@
 """Dashboard sessions kept server-side (revoked on logout) and refused logins (throttle), issue 15.
 
-Revision ID: d45b0c2e7f10
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-06 01:20:00
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = 'd45b0c2e7f10'
-down_revision = '0001'
+revision = '0003'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 
