@@ -52,8 +52,10 @@ class Settings(BaseSettings):
     max_device_body_bytes: int = Field(default=16 * 1024, ge=1024)  # enrolment and poll bodies (~250 bytes)
     max_reports_body_bytes: int = Field(default=256 * 1024, ge=1024)  # a car sends up to 100 reports at once
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)  # any other request (the operator's JSON, forms)
-    auth_failure_burst: int = Field(default=30, ge=1)  # credential failures per client address before 429
-    auth_failure_rate_per_s: float = Field(default=1.0, gt=0)  # ... and how fast that allowance refills
+    # Credential failures (401s) per client address before 429, and how fast that allowance refills: enough for
+    # a depot's NAT full of revoked cars, few enough that a guesser's requests cost little (server/limits.py).
+    auth_failure_burst: int = Field(default=100, ge=1)
+    auth_failure_rate_per_s: float = Field(default=10.0, gt=0)
     # Connections (``ota serve``, server/httpproto.py): a client must send its request head within
     # head_timeout_s of its first byte, and its body within body_timeout_s of the head (slowloris).
     head_timeout_s: float = Field(default=10.0, gt=0)
