@@ -171,10 +171,26 @@ def test_zipmap_output_is_ignored_by_contract_and_gate_and_labels_come_from_it(v
     assert (c.output_name, c.output_kind) == ("prob", "probabilities")
     assert c.labels == tuple(zoo.manifest()["versions"][0]["classes"])
     _same_answers(m, c, v1)
-    probe = preprocess(zoo.probe_images()[0][:32], c)
-    for contract in (c, None):  # the gate finds the score output with or without a contract
-        result = codec.pack(m.SerializeToString(), "int8", probe=probe, contract=contract)
-        assert result.header["fidelity"]["top1_agreement"] >= 0.9
+
+
+@pytest.mark.parametrize("extra", [{"label_output": "int64", "zipmap": True}, {"label_output": "string"}])
+def test_gate_compares_the_score_output_not_a_label_or_zipmap_output_listed_first(v1: onnx.ModelProto,
+                                                                                  extra: dict) -> None:
+    m = variant(v1, softmax=True, **extra)
+    probe = to_input(zoo.probe_images()[0][:32])
+    result = codec.pack(m.SerializeToString(), "int8", probe=probe)  # no contract: the gate finds the scores
+    fid = result.header["fidelity"]
+    assert fid["top1_agreement"] >= 0.9
+    assert fid["max_abs_diff"] > 0  # int8 moves the scores; a label index would not have moved
+
+
+def test_dynamic_spatial_model_packs_on_inputs_sized_by_the_contract(v1: onnx.ModelProto) -> None:
+    m = variant(v1, dims=["N", 3, "H", "W"])
+    c = infer_contract(m, input_size=64, mean=0.5, std=0.25)
+    result = codec.pack(m.SerializeToString(), "int8", contract=c)
+    assert result.header["fidelity"]["probe"] == "synthetic" and result.header["fidelity"]["max_abs_diff"] > 0
+    with pytest.raises(ContractError, match="--input-size"):
+        codec.pack(m.SerializeToString(), "int8")
 
 
 def test_only_zipmap_scores_is_refused_with_a_message_naming_the_way_out(v1: onnx.ModelProto) -> None:
