@@ -13,39 +13,51 @@ when a probe is built: the car never needs it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
-# bundled in the scikit-image wheel (skimage/data/*.png|jpg), colour photos first, then grey ones
-COLOUR_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-                 "retina", "motorcycle_left", "motorcycle_right")
-GREY_PHOTOS = ("camera", "moon", "coins", "brick", "grass", "gravel", "clock")
+# files bundled in the scikit-image wheel (skimage/data/), read directly with PIL: a photo that
+# ``skimage.data`` would fetch with pooch cannot be named here, so nothing is ever downloaded
+COLOUR_FILES = {
+    "astronaut": "astronaut.png", "chelsea": "chelsea.png", "coffee": "coffee.png", "rocket": "rocket.jpg",
+    "hubble_deep_field": "hubble_deep_field.jpg", "immunohistochemistry": "ihc.png", "retina": "retina.jpg",
+    "motorcycle_left": "motorcycle_left.png", "motorcycle_right": "motorcycle_right.png",
+}
+GREY_FILES = {
+    "camera": "camera.png", "moon": "moon.png", "coins": "coins.png", "brick": "brick.png", "grass": "grass.png",
+    "gravel": "gravel.png", "clock": "clock_motion.png",
+}
+COLOUR_PHOTOS = tuple(COLOUR_FILES)
+GREY_PHOTOS = tuple(GREY_FILES)
+
+
+def data_dir() -> Path:
+    """scikit-image's folder of bundled data files.
+
+    Raises:
+        ImportError: scikit-image is not installed (``pip install -e .[dev]``).
+    """
+    import skimage.data
+
+    return Path(skimage.data.data_dir)
 
 
 def photo(name: str) -> np.ndarray:
     """One bundled photo as uint8 HWC RGB (grey photos repeated over 3 channels).
 
     Raises:
-        ImportError: scikit-image is not installed (``pip install -e .[dev]``).
+        ImportError: scikit-image is not installed.
         KeyError: not one of :data:`COLOUR_PHOTOS` or :data:`GREY_PHOTOS`.
+        FileNotFoundError: this scikit-image wheel does not bundle the file.
     """
-    import skimage.data
-
-    if name not in COLOUR_PHOTOS + GREY_PHOTOS:
-        raise KeyError(f"{name!r} is not a bundled photo; choose from {', '.join(COLOUR_PHOTOS + GREY_PHOTOS)}")
-    if name.startswith("motorcycle_"):
-        left, right, _ = skimage.data.stereo_motorcycle()
-        image = left if name == "motorcycle_left" else right
-    elif name == "clock":
-        image = np.asarray(Image.open(f"{skimage.data.data_dir}/clock_motion.png"))
-    else:
-        image = getattr(skimage.data, name)()
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        image = np.clip(image * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3])
+    files = {**COLOUR_FILES, **GREY_FILES}
+    if name not in files:
+        raise KeyError(f"{name!r} is not a bundled photo; choose from {', '.join(files)}")
+    with Image.open(data_dir() / files[name]) as im:
+        image = np.asarray(im.convert("RGB"))
+    return np.ascontiguousarray(image)
 
 
 def natural_crops(count: int, *, size: int | tuple[int, int] = 227, seed: int = 0,

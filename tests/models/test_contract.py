@@ -274,6 +274,17 @@ def test_missing_contract_field_is_named() -> None:
 
 # ------------------------------------------------------------------------------------------ the gate on photos
 
+def test_natural_crops_are_deterministic_distinct_and_read_only_bundled_files() -> None:
+    from models.probes import COLOUR_FILES, GREY_FILES, data_dir
+
+    assert all((data_dir() / f).is_file() for f in {**COLOUR_FILES, **GREY_FILES}.values())
+    a, b = natural_crops(40, seed=3, grey=True), natural_crops(40, seed=3, grey=True)
+    assert a.dtype == np.uint8 and a.shape == (40, 227, 227, 3)
+    assert np.array_equal(a, b)
+    assert len({x.tobytes() for x in a}) == 40
+    assert not np.array_equal(a, natural_crops(40, seed=4, grey=True))
+
+
 @pytest.mark.slow
 def test_real_squeezenet_deep_package_passes_099_gate_on_held_out_natural_photos(
         imagenet: onnx.ModelProto, imagenet_contract: InputContract) -> None:
