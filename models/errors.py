@@ -2,7 +2,8 @@
 
     ModelError                  anything wrong with a model, package or patch
     ├── InvalidModel            the input is not a usable ONNX model
-    │   └── UnsafeModel         it would make the runtime read files (external data), or is too deep/large to walk
+    │   ├── UnsafeModel         it would make the runtime read files (external data), or is too deep/large to walk
+    │   └── ContractError       its input contract (preprocessing, outputs, labels) is malformed or does not fit
     ├── CorruptPackage          package bytes fail their format or hash checks
     ├── DeltaError              a patch cannot be applied
     │   └── BaseMismatch        the patch was made for a different base package
@@ -28,6 +29,14 @@ class UnsafeModel(InvalidModel):
 
     A model is data: loading it must never read a file, so such a model is
     refused wherever it appears (an upload, a decoded package).
+    """
+
+
+class ContractError(InvalidModel):
+    """An input contract is malformed, cannot be inferred, or does not fit the model.
+
+    The message names the field (or the publish flag, such as ``--input-size``)
+    the publisher has to change.
     """
 
 

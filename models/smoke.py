@@ -8,7 +8,16 @@ version (``numpy.random`` makes no such promise across releases).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+from models.errors import ContractError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from models.contract import InputContract
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -34,3 +43,29 @@ def golden_inputs(seed: int, count: int, shape: tuple[int, ...] | list[int]) -> 
             values = bits.astype(np.float32) / np.float32(1 << 24) * 4.0 - 2.0
             out.append(values.reshape(tuple(shape)).astype(np.float32))
     return out
+
+
+def input_shape(model: onnx.ModelProto, contract: InputContract | None = None) -> list[int]:
+    """The model input's real shape for golden inputs: a fixed batch as fixed (else 1), fixed dims as
+    they are, dynamic height/width from the contract.
+
+    Raises:
+        ContractError: a dynamic dim other than the batch that no contract fills (flag ``--input-size``).
+    """
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    name = contract.input_name if contract is not None else (inputs[0].name if inputs else None)
+    inp = next((i for i in inputs if i.name == name), None)
+    if inp is None:
+        raise ContractError(f"the model has no data input {name!r}")
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in inp.type.tensor_type.shape.dim]
+    shape = [dims[0] or 1] if dims else []
+    wanted = list(contract.input_shape(1))[1:] if contract is not None and len(dims) == 4 else [None] * (len(dims) - 1)
+    for i, d in enumerate(dims[1:]):
+        value = d or wanted[i]
+        if value is None:
+            raise ContractError(f"model input {inp.name!r} has dynamic dims {['?' if x is None else x for x in dims]}; "
+                                "give the input size with --input-size")
+        shape.append(value)
+    return shape

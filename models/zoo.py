@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from models.contract import InputContract
+
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 
 
@@ -40,3 +42,21 @@ def probe_images() -> tuple[np.ndarray, np.ndarray]:
     """The probe set: uint8 NHWC images and int64 labels."""
     with np.load(ZOO_DIR / "probe.npz") as data:
         return data["images"], data["labels"]
+
+
+def contract(version: str = "v1") -> InputContract:
+    """The shipped line's input contract, from ``manifest.json``: the same mechanism as any user model.
+
+    64x64 RGB, values 0..1 then mean 0.5 / std 0.25, NCHW, logits, the version's class names.
+    """
+    m = manifest()
+    pre = m["preprocess"]
+    entry = next((v for v in m["versions"] if v["version"] == version), None)
+    if entry is None:
+        raise FileNotFoundError(f"no shipped model {version!r} in the manifest; versions: {', '.join(version_names())}")
+    return InputContract(
+        input_name=m["input_name"], layout=pre["layout"], height=m["image_size"], width=m["image_size"],
+        resize="stretch", channel_order="RGB", scale=round(pre["scale"] * 255.0, 6),
+        mean=(float(pre["mean"]),) * 3, std=(float(pre["std"]),) * 3,
+        output_name=m["output_name"], output_kind="logits", labels=tuple(entry["classes"]),
+    )

@@ -77,6 +77,9 @@ class Option:
     build: Callable[[], Coded]
 
 
+PALETTE_MAX = 256  # distinct values up to which a layer is offered its exact palette (8-bit codes at most)
+
+
 def quantizable(w: np.ndarray) -> bool:
     """Weights worth quantizing: matrices and kernels; biases and tiny tensors stay exact."""
     return w.ndim >= 2 and w.size >= QUANT_MIN_ELEMENTS
@@ -145,6 +148,9 @@ def deep_options(w: np.ndarray, base: Coded | None, sens: float, moments: np.nda
             options.append(Option(f"step{rel:.3g}/s{sparsity}", cost, nsr * sens, functools.cache(build)))
     if weigh is not None and moments is not None:
         options += _scaled_options(w, dead, dead_inputs, weigh, sens, upper)
+    palette = _palette_option(w, sens)
+    if palette is not None:
+        options.append(palette)
     if base is not None and base.kind == "deep" and base.shape == w.shape and base.meta.get("scaled"):
         coded = tensors.masked_on_book(w, base, upper)
         cost = entropy.estimate_bytes(coded.symbols - base.symbols) if not np.array_equal(coded.symbols, base.symbols) else 0.0
@@ -159,6 +165,23 @@ def deep_options(w: np.ndarray, base: Coded | None, sens: float, moments: np.nda
         approx = tensors.values(tensors.deep_on_book(w, book, thr, grid))
         options.append(Option("reuse", cost, _nsr(w, approx, weigh) * sens, lambda: _with(coded, sens)))
     return options
+
+
+def _palette_option(w: np.ndarray, sens: float) -> Option | None:
+    """The layer's own values as its codebook, when it has at most ``PALETTE_MAX`` of them: exact, zero error.
+
+    A model that was already compressed with shared weights (the Deep Compression release of the real
+    ImageNet SqueezeNet holds 256 distinct values per layer) is stored exactly for the entropy of its
+    codes, far below its float bits; any coarser option must beat that price to be picked.
+    """
+    book = np.unique(w.astype(np.float32))
+    if book.size > PALETTE_MAX:
+        return None
+    coded = tensors.deep_on_book(w, book, 0.0)
+    if not np.array_equal(tensors.values(coded), w):
+        return None  # every value must come back as it was, or this is not the exact option it claims to be
+    cost = entropy.estimate_bytes(coded.symbols) + 4 * book.size
+    return Option("palette", cost, 0.0, lambda: _with(coded, sens))
 
 
 def _estimate_values(w: np.ndarray, cells: np.ndarray, step: float, entries: int) -> np.ndarray:
@@ -322,11 +345,37 @@ def choose_deep(weights: dict[str, np.ndarray], base: dict[str, Coded], probe: P
     scan = _scan(LAMBDAS, lambda lam: _assemble(pick(menus, lam), fixed, weights), probe, min_agreement, stride=4)
     info: dict[str, Any] = {"lambda": float(f"{scan.value:.6g}"), "trials": scan.trials}
     if scan.below is None:
-        return scan.coded, scan.fidelity, info
+        return _exact_where_smaller(menus, scan.coded, scan.fidelity, probe, min_agreement, info)
     low = _pinned(menus, scan.below) if on_base else pick(menus, scan.below)
     coded, fid, switched, trials = _refine(menus, low, pick(menus, scan.value), fixed, weights, scan, probe,
                                            min_agreement)
-    return coded, fid, {**info, "trials": info["trials"] + trials, "refined_layers": switched}
+    return _exact_where_smaller(menus, coded, fid, probe, min_agreement,
+                                {**info, "trials": info["trials"] + trials, "refined_layers": switched})
+
+
+def _exact_where_smaller(menus: dict[str, list[Option]], coded: dict[str, Coded], fid: Fidelity, probe: Probe,
+                         min_agreement: float, info: dict[str, Any]) -> Choice:
+    """Swap in a layer's exact palette wherever its real payload is smaller than the chosen encoding's.
+
+    The menu's costs are round-to-nearest estimates; compensated rounding spreads codes over more
+    levels, so a fine grid can end up larger than the exact palette it was preferred to.  The swap
+    only removes error, but agreement is re-measured and the swap kept only if the gate still holds.
+    """
+    swapped = dict(coded)
+    names = []
+    for name, menu in menus.items():
+        palette = next((o for o in menu if o.label == "palette"), None)
+        if palette is not None and coded[name].kind == "deep":
+            exact = palette.build()
+            if len(tensors.to_payload(exact)) < len(tensors.to_payload(coded[name])):
+                swapped[name] = exact
+                names.append(name)
+    if not names:
+        return coded, fid, info
+    measured = _measure(probe, swapped)
+    if not measured.passes(min_agreement):
+        return coded, fid, info
+    return swapped, measured, {**info, "exact_layers": len(names)}
 
 
 def _pinned(menus: dict[str, list[Option]], lam: float) -> dict[str, Option]:

@@ -18,6 +18,7 @@ import numpy as np
 from models.codec import allocate, container, onnxio, tensors
 from models.codec.fidelity import Fidelity, Gate, synthetic_probe
 from models.codec.tensors import Coded
+from models.contract import InputContract, check_contract
 from models.errors import CorruptPackage, InvalidModel
 
 CODECS = ("lossless", "int8", "deep", "svd")
@@ -68,6 +69,7 @@ def pack(
     base: bytes | None = None,
     probe: np.ndarray | None = None,
     min_agreement: float | None = None,
+    contract: InputContract | None = None,
 ) -> PackResult:
     """Encode one ONNX model as a package.
 
@@ -80,6 +82,8 @@ def pack(
 
     Raises:
         InvalidModel: the bytes are not a valid ONNX model, or the probe does not fit it.
+        ContractError: ``contract`` does not fit the model, or no probe and dynamic height/width
+            without a contract.
         FidelityGateError: no encoding meets ``min_agreement`` on ``probe``.
         CorruptPackage: ``base`` is not a readable package.
     """
@@ -94,6 +98,8 @@ def pack(
         bad = next((n for n, w in weights.items() if not np.all(np.isfinite(w))), None)
         if bad is not None:
             raise InvalidModel(f"initializer {bad!r} holds NaN or Inf; only --codec lossless can store it")
+    if contract is not None:
+        check_contract(model, contract)
     base_coded, base_sha = _base_tensors(base, codec)
     probe_source = "given" if probe is not None else "synthetic"
     gate_info: dict[str, Any] = {}
@@ -101,7 +107,8 @@ def pack(
         coded = {name: tensors.encode_float(w) for name, w in weights.items()}
         fid, probe_source, probe_count = Fidelity(1.0, 0.0), "exact", 0
     else:
-        gate = Gate(model, onnx_bytes, synthetic_probe(model) if probe is None else probe, skeleton, weights)
+        gate = Gate(model, onnx_bytes, synthetic_probe(model, contract) if probe is None else probe, skeleton, weights,
+                    contract)
         probe_count = len(gate.reference.probe)
         coded, fid, gate_info = allocate.CHOOSERS[codec](weights, base_coded, gate, min_agreement)
     props = onnxio.metadata(model)
