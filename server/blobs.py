@@ -9,11 +9,11 @@ Another backend (S3-compatible, issue 8) implements the same four methods.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Protocol
+
+from server.files import write_private
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -52,17 +52,7 @@ class LocalBlobStore:
         path = self._path(digest)
         if path.exists():
             return digest
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # mkstemp creates it 0600
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(path, data)
         return digest
 
     def get(self, sha256: str) -> bytes:

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from server.config import InsecureConfiguration, Settings
+from server.files import write_private
 from server.security import Signer, canonical_json, verify_envelope
 
 log = logging.getLogger(__name__)
@@ -53,19 +54,8 @@ def key_id(public_raw: bytes) -> str:
 
 
 def write_secret(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, the file created 0600 (never readable by others, not for a moment)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write a secret atomically, the file created 0600 (never readable by others, not for a moment)."""
+    write_private(path, data)
 
 
 def write_public(path: Path, data: bytes) -> None:

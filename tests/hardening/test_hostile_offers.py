@@ -73,16 +73,21 @@ class Car:
 
     def poll(self) -> None:
         self.agent = self._agent()
+        power_cycle(self.agent)
 
-        async def go() -> None:
-            try:
-                await self.agent.start()
-                await self.agent.ensure_enrolled()
-                await self.agent.poll_once()
-            finally:
-                await self.agent.aclose()
 
-        asyncio.run(go())
+def power_cycle(agent: Agent) -> None:
+    """One wake-up of a car whose agent restarts for every poll: start, enrol if needed, poll once, close."""
+
+    async def go() -> None:
+        try:
+            await agent.start()
+            await agent.ensure_enrolled()
+            await agent.poll_once()
+        finally:
+            await agent.aclose()
+
+    asyncio.run(go())
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ link (an httpx transport: the outside world) or holds a key that leaked.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import json
@@ -36,6 +35,7 @@ from server.keys import (
     write_secret,
 )
 from server.security import Signer
+from tests.hardening.test_hostile_offers import power_cycle
 from tests.support.live_server import LiveServer, run_live_server
 
 ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
@@ -164,16 +164,7 @@ class Car:
 
     def poll(self) -> None:
         self.agent = self._agent()
-
-        async def go() -> None:
-            try:
-                await self.agent.start()
-                await self.agent.ensure_enrolled()
-                await self.agent.poll_once()
-            finally:
-                await self.agent.aclose()
-
-        asyncio.run(go())
+        power_cycle(self.agent)
 
 
 def test_a_car_without_a_root_key_or_with_another_fleets_root_never_enrols(tmp_path: Path) -> None:
