@@ -10,7 +10,6 @@ highest accepted ``manifest_version`` does not move.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import json
@@ -73,21 +72,7 @@ class Car:
 
     def poll(self) -> None:
         self.agent = self._agent()
-        power_cycle(self.agent)
-
-
-def power_cycle(agent: Agent) -> None:
-    """One wake-up of a car whose agent restarts for every poll: start, enrol if needed, poll once, close."""
-
-    async def go() -> None:
-        try:
-            await agent.start()
-            await agent.ensure_enrolled()
-            await agent.poll_once()
-        finally:
-            await agent.aclose()
-
-    asyncio.run(go())
+        self.agent.run_once()  # start, enrol if needed, poll once, close: one wake-up
 
 
 @pytest.fixture

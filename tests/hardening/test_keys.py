@@ -35,7 +35,6 @@ from server.keys import (
     write_secret,
 )
 from server.security import Signer
-from tests.hardening.test_hostile_offers import power_cycle
 from tests.support.live_server import LiveServer, run_live_server
 
 ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
@@ -164,7 +163,7 @@ class Car:
 
     def poll(self) -> None:
         self.agent = self._agent()
-        power_cycle(self.agent)
+        self.agent.run_once()
 
 
 def test_a_car_without_a_root_key_or_with_another_fleets_root_never_enrols(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ published, polled and downloaded over real HTTP, and the bytes are checked.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from collections.abc import Iterator
@@ -115,16 +114,7 @@ def test_real_agent_installs_a_model_whose_blobs_are_in_s3(s3_registry: tuple[Li
     agent = Agent(AgentConfig(server_url=srv.url, device_id="car-s3", state_dir=tmp_path,
                               enroll_token=srv.enrollment_token, root_public_key=srv.root_public_key,
                               tags={"region": "eu"}))
-
-    async def go() -> None:
-        try:
-            await agent.start()
-            await agent.ensure_enrolled()
-            await agent.poll_once()
-        finally:
-            await agent.aclose()
-
-    asyncio.run(go())
+    agent.run_once()
     assert agent.running_version == 1  # the stable version, fetched through the registry from S3
 
 
