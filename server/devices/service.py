@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from protocol.contract import InputContract
+from protocol.offer import Artifact, Delta, Offer, Smoke, artifact_url
 from server.config import Settings
 from server.db import as_utc, utcnow
 from server.devices import device_keys, schemas, states, store
@@ -53,17 +55,19 @@ def _delta(session: Session, storage: PackageStorage, line: Line, target: Packag
 
 def _offer(device: Device, line: Line, version: Version, pkg: Package, rollout_id: int | None, rollback: bool,
            delta: Any, base: Package | None, manifest_version: int, expires: datetime) -> dict[str, Any]:
-    return {
-        "type": "offer", "device_id": device.device_id, "line": line.name, "rollout_id": rollout_id,
-        "manifest_version": manifest_version, "target_version": version.number, "rollback": rollback,
-        "codec": pkg.codec, "model_sha256": pkg.model_sha256, "labels": list(version.labels),
-        "package": {"sha256": pkg.sha256, "size": pkg.bytes, "url": f"/api/v1/artifacts/{pkg.sha256}"},
-        "delta": None if delta is None or base is None else {
-            "base_package_sha256": base.sha256, "sha256": delta.sha256, "size": delta.bytes,
-            "url": f"/api/v1/artifacts/{delta.sha256}"},
-        "smoke": dict(pkg.smoke),
-        "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    """The ``signed`` body of an offer (protocol/offer.py is the one definition of its fields)."""
+    smoke = pkg.smoke
+    return Offer(
+        device_id=device.device_id, line=line.name, rollout_id=rollout_id, manifest_version=manifest_version,
+        target_version=version.number, rollback=rollback, codec=pkg.codec, model_sha256=pkg.model_sha256,
+        contract=InputContract.from_dict(version.contract),
+        package=Artifact(pkg.sha256, pkg.bytes, artifact_url(pkg.sha256)),
+        delta=None if delta is None or base is None else Delta(
+            delta.sha256, delta.bytes, artifact_url(delta.sha256), base_package_sha256=base.sha256),
+        smoke=Smoke(seed=smoke["seed"], count=smoke["count"], shape=tuple(smoke["shape"]),
+                    input_name=smoke["input_name"], expected=smoke["expected"], atol=smoke["atol"]),
+        expires=expires,
+    ).to_signed()
 
 
 def _note_running(device: Device, line: Line, body: schemas.PollIn) -> None:
