@@ -40,13 +40,13 @@ sys.path.insert(0, str(ROOT))
 
 from cli.demo_cmd import running_server  # noqa: E402
 from cli.simulate_cmd import add_initial_install_option  # noqa: E402
-from client.simulator.factory import describe_flash, flash_fleet  # noqa: E402
-from client.simulator.fleet import auto_poll_interval, plan_fleet  # noqa: E402
-from client.simulator.registry_admin import RegistryAdmin  # noqa: E402
-from client.simulator.runner import Fleet  # noqa: E402
-from client.simulator.stats import percentile  # noqa: E402
 from client.trust import read_root_key  # noqa: E402
 from models.zoo import model_path  # noqa: E402
+from simulator.factory import describe_flash, flash_fleet  # noqa: E402
+from simulator.fleet import auto_poll_interval, plan_fleet  # noqa: E402
+from simulator.registry_admin import RegistryAdmin  # noqa: E402
+from simulator.runner import Fleet  # noqa: E402
+from simulator.stats import percentile  # noqa: E402
 
 # The operator's calls get threads of their own: every car's decode call waits in the loop's default pool
 # (first in, first out) for the one shared decode worker, and with thousands queued there the monitor's

@@ -1,7 +1,7 @@
 """``ota demo``: the whole story on the embedded default, in one command.
 
 It starts ``ota serve`` as a child process (SQLite + local blobs in the data
-dir), then runs the rehearsal in ``client.simulator.story`` against it over
+dir), then runs the rehearsal in ``simulator.story`` against it over
 HTTP: v1 to a fleet of simulated cars, v2..v5 through staged rollouts, and two
 bad versions: one the cars' smoke test refuses, one that installs and then fails
 the cars' health window on live frames so they roll it back; both rollouts halt
@@ -132,7 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from client.simulator.story import DemoOptions, StoryError, run_story
+    from simulator.story import DemoOptions, StoryError, run_story
     from client.trust import read_root_key
 
     if args.cars < 10:

@@ -119,13 +119,13 @@ def _admin_token(args: argparse.Namespace) -> str | None:
 
 
 def _flash_v1(args: argparse.Namespace, specs: list) -> dict[str, Any]:
-    """Flash v1 of ``--line`` onto every car in --state-dir that has no model yet (see client/simulator/factory.py).
+    """Flash v1 of ``--line`` onto every car in --state-dir that has no model yet (see simulator/factory.py).
 
     Raises:
         SimulateError: no admin token, or the registry cannot give a v1 package; the message says what to pass.
     """
-    from client.simulator.factory import flash_fleet
-    from client.simulator.registry_admin import AdminError, RegistryAdmin
+    from simulator.factory import flash_fleet
+    from simulator.registry_admin import AdminError, RegistryAdmin
 
     token = _admin_token(args)
     if token is None:
@@ -145,7 +145,7 @@ def _flash_v1(args: argparse.Namespace, specs: list) -> dict[str, Any]:
 def cmd_simulate(args: argparse.Namespace) -> int:
     import asyncio
 
-    from client.simulator.fleet import FleetSpecError, auto_poll_interval, plan_fleet
+    from simulator.fleet import FleetSpecError, auto_poll_interval, plan_fleet
 
     if args.time_scale <= 0 or args.duration <= 0 or (args.poll_interval is not None and args.poll_interval <= 0):
         print("ota simulate: --time-scale, --duration and --poll-interval must be > 0", file=sys.stderr)
@@ -164,7 +164,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     factory = None
     if not args.initial_install:
-        from client.simulator.factory import describe_flash
+        from simulator.factory import describe_flash
 
         args.state_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -184,8 +184,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 async def _simulate(args: argparse.Namespace, specs: list, token: str | None, factory: dict | None) -> dict:
     from rich.console import Console
 
-    from client.simulator.display import LiveView, print_summary
-    from client.simulator.runner import Fleet
+    from simulator.display import LiveView, print_summary
+    from simulator.runner import Fleet
 
     console = None if args.json else Console(highlight=False)
     fleet = Fleet(args.server, specs, args.state_dir, enroll_token=token, root_public_key=_root_key(args),

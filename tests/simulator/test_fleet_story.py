@@ -15,9 +15,9 @@ import pytest
 
 from cli.demo_cmd import running_server
 from cli.main import main as ota
-from client.simulator.story import DemoOptions, run_story
 from client.slots import SlotStore
 from client.trust import read_root_key
+from simulator.story import DemoOptions, run_story
 
 CARS = 20
 PROMISED_KEYS = {"cars", "updated", "failed", "rolled_back", "bytes_sent", "bytes_full_fp32", "bytes_full_package",

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from client.simulator.link import PROFILES, LinkClock, LinkTransport, NetworkProfile
+from simulator.link import PROFILES, LinkClock, LinkTransport, NetworkProfile
 
 BODY = bytes(range(256)) * 1024  # 256 KiB
 

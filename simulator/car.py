@@ -37,9 +37,9 @@ from client.atomic import write_atomic
 from client.config import AgentConfig
 from client.hotswap import ModelSource, NoModel, default_session_factory
 from client.manifest import Offer
-from client.simulator.fleet import CarSpec
-from client.simulator.link import PROFILES, LinkClock, LinkTransport
 from client.slots import MODEL_FILE, PACKAGE_FILE, SlotStore
+from simulator.fleet import CarSpec
+from simulator.link import PROFILES, LinkClock, LinkTransport
 
 #: The agent's own sleeps never go below this many real seconds (a health window polls every 0.05
 #: simulated seconds, which at a time scale of 60 would spin the event loop for nothing).

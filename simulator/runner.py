@@ -16,11 +16,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from client.simulator.car import SharedSessions, SimCar, build_car
-from client.simulator.fleet import CarSpec, auto_inference_interval
-from client.simulator.link import LinkClock
-from client.simulator.stats import CarResult, summary
 from models.zoo import probe_images
+from simulator.car import SharedSessions, SimCar, build_car
+from simulator.fleet import CarSpec, auto_inference_interval
+from simulator.link import LinkClock
+from simulator.stats import CarResult, summary
 
 STATES = ("enrolling", "idle", "downloading", "installing", "failed", "offline")
 

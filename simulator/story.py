@@ -31,13 +31,13 @@ from typing import Any
 
 from rich.console import Console
 
-from client.simulator.badmodel import DESCRIPTION, LIVE_DESCRIPTION, live_failure_variant, nondeterministic_variant
-from client.simulator.car import health_window_s
-from client.simulator.display import LiveView, human_bytes, print_summary
-from client.simulator.fleet import auto_inference_interval, auto_poll_interval, plan_fleet
-from client.simulator.registry_admin import AdminError, RegistryAdmin
-from client.simulator.runner import Fleet
 from models.zoo import model_path
+from simulator.badmodel import DESCRIPTION, LIVE_DESCRIPTION, live_failure_variant, nondeterministic_variant
+from simulator.car import health_window_s
+from simulator.display import LiveView, human_bytes, print_summary
+from simulator.fleet import auto_inference_interval, auto_poll_interval, plan_fleet
+from simulator.registry_admin import AdminError, RegistryAdmin
+from simulator.runner import Fleet
 
 FINAL_ROLLOUT_STATES = frozenset({"completed", "halted", "aborted"})
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import onnx
 
-from client.simulator.car import DedupSlotStore
-from client.simulator.fleet import CarSpec
-from client.simulator.registry_admin import AdminError, RegistryAdmin
 from client.slots import SlotRecord
 from models import codec
+from simulator.car import DedupSlotStore
+from simulator.fleet import CarSpec
+from simulator.registry_admin import AdminError, RegistryAdmin
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from client.simulator.link import MIXED_SHARES, PROFILES
+from simulator.link import MIXED_SHARES, PROFILES
 
 REGIONS = {"eu": 0.45, "us": 0.35, "apac": 0.2}
 HARDWARE = {"gen1": 0.3, "gen2": 0.5, "gen3": 0.2}

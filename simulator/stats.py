@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.simulator.link import PROFILES
+from simulator.link import PROFILES
 
 
 @dataclass(frozen=True)
