@@ -41,7 +41,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,29 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from client import Agent, AgentConfig  # noqa: E402
-from tests.hardening.workers import serve  # noqa: E402
-from tests.support.live_server import LiveServer, run_live_server  # noqa: E402
+from server.inprocess import LiveServer, run_in_thread  # noqa: E402
+from server.process import FAST_ENV, ServedRegistry, child_env, free_port  # noqa: E402
+from server.process import serve as serve_process  # noqa: E402
+from server.scratchdb import temporary_database  # noqa: E402
 
 ZOO = ROOT / "models" / "zoo"
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+# The registries of the faults other than db_outage run where the tests do: a throwaway database on the cluster
+# at DATABASE_URL when it is set, else SQLite in their data dir.
+CLUSTER = os.environ.get("DATABASE_URL")
+
+
+@contextmanager
+def serve(data_dir: Path, workers: int) -> Iterator[ServedRegistry]:
+    """``ota serve --workers N`` with the tests' fast settings, on CLUSTER or SQLite."""
+    with temporary_database(CLUSTER) as pg_url, serve_process(data_dir, workers=workers, database_url=pg_url,
+                                                              env=child_env(FAST_ENV)) as reg:
+        yield reg
+
+
+def run_live_server(data_dir: Path) -> AbstractContextManager[LiveServer]:
+    """The registry in a thread of this process (its ``ctx`` is at hand), on CLUSTER or SQLite."""
+    return run_in_thread(data_dir, database=CLUSTER)
 
 
 def model(n: int) -> bytes:
@@ -370,10 +388,8 @@ def _outage_figures(log: list[tuple[float, int, float, str]], start: float, end:
 @contextmanager
 def _registry_with_car(data: Path, database_url: str | None) -> Iterator[tuple[Any, str]]:
     """``ota serve`` (1 worker) on SQLite in ``data`` or on ``database_url``, v1 published, one car enrolled."""
-    from tests.hardening.workers import ServedRegistry, free_port
-
     data.mkdir(parents=True, exist_ok=True)
-    reg = ServedRegistry(data, free_port(), 1, database_url)
+    reg = ServedRegistry(data, free_port(), 1, database_url, child_env(FAST_ENV))
     reg.start()
     try:
         httpx.post(f"{reg.url}/api/v1/lines/road-signs/versions", files={"file": ("m.onnx", model(1))},

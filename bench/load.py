@@ -5,7 +5,7 @@
     .venv/bin/python bench/load.py --configs sqlite:1 --devices 500 --duration 5
 
 For each configuration it starts the real server (``ota serve``, N uvicorn
-workers, through tests/hardening/workers.py's ``ServedRegistry`` with the
+workers, through ``server.process.serve`` with the
 production background periods) on a fresh SQLite file or a fresh PostgreSQL
 database, publishes the shipped v1, enrolls ``--devices`` cars over HTTP,
 lets every car poll once (a steady-state fleet has polled before: those first
@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -67,12 +66,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.hardening.workers import ServedRegistry, serve  # noqa: E402
+from server.process import FAST_ENV, ServedRegistry, child_env, serve  # noqa: E402
+from server.scratchdb import temporary_database  # noqa: E402
 
 ZOO = ROOT / "models" / "zoo"
 TARGET_POLLS_PER_S = 2000
 TARGET_P99_MS = 50.0
-# The production background periods (ServedRegistry's defaults are the tests' fast ones).
+# The production background periods (FAST_ENV's are the tests' fast ones).
 SERVER_ENV = {"OTA_ROLLOUT_TICK_S": "5", "OTA_LAST_SEEN_FLUSH_S": "5"}
 
 LUA = r"""
@@ -230,14 +230,12 @@ def _meets(run: dict[str, Any]) -> bool:
 
 def run_config(backend: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"ota-load-{backend}-"))
-    if backend == "postgres":  # serve() makes (and drops) a throwaway database on the cluster at DATABASE_URL
-        os.environ["DATABASE_URL"] = args.pg_url
-    else:
-        os.environ.pop("DATABASE_URL", None)
+    cluster = args.pg_url if backend == "postgres" else None  # a throwaway database on it, dropped after
     try:
         # The whole benchmark fleet enrolls from this one address: lift the per-address enrolment allowance.
-        env = {**SERVER_ENV, "OTA_ENROLL_BURST": str(max(args.devices, 1000))}
-        with serve(work / "data", workers=workers, env=env) as reg:
+        env = child_env({**FAST_ENV, **SERVER_ENV, "OTA_ENROLL_BURST": str(max(args.devices, 1000))})
+        with temporary_database(cluster) as pg_url, serve(work / "data", workers=workers, database_url=pg_url,
+                                                          env=env) as reg:
             lines = _fleet(reg, args.devices)
             (work / "requests.tsv").write_text("\n".join(lines) + "\n")
             asyncio.run(_poll_each(reg.url, lines))
@@ -254,7 +252,7 @@ def run_config(backend: str, workers: int, args: argparse.Namespace) -> dict[str
             uncached = None
             if args.uncached:
                 reg.stop()
-                reg.env_extra["OTA_POLL_CACHE_S"] = "0"
+                reg.env["OTA_POLL_CACHE_S"] = "0"
                 reg.start()
                 _wrk(reg, work, args.rate_connections, 3, args.rate)
                 uncached = _wrk(reg, work, args.rate_connections, args.duration, args.rate)

@@ -15,94 +15,49 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.process import ServedRegistry
 
 
 class DemoError(RuntimeError):
     """The demo could not run (server did not start, port taken); the message says why."""
 
 
-@dataclass(frozen=True)
-class ServerProcess:
-    url: str
-    pid: int
-    data_dir: Path
-    admin_token: str
-    enrollment_token: str
-    log_path: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_taken(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @contextmanager
 def running_server(data_dir: Path, port: int | None = None, *, codecs: str = "deep", tick_s: float = 1.0,
                    poll_interval_s: int = 60, extra_env: dict[str, str] | None = None,
-                   startup_timeout_s: float = 90.0) -> Iterator[ServerProcess]:
-    """``ota serve`` in a child process on ``port`` (a free one if None), stopped with SIGINT on exit.
+                   startup_timeout_s: float = 90.0) -> Iterator[ServedRegistry]:
+    """``ota serve`` in a child process on ``port`` (a free one if None) with the demo's settings, stopped on exit.
+
+    The caller's ``OTA_*`` settings reach the server (an operator may tune the demo); ``DATABASE_URL``
+    does not: the demo is the embedded default, SQLite in the data dir, unless ``extra_env`` names
+    ``OTA_DATABASE_URL``.  The server's log is ``<data dir>/server.log``.
 
     Raises:
         DemoError: the port is taken, or the server exited or did not become ready in time.
     """
-    import httpx
+    from server.process import ServerDidNotStart, child_env, serve
 
-    port = port or free_port()
-    if _port_taken(port):
-        raise DemoError(f"port {port} is already in use; pick another with --port")
+    env = child_env({"OTA_DEFAULT_CODECS": codecs, "OTA_ROLLOUT_TICK_S": str(tick_s),
+                     "OTA_LAST_SEEN_FLUSH_S": str(tick_s), "OTA_POLL_INTERVAL_S": str(poll_interval_s),
+                     **(extra_env or {})}, inherit_ota=True)
     data_dir = Path(data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OTA_ENVIRONMENT": "development", "OTA_DEFAULT_CODECS": codecs,
-           "OTA_ROLLOUT_TICK_S": str(tick_s), "OTA_LAST_SEEN_FLUSH_S": str(tick_s),
-           "OTA_POLL_INTERVAL_S": str(poll_interval_s), **(extra_env or {})}
-    if "OTA_DATABASE_URL" not in (extra_env or {}):
-        env.pop("DATABASE_URL", None)  # the demo is the embedded default: SQLite in the data dir
-    log_path = data_dir / "server.log"
-    log = open(log_path, "ab")  # noqa: SIM115 - closed in finally below
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--data-dir", str(data_dir), "--port",
-                             str(port), "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    stack = ExitStack()
     try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            if proc.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                raise DemoError(f"the server exited with status {proc.returncode}; its log ({log_path}) ends:\n{tail}")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise DemoError(f"the server did not become ready within {startup_timeout_s:.0f} s (log: {log_path})")
-            time.sleep(0.2)
-        yield ServerProcess(url, proc.pid, data_dir, (data_dir / "admin-token").read_text().strip(),
-                            (data_dir / "enrollment-token").read_text().strip(), log_path)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        srv = stack.enter_context(serve(data_dir, port=port, env=env, log_path=data_dir / "server.log",
+                                        startup_timeout_s=startup_timeout_s))
+    except ServerDidNotStart as e:
+        raise DemoError(f"{e} (log: {data_dir / 'server.log'}; pick another port with --port if it is taken)") from e
+    with stack:
+        yield srv
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -132,8 +87,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from simulator.story import DemoOptions, StoryError, run_story
     from client.trust import read_root_key
+    from simulator.story import DemoOptions, StoryError, run_story
 
     if args.cars < 10:
         print("ota demo: --cars must be at least 10 (a canary stage needs a few cars)", file=sys.stderr)

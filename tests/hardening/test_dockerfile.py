@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.hardening.workers import free_port, wait_ready
+from server.process import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

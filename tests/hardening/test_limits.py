@@ -330,7 +330,7 @@ def test_ota_serve_flags_set_the_connection_limits(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.hardening.workers import ROOT, free_port, wait_ready
+    from server.process import free_port, wait_ready
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_") and k != "DATABASE_URL"}
@@ -339,7 +339,7 @@ def test_ota_serve_flags_set_the_connection_limits(tmp_path: Path) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--data-dir",
                                  str(tmp_path / "data"), "--log-level", "warning", "--head-timeout", "1",
                                  "--keep-alive-timeout", "1", "--limit-concurrency", "2"],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc, 60, log=lambda: log.read_text(errors="replace"))
         with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:

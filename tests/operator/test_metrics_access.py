@@ -7,19 +7,12 @@ metrics on a separate listener, meant for an address only the monitoring network
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import pytest
 
 from server.config import Settings
+from server.process import free_port
 from tests.support.live_server import LiveServer
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_metrics_behind_the_admin_token_refuse_strangers_and_serve_the_admin(live_server_factory) -> None:
@@ -40,7 +33,7 @@ def test_metrics_are_protected_by_default_in_production_and_public_in_developmen
 
 
 def test_metrics_on_a_separate_listener_and_not_on_the_api_port(live_server_factory) -> None:
-    port = _free_port()
+    port = free_port()
     server: LiveServer = live_server_factory(metrics_port=port, metrics_host="127.0.0.1")
     server.anonymous().get("/healthz")
     r = httpx.get(f"http://127.0.0.1:{port}/metrics")
@@ -52,7 +45,7 @@ def test_metrics_on_a_separate_listener_and_not_on_the_api_port(live_server_fact
 def test_a_metrics_port_with_several_workers_is_refused_clearly(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     from cli.main import main
 
-    code = main(["serve", "--data-dir", str(tmp_path), "--workers", "2", "--metrics-port", str(_free_port())])
+    code = main(["serve", "--data-dir", str(tmp_path), "--workers", "2", "--metrics-port", str(free_port())])
     assert code == 2
     assert "--metrics-port needs --workers 1" in capsys.readouterr().err
     assert not (tmp_path / "registry.db").exists()  # refused before migrating anything

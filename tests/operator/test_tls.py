@@ -10,11 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from server.process import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "models" / "zoo"
@@ -70,12 +70,6 @@ def _trust(ca: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("OTA_") and k != "DATABASE_URL"}
 
@@ -92,31 +86,21 @@ class TlsServer:
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[TlsServer]:
     ca, cert, key = make_ca_and_server_cert(tmp_path)
-    port, data = _free_port(), tmp_path / "data"
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--data-dir", str(data),
-                             "--tls-cert", str(cert), "--tls-key", str(key), "--log-level", "warning",
-                             "--codecs", "lossless"], cwd=ROOT, env=_clean_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    port, data, log = free_port(), tmp_path / "data", tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--data-dir",
+                                 str(data), "--tls-cert", str(cert), "--tls-key", str(key), "--log-level", "warning",
+                                 "--codecs", "lossless"], cwd=ROOT, env=_clean_env(), stdout=out,
+                                stderr=subprocess.STDOUT)
     url = f"https://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", verify=_trust(ca), timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                raise AssertionError(f"ota serve over TLS never became ready (exit {proc.poll()}):\n{out[-3000:]}")
-            time.sleep(0.2)
+        wait_ready(url, proc, 60, log=lambda: log.read_text(errors="replace"), name="ota serve over TLS",
+                   verify=_trust(ca))
         yield TlsServer(url, ca, data, (data / "admin-token").read_text().strip(),
                         (data / "enrollment-token").read_text().strip())
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-        if proc.stdout:
-            proc.stdout.close()
 
 
 def test_ota_serve_speaks_tls_that_a_client_with_the_ca_trusts_and_one_without_refuses(tls_server: TlsServer) -> None:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from cli.main import main
+from server.process import child_env, serve
 from tests.server.factories import Car
 from tests.support.live_server import LiveServer
 
@@ -70,36 +66,11 @@ def test_operator_cli_reports_bad_input_clearly(live_server: LiveServer, capsys:
     assert code == 1 and "cannot reach" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ota_serve_migrates_an_empty_database_and_serves(tmp_path: Path) -> None:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_") and k != "DATABASE_URL"}
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--data-dir",
-                             str(tmp_path / "data"), "--log-level", "warning"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+    with serve(tmp_path / "data", env=child_env()) as reg:  # SQLite in the data dir, nothing migrated yet
+        r = httpx.get(f"{reg.url}/readyz", timeout=5)
         assert r.status_code == 200 and r.json()["status"] == "ready"
-        token = (tmp_path / "data" / "admin-token").read_text().strip()
-        lines = httpx.get(f"http://127.0.0.1:{port}/api/v1/lines", headers={"Authorization": f"Bearer {token}"})
+        with reg.admin() as admin:
+            lines = admin.get("/api/v1/lines")
         assert lines.status_code == 200 and lines.json() == []
-        assert "ota_http_requests_total" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+        assert "ota_http_requests_total" in httpx.get(f"{reg.url}/metrics").text

@@ -1,4 +1,4 @@
-"""A real registry for tests: uvicorn on a free port, fresh data dir, migrated database.
+"""A real registry for tests: ``server.inprocess`` with the database this run was asked for.
 
 Use it through the fixtures in ``tests/conftest.py`` (``live_server``,
 ``live_server_factory``), or directly for a module-scoped server::
@@ -9,193 +9,37 @@ Use it through the fixtures in ``tests/conftest.py`` (``live_server``,
             srv.publish(ZOO / "v1.onnx")
             yield srv
 
-What you get (``LiveServer``): ``url`` (base URL, no trailing slash),
-``admin_token``, ``enrollment_token``, ``public_key`` (raw Ed25519 bytes of the online key),
-``root_public_key`` (the root key cars are provisioned with; the file is ``data_dir / "root.pub"``),
-``data_dir``, ``database_url``, ``settings``, ``ctx`` (the app's context, for
-driving services directly), and helpers ``admin()`` (an httpx.Client with the
-admin token), ``publish(path_or_bytes, line=..., codecs=...)``,
-``enroll(device_id, tags)`` and ``device(token)``.
-
-Database: a SQLite file in the data dir by default.  When the environment
-variable ``DATABASE_URL`` is set (e.g.
-``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``) each server gets
-its own freshly created database ``ota_test_<random>`` on that cluster,
-dropped when the server stops.  Either way the schema is built with
-``alembic upgrade head``, as ``ota serve`` does.
-
-The server runs in a daemon thread of the test process (the app is the real
-one from ``server.app.create_app``; HTTP goes over a real socket).  Codecs
-default to ``lossless`` here because it packs in well under a second;
-pass ``codecs="deep"`` (publish) or ``default_codecs=...`` (server) to test others.
+``LiveServer`` is documented in ``server/inprocess.py``.  When the environment variable
+``DATABASE_URL`` is set (e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``, CI's second
+pass) each server gets its own freshly created database on that cluster, dropped when it stops;
+otherwise a SQLite file in the data dir.  The harness itself lives in the installed package so that
+``bench/`` uses it without importing ``tests/``; only the environment is read here.
 """
 
 from __future__ import annotations
 
-import base64
 import os
-import socket
-import threading
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-import uvicorn
+from server import scratchdb
+from server.inprocess import FAST_SETTINGS, LiveServer, run_in_thread
+from server.scratchdb import LOCAL_POSTGRES
 
-from server.app import create_app
-from server.config import Settings
-from server.db import upgrade_to_head
-from server.deps import AppContext
-from server.httpproto import HTTP_PROTOCOL
-
-FAST_SETTINGS: dict[str, Any] = {
-    "default_codecs": "lossless",
-    "last_seen_flush_s": 0.5,
-    "rollout_tick_s": 0.5,
-}
-
-
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+__all__ = ["FAST_SETTINGS", "LOCAL_POSTGRES", "LiveServer", "run_live_server", "temporary_database"]
 
 
 @contextmanager
 def temporary_database(base: str | None = None) -> Iterator[str | None]:
     """A fresh PostgreSQL database on ``base`` or DATABASE_URL when set (dropped afterwards), else None (SQLite)."""
-    base = base or os.environ.get("DATABASE_URL")
-    if not base:
-        yield None
-        return
-    import psycopg
-
-    name = f"ota_test_{uuid.uuid4().hex[:12]}"
-    if base.startswith("postgresql://") or base.startswith("postgres://"):
-        base = "postgresql+psycopg://" + base.split("://", 1)[1]
-    with psycopg.connect(_libpq(base), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    prefix, _, _ = base.rpartition("/")
-    try:
-        yield f"{prefix}/{name}"
-    finally:
-        with psycopg.connect(_libpq(base), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-# The cluster this machine and CI run (.ci/run); tests of PostgreSQL-only features use it on both passes.
-LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
-
-@dataclass
-class LiveServer:
-    url: str
-    admin_token: str
-    enrollment_token: str
-    public_key: bytes  # the online key that signs offers
-    root_public_key: bytes  # what cars are provisioned with (AgentConfig.root_public_key)
-    data_dir: Path
-    database_url: str
-    settings: Settings
-    ctx: AppContext
-    _clients: list[httpx.Client] = field(default_factory=list)
-
-    def _client(self, token: str | None, timeout: float) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
-        self._clients.append(client)
-        return client
-
-    def admin(self, timeout: float = 120.0) -> httpx.Client:
-        """An httpx client that sends the admin token (closed when the server stops)."""
-        return self._client(self.admin_token, timeout)
-
-    def anonymous(self, timeout: float = 30.0) -> httpx.Client:
-        return self._client(None, timeout)
-
-    def device(self, token: str, timeout: float = 30.0) -> httpx.Client:
-        return self._client(token, timeout)
-
-    def publish(self, model: Path | bytes, line: str = "road-signs", codecs: str | None = None,
-                **form: Any) -> dict[str, Any]:
-        """Publish a model over HTTP; returns the VersionOut JSON (raises on non-201)."""
-        data = model if isinstance(model, bytes) else Path(model).read_bytes()
-        fields = {k: str(v) for k, v in form.items() if v is not None}
-        if codecs:
-            fields["codecs"] = codecs
-        r = self.admin().post(f"/api/v1/lines/{line}/versions", files={"file": ("model.onnx", data)}, data=fields)
-        if r.status_code != 201:
-            raise AssertionError(f"publish failed: {r.status_code} {r.text}")
-        return r.json()
-
-    def enroll(self, device_id: str, tags: dict[str, str] | None = None) -> dict[str, Any]:
-        """Enroll a device; returns the EnrollOut JSON (device_token, public_key, key_id, ...)."""
-        r = self._client(self.enrollment_token, 30.0).post("/api/v1/devices/enroll",
-                                                            json={"device_id": device_id, "tags": tags or {}})
-        if r.status_code != 201:
-            raise AssertionError(f"enroll failed: {r.status_code} {r.text}")
-        return r.json()
-
-    def reenroll(self, device_id: str, tags: dict[str, str] | None = None) -> dict[str, Any]:
-        """Rotate an enrolled device's token the operator's way: reauthorise it, then enrol it again."""
-        r = self.admin().post(f"/api/v1/devices/{device_id}/reauthorize", json={})
-        if r.status_code != 200:
-            raise AssertionError(f"reauthorize failed: {r.status_code} {r.text}")
-        return self.enroll(device_id, tags)
-
-    def close_clients(self) -> None:
-        for c in self._clients:
-            c.close()
-        self._clients.clear()
+    with scratchdb.temporary_database(base or os.environ.get("DATABASE_URL")) as url:
+        yield url
 
 
 @contextmanager
-def run_live_server(data_dir: Path, *, socket_sndbuf: int | None = None, **overrides: Any) -> Iterator[LiveServer]:
-    """Start a migrated registry on a free port; stop it (and drop its database) on exit.
-
-    ``overrides`` are Settings fields (e.g. ``default_codecs="lossless,deep"``, ``keyframe_interval=2``).
-    ``socket_sndbuf`` shrinks the kernel send buffer of every accepted connection (Linux inherits it
-    from the listening socket), so that a client that stops reading stalls the server quickly, as a
-    slow cellular link would, instead of the whole artifact vanishing into loopback buffers.
-    """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with temporary_database() as pg_url:
-        url = pg_url or f"sqlite:///{(data_dir / 'registry.db').resolve()}"
-        upgrade_to_head(url)
-        settings = Settings(**{"environment": "development", "data_dir": data_dir, "database_url": url,
-                               **FAST_SETTINGS, **overrides})
-        app = create_app(settings)
-        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when the
-        # listening socket says TCP, and without it every request waits ~40 ms for a delayed ACK.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if socket_sndbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, socket_sndbuf)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30,
-                                               http=HTTP_PROTOCOL))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"ota-{port}")
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                sock.close()
-                raise RuntimeError("live server did not start (see the log above)")
-            time.sleep(0.02)
-        ctx: AppContext = app.state.ctx
-        live = LiveServer(url=f"http://127.0.0.1:{port}", admin_token=ctx.settings.admin_token or "",
-                          enrollment_token=ctx.settings.enrollment_token or "",
-                          public_key=base64.b64decode(ctx.signer.public_b64), root_public_key=ctx.keys.root_public,
-                          data_dir=data_dir, database_url=url,
-                          settings=ctx.settings, ctx=ctx)
-        try:
-            yield live
-        finally:
-            live.close_clients()
-            server.should_exit = True
-            thread.join(timeout=15)
-            sock.close()
+def run_live_server(data_dir: Path, **kwargs: Any) -> Iterator[LiveServer]:
+    """``server.inprocess.run_in_thread`` on this run's database (DATABASE_URL's cluster, else SQLite)."""
+    with run_in_thread(data_dir, database=os.environ.get("DATABASE_URL"), **kwargs) as live:
+        yield live
