@@ -13,7 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 ota
 WORKDIR /app
 
-# Dependencies first so code edits do not invalidate this layer.
+# Dependencies first so code edits do not invalidate this layer.  No simulator/: the image is the registry.
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY server ./server
@@ -21,7 +21,8 @@ COPY client ./client
 COPY cli ./cli
 COPY migrations ./migrations
 COPY alembic.ini ./
-RUN pip install --no-compile . && mkdir -p /data && chown ota:ota /data
+# The registry's extra: the base install is the car's light set (see the README).
+RUN pip install --no-compile '.[server]' && mkdir -p /data && chown ota:ota /data
 
 USER ota
 VOLUME ["/data"]

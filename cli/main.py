@@ -21,6 +21,11 @@ COMMAND_MODULES = (
     "cli.simulate_cmd",  # simulate
 )
 
+# Third parties that come with an extra, not with the car's base install (`pip install ota-models`): which extra.
+EXTRA_OF = {name: "server" for name in ("fastapi", "starlette", "uvicorn", "httptools", "sqlalchemy", "alembic",
+                                        "psycopg", "prometheus_client", "jinja2", "pydantic", "pydantic_settings",
+                                        "multipart")} | {"rich": "simulator"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -49,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:
+        extra = EXTRA_OF.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"ota {args.command}: needs the [{extra}] extra, which this install lacks ({e.name} is missing): "
+              f"pip install 'ota-models[{extra}]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
