@@ -209,16 +209,16 @@ def render(label: int, rng: np.random.Generator, weather: str = "clear") -> np.n
     cy = _CANVAS / 2 + rng.uniform(-0.12, 0.12) * _CANVAS
     _DRAWERS[CLASSES[label]](d, SignBox(cx, cy, r))
     edge = tuple(int(c) for c in np.asarray(img)[0, 0])
-    img = img.rotate(float(rng.uniform(-15, 15)), resample=Image.BILINEAR, center=(cx, cy), fillcolor=edge)
+    img = img.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BILINEAR, center=(cx, cy), fillcolor=edge)
     blur = float(rng.uniform(0.0, 2.0))
     if blur > 0.3:
         img = img.filter(ImageFilter.GaussianBlur(blur))
-    img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+    img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32)
     arr = arr * rng.uniform(0.7, 1.2) + rng.uniform(-20, 20)  # exposure
     arr = _apply_weather(arr, weather, rng)
-    arr = arr + rng.normal(0.0, rng.uniform(1.0, 8.0), size=arr.shape)
-    return np.clip(arr, 0, 255).astype(np.uint8)
+    noisy = arr + rng.normal(0.0, rng.uniform(1.0, 8.0), size=arr.shape)  # float64 from here on, as it always was
+    return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
 def make_dataset(

@@ -234,7 +234,7 @@ def _install_evidence(session: Session, device: Device, update: DeviceUpdate, si
     """Why an "installed" report is believed: its signature, or a full download of the offer's artifact."""
     if signed:
         return "signed"
-    artifacts = {update.package_sha256, update.delta_sha256} - {None, ""}
+    artifacts = {sha for sha in (update.package_sha256, update.delta_sha256) if sha}
     return "download" if store.downloaded_in_full(session, device.id, artifacts) else None
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -75,7 +75,7 @@ def fully_downloaded(session: Session, rollout_id: int, device_pks: set[int]) ->
                            .where(Transfer.rollout_id == rollout_id, Transfer.device_pk.in_(device_pks)))
     sent: dict[tuple[int, str], list[int]] = {}
     for pk, sha, size, start, n in rows:
-        got = sent.setdefault((pk, sha), [0, int(size), 0])
+        got = sent.setdefault((cast(int, pk), sha), [0, int(size), 0])  # device_pk is nullable; not in these rows
         got[0] += int(n)
         got[2] |= int(start) + int(n) >= int(size)
     return {pk for (pk, _sha), (total, size, reached_end) in sent.items() if reached_end and total >= size}
