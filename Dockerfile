@@ -15,6 +15,7 @@ WORKDIR /app
 
 # Dependencies first so code edits do not invalidate this layer.  No simulator/: the image is the registry.
 COPY pyproject.toml README.md ./
+COPY protocol ./protocol
 COPY models ./models
 COPY server ./server
 COPY client ./client
