@@ -202,7 +202,7 @@ def probe_file(path: Path) -> bytes:
         raise CliError(f"--probe {path} holds no .jpg, .jpeg or .png file")
     if len(files) > MAX_PROBE_IMAGES:
         raise CliError(f"--probe {path} holds {len(files)} images; the registry takes at most {MAX_PROBE_IMAGES}")
-    arrays = {}
+    arrays: dict[str, Any] = {}
     for i, f in enumerate(files):
         try:
             with Image.open(f) as im:
