@@ -46,7 +46,7 @@ from client.simulator.registry_admin import RegistryAdmin  # noqa: E402
 from client.simulator.runner import Fleet  # noqa: E402
 from client.simulator.stats import percentile  # noqa: E402
 from client.trust import read_root_key  # noqa: E402
-from models.zoo import model_path  # noqa: E402
+from models.zoo import ZOO_DIR, contract, model_path  # noqa: E402
 
 # The operator's calls get threads of their own: every car's decode call waits in the loop's default pool
 # (first in, first out) for the one shared decode worker, and with thousands queued there the monitor's
@@ -117,7 +117,8 @@ async def _run(args: argparse.Namespace, srv: Any, meter: _Meter, log: Any) -> d
                            "cpus": psutil.cpu_count(), "database": "postgresql" if args.database_url else "sqlite",
                            "start": "initial install (full v1 download)" if args.initial_install
                            else "factory-installed v1 (not downloaded)"}
-    v1 = await _admin(admin.publish, model_path("v1"), line, "v1")
+    v1 = await _admin(admin.publish, model_path("v1"), line, "v1", contract=contract("v1").to_dict(),
+                      probe=ZOO_DIR / "probe.npz")  # the line's images: its deep packages are gated on them
     fleet = Fleet(srv.url, plan_fleet(args.cars, args.networks, args.seed, "car"), Path(args.state_dir), line=line,
                   enroll_token=srv.enrollment_token, root_public_key=read_root_key(Path(srv.data_dir) / "root.pub"),
                   time_scale=args.time_scale, poll_interval_s=poll_s,
@@ -127,7 +128,7 @@ async def _run(args: argparse.Namespace, srv: Any, meter: _Meter, log: Any) -> d
         log(f"  {s['wall_s']:6.0f}s  {s['states']}  versions {s['versions']}  moved {s['bytes'] / 1e6:.0f} MB")
 
     out.update(await _boot(args, srv, admin, fleet, v1, meter, log))
-    v2 = await _admin(admin.publish, model_path("v2"), line, "v2")
+    v2 = await _admin(admin.publish, model_path("v2"), line, "v2", contract=contract("v2").to_dict())
     moved0 = fleet.bytes_moved
     installs0 = {c.spec.device_id: len(c.agent.installs) for c in fleet.cars}
     stages = [{"percent": p, "min_soak_s": 5, "success_threshold_pct": 90} for p in (1, 10, 100)]

@@ -208,3 +208,18 @@ def test_cli_publish_sends_spec_flags_and_a_folder_of_images_and_prints_the_cont
     code, _, err = ota("rollout", "create", "--line", "cli-line", "--version", "1", "--codec", "int8",
                        "--allow-unmeasured")
     assert code == 0, err
+
+
+def test_models_dashboard_shows_each_versions_contract_its_change_and_unmeasured_packages(
+        live_server: LiveServer) -> None:
+    live_server.publish(ZOO / "v1.onnx", codecs="lossless,int8")
+    live_server.publish(ZOO / "v2.onnx", codecs="lossless,int8", contract=json.dumps({"channel_order": "BGR"}))
+    browser = live_server.anonymous()
+    r = browser.post("/dashboard/login", data={"token": live_server.admin_token}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    html = browser.get("/dashboard/models").text
+    assert html.count('data-field="contract"') == 2
+    assert "64×64 NCHW (stretch), RGB 0..1, mean 0.5/0.5/0.5 std 0.25/0.25/0.25 → logits, 10 labels" in html
+    assert 'data-changed="channel_order"' in html and "contract changed: channel_order" in html
+    assert html.count('data-status="unmeasured"') == 2 and html.count(">unmeasured</span>") == 2
+    assert html.count('data-status="exact"') == 2
