@@ -45,6 +45,7 @@ from server.registry.validate import inspect_upload
 
 log = logging.getLogger("ota.server.registry")
 PUBLISH_ATTEMPTS = 5
+MAX_GATE_INPUT_BYTES = 1024 * 1024 * 1024  # the line's images as model input (1000 at 227x227: 618 MiB)
 LINE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
 
@@ -227,6 +228,13 @@ def _gate(images: list[np.ndarray] | None, contract: InputContract, min_agreemen
     """The gate's probe: the line's images through this version's contract (only when a lossy codec needs it)."""
     if images is None or all(c == "lossless" for c in codec_names):
         return _Gate(None, None, None)
+    per_image = 4 * 3 * contract.height * contract.width
+    if per_image * len(images) > MAX_GATE_INPUT_BYTES:
+        raise BadRequest(f"{len(images)} calibration images at the model's {contract.height}x{contract.width} input "
+                         f"make {per_image * len(images) / 2**20:,.0f} MiB of float32 input, over the "
+                         f"{MAX_GATE_INPUT_BYTES // 2**20} MiB the gate holds: send at most "
+                         f"{MAX_GATE_INPUT_BYTES // per_image} images with --probe; nothing was stored",
+                         code="invalid_probe")
     try:
         x = preprocess(images, contract)
     except ContractError as e:
