@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from models import zoo
 from models.probes import natural_crops
 from tests.models.variants import variant
 from tests.server.factories import Car
-from tests.support.live_server import LiveServer
+from tests.support.live_server import LiveServer, run_live_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PRETRAINED = ROOT / "models" / "pretrained"
@@ -93,16 +94,23 @@ def photos() -> bytes:
     return npz_images(natural_crops(64, seed=5, size=96))
 
 
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One registry for every variant (each publishes its own line)."""
+    with run_live_server(tmp_path_factory.mktemp("variants")) as srv:
+        yield srv
+
+
 @pytest.mark.parametrize(("name", "kwargs", "spec", "expected"), VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_each_exported_variant_publishes_with_its_contract_gets_a_gated_package_and_is_offered_its_contract(
-        live_server: LiveServer, photos: bytes, name: str, kwargs: dict[str, Any], spec: dict[str, Any],
+        registry: LiveServer, photos: bytes, name: str, kwargs: dict[str, Any], spec: dict[str, Any],
         expected: dict[str, Any]) -> None:
     model = variant(onnx.load(ZOO / "v1.onnx"), **kwargs).SerializeToString()
-    v = live_server.publish(model, line=name, codecs="lossless,int8", probe=photos, min_agreement=0.9,
+    v = registry.publish(model, line=name, codecs="lossless,int8", probe=photos, min_agreement=0.9,
                             contract=json.dumps(spec))
     fid = v["packages"]["int8"]["fidelity"]
     assert fid["status"] == "measured" and fid["probe_count"] == 64 and fid["top1_agreement"] >= 0.9
-    contract, codec = _offer_contract(live_server, name, 1, f"{name}-car")
+    contract, codec = _offer_contract(registry, name, 1, f"{name}-car")
     assert codec == "int8"
     assert contract["input_name"] == "image"
     assert {k: contract[k] for k in expected} == expected

@@ -90,6 +90,15 @@ def test_dynamic_height_and_width_without_a_size_name_the_flag_and_store_nothing
     assert (v["contract"]["height"], v["contract"]["width"]) == (64, 64)
 
 
+def test_images_that_would_make_too_large_a_gate_input_are_refused_before_any_work(
+        live_server: LiveServer, dynamic_spatial: bytes) -> None:
+    before = stored_state(live_server)
+    r = _post(live_server, dynamic_spatial, json.dumps({"input_size": 4096}),
+              npz(images=np.zeros((6, 2, 2, 3), np.uint8)), codecs="int8")
+    assert r.status_code == 400 and "send at most 5 images" in r.json()["detail"], r.text
+    assert stored_state(live_server) == before
+
+
 def test_a_lossy_package_of_a_line_without_images_is_unmeasured_and_a_rollout_needs_the_flag(
         live_server: LiveServer) -> None:
     v = live_server.publish(ZOO / "v1.onnx", codecs="lossless,int8")
