@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +100,7 @@ def _pack_all(settings: Settings, data: bytes, contract: InputContract, shape: l
     for name in codecs:
         base_sha, base = bases.get(name, (None, None))
         measured = gate.probe is not None and name != "lossless"
+        started = time.perf_counter()
         try:
             # without images nothing is measured: the codec's own noise probe only steers its choices
             result = codec.pack(data, name, base=base, probe=gate.probe if measured else None,
@@ -109,6 +111,8 @@ def _pack_all(settings: Settings, data: bytes, contract: InputContract, shape: l
                                 "without this codec); nothing was stored", code="fidelity_gate") from e
         except CodecInvalidModel as e:
             raise InvalidModel(f"codec {name!r} cannot encode this model: {e}") from e
+        log.info("packed %s in %.1f s: %d bytes, %s", name, time.perf_counter() - started, len(result.package),
+                 f"gate {gate.min_agreement} on {gate.count} images" if measured else "not measured")
         model = codec.unpack(result.package)
         seed = int(result.header["model_sha256"][:8], 16)
         smoke = expected_outputs(model, contract.input_name, shape, seed, settings.smoke_count,
