@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from cli.demo_cmd import running_server  # noqa: E402
 from cli.simulate_cmd import add_initial_install_option  # noqa: E402
 from client.trust import read_root_key  # noqa: E402
-from models.zoo import model_path  # noqa: E402
+from models.zoo import ZOO_DIR, contract, model_path  # noqa: E402
 from simulator.factory import describe_flash, flash_fleet  # noqa: E402
 from simulator.fleet import auto_poll_interval, plan_fleet  # noqa: E402
 from simulator.registry_admin import RegistryAdmin  # noqa: E402
@@ -117,7 +117,8 @@ async def _run(args: argparse.Namespace, srv: Any, meter: _Meter, log: Any) -> d
                            "cpus": psutil.cpu_count(), "database": "postgresql" if args.database_url else "sqlite",
                            "start": "initial install (full v1 download)" if args.initial_install
                            else "factory-installed v1 (not downloaded)"}
-    v1 = await _admin(admin.publish, model_path("v1"), line, "v1")
+    v1 = await _admin(admin.publish, model_path("v1"), line, "v1", contract=contract("v1").to_dict(),
+                      probe=ZOO_DIR / "probe.npz")  # the line's images: its deep packages are gated on them
     fleet = Fleet(srv.url, plan_fleet(args.cars, args.networks, args.seed, "car"), Path(args.state_dir), line=line,
                   enroll_token=srv.enrollment_token, root_public_key=read_root_key(Path(srv.data_dir) / "root.pub"),
                   time_scale=args.time_scale, poll_interval_s=poll_s,
@@ -127,7 +128,7 @@ async def _run(args: argparse.Namespace, srv: Any, meter: _Meter, log: Any) -> d
         log(f"  {s['wall_s']:6.0f}s  {s['states']}  versions {s['versions']}  moved {s['bytes'] / 1e6:.0f} MB")
 
     out.update(await _boot(args, srv, admin, fleet, v1, meter, log))
-    v2 = await _admin(admin.publish, model_path("v2"), line, "v2")
+    v2 = await _admin(admin.publish, model_path("v2"), line, "v2", contract=contract("v2").to_dict())
     moved0 = fleet.bytes_moved
     installs0 = {c.spec.device_id: len(c.agent.installs) for c in fleet.cars}
     stages = [{"percent": p, "min_soak_s": 5, "success_threshold_pct": 90} for p in (1, 10, 100)]

@@ -117,21 +117,156 @@ def _run(handler):  # type: ignore[no-untyped-def]
 
 # ---- publish ------------------------------------------------------------------------------------
 
+MAX_PROBE_IMAGES = 1000  # the registry's bound (server/registry/probes.py)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _numbers(text: str, flag: str) -> float | list[float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError as e:
+        raise CliError(f"{flag} {text!r} must be one number or three comma-separated numbers, e.g. 104,117,123") from e
+    if len(values) not in (1, 3):
+        raise CliError(f"{flag} {text!r} must be one number or three (one per channel)")
+    return values[0] if len(values) == 1 else values
+
+
+def _input_size(text: str) -> int | list[int]:
+    try:
+        sides = [int(x) for x in text.lower().replace("x", ",").split(",")]
+    except ValueError as e:
+        raise CliError(f"--input-size {text!r} must be SIDE or HEIGHT,WIDTH, e.g. 227 or 224,320") from e
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise CliError(f"--input-size {text!r} must be SIDE or HEIGHT,WIDTH of positive integers")
+    return sides[0] if len(sides) == 1 else sides
+
+
+def _labels(path: Path) -> list[str]:
+    """One label per line (blank lines skipped), or a JSON list of strings."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError(f"--labels {path}: cannot read it as UTF-8 text ({e})") from e
+    if text.lstrip().startswith("["):
+        try:
+            values = json.loads(text)
+        except ValueError as e:
+            raise CliError(f"--labels {path} looks like JSON but does not parse: {e}") from e
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise CliError(f"--labels {path} must be a JSON list of strings or one label per line")
+        return values
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise CliError(f"--labels {path} holds no labels (one per line)")
+    return labels
+
+
+def contract_spec(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``contract`` form field: the ``--spec`` file's object, with the flags laid over it."""
+    spec: dict[str, Any] = {}
+    if args.spec:
+        try:
+            spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise CliError(f"--spec {args.spec}: not a readable JSON file ({e})") from e
+        if not isinstance(spec, dict):
+            raise CliError(f"--spec {args.spec} must hold a JSON object of contract fields, e.g. "
+                           '{"channel_order": "BGR", "scale": 255, "mean": [104, 117, 123]}')
+    flags = {"input_size": _input_size(args.input_size) if args.input_size else None,
+             "layout": args.layout.upper() if args.layout else None, "resize": args.resize,
+             "channel_order": args.channel_order.upper() if args.channel_order else None,
+             "scale": float(args.scale) if args.scale else None,
+             "mean": _numbers(args.mean, "--mean") if args.mean else None,
+             "std": _numbers(args.std, "--std") if args.std else None,
+             "labels": _labels(Path(args.labels)) if args.labels else None,
+             "output_name": args.output, "output_kind": args.output_kind}
+    spec.update({k: v for k, v in flags.items() if v is not None})
+    if "input_size" in spec:
+        spec.pop("height", None), spec.pop("width", None)
+    return spec or None
+
+
+def probe_file(path: Path) -> bytes:
+    """``--probe``: an .npz as it is, or a folder of JPEG/PNG files (any sizes) packed into one, an array each."""
+    import io
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    if path.is_file():
+        return path.read_bytes()
+    if not path.is_dir():
+        raise CliError(f"--probe {path} is neither a folder of JPEG/PNG images nor an .npz file")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise CliError(f"--probe {path} holds no .jpg, .jpeg or .png file")
+    if len(files) > MAX_PROBE_IMAGES:
+        raise CliError(f"--probe {path} holds {len(files)} images; the registry takes at most {MAX_PROBE_IMAGES}")
+    arrays: dict[str, Any] = {}
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                arrays[f"image{i:04d}"] = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except (OSError, UnidentifiedImageError) as e:
+            raise CliError(f"--probe: {f} is not an image PIL can read ({e})") from e
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def contract_text(c: dict[str, Any]) -> str:
+    """One line: what the car does to an image, and what it reads back."""
+    def nums(values: list[float]) -> str:
+        return ",".join(f"{v:g}" for v in values)
+
+    labels = len(c.get("labels") or [])
+    return (f"input {c['input_name']} {c['layout']} {c['height']}x{c['width']} ({c['resize']}), "
+            f"{c['channel_order']}, scale 0..{c['scale']:g}, mean {nums(c['mean'])}, std {nums(c['std'])}; "
+            f"output {c['output_name']} ({c['output_kind']}), {labels or 'no'} label{'s' if labels != 1 else ''}")
+
+
+def fidelity_text(f: dict[str, Any]) -> str:
+    status = f.get("status", "unmeasured")
+    if status == "exact":
+        return "exact"
+    if status == "unmeasured" or f.get("top1_agreement") is None:
+        return "UNMEASURED (no calibration images: publish with --probe)"
+    gate = "" if f.get("gate") is None else f", gate {f['gate']:g}"
+    return f"top-1 agreement {f['top1_agreement']:.4f} on {f.get('probe_count') or '?'} images{gate}"
+
+
+def version_rows(v: dict[str, Any]) -> list[str]:
+    rows = [f"{v['line']} version {v['version']}  source {_kb(v['source_bytes'])}  sha256 {v['source_sha256'][:12]}",
+            f"  contract: {contract_text(v['contract'])}"]
+    if v.get("contract_changed"):
+        rows.append(f"  contract changed from version {v['version'] - 1}: {', '.join(v['contract_changed'])}")
+    for name, p in sorted(v["packages"].items()):
+        rows.append(f"  {name:9s} package {_kb(p['bytes']):>14s}  delta from previous "
+                    f"{_kb(p['delta_from_previous']):>12s}  {fidelity_text(p['fidelity'])}")
+    return rows
+
+
 def publish(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if not path.is_file():
         raise CliError(f"{path} is not a file")
+    spec = contract_spec(args)
     form = {k: str(v) for k, v in {"notes": args.notes, "publisher": args.publisher or os.environ.get("USER"),
                                    "codecs": args.codecs, "min_agreement": args.min_agreement}.items()
             if v is not None}
-    v = _call(args, "POST", f"/lines/{args.line}/versions", files={"file": (path.name, path.read_bytes())},
-              data=form)
-    lines = [f"{v['line']} version {v['version']}  source {_kb(v['source_bytes'])}  sha256 {v['source_sha256'][:12]}"]
-    for name, p in sorted(v["packages"].items()):
-        agree = p["fidelity"].get("top1_agreement")
-        lines.append(f"  {name:9s} package {_kb(p['bytes']):>14s}  delta from previous {_kb(p['delta_from_previous']):>12s}"
-                     f"  top-1 agreement {'-' if agree is None else f'{agree:.4f}'}")
-    return _emit(args, v, lines)
+    if spec is not None:
+        form["contract"] = json.dumps(spec)
+    files = {"file": (path.name, path.read_bytes())}
+    if args.probe:
+        files["probe"] = ("probe.npz", probe_file(Path(args.probe)))
+    v = _call(args, "POST", f"/lines/{args.line}/versions", files=files, data=form)
+    return _emit(args, v, version_rows(v))
+
+
+def versions(args: argparse.Namespace) -> int:
+    vs = _call(args, "GET", f"/lines/{quote(args.line, safe='')}/versions")
+    rows = [row for v in vs for row in version_rows(v)] or [f"line {args.line} has no versions"]
+    return _emit(args, vs, rows)
 
 
 # ---- rollouts -----------------------------------------------------------------------------------
@@ -180,6 +315,8 @@ def rollout_create(args: argparse.Namespace) -> int:
                             "stages": [_stage(s) for s in args.stage] if args.stage else [{"percent": 100}]}
     if args.codec:
         body["codec"] = args.codec
+    if args.allow_unmeasured:
+        body["allow_unmeasured"] = True
     if args.error_pct is not None:
         body["error_threshold_pct"] = args.error_pct
     if args.error_count is not None:
@@ -344,16 +481,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--notes")
     p.add_argument("--publisher")
     p.add_argument("--codecs", help="comma list, default: the server's (e.g. lossless,deep)")
-    p.add_argument("--min-agreement", type=float, help="fidelity gate for lossy codecs, e.g. 0.99")
+    p.add_argument("--min-agreement", type=float,
+                   help="the line's gate for lossy codecs (default 0.99 once the line has --probe images)")
+    p.add_argument("--probe", metavar="DIR|FILE.npz",
+                   help="calibration images for the line: a folder of JPEG/PNG files (any sizes) or an .npz of "
+                        "uint8 images; uploaded once, later versions reuse them; a new --probe replaces them")
+    ct = p.add_argument_group("input contract", "what the model expects (later versions inherit it); the flags "
+                                                "override the --spec file")
+    ct.add_argument("--spec", metavar="FILE", help="JSON object of contract fields (e.g. from `ota versions --json`)")
+    ct.add_argument("--input-size", metavar="SIDE|H,W", help="input height and width, e.g. 227 or 224,320")
+    ct.add_argument("--layout", choices=["NCHW", "NHWC", "nchw", "nhwc"])
+    ct.add_argument("--resize", choices=["stretch", "crop"], help="stretch, or shorter side + centre crop")
+    ct.add_argument("--channel-order", choices=["rgb", "bgr", "RGB", "BGR"])
+    ct.add_argument("--scale", choices=["1", "255"], help="pixel values 0..1 or 0..255 before mean/std")
+    ct.add_argument("--mean", metavar="M|R,G,B", help="per channel, in the model's channel order, e.g. 104,117,123")
+    ct.add_argument("--std", metavar="S|R,G,B")
+    ct.add_argument("--labels", metavar="FILE", help="class names, one per line, in class order")
+    ct.add_argument("--output", metavar="NAME", help="the output that holds the class scores")
+    ct.add_argument("--output-kind", choices=["logits", "probabilities"])
     _common(p)
     p.set_defaults(func=_run(publish))
+
+    vs = subparsers.add_parser("versions", help="a line's versions: contract, packages and their fidelity")
+    vs.add_argument("--line", default="road-signs")
+    _common(vs)
+    vs.set_defaults(func=_run(versions))
 
     ro = subparsers.add_parser("rollout", help="create and steer staged rollouts").add_subparsers(
         dest="rollout_command", metavar="ACTION", required=True)
     c = ro.add_parser("create", help="start a staged rollout of a version")
     c.add_argument("--line", default="road-signs")
     c.add_argument("--version", type=int, required=True)
-    c.add_argument("--codec")
+    c.add_argument("--codec", help="default: the smallest package that passed the line's gate (else lossless)")
+    c.add_argument("--allow-unmeasured", action="store_true",
+                   help="ship a lossy package that was never measured on the line's images, or is below its gate")
     c.add_argument("--select", action="append", metavar="TAG=VALUE", help="device tag selector (repeatable)")
     c.add_argument("--stage", action="append", metavar="PCT[:SOAK_S[:SUCCESS_PCT]]",
                    help="cumulative stage, e.g. --stage 1:600:95 --stage 10:600:95 --stage 100 (repeatable)")

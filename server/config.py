@@ -41,11 +41,15 @@ class Settings(BaseSettings):
     keys_reload_s: float = Field(default=10.0, gt=0)  # how often a server looks for a rotated key (ota keys rotate)
 
     default_codecs: str = "lossless,deep"
-    default_min_agreement: float | None = None
+    # The gate for lossy codecs on a line that has calibration images (``ota publish --probe``), until
+    # ``--min-agreement`` sets the line's own; a line without images records lossy fidelity as unmeasured.
+    default_min_agreement: float = Field(default=0.99, ge=0.0, le=1.0)
     keyframe_interval: int = Field(default=5, ge=1)  # a full package every K versions, deltas between
     fleet_delta_bases: int = Field(default=3, ge=0)  # at publish, precompute deltas from the N most-run versions
     package_cache_items: int = Field(default=8, ge=1)
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    # a publish request (model, calibration images, form) must fit max_upload_bytes; the images' part alone this
+    max_probe_bytes: int = Field(default=48 * 1024 * 1024, ge=1)  # 256 photos of 227x227 take 40 MB
 
     # Limits before work (server/limits.py, issue 15): enforced on the raw request, before any body is parsed
     # or spooled and before any credential is looked up in the database.

@@ -27,6 +27,7 @@ pass ``codecs="deep"`` (publish) or ``default_codecs=...`` (server) to test othe
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import threading
 import time
@@ -39,6 +40,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from models import zoo
+from models.zoo import ZOO_DIR
 from server.app import create_app
 from server.config import Settings
 from server.db import upgrade_to_head
@@ -83,13 +86,23 @@ class LiveServer:
         return self._client(token, timeout)
 
     def publish(self, model: Path | bytes, line: str = "road-signs", codecs: str | None = None,
-                **form: Any) -> dict[str, Any]:
-        """Publish a model over HTTP; returns the VersionOut JSON (raises on non-201)."""
+                probe: Path | bytes | None = None, **form: Any) -> dict[str, Any]:
+        """Publish a model over HTTP; returns the VersionOut JSON (raises on non-201).
+
+        A shipped zoo file (``models/zoo/vN.onnx``) is published with its contract (``models.zoo.contract``)
+        unless ``contract`` is given, as ``ota demo`` does; ``probe`` (an .npz path or bytes, e.g.
+        ``models/zoo/probe.npz``) is sent as the line's calibration images.
+        """
         data = model if isinstance(model, bytes) else Path(model).read_bytes()
         fields = {k: str(v) for k, v in form.items() if v is not None}
         if codecs:
             fields["codecs"] = codecs
-        r = self.admin().post(f"/api/v1/lines/{line}/versions", files={"file": ("model.onnx", data)}, data=fields)
+        if "contract" not in fields and isinstance(model, Path) and model.resolve().parent == ZOO_DIR:
+            fields["contract"] = json.dumps(zoo.contract(model.stem).to_dict())
+        files = {"file": ("model.onnx", data)}
+        if probe is not None:
+            files["probe"] = ("probe.npz", probe if isinstance(probe, bytes) else Path(probe).read_bytes())
+        r = self.admin().post(f"/api/v1/lines/{line}/versions", files=files, data=fields)
         if r.status_code != 201:
             raise AssertionError(f"publish failed: {r.status_code} {r.text}")
         return r.json()

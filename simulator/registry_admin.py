@@ -6,6 +6,7 @@ imports ``server``.  Errors carry the server's own ``{"error", "detail"}``.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,21 @@ class RegistryAdmin:
             raise AdminError(f"{method} {path} -> {r.status_code}: {r.text[:500]}")
         return r.json()
 
-    def publish(self, model: bytes | Path, line: str, notes: str = "", publisher: str = "ota-demo") -> dict[str, Any]:
+    def publish(self, model: bytes | Path, line: str, notes: str = "", publisher: str = "ota-demo", *,
+                contract: dict[str, Any] | None = None, probe: Path | None = None,
+                codecs: str | None = None) -> dict[str, Any]:
+        """Publish a version; ``contract`` (JSON object of contract fields) and ``probe`` (the line's calibration
+        images, an .npz) go as the form field and file part of the same names, as ``ota publish`` sends them."""
         data = model if isinstance(model, bytes) else Path(model).read_bytes()
-        return self._call("POST", f"/lines/{line}/versions", ok=201, files={"file": ("model.onnx", data)},
-                          data={"notes": notes, "publisher": publisher})
+        form = {"notes": notes, "publisher": publisher}
+        if contract is not None:
+            form["contract"] = json.dumps(contract)
+        if codecs is not None:
+            form["codecs"] = codecs
+        files = {"file": ("model.onnx", data)}
+        if probe is not None:
+            files["probe"] = ("probe.npz", Path(probe).read_bytes())
+        return self._call("POST", f"/lines/{line}/versions", ok=201, files=files, data=form)
 
     def versions(self, line: str) -> list[dict[str, Any]]:
         try:

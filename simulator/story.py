@@ -31,7 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
-from models.zoo import model_path
+from models.zoo import ZOO_DIR, contract, model_path
 from simulator.badmodel import DESCRIPTION, LIVE_DESCRIPTION, live_failure_variant, nondeterministic_variant
 from simulator.car import health_window_s
 from simulator.display import LiveView, human_bytes, print_summary
@@ -126,7 +126,9 @@ async def _tell(admin: RegistryAdmin, server_url: str, enroll_token: str, root_p
     say(f"line [bold]{line}[/bold]: {opts.cars} simulated cars ({opts.networks} networks), time x{opts.time_scale:g}, "
         f"each polls every {poll_s / 60:.1f} simulated min")
 
-    v1 = await asyncio.to_thread(admin.publish, model_path("v1"), line, "v1: trained from scratch")
+    # the road-sign line is published as any user's model: its contract, and its calibration images once
+    v1 = await asyncio.to_thread(admin.publish, model_path("v1"), line, "v1: trained from scratch",
+                                 contract=contract("v1").to_dict(), probe=ZOO_DIR / "probe.npz")
     say(_published("v1", v1))
     outcomes.append({"name": "v1", "version": v1["version"], "rollout": None, "note": "first version: stable"})
     with LiveView(console) as view:
@@ -173,18 +175,21 @@ async def _rollout_phase(admin: RegistryAdmin, fleet: Fleet, line: str, name: st
 
     After the last version, wait for cars in dead zones too, so that every car ends on it or on a failure.
     """
+    codecs = None
     if name == "bad":
         base = "v3"
         data = nondeterministic_variant(model_path(base).read_bytes())
         note = DESCRIPTION.format(base=base, scale=0.5)
+        codecs = "lossless"  # a lossy package's gate would see the noise and refuse the publish itself
     elif name == "bad-live":
         base = "v3"
         data = live_failure_variant(model_path(base).read_bytes())
         note = LIVE_DESCRIPTION.format(base=base)
     else:
+        base = name
         data = model_path(name).read_bytes()
         note = f"{name} from the shipped zoo"
-    v = await asyncio.to_thread(admin.publish, data, line, note)
+    v = await asyncio.to_thread(admin.publish, data, line, note, contract=contract(base).to_dict(), codecs=codecs)
     say(_published(name, v) + (f"\n  [yellow]bad version[/yellow]: {note}" if name.startswith("bad") else ""))
     stages = stages_for(len(fleet.cars), opts)
     r = await asyncio.to_thread(admin.start_rollout, line, v["version"], stages,

@@ -8,6 +8,7 @@ functions only decide what a person reads.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 _UNITS = ("B", "KB", "MB", "GB", "TB")
 
@@ -79,3 +80,17 @@ def epoch(when: datetime | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
+
+
+def contract_summary(c: dict[str, Any] | None) -> str:
+    """A version's input contract in one line: size, layout, resize, channel order, scale, mean/std, output, labels."""
+    if not c:
+        return "—"
+
+    def nums(values: Any) -> str:
+        return "/".join(f"{float(v):g}" for v in values or [])
+
+    labels = len(c.get("labels") or [])
+    return (f"{c.get('height')}×{c.get('width')} {c.get('layout')} ({c.get('resize')}), {c.get('channel_order')} "
+            f"0..{float(c.get('scale', 1)):g}, mean {nums(c.get('mean'))} std {nums(c.get('std'))} → "
+            f"{c.get('output_kind')}, {labels} labels")

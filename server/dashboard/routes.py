@@ -28,7 +28,7 @@ from server.security import tokens_equal
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 templates = Jinja2Templates(directory=TEMPLATES_DIR)
 templates.env.filters.update(bytes=fmt.human_bytes, pct=fmt.percent, ago=fmt.ago, ts=fmt.timestamp,
-                             epoch=fmt.epoch, duration=fmt.duration)
+                             epoch=fmt.epoch, duration=fmt.duration, contract=fmt.contract_summary)
 
 router = APIRouter()
 

@@ -25,10 +25,11 @@ def _storage(ctx: Ctx) -> PackageStorage:
     return ctx.services["storage"]
 
 
-async def _read_limited(upload: UploadFile, limit: int) -> bytes:
+async def _read_limited(upload: UploadFile, limit: int, setting: str = "OTA_MAX_UPLOAD_BYTES") -> bytes:
     data = await upload.read(limit + 1)
     if len(data) > limit:
-        raise TooLarge(f"upload is larger than the {limit}-byte limit (OTA_MAX_UPLOAD_BYTES); nothing was stored")
+        raise TooLarge(f"upload {upload.filename or ''!r} is larger than the {limit}-byte limit ({setting}); "
+                       "nothing was stored")
     return data
 
 
@@ -42,13 +43,17 @@ async def publish(line: str, ctx: Ctx, _admin: Admin,
                   contract: Annotated[str | None, Form(max_length=MAX_SPEC_CHARS, description=(
                       "the input contract as a JSON object of contract fields (docs/PROTOCOL.md, 'Input "
                       "contract'); fields left out come from the graph, then from the line's previous version"))]
-                  = None) -> schemas.VersionOut:
+                  = None,
+                  probe: Annotated[UploadFile | None, File(description=(
+                      "calibration images for the line (an .npz of uint8 images; replaces the line's): the gate "
+                      "measures lossy packages on them"))] = None) -> schemas.VersionOut:
     # The admin token and the upload limit are enforced before the body is read (server/limits.py); the
-    # limit is checked again here on the file part alone.
+    # limit is checked again here on the file parts alone.
     data = await _read_limited(file, ctx.settings.max_upload_bytes)
+    images = await _read_limited(probe, ctx.settings.max_probe_bytes, "OTA_MAX_PROBE_BYTES") if probe else None
     return await run_in_threadpool(service.publish, ctx.db, _storage(ctx), ctx.settings, line, data, notes=notes,
                                    publisher=publisher, codecs=codecs, min_agreement=min_agreement,
-                                   spec=contract)
+                                   spec=contract, probe=images)
 
 
 @router.get("/lines", response_model=list[schemas.LineOut])

@@ -10,8 +10,14 @@ from server.db import UtcDateTime
 
 
 class Fidelity(BaseModel):
+    """A package's fidelity (server/registry/fidelity.py): ``exact`` (lossless), ``measured`` on the line's
+    calibration images under ``gate``, or ``unmeasured`` (the line has no images; agreement unknown)."""
+
+    status: str = "unmeasured"
     top1_agreement: float | None = None
     max_abs_diff: float | None = None
+    probe_count: int | None = None  # calibration images it was measured on
+    gate: float | None = None  # the line's gate when it was packed
 
 
 class PackageOut(BaseModel):
@@ -34,6 +40,7 @@ class VersionOut(BaseModel):
     notes: str | None
     labels: list[str]
     contract: dict[str, Any]  # the version's input contract (protocol/contract.py), as signed into offers
+    contract_changed: list[str] = []  # contract fields that differ from the previous version's
     packages: dict[str, PackageOut]
 
 
@@ -42,6 +49,9 @@ class LineOut(BaseModel):
     stable_version: int | None
     latest_version: int | None
     versions: int
+    probe_sha256: str | None = None  # the line's calibration images (a content-addressed blob)
+    probe_count: int | None = None
+    min_agreement: float | None = None  # the line's gate for lossy codecs (set once it has images)
 
 
 class StorageOut(BaseModel):

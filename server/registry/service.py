@@ -20,8 +20,8 @@ import hashlib
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import onnx
@@ -31,40 +31,23 @@ from sqlalchemy.orm import Session
 from models import codec
 from models.errors import ContractError, FidelityGateError
 from models.errors import InvalidModel as CodecInvalidModel
-from models.preprocess import to_input
+from models.preprocess import preprocess
 from models.smoke import input_shape as smoke_shape
-from models.zoo import ZOO_DIR
 from protocol.contract import InputContract
 from server.blobs import BlobStore
 from server.config import Settings
 from server.db import Database, utcnow
 from server.errors import BadRequest, Conflict, InvalidModel, NotFound, Unprocessable
-from server.orm import Line, Package, Version
-from server.registry import contracts, schemas, store
+from server.orm import AuditEntry, Line, Package, Version
+from server.registry import contracts, fidelity, probes, schemas, store
 from server.registry.smoke import expected_outputs
 from server.registry.storage import PackageStorage
 from server.registry.validate import inspect_upload
 
 log = logging.getLogger("ota.server.registry")
 PUBLISH_ATTEMPTS = 5
+MAX_GATE_INPUT_BYTES = 1024 * 1024 * 1024  # the line's images as model input (1000 at 227x227: 618 MiB)
 LINE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-
-
-@lru_cache(maxsize=1)
-def _probe() -> np.ndarray | None:
-    path = ZOO_DIR / "probe.npz"
-    if not path.exists():
-        return None
-    with np.load(path) as z:
-        return to_input(z["images"])
-
-
-def probe_for(shape: list[int]) -> np.ndarray | None:
-    """The zoo's probe images as model input, if they fit the model's input shape."""
-    probe = _probe()
-    if probe is None or len(shape) != 4 or list(probe.shape[1:]) != list(shape[1:]):
-        return None
-    return probe
 
 
 def check_line_name(name: str) -> None:
@@ -89,6 +72,16 @@ class _Packed:
     smoke: dict
     base_sha256: str | None  # previous version's package of this codec
     delta: bytes | None      # transfer delta from that base
+    fidelity: dict           # what the gate measured (server/registry/fidelity.py)
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """What a publish measures lossy packages on: the line's images as model input (None: no images), the gate."""
+
+    probe: np.ndarray | None
+    min_agreement: float | None
+    count: int | None
 
 
 def _bases(session: Session, storage: PackageStorage, prev: Version | None,
@@ -102,23 +95,32 @@ def _bases(session: Session, storage: PackageStorage, prev: Version | None,
 
 
 def _pack_all(settings: Settings, data: bytes, contract: InputContract, shape: list[int], codecs: list[str],
-              bases: dict[str, tuple[str, bytes]], min_agreement: float | None) -> list[_Packed]:
-    probe = probe_for(shape)
+              bases: dict[str, tuple[str, bytes]], gate: _Gate) -> list[_Packed]:
     out = []
     for name in codecs:
         base_sha, base = bases.get(name, (None, None))
+        measured = gate.probe is not None and name != "lossless"
+        started = time.perf_counter()
         try:
-            result = codec.pack(data, name, base=base, probe=probe, min_agreement=min_agreement, contract=contract)
+            # without images nothing is measured: the codec's own noise probe only steers its choices
+            result = codec.pack(data, name, base=base, probe=gate.probe if measured else None,
+                                min_agreement=gate.min_agreement if measured else None, contract=contract)
         except FidelityGateError as e:
-            raise Unprocessable(f"codec {name!r}: {e}", code="fidelity_gate") from e
+            raise Unprocessable(f"codec {name!r}: {e} (gate {gate.min_agreement} on the line's "
+                                f"{gate.count} calibration images; lower it with --min-agreement, or publish "
+                                "without this codec); nothing was stored", code="fidelity_gate") from e
         except CodecInvalidModel as e:
             raise InvalidModel(f"codec {name!r} cannot encode this model: {e}") from e
+        log.info("packed %s in %.1f s: %d bytes, %s", name, time.perf_counter() - started, len(result.package),
+                 f"gate {gate.min_agreement} on {gate.count} images" if measured else "not measured")
         model = codec.unpack(result.package)
         seed = int(result.header["model_sha256"][:8], 16)
         smoke = expected_outputs(model, contract.input_name, shape, seed, settings.smoke_count,
                                  settings.smoke_atol, output_name=contract.output_name)
         delta = codec.diff(base, result.package) if base is not None else None
-        out.append(_Packed(name, result.package, result.header, smoke, base_sha, delta))
+        record = fidelity.record(name, result.header.get("fidelity", {}), gate.min_agreement if measured else None,
+                                 gate.count if measured else None)
+        out.append(_Packed(name, result.package, result.header, smoke, base_sha, delta, record))
     return out
 
 
@@ -129,12 +131,10 @@ def _store_packages(session: Session, blobs: BlobStore, settings: Settings, vers
         sha = blobs.put(p.package) if (p.delta is None or keyframe_slot) else hashlib.sha256(p.package).hexdigest()
         delta_sha = blobs.put(p.delta) if p.delta is not None else None
         as_delta = p.delta is not None and not keyframe_slot
-        fid = p.header.get("fidelity", {})
         session.add(Package(
             version_id=version.id, codec=p.codec, sha256=sha, bytes=len(p.package),
             model_sha256=p.header["model_sha256"],
-            fidelity={"top1_agreement": fid.get("top1_agreement"), "max_abs_diff": fid.get("max_abs_diff"),
-                      "probe": fid.get("probe"), "probe_count": fid.get("probe_count")},
+            fidelity=p.fidelity,
             smoke=p.smoke, storage_kind="delta" if as_delta else "full",
             storage_blob=delta_sha if as_delta else sha,
             storage_base_sha256=p.base_sha256 if as_delta else None,
@@ -147,24 +147,31 @@ def _store_packages(session: Session, blobs: BlobStore, settings: Settings, vers
 
 def publish(db: Database, storage: PackageStorage, settings: Settings, line_name: str, data: bytes, *,
             notes: str | None = None, publisher: str | None = None, codecs: str | None = None,
-            min_agreement: float | None = None, spec: str | None = None) -> schemas.VersionOut:
+            min_agreement: float | None = None, spec: str | None = None,
+            probe: bytes | None = None) -> schemas.VersionOut:
     """Validate, pack and register a new version of ``line_name``.
 
     ``spec`` is the publisher's input contract (JSON object of contract fields, ``--spec`` and flags
     merged); fields it leaves out come from the graph, then from the line's previous version.
+    ``probe`` is an npz of calibration images (server/registry/probes.py): it becomes the line's
+    (replacing any before); without it the line's stored images are used.  Lossy packages are
+    measured on the images under the gate (``min_agreement``, else the line's, else the default),
+    and recorded as unmeasured when the line has no images.  ``min_agreement`` becomes the line's gate.
 
     Raises:
         InvalidModel: the upload is not a valid ONNX model (nothing is stored).
-        Unprocessable: the contract does not fit the model (code ``contract``; nothing is stored).
-        BadRequest: bad line name or codec list.
-        Unprocessable: no encoding meets ``min_agreement`` (nothing is stored).
+        BadRequest: bad line name, codec list, spec JSON, probe file or gate (nothing is stored).
+        Unprocessable: the contract does not fit the model (code ``contract``), or no encoding
+            meets the gate (code ``fidelity_gate``); nothing is stored.
         Conflict: concurrent publishers kept taking the version number.
     """
     check_line_name(line_name)
     inspect_upload(data)
     spec_fields = _parse_spec_text(spec)
     codec_names = parse_codecs(codecs, settings)
-    gate = min_agreement if min_agreement is not None else settings.default_min_agreement
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise BadRequest(f"min_agreement must be between 0 and 1, got {min_agreement}; nothing was stored")
+    upload = probes.read_probe(probe, settings.max_probe_bytes) if probe is not None else None
     source_sha = hashlib.sha256(data).hexdigest()
     for _attempt in range(PUBLISH_ATTEMPTS):
         with db.session_scope() as session:
@@ -173,7 +180,16 @@ def publish(db: Database, storage: PackageStorage, settings: Settings, line_name
             prev_number = prev.number if prev else 0
             prev_contract = InputContract.from_dict(prev.contract) if prev else None
             bases = _bases(session, storage, prev, codec_names)
-        contract, shape = _contract(data, spec_fields, prev_contract)
+            images = upload.images if upload else _line_images(storage, line)
+            line_gate = line.min_agreement if line else None
+        contract, shape, changed = _contract(data, spec_fields, prev_contract)
+        if min_agreement is not None and images is None and any(c != "lossless" for c in codec_names):
+            raise BadRequest(f"min_agreement {min_agreement} needs calibration images to measure on, and line "
+                             f"{line_name!r} has none: pass --probe DIR|FILE.npz (real images the model will see); "
+                             "nothing was stored", code="invalid_probe")
+        gate_value = min_agreement if min_agreement is not None else (
+            line_gate if line_gate is not None else settings.default_min_agreement)
+        gate = _gate(images, contract, gate_value, codec_names)
         packed = _pack_all(settings, data, contract, shape, codec_names, bases, gate)
         try:
             with db.session_scope() as session:
@@ -187,6 +203,12 @@ def publish(db: Database, storage: PackageStorage, settings: Settings, line_name
                 _store_packages(session, storage.blobs, settings, version, packed)
                 if line.stable_version is None:
                     line.stable_version = version.number  # the first version is stable until a rollout completes
+                _update_line(session, storage.blobs, line, upload, min_agreement, images is not None,
+                             settings.default_min_agreement)
+                if changed:
+                    session.add(AuditEntry(at=utcnow(), actor=publisher or "admin", action="version.contract_changed",
+                                           detail={"line": line.name, "version": version.number,
+                                                   "fields": list(changed)}))
                 session.flush()
                 out = version_out(session, line, version)
         except IntegrityError:
@@ -195,6 +217,46 @@ def publish(db: Database, storage: PackageStorage, settings: Settings, line_name
         return out
     raise Conflict(f"could not allocate a version number for {line_name!r} after {PUBLISH_ATTEMPTS} attempts "
                    "because of concurrent publishes; retry")
+
+
+def _line_images(storage: PackageStorage, line: Line | None) -> list[np.ndarray] | None:
+    """The line's stored calibration images (None: the line has none)."""
+    if line is None or line.probe_sha256 is None:
+        return None
+    data = storage.blobs.get(line.probe_sha256)
+    return probes.read_probe(data, len(data)).images
+
+
+def _gate(images: list[np.ndarray] | None, contract: InputContract, min_agreement: float,
+          codec_names: list[str]) -> _Gate:
+    """The gate's probe: the line's images through this version's contract (only when a lossy codec needs it)."""
+    if images is None or all(c == "lossless" for c in codec_names):
+        return _Gate(None, None, None)
+    per_image = 4 * 3 * contract.height * contract.width
+    if per_image * len(images) > MAX_GATE_INPUT_BYTES:
+        raise BadRequest(f"{len(images)} calibration images at the model's {contract.height}x{contract.width} input "
+                         f"make {per_image * len(images) / 2**20:,.0f} MiB of float32 input, over the "
+                         f"{MAX_GATE_INPUT_BYTES // 2**20} MiB the gate holds: send at most "
+                         f"{MAX_GATE_INPUT_BYTES // per_image} images with --probe; nothing was stored",
+                         code="invalid_probe")
+    try:
+        x = preprocess(images, contract)
+    except ContractError as e:
+        raise BadRequest(f"the calibration images do not go through the contract: {e}; nothing was stored",
+                         code="invalid_probe") from e
+    return _Gate(x, min_agreement, len(images))
+
+
+def _update_line(session: Session, blobs: BlobStore, line: Line, upload: probes.Probe | None,
+                 min_agreement: float | None, has_images: bool, default_gate: float) -> None:
+    """Keep a new probe as the line's images (content-addressed) and the gate the publisher set."""
+    if upload is not None:
+        line.probe_sha256 = blobs.put(upload.data)
+        line.probe_count = upload.count
+    if min_agreement is not None:
+        line.min_agreement = min_agreement
+    elif has_images and line.min_agreement is None:
+        line.min_agreement = default_gate
 
 
 def _parse_spec_text(spec: str | None) -> dict | None:
@@ -208,16 +270,18 @@ def _parse_spec_text(spec: str | None) -> dict | None:
         raise BadRequest(f"{e}; nothing was stored", code="contract") from e
 
 
-def _contract(data: bytes, spec: dict | None, previous: InputContract | None) -> tuple[InputContract, list[int]]:
-    """The version's contract and the smoke inputs' shape (the model's own batch, the contract's size).
+def _contract(data: bytes, spec: dict | None,
+              previous: InputContract | None) -> tuple[InputContract, list[int], tuple[str, ...]]:
+    """The version's contract, the smoke inputs' shape (the model's own batch, the contract's size) and the
+    contract fields that differ from the previous version's.
 
     Raises:
         Unprocessable: the contract does not fit the model (code ``contract``).
     """
     model = onnx.load_from_string(data)
     try:
-        contract = contracts.resolve(model, spec or {}, previous).contract
-        return contract, list(smoke_shape(model, contract))
+        resolved = contracts.resolve(model, spec or {}, previous)
+        return resolved.contract, list(smoke_shape(model, resolved.contract)), resolved.changed
     except ContractError as e:
         raise Unprocessable(f"input contract: {e}; nothing was stored", code="contract") from e
 
@@ -258,15 +322,20 @@ def version_out(session: Session, line: Line, version: Version) -> schemas.Versi
             delta = store.delta(session, prev_pkg.sha256, p.sha256) if prev_pkg else None
         pkgs[p.codec] = schemas.PackageOut(
             sha256=p.sha256, bytes=p.bytes, model_sha256=p.model_sha256,
-            fidelity=schemas.Fidelity(top1_agreement=p.fidelity.get("top1_agreement"),
-                                      max_abs_diff=p.fidelity.get("max_abs_diff")),
+            fidelity=schemas.Fidelity(status=fidelity.status(p.codec, p.fidelity),
+                                      top1_agreement=fidelity.agreement(p.codec, p.fidelity),
+                                      max_abs_diff=p.fidelity.get("max_abs_diff"),
+                                      probe_count=p.fidelity.get("probe_count"), gate=p.fidelity.get("gate")),
             delta_from_previous=delta.bytes if delta else None,
             stored_as=p.storage_kind, stored_bytes=p.storage_bytes,
         )
+    previous = store.version(session, line.id, version.number - 1) if version.number > 1 else None
+    changed = [] if previous is None else [k for k, v in version.contract.items() if previous.contract.get(k) != v]
     return schemas.VersionOut(
         line=line.name, version=version.number, source_sha256=version.source_sha256,
         source_bytes=version.source_bytes, created_at=version.created_at, publisher=version.publisher,
-        notes=version.notes, labels=list(version.labels), contract=dict(version.contract), packages=pkgs,
+        notes=version.notes, labels=list(version.labels), contract=dict(version.contract),
+        contract_changed=changed, packages=pkgs,
     )
 
 
@@ -298,7 +367,9 @@ def list_lines(session: Session) -> list[schemas.LineOut]:
         latest = store.latest_version(session, line.id)
         out.append(schemas.LineOut(name=line.name, stable_version=line.stable_version,
                                    latest_version=latest.number if latest else None,
-                                   versions=store.version_count(session, line.id)))
+                                   versions=store.version_count(session, line.id),
+                                   probe_sha256=line.probe_sha256, probe_count=line.probe_count,
+                                   min_agreement=line.min_agreement))
     return out
 
 

@@ -1,9 +1,6 @@
-"""Checks an uploaded ONNX model and reads what the registry needs from it (pure, no I/O)."""
+"""Checks an uploaded ONNX model before anything else looks at it (pure, no I/O)."""
 
 from __future__ import annotations
-
-import json
-from dataclasses import dataclass
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -11,15 +8,6 @@ from google.protobuf.message import DecodeError
 from models.errors import UnsafeModel
 from models.onnx_safety import check_embedded
 from server.errors import InvalidModel
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What publish needs to know about a valid upload."""
-
-    labels: list[str]
-    input_name: str
-    input_shape: list[int]  # symbolic dims (batch) resolved to 1
 
 
 def _input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
@@ -30,8 +18,9 @@ def _input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     return inputs[0]
 
 
-def inspect_upload(data: bytes) -> ModelInfo:
-    """Validate ``data`` with ``onnx.checker`` and return its labels and input shape.
+def inspect_upload(data: bytes) -> None:
+    """Validate ``data`` with ``onnx.checker``.  What the registry reads from the graph (input, size, score
+    output, labels) is its input contract's business (server/registry/contracts.py).
 
     Raises:
         InvalidModel: empty, not an ONNX ModelProto, truncated, keeps a tensor in a file (external
@@ -55,14 +44,4 @@ def inspect_upload(data: bytes) -> ModelInfo:
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
         raise InvalidModel(f"onnx.checker rejected the model: {first}") from e
-    inp = _input(model)
-    dims = inp.type.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims]
-    meta = {p.key: p.value for p in model.metadata_props}
-    try:
-        labels = json.loads(meta["labels"]) if "labels" in meta else []
-        if not isinstance(labels, list):
-            raise ValueError("labels metadata is not a list")
-    except ValueError as e:
-        raise InvalidModel(f"model metadata 'labels' must be a JSON list of class names: {e}") from e
-    return ModelInfo(labels=[str(x) for x in labels], input_name=inp.name, input_shape=shape)
+    _input(model)

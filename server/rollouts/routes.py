@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.deps import Admin, Ctx, DbSession
+from server.deps import Admin, DbSession
 from server.rollouts import schemas, service
 
 router = APIRouter(prefix="/api/v1/rollouts")
 
 
 @router.post("", status_code=201, response_model=schemas.RolloutOut)
-def create(body: schemas.RolloutIn, ctx: Ctx, session: DbSession, actor: Admin) -> schemas.RolloutOut:
-    return service.create(session, body, actor, ctx.settings.codec_list())
+def create(body: schemas.RolloutIn, session: DbSession, actor: Admin) -> schemas.RolloutOut:
+    return service.create(session, body, actor)
 
 
 @router.get("", response_model=list[schemas.RolloutOut])

@@ -19,12 +19,15 @@ class StageIn(BaseModel):
 class RolloutIn(BaseModel):
     line: str = Field(max_length=100)
     version: int = Field(ge=1, le=INT32)
-    codec: str | None = Field(default=None, max_length=100)
+    codec: str | None = Field(default=None, max_length=100,
+                              description="default: the smallest package that passed the line's gate")
     selector: dict[str, str] = Field(default_factory=dict, max_length=32)  # tag key=value, as device tags
     stages: list[StageIn] = Field(default_factory=lambda: [StageIn(percent=100)])
     error_threshold_pct: float | None = Field(default=None, ge=0, le=100)
     error_threshold_count: int | None = Field(default=None, ge=1, le=INT32)
     rollback: bool = False
+    allow_unmeasured: bool = Field(default=False, description=(
+        "ship a lossy package whose agreement was not measured on the line's images, or is below its gate"))
 
     @model_validator(mode="after")
     def _increasing(self) -> RolloutIn:

@@ -16,8 +16,9 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from server.db import as_utc, utcnow
-from server.errors import BadRequest, NotFound
-from server.orm import AuditEntry, Device, Line, Rollout, RolloutStage, Version
+from server.errors import BadRequest, NotFound, Unprocessable
+from server.orm import AuditEntry, Device, Line, Package, Rollout, RolloutStage, Version
+from server.registry import fidelity
 from server.registry import store as registry_store
 from server.rollouts import machine, membership, schemas, store
 from server.rollouts import stages as staging
@@ -54,11 +55,57 @@ def _audit(session: Session, actor: str, action: str, **detail: object) -> None:
     session.add(AuditEntry(at=utcnow(), actor=actor, action=action, detail=detail))
 
 
-def create(session: Session, body: schemas.RolloutIn, actor: str, default_codecs: list[str]) -> schemas.RolloutOut:
-    """Start a rollout (state running, stage 0).
+def _fidelity_text(p: Package, gate: float | None) -> str:
+    value = fidelity.agreement(p.codec, p.fidelity)
+    if value is None:
+        return (f"the {p.codec} package's agreement was never measured (the line had no calibration images when "
+                "it was published: publish with --probe)")
+    return f"the {p.codec} package's measured top-1 agreement {value:.4f} is below the line's gate {gate}"
+
+
+def choose_codec(line: Line, version: Version, packages: list[Package], wanted: str | None,
+                 allow_unmeasured: bool) -> str:
+    """The package a rollout ships, decided once at creation (the poll path reads it off the rollout).
+
+    ``wanted`` None: the smallest lossy package that passed the line's gate, else lossless.  A lossy
+    package that is unmeasured or below the gate ships only with ``allow_unmeasured``.
+
+    Raises:
+        BadRequest: the version has no package for ``wanted``.
+        Unprocessable: (code ``fidelity_gate``) the package is unmeasured or below the gate, or no package
+            passed it, and ``allow_unmeasured`` is not set; the message names the flag.
+    """
+    by_codec = {p.codec: p for p in packages}
+    gate = line.min_agreement
+    flag = "pass --allow-unmeasured (API field allow_unmeasured) to ship it anyway"
+    if wanted is not None:
+        pkg = by_codec.get(wanted)
+        if pkg is None:
+            raise BadRequest(f"version {version.number} of {line.name!r} has no {wanted!r} package; "
+                             f"it has {', '.join(sorted(by_codec)) or 'none'}")
+        if not allow_unmeasured and not fidelity.passes(pkg.codec, pkg.fidelity, gate):
+            raise Unprocessable(f"{_fidelity_text(pkg, gate)}; {flag}", code="fidelity_gate")
+        return wanted
+    passed = [p for p in packages if p.codec != "lossless" and fidelity.passes(p.codec, p.fidelity, gate)]
+    if passed:
+        return min(passed, key=lambda p: (p.bytes, p.codec)).codec
+    if "lossless" in by_codec:
+        return "lossless"
+    if allow_unmeasured and packages:
+        return min(packages, key=lambda p: (p.bytes, p.codec)).codec
+    if not packages:
+        raise BadRequest(f"version {version.number} of {line.name!r} has no package")
+    reasons = "; ".join(_fidelity_text(p, gate) for p in packages)
+    raise Unprocessable(f"no package of version {version.number} of {line.name!r} passed the line's gate: {reasons}; "
+                        f"{flag}, or republish with --probe and a lossless codec", code="fidelity_gate")
+
+
+def create(session: Session, body: schemas.RolloutIn, actor: str) -> schemas.RolloutOut:
+    """Start a rollout (state running, stage 0) of the package :func:`choose_codec` picks.
 
     Raises:
         NotFound: unknown line or version.  BadRequest: the version has no package for the codec.
+        Unprocessable: the package did not pass the line's gate (see :func:`choose_codec`).
     """
     line = registry_store.line_by_name(session, body.line)
     if line is None:
@@ -66,11 +113,8 @@ def create(session: Session, body: schemas.RolloutIn, actor: str, default_codecs
     version = registry_store.version(session, line.id, body.version)
     if version is None:
         raise NotFound(f"line {body.line!r} has no version {body.version}")
-    available = [p.codec for p in registry_store.packages(session, version.id)]
-    codec = body.codec or next((c for c in default_codecs if c in available), available[0] if available else None)
-    if codec not in available:
-        raise BadRequest(f"version {body.version} of {body.line!r} has no {body.codec!r} package; "
-                         f"it has {', '.join(available) or 'none'}")
+    codec = choose_codec(line, version, registry_store.packages(session, version.id), body.codec,
+                         body.allow_unmeasured)
     now = utcnow()
     r = Rollout(line_id=line.id, version_id=version.id, target_version=version.number,
                 previous_stable=line.stable_version, codec=codec, selector=dict(body.selector), state="running",
@@ -83,7 +127,7 @@ def create(session: Session, body: schemas.RolloutIn, actor: str, default_codecs
         session.add(RolloutStage(rollout_id=r.id, position=i, percent=s.percent, min_soak_s=s.min_soak_s,
                                  success_threshold_pct=s.success_threshold_pct))
     _audit(session, actor, "rollout.create", rollout_id=r.id, line=line.name, version=version.number,
-           rollback=body.rollback)
+           rollback=body.rollback, codec=codec, allow_unmeasured=body.allow_unmeasured)
     session.flush()
     return show(session, r.id)
 
@@ -146,8 +190,9 @@ def rollback(session: Session, rollout_id: int, body: schemas.RollbackIn, actor:
     line = session.get(Line, r.line_id)
     assert line is not None
     body_in = schemas.RolloutIn(line=line.name, version=target, codec=r.codec, selector=r.selector,
-                                stages=[schemas.StageIn(percent=100)], rollback=True)
-    return create(session, body_in, actor, [r.codec])
+                                stages=[schemas.StageIn(percent=100)], rollback=True,
+                                allow_unmeasured=True)  # back to what the cars ran before
+    return create(session, body_in, actor)
 
 
 #: Update states that count against a stage's error threshold: the car refused the version (smoke test,

@@ -201,6 +201,9 @@ def test_models_page_shows_sizes_per_codec_fidelity_and_publish_metadata(server:
             agreement = _value(page, f"{row} td[data-codec='{codec}'][data-field='agreement']")
             assert float(agreement) == pkg["fidelity"]["top1_agreement"]
         assert v["notes"] in _text(page, row) and v["publisher"] in _text(page, row)
+        c = v["contract"]
+        shown = _text(page, f"{row} td[data-field='contract']")
+        assert f"{c['height']}×{c['width']} {c['layout']}" in shown and f"{len(c['labels'])} labels" in shown
     screenshot(page, "models")
 
 

@@ -16,10 +16,11 @@ ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
 def test_fidelity_gate_refusal_is_422_and_stores_nothing(live_server: LiveServer) -> None:
     before = stored_state(live_server)
     r = live_server.admin().post("/api/v1/lines/road-signs/versions",
-                                 files={"file": ("m.onnx", (ZOO / "v1.onnx").read_bytes())},
+                                 files={"file": ("m.onnx", (ZOO / "v1.onnx").read_bytes()),
+                                        "probe": ("probe.npz", (ZOO / "probe.npz").read_bytes())},
                                  data={"codecs": "int8", "min_agreement": "1.0"})
     assert r.status_code == 422 and r.json()["error"] == "fidelity_gate"
-    assert "int8" in r.json()["detail"]
+    assert "int8" in r.json()["detail"] and "256 calibration images" in r.json()["detail"]
     assert stored_state(live_server) == before  # not even the line was created
     assert live_server.admin().get("/api/v1/lines").json() == []
 
@@ -27,12 +28,12 @@ def test_fidelity_gate_refusal_is_422_and_stores_nothing(live_server: LiveServer
 def test_lossy_codec_packages_are_small_and_their_deltas_smaller(live_server: LiveServer) -> None:
     # int8 stands for the lossy codecs here: it packs in a fraction of a second ("deep" takes seconds per
     # version and is measured by the codec's own tests and bench/codec.py)
-    v1 = live_server.publish(ZOO / "v1.onnx", codecs="int8")
-    v2 = live_server.publish(ZOO / "v2.onnx", codecs="int8")
+    v1 = live_server.publish(ZOO / "v1.onnx", codecs="int8", probe=ZOO / "probe.npz", min_agreement=0.9)
+    v2 = live_server.publish(ZOO / "v2.onnx", codecs="int8")  # gated on the line's images, kept from v1
     source = (ZOO / "v2.onnx").stat().st_size
     p1, p2 = v1["packages"]["int8"], v2["packages"]["int8"]
     assert p2["bytes"] <= 0.3 * source
-    assert 0.9 <= p2["fidelity"]["top1_agreement"] <= 1.0
+    assert p2["fidelity"]["status"] == "measured" and 0.9 <= p2["fidelity"]["top1_agreement"] <= 1.0
     assert p2["delta_from_previous"] < 0.1 * p2["bytes"]
     car = Car(live_server, "lossy-car")
     car.version, car.model_sha256, car.package_sha256 = 1, p1["model_sha256"], p1["sha256"]

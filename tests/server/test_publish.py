@@ -45,7 +45,8 @@ def test_publish_numbers_versions_and_records_metadata(server: LiveServer) -> No
     assert pkg["fidelity"]["top1_agreement"] == 1.0
     assert 0 < pkg["delta_from_previous"] < pkg["bytes"]
     lines = server.admin().get("/api/v1/lines").json()
-    assert lines == [{"name": "road-signs", "stable_version": 1, "latest_version": 4, "versions": 4}]
+    assert lines == [{"name": "road-signs", "stable_version": 1, "latest_version": 4, "versions": 4,
+                     "probe_sha256": None, "probe_count": None, "min_agreement": None}]  # no calibration images
 
 
 def test_packages_stored_as_deltas_download_byte_identical_to_the_codec_output(server: LiveServer) -> None:
