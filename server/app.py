@@ -107,7 +107,7 @@ def _reload_keys(ctx: AppContext) -> None:
     """Pick up ``ota keys rotate`` without a restart: a changed delegation file swaps the online key in.
 
     A broken or half-written rotation keeps the key already loaded (and says why in the log); stored offers
-    signed by the old key are re-signed on their next poll (``devices/service.py``, ``pollcache.answer``).
+    signed by the old key are re-signed on their next poll (``devices/decision.py``: a stored offer another key signed is not resent).
     """
     stamp = keys_stamp(ctx.settings)
     if stamp == ctx.keys.stamp:

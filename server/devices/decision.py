@@ -27,7 +27,7 @@ again (``service.poll`` does, with the delta made outside its transaction).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,7 +36,7 @@ from server.rollouts.lineview import LineView, PackageView, TargetView, choose_p
 ROLLED_BACK = "rolled_back"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OfferView:
     """A stored offer (one ``device_updates`` row) as the decision needs it."""
 
@@ -49,7 +49,7 @@ class OfferView:
     keyid: str | None  # which online key signed it: after a rotation the offer is signed again
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceView:
     pk: int
     device_id: str
@@ -64,22 +64,22 @@ class DeviceView:
     offers: dict[tuple[int, int], OfferView]  # (rollout id or 0, version id) -> offer
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PollView:
     """What the car said it runs, and the transfer deltas known to apply to its package.
 
     ``deltas``: target package SHA-256 -> the delta's SHA-256 from the car's package, or None when no delta
-    applies; a target missing from it is not known (the cached path knows none).
+    applies; a target missing from it (or no mapping at all: the cached path) is not known.
     """
 
     line: str
     current_version: int
     current_model_sha256: str | None = None
     current_package_sha256: str | None = None
-    deltas: Mapping[str, str | None] = field(default_factory=dict)
+    deltas: Mapping[str, str | None] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PollPolicy:
     """The server settings the decision reads, and the online key that signs offers now."""
 
@@ -89,7 +89,7 @@ class PollPolicy:
     key_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Running:
     """The device columns a poll sets (what the car runs, and drift from what it reported installing)."""
 
@@ -100,13 +100,13 @@ class Running:
     drift_detail: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NoOffer:
     poll_interval_s: int
     running: Running | None  # None: nothing to write
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resend:
     """The stored offer again, unchanged."""
 
@@ -115,7 +115,7 @@ class Resend:
     running: Running | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewOffer:
     """Sign (and store) an offer of ``package`` of ``target``.
 
@@ -156,7 +156,7 @@ def _wanted_delta(poll: PollView, package: PackageView, offer: OfferView | None)
     base = poll.current_package_sha256
     if not base or base == package.sha256:
         return None
-    if package.sha256 in poll.deltas:
+    if poll.deltas is not None and package.sha256 in poll.deltas:
         return poll.deltas[package.sha256]
     if offer is not None and offer.delta_sha256 is not None and offer.base_package_sha256 == base:
         return offer.delta_sha256  # deltas are immutable: the one stored for this base still applies

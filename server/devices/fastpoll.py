@@ -39,7 +39,7 @@ def cached_answer(ctx: AppContext, device: DeviceView, line: LineView, body: sch
     """The one entry to the cached answer (this middleware and the route): the answer, with last-seen and the
     poll metric noted, when the decision on the cached views needs no write; else None."""
     now = utcnow()
-    answer = pollcache.answer(device, line, body, now, pollcache.policy(ctx.settings, ctx.signer.key_id),
+    answer = pollcache.answer(device, line, body, now, ctx.pollcache.policy(ctx.settings, ctx.signer.key_id),
                               ctx.statuses.get(device.device_id, now))
     if answer is not None:
         ctx.presence.note(device.pk, now)

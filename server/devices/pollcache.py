@@ -96,7 +96,7 @@ def load_device(session: Session, token_sha256: str, every_offer: bool = False) 
                       detail, offers)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PollAnswer:
     """A poll's response body, and whether it carries an offer (what the poll metric is labelled by)."""
 
@@ -120,7 +120,7 @@ def signed_by(envelope: dict[str, Any] | None) -> str | None:
 
 
 def policy(settings: Settings, key_id: str) -> PollPolicy:
-    """The decision's view of the settings (and of the online key)."""
+    """The decision's view of the settings (and of the online key); ``PollCache.policy`` keeps the current one."""
     return PollPolicy(settings.poll_interval_s, tuple(settings.codec_list()), settings.offer_ttl_s, key_id)
 
 
@@ -205,6 +205,14 @@ class PollCache:
         self._devices = _Expiring(ttl_s, max_age_s, clock)  # token digest -> DeviceView
         self._device_digest: dict[int, str] = {}  # device pk -> token digest, to drop by pk
         self._lines = _Expiring(ttl_s, max_age_s, clock)  # line name -> LineView
+        self._policy: PollPolicy | None = None
+
+    def policy(self, settings: Settings, key_id: str) -> PollPolicy:
+        """The decision's settings, made once per online key (a rotation makes a new one)."""
+        rules = self._policy
+        if rules is None or rules.key_id != key_id:
+            rules = self._policy = policy(settings, key_id)
+        return rules
 
     def _trust(self) -> Trust:
         return self.feed.trust if self.feed is not None else None

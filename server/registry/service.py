@@ -200,9 +200,9 @@ def precompute_fleet_deltas(db: Database, storage: PackageStorage, line_name: st
             wanted = [(base.sha256, target.sha256) for base, target in pairs]
         with db.session_scope() as session:
             for base_sha, target_sha in wanted:
-                base, target = store.package_by_sha(session, base_sha), store.package_by_sha(session, target_sha)
-                if base is not None and target is not None:
-                    storage.delta_for(session, base, target)  # made above: only the row is inserted here
+                base_row, target_row = store.package_by_sha(session, base_sha), store.package_by_sha(session, target_sha)
+                if base_row is not None and target_row is not None:
+                    storage.delta_for(session, base_row, target_row)  # made above: only the row is inserted here
     except Exception:  # noqa: BLE001 - best effort: never fail a publish that has been committed
         log.exception("precomputing fleet deltas for %s v%d failed; they will be made on demand", line_name, number)
         return 0

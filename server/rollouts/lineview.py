@@ -1,11 +1,11 @@
 """A line's desired-version decision as plain, immutable data (for the poll cache).
 
-``load_line`` reads everything ``service.desired_for`` would read for one
-line (the offering rollouts with their stage percents and target versions,
-and the stable version) in one short read; ``desired_in`` then answers
-"which version should this device run" with no I/O, by the same rule:
-newest offering rollout whose selector matches and whose reached stages
-include the device, else the stable version.  The poll cache holds one
+``load_line`` reads everything the desired-version rule needs for one line
+(the offering rollouts with their stage percents and target versions, and the
+stable version) in one short read; ``desired_in`` then answers "which version
+should this device run" with no I/O: the newest offering rollout whose
+selector matches and whose reached stages include the device, else the stable
+version.  Both poll paths use it (``devices/decision.py``).  The poll cache holds one
 ``LineView`` per line for a few seconds (``OTA_POLL_CACHE_S``), so a
 steady-state poll does no SQL for the decision.
 """

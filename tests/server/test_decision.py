@@ -220,8 +220,9 @@ def test_every_combination_follows_the_rule(target: str) -> None:
         dev = device(offers={key: stored_offer} if stored_offer else {}, running=number, running_sha=model)
         car_package = {"none": None, "target": f"pkg-{version_.number if version_ else 0}-{chosen}"}.get(
             base_kind, "pkg-0-lossless")
-        deltas = {"known delta": {f"pkg-{version_.number if version_ else 0}-{chosen}": "d"},
-                  "known none": {f"pkg-{version_.number if version_ else 0}-{chosen}": None}}.get(base_kind, {})
+        target_package = f"pkg-{version_.number if version_ else 0}-{chosen}"
+        deltas: dict[str, str | None] = ({target_package: "d"} if base_kind == "known delta" else
+                                         {target_package: None} if base_kind == "known none" else {})
         got = decide(dev, ln, poll(number, model, car_package, deltas), NOW, POLICY)
         kind, detail = _expected(ln, number, model, stored_offer, base_kind, key)
         where = f"{target}/{codecs}/{car}/{stored}/{base}"
