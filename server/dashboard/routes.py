@@ -21,6 +21,7 @@ from server.dashboard import format as fmt
 from server.dashboard import service, session, session_store
 from server.db import utcnow
 from server.deps import AppContext, Ctx, ReadSession
+from server.devices.deps import Presence
 from server.rollouts.deps import Members
 from server.security import tokens_equal
 
@@ -168,14 +169,14 @@ def bandwidth(request: Request, ctx: Ctx, db: ReadSession, members: Members) -> 
 
 
 @router.get("/fleet", dependencies=[Login])
-def fleet(request: Request, ctx: Ctx, db: ReadSession) -> Response:
-    data = service.fleet_page(db, ctx.presence, ctx.settings)
+def fleet(request: Request, ctx: Ctx, db: ReadSession, presence: Presence) -> Response:
+    data = service.fleet_page(db, presence, ctx.settings)
     return render(request, "fleet.html", "fleet", "Fleet", data)
 
 
 @router.get("/fleet/{device_id}", dependencies=[Login])
-def device(request: Request, device_id: str, ctx: Ctx, db: ReadSession) -> Response:
-    data = service.device_page(db, ctx.presence, ctx.settings, device_id)
+def device(request: Request, device_id: str, ctx: Ctx, db: ReadSession, presence: Presence) -> Response:
+    data = service.device_page(db, presence, ctx.settings, device_id)
     return render(request, "device.html", "fleet", f"Device {device_id}", data)
 
 
@@ -185,6 +186,6 @@ def models(request: Request, db: ReadSession) -> Response:
 
 
 @router.get("/live.json", dependencies=[Depends(require_login_api)])
-def live(ctx: Ctx, db: ReadSession, members: Members) -> dict[str, Any]:
+def live(ctx: Ctx, db: ReadSession, members: Members, presence: Presence) -> dict[str, Any]:
     """The counts every page refreshes in place (polled every ``dashboard_refresh_s``)."""
-    return {"values": service.live_values(db, members, ctx.presence, ctx.settings)}
+    return {"values": service.live_values(db, members, presence, ctx.settings)}

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import Depends
 
 from server.deps import Ctx
-from server.devices.pollcache import PollCache
 from server.devices.presence import LastSeen
 
 
@@ -15,9 +14,4 @@ def get_presence(ctx: Ctx) -> LastSeen:
     return ctx.presence
 
 
-def get_pollcache(ctx: Ctx) -> PollCache:
-    return ctx.pollcache
-
-
 Presence = Annotated[LastSeen, Depends(get_presence)]
-Polls = Annotated[PollCache, Depends(get_pollcache)]

@@ -22,6 +22,7 @@ from server.db import utcnow
 from server.deps import Admin, AppContext, Ctx, ReadSession, WriteSession
 from server.devices import enrollment, fastpoll, pollcache, schemas, service, tokens
 from server.devices.auth import UNKNOWN_DEVICE, device_by_token, known_device
+from server.devices.deps import Presence
 from server.devices.pollcache import PollAnswer, PollCache
 from server.errors import Conflict, Unauthorized
 from server.rollouts.lineview import LineView, load_line
@@ -195,19 +196,19 @@ async def reports(body: schemas.ReportsIn, request: Request, ctx: Ctx,
 
 
 @router.get("/devices", response_model=list[schemas.DeviceOut])
-def list_devices(ctx: Ctx, session: ReadSession, _admin: Admin,
+def list_devices(presence: Presence, session: ReadSession, _admin: Admin,
                  tag: Annotated[list[str] | None, Query(description="key=value, repeatable")] = None,
                  drift: bool = False) -> list[schemas.DeviceOut]:
     tags = dict(t.split("=", 1) for t in (tag or []) if "=" in t)
-    return service.inventory(session, ctx.presence, tags, drift_only=drift)
+    return service.inventory(session, presence, tags, drift_only=drift)
 
 
 @router.get("/devices/{device_id}", response_model=schemas.DeviceOut)
-def show_device(device_id: str, ctx: Ctx, session: ReadSession, _admin: Admin) -> schemas.DeviceOut:
-    return service.device_detail(session, ctx.presence, device_id)
+def show_device(device_id: str, presence: Presence, session: ReadSession, _admin: Admin) -> schemas.DeviceOut:
+    return service.device_detail(session, presence, device_id)
 
 
 @router.patch("/devices/{device_id}", response_model=schemas.DeviceOut)
-def update_device(device_id: str, body: schemas.DevicePatch, ctx: Ctx, session: WriteSession,
+def update_device(device_id: str, body: schemas.DevicePatch, presence: Presence, session: WriteSession,
                   actor: Admin) -> schemas.DeviceOut:
-    return service.update_device(session, ctx.presence, device_id, body, actor)
+    return service.update_device(session, presence, device_id, body, actor)
