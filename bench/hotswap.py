@@ -59,7 +59,7 @@ from client.identity import Identity, save_identity  # noqa: E402
 from client.manifest import canonical_json  # noqa: E402
 from client.modelhost import ModelHost  # noqa: E402
 from client.slots import SlotStore  # noqa: E402
-from models import codec  # noqa: E402
+from models import codec, zoo  # noqa: E402
 from models.roadsigns import CLASSES, render  # noqa: E402
 from models.smoke import golden_inputs  # noqa: E402
 
@@ -128,7 +128,8 @@ class Publisher:
         signed = {
             "type": "offer", "device_id": DEVICE, "line": "road-signs", "rollout_id": None,
             "manifest_version": self.mv, "target_version": v, "rollback": rollback, "codec": self.codec,
-            "model_sha256": self.model_sha[v], "labels": self.labels[v], "package": self._place(pkg),
+            "model_sha256": self.model_sha[v], "contract": {**zoo.contract().to_dict(), "labels": list(self.labels[v])},
+            "package": self._place(pkg),
             "delta": delta, "smoke": self.smoke[v],
             "expires": (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }

@@ -9,18 +9,18 @@ form in docs/PROTOCOL.md.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from client.errors import OfferRejected
+from protocol import envelope
+from protocol.canonical import canonical_json, key_id
+from protocol.errors import BadSignature, MalformedMessage
+from protocol.offer import Artifact, Delta, Offer, Smoke, parse_offer
+from protocol.offer import parse_time as _parse_time
+
+__all__ = ["MAX_MANIFEST_AHEAD_MS", "Artifact", "Delta", "Offer", "Smoke", "canonical_json", "check_offer",
+           "key_id", "parse_time", "verify_signature"]
 
 #: The registry numbers offers by its clock in ms; one further ahead than this is a forgery (or a broken clock).
 MAX_MANIFEST_AHEAD_MS = 24 * 3600 * 1000
@@ -28,104 +28,22 @@ MAX_MANIFEST_AHEAD_MS = 24 * 3600 * 1000
 
 def parse_time(value: Any, where: str) -> datetime:
     """An ISO 8601 time from signed metadata (UTC when no zone is given).  Raises OfferRejected."""
-    if not isinstance(value, str):
-        raise OfferRejected(f"{where} is missing or not a string: {value!r}")
     try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise OfferRejected(f"{where} is not an ISO 8601 time: {value!r}") from e
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+        return _parse_time(value, where)
+    except MalformedMessage as e:
+        raise OfferRejected(str(e)) from e
 
 
-def canonical_json(signed: dict[str, Any]) -> bytes:
-    """The bytes a signature covers (sorted keys, no spaces, UTF-8)."""
-    return json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def key_id(public_key_raw: bytes) -> str:
-    """Hex SHA-256 of the raw Ed25519 public key, as the server names it."""
-    return hashlib.sha256(public_key_raw).hexdigest()
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """One downloadable file named in an offer."""
-
-    sha256: str
-    size: int
-    url: str
-
-
-@dataclass(frozen=True)
-class Delta(Artifact):
-    """A patch that turns the package with ``base_package_sha256`` into the offered package."""
-
-    base_package_sha256: str = ""
-
-
-@dataclass(frozen=True)
-class Smoke:
-    """Golden probe: inputs regenerated from ``seed``, outputs must match ``expected`` within ``atol``."""
-
-    seed: int
-    count: int
-    shape: tuple[int, ...]
-    input_name: str
-    expected: list[list[float]]
-    atol: float
-
-
-@dataclass(frozen=True)
-class Offer:
-    """A verified offer: every field has been checked for type and signature."""
-
-    device_id: str
-    line: str
-    rollout_id: int | None
-    manifest_version: int
-    target_version: int
-    rollback: bool
-    codec: str
-    model_sha256: str
-    labels: tuple[str, ...]
-    package: Artifact
-    delta: Delta | None
-    smoke: Smoke
-    expires: datetime
-
-
-def verify_signature(envelope: Any, public_key_raw: bytes, what: str = "offer") -> dict[str, Any]:
+def verify_signature(signed_envelope: Any, public_key_raw: bytes, what: str = "offer") -> dict[str, Any]:
     """Return ``envelope["signed"]`` if one signature by the pinned key covers it.
 
     Raises:
         OfferRejected: malformed envelope, unknown keyid, or no valid signature.
     """
-    if not isinstance(envelope, dict) or not isinstance(envelope.get("signed"), dict):
-        raise OfferRejected(f"{what} is not a signed envelope ({{'signed': {{...}}, 'signatures': [...]}})")
-    signatures = envelope.get("signatures")
-    if not isinstance(signatures, list) or not signatures:
-        raise OfferRejected(f"{what} carries no signatures")
-    pinned = key_id(public_key_raw)
-    key = _load_key(public_key_raw)
-    payload = canonical_json(envelope["signed"])
-    for entry in signatures:
-        if not isinstance(entry, dict) or entry.get("keyid") != pinned:
-            continue
-        try:
-            key.verify(base64.b64decode(entry.get("sig", ""), validate=True), payload)
-        except (InvalidSignature, binascii.Error, ValueError, TypeError):
-            continue
-        return envelope["signed"]
-    keyids = ", ".join(str(s.get("keyid"))[:12] for s in signatures if isinstance(s, dict))
-    raise OfferRejected(f"{what}: no valid signature by the trusted key {pinned[:12]}... "
-                        f"(signed by: {keyids or 'nobody'})")
-
-
-def _load_key(public_key_raw: bytes) -> Ed25519PublicKey:
     try:
-        return Ed25519PublicKey.from_public_bytes(public_key_raw)
-    except ValueError as e:
-        raise OfferRejected(f"pinned public key is not a raw Ed25519 key ({len(public_key_raw)} bytes)") from e
+        return envelope.verify(signed_envelope, public_key_raw, what)
+    except (MalformedMessage, BadSignature) as e:
+        raise OfferRejected(str(e)) from e
 
 
 def check_offer(
@@ -142,7 +60,10 @@ def check_offer(
         OfferRejected: wrong type or device, malformed field, expired, replayed, or a downgrade
             without ``rollback``.
     """
-    offer = _parse(signed)
+    try:
+        offer = parse_offer(signed)
+    except MalformedMessage as e:
+        raise OfferRejected(str(e)) from e
     if offer.device_id != device_id:
         raise OfferRejected(f"offer is for device {offer.device_id!r}, not this car ({device_id!r})")
     if offer.expires <= now:
@@ -164,58 +85,3 @@ def check_offer(
             f"{current_version} and is not a signed rollback"
         )
     return offer
-
-
-def _field(d: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str = "offer") -> Any:
-    value = d.get(name)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise OfferRejected(f"{where}.{name} is missing or not {getattr(kind, '__name__', kind)}: {value!r}")
-    return value
-
-
-def _artifact(d: Any, where: str) -> tuple[str, int, str]:
-    if not isinstance(d, dict):
-        raise OfferRejected(f"{where} is not an object")
-    sha = _field(d, "sha256", str, where)
-    size = _field(d, "size", int, where)
-    if size < 0 or len(sha) != 64:
-        raise OfferRejected(f"{where} has a bad size or sha256")
-    return sha, size, _field(d, "url", str, where)
-
-
-def _parse(signed: dict[str, Any]) -> Offer:
-    if signed.get("type") != "offer":
-        raise OfferRejected(f"signed.type is {signed.get('type')!r}, expected 'offer'")
-    sha, size, url = _artifact(signed.get("package"), "offer.package")
-    delta = None
-    if signed.get("delta") is not None:
-        dsha, dsize, durl = _artifact(signed["delta"], "offer.delta")
-        base = _field(signed["delta"], "base_package_sha256", str, "offer.delta")
-        delta = Delta(dsha, dsize, durl, base_package_sha256=base)
-    smoke = _field(signed, "smoke", dict)
-    expires = parse_time(signed.get("expires"), "offer.expires")
-    rollout_id = signed.get("rollout_id")
-    if rollout_id is not None and not isinstance(rollout_id, int):
-        raise OfferRejected(f"offer.rollout_id is not an integer or null: {rollout_id!r}")
-    return Offer(
-        device_id=_field(signed, "device_id", str),
-        line=_field(signed, "line", str),
-        rollout_id=rollout_id,
-        manifest_version=_field(signed, "manifest_version", int),
-        target_version=_field(signed, "target_version", int),
-        rollback=bool(signed.get("rollback", False)),
-        codec=_field(signed, "codec", str),
-        model_sha256=_field(signed, "model_sha256", str),
-        labels=tuple(str(x) for x in _field(signed, "labels", list)),
-        package=Artifact(sha, size, url),
-        delta=delta,
-        smoke=Smoke(
-            seed=_field(smoke, "seed", int, "offer.smoke"),
-            count=_field(smoke, "count", int, "offer.smoke"),
-            shape=tuple(int(x) for x in _field(smoke, "shape", list, "offer.smoke")),
-            input_name=_field(smoke, "input_name", str, "offer.smoke"),
-            expected=_field(smoke, "expected", list, "offer.smoke"),
-            atol=float(_field(smoke, "atol", (int, float), "offer.smoke")),
-        ),
-        expires=expires,
-    )

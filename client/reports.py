@@ -18,18 +18,17 @@ from typing import Any
 from client.api import RegistryClient
 from client.errors import ServerError
 from client.slots import Journal
+from protocol.offer import format_time
+from protocol.report import REPORTED, Report, UpdateState, cut_reason
 
 log = logging.getLogger("client.reports")
 
-STATES = ("downloading", "downloaded", "verified", "installed", "failed", "rolled_back")
-#: The registry refuses a longer ``reason`` with 422 (docs/PROTOCOL.md, "Limits"): cut it here, so an exception's
-#: long message does not get the whole report dropped.
-MAX_REASON_CHARS = 2000
+STATES = tuple(str(s) for s in REPORTED)
 
 
 def utc_now_iso(now: datetime | None = None) -> str:
     """ISO 8601 UTC with a Z, the protocol's time format."""
-    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(now or datetime.now(UTC))
 
 
 def enqueue(
@@ -50,20 +49,13 @@ def enqueue(
     if state not in STATES:
         raise ValueError(f"unknown report state {state!r}; one of {', '.join(STATES)}")
     running = journal.active
-    report = {
-        "seq": journal.next_seq,
-        "rollout_id": rollout_id,
-        "manifest_version": manifest_version,
-        "target_version": target_version,
-        "state": state,
-        "reason": reason if reason is None or len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS - 1] + "…",
-        "bytes_received": int(bytes_received),
-        "artifact": artifact,
-        "elapsed_s": round(float(elapsed_s), 3),
-        "running_version": running.version if running else 0,
-        "running_model_sha256": running.model_sha256 if running else None,
-        "at": utc_now_iso(now),
-    }
+    report = Report(
+        seq=journal.next_seq, rollout_id=rollout_id, manifest_version=manifest_version,
+        target_version=target_version, state=UpdateState(state), reason=cut_reason(reason),
+        bytes_received=int(bytes_received), artifact=artifact, elapsed_s=round(float(elapsed_s), 3),
+        running_version=running.version if running else 0,
+        running_model_sha256=running.model_sha256 if running else None, at=utc_now_iso(now),
+    ).to_dict()
     journal.next_seq += 1
     journal.outbox.append(report)
     _trim(journal, queue_max)

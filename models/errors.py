@@ -4,6 +4,7 @@
     ├── InvalidModel            the input is not a usable ONNX model
     │   ├── UnsafeModel         it would make the runtime read files (external data), or is too deep/large to walk
     │   └── ContractError       its input contract (preprocessing, outputs, labels) is malformed or does not fit
+    │                           (also a protocol.errors.ContractError, which malformed contract values raise)
     ├── CorruptPackage          package bytes fail their format or hash checks
     ├── DeltaError              a patch cannot be applied
     │   └── BaseMismatch        the patch was made for a different base package
@@ -14,6 +15,8 @@ falls back to the full package, a failed gate is reported to the publisher.
 """
 
 from __future__ import annotations
+
+from protocol import errors as _protocol_errors
 
 
 class ModelError(Exception):
@@ -32,7 +35,7 @@ class UnsafeModel(InvalidModel):
     """
 
 
-class ContractError(InvalidModel):
+class ContractError(InvalidModel, _protocol_errors.ContractError):
     """An input contract is malformed, cannot be inferred, or does not fit the model.
 
     The message names the field (or the publish flag, such as ``--input-size``)

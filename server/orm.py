@@ -24,6 +24,10 @@ class Line(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     stable_version: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
+    # the line's calibration images (a blob of uint8 images) and its gate for lossy codecs (issue 17)
+    probe_sha256: Mapped[str | None] = mapped_column(String(64))
+    probe_count: Mapped[int | None] = mapped_column(Integer)
+    min_agreement: Mapped[float | None] = mapped_column(Float)
 
 
 class Version(Base):
@@ -39,6 +43,7 @@ class Version(Base):
     labels: Mapped[list[Any]]
     input_name: Mapped[str] = mapped_column(String(200))
     input_shape: Mapped[list[Any]]
+    contract: Mapped[dict[str, Any]]  # protocol.contract.InputContract.to_dict(), signed into every offer
     created_at: Mapped[datetime]
 
 

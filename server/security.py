@@ -10,17 +10,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import secrets
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from protocol import envelope as _envelope
+from protocol.canonical import canonical_json, key_id
 
-def canonical_json(obj: Any) -> bytes:
-    """The exact bytes a signature covers."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+__all__ = ["Signer", "bearer", "canonical_json", "new_token", "token_digest", "tokens_equal", "verify_envelope"]
 
 
 def new_token() -> str:
@@ -51,30 +49,17 @@ class Signer:
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._key = private_key
-        self.public_raw = private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        self.key_id = hashlib.sha256(self.public_raw).hexdigest()
+        self.public_raw = _envelope.public_raw(private_key)
+        self.key_id = key_id(self.public_raw)
 
     @property
     def public_b64(self) -> str:
         return base64.b64encode(self.public_raw).decode("ascii")
 
     def envelope(self, signed: dict[str, Any]) -> dict[str, Any]:
-        sig = self._key.sign(canonical_json(signed))
-        return {"signed": signed, "signatures": [{"keyid": self.key_id, "sig": base64.b64encode(sig).decode("ascii")}]}
+        return _envelope.sign(self._key, signed)
 
 
 def verify_envelope(envelope: dict[str, Any], public_raw: bytes) -> bool:
     """True if one signature by ``public_raw`` covers ``envelope['signed']``."""
-    key = Ed25519PublicKey.from_public_bytes(public_raw)
-    key_id = hashlib.sha256(public_raw).hexdigest()
-    for s in envelope.get("signatures", []):
-        if s.get("keyid") != key_id:
-            continue
-        try:
-            key.verify(base64.b64decode(s["sig"]), canonical_json(envelope["signed"]))
-            return True
-        except Exception:  # noqa: BLE001 - any failure means "does not verify"
-            return False
-    return False
+    return _envelope.is_signed_by(envelope, public_raw)

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
+from protocol.report import MAX_REASON_CHARS
 from server.db import UtcDateTime
 from server.devices.device_keys import public_key as parse_public_key
 
@@ -23,7 +24,8 @@ TagValue = Annotated[str, StringConstraints(max_length=256)]
 Tags = Annotated[dict[TagKey, TagValue], Field(max_length=MAX_TAGS,
                                               description=f"at most {MAX_TAGS} tags, keys <= 64, values <= 256 chars")]
 Sha256Hex = Annotated[str, StringConstraints(max_length=64)]
-MAX_REASON_CHARS = 2000
+# the states a car reports (protocol/report.py REPORTED; tests/protocol checks they agree), as an OpenAPI enum
+ReportedState = Literal["downloading", "downloaded", "verified", "installed", "failed", "rolled_back"]
 
 
 class ProofIn(BaseModel):
@@ -81,7 +83,7 @@ class ReportIn(BaseModel):
     rollout_id: int | None = Field(default=None, le=INT32)
     manifest_version: int | None = Field(default=None, le=INT64)
     target_version: int = Field(ge=1, le=INT32)
-    state: Literal["downloading", "downloaded", "verified", "installed", "failed", "rolled_back"]
+    state: ReportedState
     reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
     bytes_received: int | None = Field(default=None, ge=0, le=INT64)
     artifact: Literal["delta", "full"] | None = None

@@ -20,6 +20,8 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from protocol.contract import InputContract
+from protocol.offer import Artifact, Delta, Offer, Smoke, artifact_url
 from server import audit
 from server.config import Settings
 from server.db import as_utc, utcnow
@@ -27,7 +29,8 @@ from server.devices import decision, device_keys, schemas, states, store
 from server.devices.pollcache import load_device, policy
 from server.devices.presence import LastSeen
 from server.errors import IllegalTransition, NotFound, Unauthorized
-from server.orm import Delta, Device, DeviceReport, DeviceUpdate, Line, Package, Version
+from server.orm import Delta as DeltaRow
+from server.orm import Device, DeviceReport, DeviceUpdate, Line, Package, Version
 from server.registry import store as registry_store
 from server.registry.storage import PackageStorage
 from server.rollouts import service as rollouts
@@ -41,19 +44,20 @@ def _next_manifest_version(device: Device, now: datetime) -> int:
 
 
 def _offer(device: Device, line: Line, version: Version, pkg: Package, rollout_id: int | None, rollback: bool,
-           delta: Delta | None, base: str | None, manifest_version: int, expires: datetime) -> dict[str, Any]:
-    """The signed part of an offer (docs/PROTOCOL.md "Offer"): the one place its fields are put together."""
-    return {
-        "type": "offer", "device_id": device.device_id, "line": line.name, "rollout_id": rollout_id,
-        "manifest_version": manifest_version, "target_version": version.number, "rollback": rollback,
-        "codec": pkg.codec, "model_sha256": pkg.model_sha256, "labels": list(version.labels),
-        "package": {"sha256": pkg.sha256, "size": pkg.bytes, "url": f"/api/v1/artifacts/{pkg.sha256}"},
-        "delta": None if delta is None or base is None else {
-            "base_package_sha256": base, "sha256": delta.sha256, "size": delta.bytes,
-            "url": f"/api/v1/artifacts/{delta.sha256}"},
-        "smoke": dict(pkg.smoke),
-        "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+           delta: DeltaRow | None, base: str | None, manifest_version: int, expires: datetime) -> dict[str, Any]:
+    """The ``signed`` body of an offer, the one place it is built (protocol/offer.py defines its fields)."""
+    smoke = pkg.smoke
+    return Offer(
+        device_id=device.device_id, line=line.name, rollout_id=rollout_id, manifest_version=manifest_version,
+        target_version=version.number, rollback=rollback, codec=pkg.codec, model_sha256=pkg.model_sha256,
+        contract=InputContract.from_dict(version.contract),
+        package=Artifact(pkg.sha256, pkg.bytes, artifact_url(pkg.sha256)),
+        delta=None if delta is None or base is None else Delta(
+            delta.sha256, delta.bytes, artifact_url(delta.sha256), base_package_sha256=base),
+        smoke=Smoke(seed=smoke["seed"], count=smoke["count"], shape=tuple(smoke["shape"]),
+                    input_name=smoke["input_name"], expected=smoke["expected"], atol=smoke["atol"]),
+        expires=expires,
+    ).to_signed()
 
 
 def _note_running(device: Device, running: decision.Running | None) -> None:

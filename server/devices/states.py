@@ -1,30 +1,18 @@
 """The device update state machine (pure; docs/PROTOCOL.md "Report").
 
-    offered -> downloading -> downloaded -> verified -> installed -> rolled_back
-       |            |              |            |
-       +------------+--------------+------------+--> failed -> downloading (retry)
-
-``downloading -> downloading`` is allowed as a progress report (a resumed
-download after a restart reports ``downloading`` again).  Anything else
-raises ``IllegalTransition`` and the caller changes nothing.
+The table and state names are the protocol's (protocol/report.py), shared with the car; this
+module turns an illegal step into the registry's ``IllegalTransition`` (a 409 for that report).
 """
 
 from __future__ import annotations
 
+from protocol import report as _report
 from server.errors import IllegalTransition
 
-STATES = ("offered", "downloading", "downloaded", "verified", "installed", "failed", "rolled_back")
-ACTIVE = frozenset({"offered", "downloading", "downloaded", "verified"})
-
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "offered": frozenset({"downloading", "failed"}),
-    "downloading": frozenset({"downloading", "downloaded", "failed"}),
-    "downloaded": frozenset({"verified", "failed"}),
-    "verified": frozenset({"installed", "failed"}),
-    "installed": frozenset({"rolled_back"}),
-    "failed": frozenset({"downloading"}),
-    "rolled_back": frozenset(),
-}
+STATES = tuple(str(s) for s in _report.UpdateState)
+ACTIVE = frozenset(str(s) for s in _report.ACTIVE)
+TRANSITIONS: dict[str, frozenset[str]] = {str(k): frozenset(str(v) for v in vs)
+                                          for k, vs in _report.TRANSITIONS.items()}
 
 
 def transition(current: str, new: str) -> str:
@@ -33,9 +21,7 @@ def transition(current: str, new: str) -> str:
     Raises:
         IllegalTransition: the pair is not in the table (or a state is unknown).
     """
-    if new not in STATES:
-        raise IllegalTransition(f"unknown update state {new!r}; expected one of {', '.join(STATES)}")
-    if new not in TRANSITIONS.get(current, frozenset()):
-        allowed = ", ".join(sorted(TRANSITIONS.get(current, ()))) or "nothing (final state)"
-        raise IllegalTransition(f"cannot go from {current!r} to {new!r}; from {current!r} the device may report {allowed}")
-    return new
+    try:
+        return str(_report.transition(current, new))
+    except _report.IllegalStep as e:
+        raise IllegalTransition(str(e)) from e

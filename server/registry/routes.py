@@ -14,6 +14,7 @@ from server.registry.deps import Storage
 
 router = APIRouter(prefix="/api/v1")
 MAX_NOTES_CHARS = 10_000  # release notes are shown on the dashboard and by `ota versions`
+MAX_SPEC_CHARS = 2_000_000  # an input contract with its labels (ImageNet's 1,000 take ~30 KB)
 
 
 async def _read_limited(upload: UploadFile, limit: int) -> bytes:
@@ -29,12 +30,17 @@ async def publish(line: str, ctx: Ctx, storage: Storage, _admin: Admin,
                   notes: Annotated[str | None, Form(max_length=MAX_NOTES_CHARS)] = None,
                   publisher: Annotated[str | None, Form(max_length=200)] = None,
                   min_agreement: Annotated[float | None, Form()] = None,
-                  codecs: Annotated[str | None, Form(max_length=200)] = None) -> schemas.VersionOut:
+                  codecs: Annotated[str | None, Form(max_length=200)] = None,
+                  contract: Annotated[str | None, Form(max_length=MAX_SPEC_CHARS, description=(
+                      "the input contract as a JSON object of contract fields (docs/PROTOCOL.md, 'Input "
+                      "contract'); fields left out come from the graph, then from the line's previous version"))]
+                  = None) -> schemas.VersionOut:
     # The admin token and the upload limit are enforced before the body is read (server/limits.py); the
     # limit is checked again here on the file part alone.
     data = await _read_limited(file, ctx.settings.max_upload_bytes)
     return await run_in_threadpool(service.publish, ctx.db, storage, ctx.settings, line, data, notes=notes,
-                                   publisher=publisher, codecs=codecs, min_agreement=min_agreement)
+                                   publisher=publisher, codecs=codecs, min_agreement=min_agreement,
+                                   spec=contract)
 
 
 @router.get("/lines", response_model=list[schemas.LineOut])

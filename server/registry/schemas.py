@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
 from server.db import UtcDateTime
@@ -31,6 +33,7 @@ class VersionOut(BaseModel):
     publisher: str | None
     notes: str | None
     labels: list[str]
+    contract: dict[str, Any]  # the version's input contract (protocol/contract.py), as signed into offers
     packages: dict[str, PackageOut]
 
 

@@ -17,29 +17,33 @@ inserts in a second one.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import onnx
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import codec
-from models.errors import FidelityGateError
+from models.errors import ContractError, FidelityGateError
 from models.errors import InvalidModel as CodecInvalidModel
 from models.preprocess import to_input
+from models.smoke import input_shape as smoke_shape
 from models.zoo import ZOO_DIR
+from protocol.contract import InputContract
 from server.blobs import BlobStore
 from server.config import Settings
 from server.db import Database, utcnow
 from server.errors import BadRequest, Conflict, InvalidModel, NotFound, Unprocessable
 from server.orm import Line, Package, Version
-from server.registry import schemas, store
+from server.registry import contracts, schemas, store
 from server.registry.smoke import expected_outputs
 from server.registry.storage import PackageStorage
-from server.registry.validate import ModelInfo, inspect_upload
+from server.registry.validate import inspect_upload
 
 log = logging.getLogger("ota.server.registry")
 PUBLISH_ATTEMPTS = 5
@@ -97,22 +101,22 @@ def _bases(session: Session, storage: PackageStorage, prev: Version | None,
     return out
 
 
-def _pack_all(settings: Settings, data: bytes, info: ModelInfo, codecs: list[str],
+def _pack_all(settings: Settings, data: bytes, contract: InputContract, shape: list[int], codecs: list[str],
               bases: dict[str, tuple[str, bytes]], min_agreement: float | None) -> list[_Packed]:
-    probe = probe_for(info.input_shape)
+    probe = probe_for(shape)
     out = []
     for name in codecs:
         base_sha, base = bases.get(name, (None, None))
         try:
-            result = codec.pack(data, name, base=base, probe=probe, min_agreement=min_agreement)
+            result = codec.pack(data, name, base=base, probe=probe, min_agreement=min_agreement, contract=contract)
         except FidelityGateError as e:
             raise Unprocessable(f"codec {name!r}: {e}", code="fidelity_gate") from e
         except CodecInvalidModel as e:
             raise InvalidModel(f"codec {name!r} cannot encode this model: {e}") from e
         model = codec.unpack(result.package)
         seed = int(result.header["model_sha256"][:8], 16)
-        smoke = expected_outputs(model, info.input_name, info.input_shape, seed, settings.smoke_count,
-                                 settings.smoke_atol)
+        smoke = expected_outputs(model, contract.input_name, shape, seed, settings.smoke_count,
+                                 settings.smoke_atol, output_name=contract.output_name)
         delta = codec.diff(base, result.package) if base is not None else None
         out.append(_Packed(name, result.package, result.header, smoke, base_sha, delta))
     return out
@@ -143,17 +147,22 @@ def _store_packages(session: Session, blobs: BlobStore, settings: Settings, vers
 
 def publish(db: Database, storage: PackageStorage, settings: Settings, line_name: str, data: bytes, *,
             notes: str | None = None, publisher: str | None = None, codecs: str | None = None,
-            min_agreement: float | None = None) -> schemas.VersionOut:
+            min_agreement: float | None = None, spec: str | None = None) -> schemas.VersionOut:
     """Validate, pack and register a new version of ``line_name``.
+
+    ``spec`` is the publisher's input contract (JSON object of contract fields, ``--spec`` and flags
+    merged); fields it leaves out come from the graph, then from the line's previous version.
 
     Raises:
         InvalidModel: the upload is not a valid ONNX model (nothing is stored).
+        Unprocessable: the contract does not fit the model (code ``contract``; nothing is stored).
         BadRequest: bad line name or codec list.
         Unprocessable: no encoding meets ``min_agreement`` (nothing is stored).
         Conflict: concurrent publishers kept taking the version number.
     """
     check_line_name(line_name)
-    info = inspect_upload(data)
+    inspect_upload(data)
+    spec_fields = _parse_spec_text(spec)
     codec_names = parse_codecs(codecs, settings)
     gate = min_agreement if min_agreement is not None else settings.default_min_agreement
     source_sha = hashlib.sha256(data).hexdigest()
@@ -162,14 +171,17 @@ def publish(db: Database, storage: PackageStorage, settings: Settings, line_name
             line = store.line_by_name(session, line_name)
             prev = store.latest_version(session, line.id) if line else None
             prev_number = prev.number if prev else 0
+            prev_contract = InputContract.from_dict(prev.contract) if prev else None
             bases = _bases(session, storage, prev, codec_names)
-        packed = _pack_all(settings, data, info, codec_names, bases, gate)
+        contract, shape = _contract(data, spec_fields, prev_contract)
+        packed = _pack_all(settings, data, contract, shape, codec_names, bases, gate)
         try:
             with db.session_scope() as session:
                 line = store.line_by_name(session, line_name) or store.add_line(session, line_name)
                 version = Version(line_id=line.id, number=prev_number + 1, source_sha256=source_sha,
-                                  source_bytes=len(data), publisher=publisher, notes=notes, labels=info.labels,
-                                  input_name=info.input_name, input_shape=info.input_shape, created_at=utcnow())
+                                  source_bytes=len(data), publisher=publisher, notes=notes,
+                                  labels=list(contract.labels), input_name=contract.input_name, input_shape=shape,
+                                  contract=contract.to_dict(), created_at=utcnow())
                 session.add(version)
                 session.flush()
                 _store_packages(session, storage.blobs, settings, version, packed)
@@ -183,6 +195,31 @@ def publish(db: Database, storage: PackageStorage, settings: Settings, line_name
         return out
     raise Conflict(f"could not allocate a version number for {line_name!r} after {PUBLISH_ATTEMPTS} attempts "
                    "because of concurrent publishes; retry")
+
+
+def _parse_spec_text(spec: str | None) -> dict | None:
+    if spec is None or not spec.strip():
+        return None
+    try:
+        return contracts.parse_spec(json.loads(spec))
+    except ValueError as e:  # JSONDecodeError, and ContractError is not a ValueError
+        raise BadRequest(f"the contract spec is not valid JSON: {e}; nothing was stored", code="contract") from e
+    except ContractError as e:
+        raise BadRequest(f"{e}; nothing was stored", code="contract") from e
+
+
+def _contract(data: bytes, spec: dict | None, previous: InputContract | None) -> tuple[InputContract, list[int]]:
+    """The version's contract and the smoke inputs' shape (the model's own batch, the contract's size).
+
+    Raises:
+        Unprocessable: the contract does not fit the model (code ``contract``).
+    """
+    model = onnx.load_from_string(data)
+    try:
+        contract = contracts.resolve(model, spec or {}, previous).contract
+        return contract, list(smoke_shape(model, contract))
+    except ContractError as e:
+        raise Unprocessable(f"input contract: {e}; nothing was stored", code="contract") from e
 
 
 def precompute_fleet_deltas(db: Database, storage: PackageStorage, line_name: str, number: int, limit: int) -> int:
@@ -245,7 +282,7 @@ def version_out(session: Session, line: Line, version: Version) -> schemas.Versi
     return schemas.VersionOut(
         line=line.name, version=version.number, source_sha256=version.source_sha256,
         source_bytes=version.source_bytes, created_at=version.created_at, publisher=version.publisher,
-        notes=version.notes, labels=list(version.labels), packages=pkgs,
+        notes=version.notes, labels=list(version.labels), contract=dict(version.contract), packages=pkgs,
     )
 
 

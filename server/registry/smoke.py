@@ -18,8 +18,9 @@ from server.errors import InvalidModel
 
 
 def expected_outputs(model_bytes: bytes, input_name: str, shape: list[int], seed: int, count: int,
-                     atol: float) -> dict[str, Any]:
-    """The offer's ``smoke`` object for one decoded model.
+                     atol: float, output_name: str | None = None) -> dict[str, Any]:
+    """The offer's ``smoke`` object for one decoded model: the class-score output ``output_name``
+    (the contract's; the first output if None) on golden inputs of ``shape``.
 
     The session is built from bytes, after the model was checked for external data, with external
     data lookups confined to an empty folder (``models.sessions``): it cannot read the server's files.
@@ -37,7 +38,7 @@ def expected_outputs(model_bytes: bytes, input_name: str, shape: list[int], seed
     try:
         sess = open_session(model_bytes, intra_threads=1, log_severity=2)
         for x in golden_inputs(seed, count, shape):
-            out = sess.run(None, {input_name: x})[0]
+            out = sess.run([output_name] if output_name else None, {input_name: x})[0]
             expected.append([float(v) for v in np.asarray(out, dtype=np.float32).reshape(-1)])
     except Exception as e:  # noqa: BLE001 - onnxruntime's errors derive from Exception only
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from onnx import TensorProto, helper
 
 from client.manifest import canonical_json
+from models import zoo
 from models.smoke import golden_inputs
 
 ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
@@ -53,6 +54,11 @@ def smoke_for(model: bytes, *, seed: int = 7, count: int = 2, atol: float = 1e-3
     return {"seed": seed, "count": count, "shape": shape, "input_name": "input", "expected": expected, "atol": atol}
 
 
+def contract_for(labels: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The road-sign zoo's input contract (models/zoo/manifest.json) with these class names."""
+    return {**zoo.contract().to_dict(), "labels": list(labels)}
+
+
 def offer_body(**overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": "offer",
@@ -64,7 +70,7 @@ def offer_body(**overrides: Any) -> dict[str, Any]:
         "rollback": False,
         "codec": "lossless",
         "model_sha256": "0" * 64,
-        "labels": LABELS10,
+        "contract": contract_for(LABELS10),
         "package": {"sha256": "1" * 64, "size": 10, "url": "/api/v1/artifacts/" + "1" * 64},
         "delta": None,
         "smoke": {"seed": 1, "count": 1, "shape": [1, 3, 64, 64], "input_name": "input",
@@ -139,7 +145,7 @@ class OfflineOffers:
         decoded = self.codec.unpack(pkg)  # the codec may re-serialise: the car runs what the package decodes to
         signed = offer_body(
             device_id=self.device_id, manifest_version=self.mv, target_version=version, model_sha256=sha(decoded),
-            labels=labels, package=package_obj, delta=delta_obj, smoke=smoke_for(smoke_model or decoded),
+            contract=contract_for(labels), package=package_obj, delta=delta_obj, smoke=smoke_for(smoke_model or decoded),
         )
         signed.update(signed_overrides)
         return sign(signed, self.key)

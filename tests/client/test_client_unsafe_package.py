@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 
 import onnx
-from agent_factories import LABELS10, OfflineOffers, offer_body, sha, sign, smoke_for, zoo_model
+from agent_factories import LABELS10, OfflineOffers, contract_for, offer_body, sha, sign, smoke_for, zoo_model
 from test_client_install import IMAGE, make_agent
 
 from models.codec import container
@@ -52,6 +52,7 @@ def test_a_signed_package_whose_graph_names_a_file_fails_verification_and_the_ol
 def _signed_offer(offers: OfflineOffers, package: bytes, model: bytes) -> dict[str, object]:
     offers.mv += 1
     signed = offer_body(device_id=offers.device_id, manifest_version=offers.mv, target_version=2,
-                        model_sha256=sha(onnx.load_from_string(model).SerializeToString()), labels=LABELS10,
+                        model_sha256=sha(onnx.load_from_string(model).SerializeToString()),
+                        contract=contract_for(LABELS10),
                         package=offers.place(package), delta=None, smoke=smoke_for(zoo_model(2)))
     return sign(signed, offers.key)

@@ -15,11 +15,11 @@ import skimage.data
 from models import codec, zoo
 from models.codec.fidelity import Reference
 from models.contract import InputContract, check_contract, infer_contract
-from models.errors import ContractError
 from models.preprocess import postprocess, preprocess, to_input
 from models.probes import natural_crops
 from models.sessions import open_session
 from models.smoke import input_shape
+from protocol.errors import ContractError  # the base: malformed values (protocol) and misfits (models)
 from tests.models.variants import variant
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "models" / "pretrained"

@@ -69,7 +69,7 @@ def test_offer_is_signed_with_the_enrollment_key_and_names_the_stable_version(se
     signed = envelope["signed"]
     assert signed["type"] == "offer" and signed["device_id"] == "car-signed"
     assert signed["target_version"] == 1 and signed["rollback"] is False and signed["rollout_id"] is None
-    assert signed["labels"][0] == "stop"
+    assert signed["contract"]["labels"][0] == "stop" and signed["contract"]["input_name"] == "input"
     assert signed["smoke"]["count"] == 3 and len(signed["smoke"]["expected"]) == 3
     assert signed["smoke"]["shape"] == [1, 3, 64, 64]
     tampered = {**envelope, "signed": {**signed, "target_version": 99}}
