@@ -61,11 +61,15 @@ def test_another_cars_enrolment_is_not_held_up_by_an_on_demand_delta(
         f"enrolments took {[round(t, 3) for t in enrol_latencies]} s while a {timings['poll']:.2f} s delta was made")
 
 
-def _write_lock_is_free(database_url: str) -> bool:
-    """Whether another writer could start now: nobody holds SQLite's write lock (or, on PostgreSQL, sits in an
-    open transaction of the registry's while Python computes)."""
+def _write_lock_is_free(database_url: str, within_s: float = 0.25) -> bool:
+    """Whether another writer can start within ``within_s``: nobody holds SQLite's write lock for longer (or, on
+    PostgreSQL, sits in an open transaction of the registry's while Python computes).
+
+    The window lets the server's own background ticks (last-seen flush, rollout tick: a few ms each) pass; a
+    transaction held across a diff (hundreds of ms, and the diff waits for this check) never does.
+    """
     if database_url.startswith("sqlite"):
-        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=0, isolation_level=None)
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=within_s, isolation_level=None)
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("ROLLBACK")
@@ -74,10 +78,16 @@ def _write_lock_is_free(database_url: str) -> bool:
             return False
         finally:
             conn.close()
+    deadline = time.monotonic() + within_s
     with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True) as pg:
-        row = pg.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                         "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()").fetchone()
-        return row is not None and row[0] == 0
+        while True:
+            row = pg.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                             "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()").fetchone()
+            if row is not None and row[0] == 0:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
 
 
 @dataclass
