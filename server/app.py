@@ -16,6 +16,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 
+from anyio import CapacityLimiter
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
@@ -25,16 +26,18 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError
 
 from server.accounting.routes import router as accounting_router
-from server.audit import router as audit_router
+from server.artifacts.routes import router as artifacts_router
+from server.audit.routes import router as audit_router
 from server.blobs import BlobStore, LocalBlobStore
 from server.config import Settings, resolve_secrets
 from server.dashboard.app import create_dashboard
 from server.db import Database, check_schema, current_revision, head_revision
 from server.deps import AppContext, require_admin
 from server.devices import changefeed
-from server.devices.fastpoll import POLL_PATH, poll_fast_path
+from server.devices.fastpoll import POLL_LOADERS, POLL_PATH, poll_fast_path
 from server.devices.pollcache import PollCache
 from server.devices.presence import LastSeen
+from server.devices.ratelimit import RateLimiter
 from server.devices.routes import router as devices_router
 from server.errors import RegistryError, Unauthorized
 from server.keys import keys_stamp, load_keyring
@@ -44,14 +47,15 @@ from server.openapi import document_errors
 from server.registry.routes import router as registry_router
 from server.registry.storage import PackageStorage
 from server.rollouts import service as rollouts
+from server.rollouts.membership import MembershipCache
 from server.rollouts.routes import router as rollouts_router
 from server.status import StatusCache
 
 log = logging.getLogger("ota.server")
 
 
-def build_context(settings: Settings) -> AppContext:
-    """Everything the app needs at run time.
+def build_context(settings: Settings, metrics: Metrics | None = None) -> AppContext:
+    """Everything the app needs at run time, as the context's typed fields.
 
     Raises:
         InsecureConfiguration: production without proper secrets.
@@ -71,14 +75,15 @@ def build_context(settings: Settings) -> AppContext:
     else:
         blobs = LocalBlobStore(settings.blob_dir)
     keys = load_keyring(settings)
-    ctx = AppContext(settings=settings, db=db, blobs=blobs, signer=keys.signer, keys=keys,
-                     statuses=StatusCache(keys.signer, settings.status_ttl_s))
-    ctx.services["storage"] = PackageStorage(blobs, settings.package_cache_items)
-    ctx.services["presence"] = LastSeen()
     cache = PollCache(settings.poll_cache_s, max_age_s=settings.poll_cache_max_s,
                       feed=changefeed.for_database(settings.sqlalchemy_url))
-    ctx.services["pollcache"] = cache.attach(db.sessions)  # poll path, issue 8
-    return ctx
+    return AppContext(settings=settings, db=db, blobs=blobs, signer=keys.signer, keys=keys,
+                      statuses=StatusCache(keys.signer, settings.status_ttl_s),
+                      storage=PackageStorage(blobs, settings.package_cache_items), presence=LastSeen(),
+                      pollcache=cache.attach(db.sessions),  # poll path, issue 8
+                      membership=MembershipCache(), metrics=metrics or Metrics(),
+                      enroll_limiter=RateLimiter(settings.enroll_rate_per_s, settings.enroll_burst),
+                      poll_loaders=CapacityLimiter(POLL_LOADERS))
 
 
 async def _every(seconds: float, job, what: str, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
@@ -102,7 +107,7 @@ def _reload_keys(ctx: AppContext) -> None:
     """Pick up ``ota keys rotate`` without a restart: a changed delegation file swaps the online key in.
 
     A broken or half-written rotation keeps the key already loaded (and says why in the log); stored offers
-    signed by the old key are re-signed on their next poll (``devices/service.py``, ``pollcache.answer``).
+    signed by the old key are re-signed on their next poll (``devices/decision.py``: a stored offer another key signed is not resent).
     """
     stamp = keys_stamp(ctx.settings)
     if stamp == ctx.keys.stamp:
@@ -115,7 +120,7 @@ def _reload_keys(ctx: AppContext) -> None:
 
 def _tick_rollouts(ctx: AppContext) -> None:
     with ctx.db.session_scope() as session:
-        rollouts.evaluate_running(session)
+        rollouts.evaluate_running(session, ctx.membership)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -126,8 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = await run_in_threadpool(build_context, settings)
-        ctx.services["metrics"] = metrics
+        ctx = await run_in_threadpool(build_context, settings, metrics)
         app.state.ctx = ctx
         stop_metrics = (metrics.serve_separately(settings.metrics_host, settings.metrics_port)
                         if settings.metrics_port else None)
@@ -135,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # collector's reach so a full collection under load walks only request garbage (poll tail, issue 8).
         gc.collect()
         gc.freeze()
-        presence: LastSeen = ctx.services["presence"]
+        presence = ctx.presence
         stop = asyncio.Event()
         tasks = [asyncio.create_task(_every(ctx.settings.last_seen_flush_s, lambda: presence.flush(ctx.db), "flush",
                                             stop)),
@@ -143,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                             stop)),
                  asyncio.create_task(_every(ctx.settings.keys_reload_s, lambda: _reload_keys(ctx), "key reload",
                                             stop))]
-        cache: PollCache = ctx.services["pollcache"]
+        cache = ctx.pollcache
         if ctx.settings.poll_cache_s > 0:  # keep the poll caches fresh (server/devices/pollcache.py)
             cache.start()
             tasks.append(asyncio.create_task(_every(ctx.settings.poll_cache_s / 2, lambda: cache.refresh(ctx.db),
@@ -193,7 +197,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
         return JSONResponse({"error": "validation_error", "detail": detail, "errors": errors}, status_code=422)
 
-    for router in (registry_router, devices_router, rollouts_router, accounting_router, audit_router):
+    for router in (registry_router, artifacts_router, devices_router, rollouts_router, accounting_router, audit_router):
         app.include_router(router)
     app.mount("/dashboard", create_dashboard(lambda: app.state.ctx))  # issue 7: server-rendered pages
     # Middleware, innermost first: cached polls answered below FastAPI's routing (issue 8); the limits before

@@ -10,7 +10,7 @@ transaction first takes one of ``Database.write_slots`` on the event loop (1
 on SQLite, which has one writer anyway; 16 on PostgreSQL, below the pool's
 20 connections).  Why: FastAPI runs a sync endpoint, then its response
 validation, each in a worker thread of anyio's default pool (40 threads),
-and commits a ``DbSession`` only after both.  Without the slots a burst of a
+and commits a ``WriteSession`` only after both.  Without the slots a burst of a
 few hundred writers filled all 40 threads with requests blocked in ``BEGIN
 IMMEDIATE`` (or on the connection pool) while the lock holder waited for a
 thread to validate its response: nothing moved until busy timeouts (30 s)

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 
+from server import deps
 from server.dashboard import routes
 from server.dashboard.routes import LoginRequired, templates
 from server.deps import AppContext
@@ -31,6 +32,7 @@ def create_dashboard(get_ctx: Callable[[], AppContext]) -> FastAPI:
     """The dashboard sub-app; ``get_ctx`` returns the server's context once its lifespan has started."""
     app = FastAPI(title="OTA dashboards", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.get_ctx = get_ctx
+    app.dependency_overrides[deps.get_ctx] = get_ctx  # its routes use the server's Ctx and ReadSession
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(routes.router)
 

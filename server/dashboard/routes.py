@@ -8,7 +8,6 @@ which keeps the dashboards free of CSRF-sensitive forms other than login.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -16,13 +15,14 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from server.dashboard import format as fmt
 from server.dashboard import service, session, session_store
 from server.db import utcnow
-from server.deps import AppContext
+from server.deps import AppContext, Ctx, ReadSession
+from server.devices.deps import Presence
+from server.rollouts.deps import Members
 from server.security import tokens_equal
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -54,13 +54,6 @@ def login_redirect(request: Request, exc: LoginRequired) -> Response:
     return RedirectResponse(f"{base_path(request)}/login?next={quote(here)}", status_code=303)
 
 
-def get_ctx(request: Request) -> AppContext:
-    return request.app.state.get_ctx()
-
-
-Ctx = Annotated[AppContext, Depends(get_ctx)]
-
-
 def _check(request: Request, ctx: AppContext, api: bool) -> None:
     cookie = request.cookies.get(session.COOKIE)
     if not cookie:
@@ -79,13 +72,6 @@ def require_login_api(request: Request, ctx: Ctx) -> None:
     _check(request, ctx, api=True)
 
 
-def get_session(ctx: Ctx) -> Iterator[Session]:
-    """A read-only use of the server's one-transaction session (nothing is written, so commit is a no-op)."""
-    with ctx.db.session_scope() as s:
-        yield s
-
-
-DbSession = Annotated[Session, Depends(get_session)]
 Login = Depends(require_login)
 
 
@@ -168,38 +154,38 @@ def home(request: Request) -> Response:
 
 
 @router.get("/rollouts", dependencies=[Login])
-def rollouts_list(request: Request, db: DbSession) -> Response:
-    return render(request, "rollouts.html", "rollouts", "Rollouts", service.rollouts_page(db))
+def rollouts_list(request: Request, db: ReadSession, members: Members) -> Response:
+    return render(request, "rollouts.html", "rollouts", "Rollouts", service.rollouts_page(db, members))
 
 
 @router.get("/rollouts/{rollout_id}", dependencies=[Login])
-def rollout_detail(request: Request, rollout_id: int, db: DbSession) -> Response:
-    return render(request, "rollout.html", "rollouts", f"Rollout {rollout_id}", service.rollout_page(db, rollout_id))
+def rollout_detail(request: Request, rollout_id: int, db: ReadSession, members: Members) -> Response:
+    return render(request, "rollout.html", "rollouts", f"Rollout {rollout_id}", service.rollout_page(db, members, rollout_id))
 
 
 @router.get("/bandwidth", dependencies=[Login])
-def bandwidth(request: Request, ctx: Ctx, db: DbSession) -> Response:
-    return render(request, "bandwidth.html", "bandwidth", "Bandwidth", service.bandwidth_page(db, ctx.settings))
+def bandwidth(request: Request, ctx: Ctx, db: ReadSession, members: Members) -> Response:
+    return render(request, "bandwidth.html", "bandwidth", "Bandwidth", service.bandwidth_page(db, members, ctx.settings))
 
 
 @router.get("/fleet", dependencies=[Login])
-def fleet(request: Request, ctx: Ctx, db: DbSession) -> Response:
-    data = service.fleet_page(db, ctx.services["presence"], ctx.settings)
+def fleet(request: Request, ctx: Ctx, db: ReadSession, presence: Presence) -> Response:
+    data = service.fleet_page(db, presence, ctx.settings)
     return render(request, "fleet.html", "fleet", "Fleet", data)
 
 
 @router.get("/fleet/{device_id}", dependencies=[Login])
-def device(request: Request, device_id: str, ctx: Ctx, db: DbSession) -> Response:
-    data = service.device_page(db, ctx.services["presence"], ctx.settings, device_id)
+def device(request: Request, device_id: str, ctx: Ctx, db: ReadSession, presence: Presence) -> Response:
+    data = service.device_page(db, presence, ctx.settings, device_id)
     return render(request, "device.html", "fleet", f"Device {device_id}", data)
 
 
 @router.get("/models", dependencies=[Login])
-def models(request: Request, db: DbSession) -> Response:
+def models(request: Request, db: ReadSession) -> Response:
     return render(request, "models.html", "models", "Models", service.models_page(db))
 
 
 @router.get("/live.json", dependencies=[Depends(require_login_api)])
-def live(ctx: Ctx, db: DbSession) -> dict[str, Any]:
+def live(ctx: Ctx, db: ReadSession, members: Members, presence: Presence) -> dict[str, Any]:
     """The counts every page refreshes in place (polled every ``dashboard_refresh_s``)."""
-    return {"values": service.live_values(db, ctx.services["presence"], ctx.settings)}
+    return {"values": service.live_values(db, members, presence, ctx.settings)}

@@ -29,6 +29,7 @@ from server.devices.states import ACTIVE
 from server.registry import service as registry
 from server.rollouts import schemas as ro_schemas
 from server.rollouts import service as rollouts
+from server.rollouts.membership import MembershipCache
 
 # Order of the per-state columns and stacked bars: the way a device moves, then the bad ends.
 STATES = ("pending", "offered", "downloading", "downloaded", "verified", "installed", "failed", "rolled_back")
@@ -65,10 +66,10 @@ def summarize(r: ro_schemas.RolloutOut) -> RolloutSummary:
                           share(counts.get("installed", 0), assigned), stage_text)
 
 
-def rollouts_page(session: Session) -> dict[str, Any]:
+def rollouts_page(session: Session, members: MembershipCache) -> dict[str, Any]:
     """Every rollout with state, progress and bytes, newest first, plus counts per rollout state."""
     rows = []
-    for r in rollouts.list_rollouts(session):
+    for r in rollouts.list_rollouts(session, members):
         s = summarize(r)
         s.totals = accounting.rollout_accounting(session, r.id, largest=1).totals
         rows.append(s)
@@ -76,13 +77,13 @@ def rollouts_page(session: Session) -> dict[str, Any]:
     return {"rows": rows, "by_state": by_state, "states": STATES}
 
 
-def rollout_page(session: Session, rollout_id: int) -> dict[str, Any]:
+def rollout_page(session: Session, members: MembershipCache, rollout_id: int) -> dict[str, Any]:
     """One rollout: stages, states over time, failures, operator/automatic events, bytes.
 
     Raises:
         NotFound: unknown rollout.
     """
-    r = rollouts.show(session, rollout_id)
+    r = rollouts.show(session, members, rollout_id)
     acc = accounting.rollout_accounting(session, rollout_id, largest=10)
     events = [(e.at, e.update_id, e.state) for e in queries.state_events(session, rollout_id)]
     series = state_counts_over_time(events, STACK_ORDER, until=datetime.now(UTC))
@@ -130,9 +131,9 @@ def _sum_totals(totals: list[acc_schemas.Totals]) -> dict[str, Any]:
     return t
 
 
-def bandwidth_page(session: Session, settings: Settings) -> dict[str, Any]:
+def bandwidth_page(session: Session, members: MembershipCache, settings: Settings) -> dict[str, Any]:
     """Bytes over time per rollout and per network tag, what they would have cost in full, the largest transfers."""
-    accs = [accounting.rollout_accounting(session, r.id, largest=10) for r in rollouts.list_rollouts(session)]
+    accs = [accounting.rollout_accounting(session, r.id, largest=10) for r in rollouts.list_rollouts(session, members)]
     largest = sorted(((a.rollout_id, d) for a in accs for d in a.largest), key=lambda x: -x[1].bytes_sent)[:10]
     tag = settings.dashboard_network_tag
     rows = queries.transfers(session, tag)
@@ -196,14 +197,14 @@ def models_page(session: Session) -> dict[str, Any]:
     return {"lines": lines}
 
 
-def live_values(session: Session, presence: LastSeen, settings: Settings) -> dict[str, dict[str, Any]]:
+def live_values(session: Session, members: MembershipCache, presence: LastSeen, settings: Settings) -> dict[str, dict[str, Any]]:
     """The counts pages refresh in place: key -> {value (raw), text (what is shown), pct (for bars)}."""
     out: dict[str, dict[str, Any]] = {}
 
     def put(key: str, value: Any, text: str | None = None, pct: float | None = None) -> None:
         out[key] = {"value": value, "text": text if text is not None else str(value), "pct": pct}
 
-    rows = [summarize(r) for r in rollouts.list_rollouts(session)]
+    rows = [summarize(r) for r in rollouts.list_rollouts(session, members)]
     for state in ("running", "paused", "halted", "completed", "aborted"):
         put(f"rollouts.{state}", sum(1 for s in rows if s.rollout.state == state))
     for s in rows:

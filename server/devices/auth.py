@@ -26,7 +26,7 @@ from typing import Annotated
 from fastapi import Depends, Header
 from sqlalchemy.orm import Session
 
-from server.deps import AppContext, Ctx, DbSession
+from server.deps import AppContext, Ctx, ReadSession
 from server.devices import store
 from server.errors import Unauthorized
 from server.orm import Device
@@ -62,7 +62,7 @@ def known_device(session: Session, token: str | None) -> Device:
     return device
 
 
-def device_or_admin(ctx: Ctx, session: DbSession, authorization: Annotated[str | None, Header()] = None) -> Device | None:
+def device_or_admin(ctx: Ctx, session: ReadSession, authorization: Annotated[str | None, Header()] = None) -> Device | None:
     """The calling device, or None for the admin.  Raises Unauthorized for anything else."""
     token = bearer(authorization)
     if tokens_equal(token, ctx.settings.admin_token):

@@ -9,11 +9,12 @@ Two caches:
 - line name -> ``rollouts.lineview.LineView`` (stable version and offering
   rollouts with their stages), so the desired-version decision needs none.
 
-``answer`` is the pure fast path: it repeats ``service.poll``'s decision on
-the cached views and returns the response bytes, or None whenever the poll
-would have to write something (a new or re-signed offer, a changed running
-version, drift) or needs the database for a delta; the caller then runs the
-ordinary transactional ``service.poll``.
+``answer`` is the pure fast path: it asks ``decision.decide`` on the cached
+views and returns the response, or None whenever the decision asks for a
+write (a new or re-signed offer, a changed running version, drift) or needs
+the database for a delta; the caller then runs the transactional
+``service.poll``, which decides again on the same views read in its
+transaction.
 
 Freshness is by invalidation, not by age.  Every session of this process
 reports what it flushed; when a transaction that changed devices, offers,
@@ -39,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from itertools import chain
 from typing import Any
 
@@ -50,39 +51,12 @@ from server.config import Settings
 from server.db import Database, as_utc
 from server.devices import schemas
 from server.devices.changefeed import ChangeFeed
+from server.devices.decision import DeviceView, NewOffer, OfferView, PollPolicy, PollView, Resend, decide
 from server.orm import Device, DeviceReport, DeviceUpdate, Line, Package, Rollout, RolloutStage, Version
-from server.rollouts.lineview import LineView, choose_package, desired_in, load_line
+from server.rollouts.lineview import LineView, load_line
 
 _LINE_TYPES = (Line, Rollout, RolloutStage, Version, Package)
 Trust = tuple[float, float | None] | None  # ChangeFeed.trust: (heard since, until or None while listening)
-
-
-@dataclass(frozen=True)
-class OfferView:
-    """One stored offer (a ``DeviceUpdate`` row) and its envelope, already JSON-encoded."""
-
-    state: str
-    codec: str
-    delta_sha256: str | None
-    base_package_sha256: str | None
-    expires_at: datetime
-    envelope_json: bytes
-    keyid: str | None  # which online key signed it: after a rotation the offer is signed again
-
-
-@dataclass(frozen=True)
-class DeviceView:
-    pk: int
-    device_id: str
-    tags: dict[str, Any]
-    poll_interval_s: int | None
-    line: str | None
-    running_version: int | None
-    running_model_sha256: str | None
-    reported_version: int | None
-    drift: bool
-    drift_detail: str | None
-    offers: dict[tuple[int, int], OfferView]  # (rollout id or 0, version id) -> offer
 
 
 _DEVICE_COLUMNS = (Device.id, Device.device_id, Device.tags, Device.poll_interval_s, Device.line,
@@ -98,11 +72,15 @@ _RECENT_OFFERS = (select(*_OFFER_COLUMNS).where(DeviceUpdate.device_pk == bindpa
                   .order_by(DeviceUpdate.id.desc()).limit(RECENT_OFFERS))
 
 
-def load_device(session: Session, token_sha256: str) -> DeviceView | None:
-    """The device holding this token digest, with its recent offers; None if no device has it.
+_ALL_OFFERS = (select(*_OFFER_COLUMNS).where(DeviceUpdate.device_pk == bindparam("pk"))
+               .order_by(DeviceUpdate.id.desc()))
 
-    Two indexed Core selects of just the columns the fast path needs (this runs on a cache miss: after a
-    restart, every car's first poll).
+
+def load_device(session: Session, token_sha256: str, every_offer: bool = False) -> DeviceView | None:
+    """The device holding this token digest, with its recent offers (``every_offer``: all); None if none has it.
+
+    Two indexed Core selects of just the columns the decision needs (the cache loads this on a miss: after a
+    restart, every car's first poll; the database path loads it with every offer inside its transaction).
     """
     conn = session.connection()
     row = conn.execute(_DEVICE_BY_TOKEN, {"digest": token_sha256}).first()
@@ -110,30 +88,27 @@ def load_device(session: Session, token_sha256: str) -> DeviceView | None:
         return None
     pk, device_id, tags, interval, line, running, running_sha, reported, drift, detail = row
     offers: dict[tuple[int, int], OfferView] = {}
-    for key, version_id, state, codec, delta, base, expires, envelope in conn.execute(_RECENT_OFFERS, {"pk": pk}):
+    for key, version_id, state, codec, delta, base, expires, envelope in conn.execute(
+            _ALL_OFFERS if every_offer else _RECENT_OFFERS, {"pk": pk}):
         offers.setdefault((key, version_id), OfferView(state, codec, delta, base, as_utc(expires),
                                                        json.dumps(envelope).encode(), signed_by(envelope)))
     return DeviceView(pk, device_id, dict(tags or {}), interval, line, running, running_sha, reported, bool(drift),
                       detail, offers)
 
 
-def encode_answer(poll_interval_s: int, envelope_json: bytes | None, status_json: bytes) -> bytes:
-    """The poll response body (docs/PROTOCOL.md "Poll"): an offer, or the device's signed status and no offer.
+@dataclass(frozen=True, slots=True)
+class PollAnswer:
+    """A poll's response body, and whether it carries an offer (what the poll metric is labelled by)."""
 
-    "No offer" bodies end in ``"offer":null}`` (the metrics label polls by that).
-    """
+    content: bytes
+    offered: bool
+
+
+def encode_answer(poll_interval_s: int, envelope_json: bytes | None, status_json: bytes) -> PollAnswer:
+    """The poll response body (docs/PROTOCOL.md "Poll"): an offer, or the device's signed status and no offer."""
     if envelope_json is not None:
-        return b'{"poll_interval_s":%d,"offer":%s}' % (poll_interval_s, envelope_json)
-    return b'{"poll_interval_s":%d,"status":%s,"offer":null}' % (poll_interval_s, status_json)
-
-
-def _unchanged_running(d: DeviceView, line: str, body: schemas.PollIn) -> bool:
-    """True when ``service._note_running`` would write nothing for this poll."""
-    drift = d.reported_version is not None and body.current_version != d.reported_version
-    detail = (f"reported installed version {d.reported_version} but polls with version {body.current_version}"
-              if drift else None)
-    return (d.line == line and d.running_version == body.current_version
-            and d.running_model_sha256 == body.current_model_sha256 and d.drift == drift and d.drift_detail == detail)
+        return PollAnswer(b'{"poll_interval_s":%d,"offer":%s}' % (poll_interval_s, envelope_json), True)
+    return PollAnswer(b'{"poll_interval_s":%d,"status":%s,"offer":null}' % (poll_interval_s, status_json), False)
 
 
 def signed_by(envelope: dict[str, Any] | None) -> str | None:
@@ -144,39 +119,24 @@ def signed_by(envelope: dict[str, Any] | None) -> str | None:
         return None
 
 
-def answer(d: DeviceView, line: LineView, body: schemas.PollIn, now: datetime, settings: Settings,
-           status_json: bytes, keyid: str) -> bytes | None:
-    """``service.poll``'s answer from the cached views, or None when the poll needs the database (pure).
+def policy(settings: Settings, key_id: str) -> PollPolicy:
+    """The decision's view of the settings (and of the online key); ``PollCache.policy`` keeps the current one."""
+    return PollPolicy(settings.poll_interval_s, tuple(settings.codec_list()), settings.offer_ttl_s, key_id)
 
-    ``status_json`` is the device's signed status, sent with a "no offer" answer; ``keyid`` the online key's:
-    an offer another key signed (before a rotation) is signed again by the slow path.
+
+def answer(d: DeviceView, line: LineView, body: schemas.PollIn, now: datetime, rules: PollPolicy,
+           status_json: bytes) -> PollAnswer | None:
+    """The poll's answer from the cached views, or None when the decision asks for a write (pure).
+
+    ``status_json`` is the device's signed status, sent with a "no offer" answer.
     """
-    interval = d.poll_interval_s or settings.poll_interval_s
-    if not _unchanged_running(d, line.name, body):
-        return None
-    target = desired_in(line, d.device_id, d.tags)
-    pkg = choose_package(target.version, target.codec, settings.codec_list()) if target else None
-    if target is None or pkg is None:
-        return encode_answer(interval, None, status_json)
-    runs_target = body.current_version == target.version.number and (
-        body.current_model_sha256 in (None, pkg.model_sha256))
-    downgrade = target.version.number < body.current_version and not target.rollback
-    if runs_target or downgrade:
-        return encode_answer(interval, None, status_json)
-    offer = d.offers.get((target.rollout.id if target.rollout else 0, target.version.id))
-    if offer is None:
-        return None  # a first offer: signed and stored by the slow path
-    if offer.state == "rolled_back":
-        return encode_answer(interval, None, status_json)
-    base = body.current_package_sha256
-    if not base or base == pkg.sha256:
-        same_delta = offer.delta_sha256 is None
-    else:  # only the stored base is known without the database
-        same_delta = offer.delta_sha256 is not None and offer.base_package_sha256 == base
-    fresh = offer.expires_at - now > timedelta(seconds=settings.offer_ttl_s / 2)
-    if same_delta and offer.codec == pkg.codec and fresh and offer.keyid == keyid:
-        return encode_answer(interval, offer.envelope_json, status_json)
-    return None
+    decision = decide(d, line, PollView(body.line, body.current_version, body.current_model_sha256,
+                                        body.current_package_sha256), now, rules)
+    if decision.running is not None or isinstance(decision, NewOffer):
+        return None  # the database path decides again in its transaction and writes
+    if isinstance(decision, Resend):
+        return encode_answer(decision.poll_interval_s, decision.envelope_json, status_json)
+    return encode_answer(decision.poll_interval_s, None, status_json)
 
 
 class _Expiring:
@@ -245,6 +205,14 @@ class PollCache:
         self._devices = _Expiring(ttl_s, max_age_s, clock)  # token digest -> DeviceView
         self._device_digest: dict[int, str] = {}  # device pk -> token digest, to drop by pk
         self._lines = _Expiring(ttl_s, max_age_s, clock)  # line name -> LineView
+        self._policy: PollPolicy | None = None
+
+    def policy(self, settings: Settings, key_id: str) -> PollPolicy:
+        """The decision's settings, made once per online key (a rotation makes a new one)."""
+        rules = self._policy
+        if rules is None or rules.key_id != key_id:
+            rules = self._policy = policy(settings, key_id)
+        return rules
 
     def _trust(self) -> Trust:
         return self.feed.trust if self.feed is not None else None

@@ -9,24 +9,24 @@ lock (issue 8; see ``server/db.py``).  Their responses are validated on the even
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from anyio import CapacityLimiter, to_thread
+from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from server.db import utcnow
-from server.deps import Admin, AppContext, Ctx, DbSession
-from server.devices import enrollment, pollcache, schemas, service, tokens
+from server.deps import Admin, AppContext, Ctx, ReadSession, WriteSession
+from server.devices import enrollment, fastpoll, pollcache, schemas, service, tokens
 from server.devices.auth import UNKNOWN_DEVICE, device_by_token, known_device
-from server.devices.pollcache import PollCache
-from server.devices.ratelimit import RateLimiter
+from server.devices.deps import Presence
+from server.devices.pollcache import PollAnswer, PollCache
 from server.errors import Conflict, Unauthorized
 from server.rollouts.lineview import LineView, load_line
+from server.rollouts.membership import MembershipCache
 from server.security import bearer, token_digest
 
 router = APIRouter(prefix="/api/v1")
@@ -38,14 +38,6 @@ def keys(ctx: Ctx) -> schemas.KeysOut:
     return schemas.KeysOut(root_keyid=ctx.keys.root_keyid, delegation=ctx.keys.delegation)
 
 
-def _enroll_limiter(ctx: AppContext) -> RateLimiter:
-    limiter = ctx.services.get("enroll_limiter")
-    if limiter is None:  # made on the event loop (this runs there), once per app
-        limiter = ctx.services["enroll_limiter"] = RateLimiter(ctx.settings.enroll_rate_per_s,
-                                                               ctx.settings.enroll_burst)
-    return limiter
-
-
 @router.post("/devices/enroll", status_code=201, response_model=schemas.EnrollOut,
              responses={409: {"description": "the id is enrolled: prove its key or have it reauthorised"},
                         429: {"description": "too many enrolments from this address or with this token"}})
@@ -54,7 +46,7 @@ async def enroll(body: schemas.EnrollIn, request: Request, ctx: Ctx,
     token = bearer(authorization)
     client = request.client.host if request.client else "unknown"
     credential = f"token:{token_digest(token)}" if token else f"proof:{body.device_id}"
-    wait_s = _enroll_limiter(ctx).take(f"addr:{client}", credential)
+    wait_s = ctx.enroll_limiter.take(f"addr:{client}", credential)
     if wait_s > 0:
         retry = str(max(1, math.ceil(min(wait_s, 86400.0))))
         return JSONResponse({"error": "rate_limited", "detail": f"too many enrolments from {client} or with this "
@@ -68,7 +60,7 @@ async def enroll(body: schemas.EnrollIn, request: Request, ctx: Ctx,
 
 
 @router.post("/devices/{device_id}/reauthorize", response_model=schemas.DeviceActionOut)
-def reauthorize_device(device_id: str, session: DbSession, actor: Admin,
+def reauthorize_device(device_id: str, session: WriteSession, actor: Admin,
                        body: schemas.ReauthorizeIn | None = None) -> schemas.DeviceActionOut:
     """Allow one enrolment of this id (with an enrolment token) to replace its key, within ``valid_s``."""
     return enrollment.reauthorize(session, device_id, (body or schemas.ReauthorizeIn()).valid_s, actor)
@@ -78,7 +70,7 @@ async def _revoke(ctx: AppContext, device_id: str, actor: str, decommission: boo
     """Commit the revocation, then wait until every other process has heard of it (the change feed) so that
     the device's very next poll is refused whichever worker or replica answers it."""
     out = await ctx.db.run_write(enrollment.revoke, device_id, actor, decommission)
-    feed = ctx.services["pollcache"].feed
+    feed = ctx.pollcache.feed
     await asyncio.sleep(feed.propagation_s if feed is not None else 0.0)
     return out
 
@@ -94,18 +86,18 @@ async def decommission_device(device_id: str, ctx: Ctx, actor: Admin) -> schemas
 
 
 @router.post("/enrollment-tokens", status_code=201, response_model=schemas.EnrollmentTokenCreated)
-def create_enrollment_token(body: schemas.EnrollmentTokenIn, session: DbSession,
+def create_enrollment_token(body: schemas.EnrollmentTokenIn, session: WriteSession,
                             actor: Admin) -> schemas.EnrollmentTokenCreated:
     return tokens.create(session, body, actor)
 
 
 @router.get("/enrollment-tokens", response_model=list[schemas.EnrollmentTokenOut])
-def list_enrollment_tokens(session: DbSession, _admin: Admin) -> list[schemas.EnrollmentTokenOut]:
+def list_enrollment_tokens(session: ReadSession, _admin: Admin) -> list[schemas.EnrollmentTokenOut]:
     return tokens.list_tokens(session)
 
 
 @router.post("/enrollment-tokens/{token_id}/revoke", response_model=schemas.EnrollmentTokenOut)
-def revoke_enrollment_token(token_id: int, session: DbSession, actor: Admin) -> schemas.EnrollmentTokenOut:
+def revoke_enrollment_token(token_id: int, session: WriteSession, actor: Admin) -> schemas.EnrollmentTokenOut:
     return tokens.revoke(session, token_id, actor)
 
 
@@ -129,13 +121,11 @@ def _load_line(ctx: AppContext, cache: PollCache, name: str) -> LineView | None:
     return view
 
 
-def _poll_in_transaction(session: Session, ctx: AppContext, token: str, body: schemas.PollIn) -> bytes:
-    """The full poll (may sign and store an offer); run by ``run_write``, so committed before the answer is sent."""
+def _poll_in_transaction(session: Session, ctx: AppContext, token: str, body: schemas.PollIn) -> PollAnswer:
+    """The database path (may sign and store an offer); run by ``run_write``, so committed before the answer is sent."""
     device = known_device(session, token)
-    out = service.poll(session, ctx.settings, ctx.signer, ctx.services["storage"], ctx.services["presence"],
-                       device, body)
-    return pollcache.encode_answer(out.poll_interval_s, json.dumps(out.offer).encode() if out.offer else None,
-                                   ctx.statuses.get(device.device_id, utcnow()))
+    interval, envelope_json = service.poll(session, ctx.settings, ctx.signer, ctx.storage, ctx.presence, device, body)
+    return pollcache.encode_answer(interval, envelope_json, ctx.statuses.get(device.device_id, utcnow()))
 
 
 def _prepare_poll(ctx: AppContext, token: str, body: schemas.PollIn) -> None:
@@ -143,15 +133,7 @@ def _prepare_poll(ctx: AppContext, token: str, body: schemas.PollIn) -> None:
     with ctx.db.read_scope() as session:
         device = device_by_token(session, token)
         if device is not None:
-            service.prepare_poll(session, ctx.settings, ctx.services["storage"], device, body)
-
-
-def _loaders(ctx: AppContext) -> CapacityLimiter:
-    """Cache misses read in at most 4 threads: more only compete for the GIL and pooled connections."""
-    limiter = ctx.services.get("poll_loaders")
-    if limiter is None:  # made on the event loop (this runs there), once per app
-        limiter = ctx.services["poll_loaders"] = CapacityLimiter(4)
-    return limiter
+            service.prepare_poll(session, ctx.settings, ctx.signer, ctx.storage, device, body)
 
 
 @dataclass(frozen=True)
@@ -163,14 +145,14 @@ class _Caller:
 async def _polling_device(request: Request, authorization: Annotated[str | None, Header()] = None) -> _Caller:
     """The calling device from the cache (or one read).  Raises Unauthorized for a missing or unknown token."""
     ctx: AppContext = request.app.state.ctx
-    cache: PollCache = ctx.services["pollcache"]
+    cache = ctx.pollcache
     token = bearer(authorization)
     if token is None:
         raise Unauthorized(UNKNOWN_DEVICE)
     digest = token_digest(token)
     device = cache.device(digest)
     if device is None:
-        device = await to_thread.run_sync(_load_device, ctx, cache, digest, limiter=_loaders(ctx))
+        device = await to_thread.run_sync(_load_device, ctx, cache, digest, limiter=ctx.poll_loaders)
         if device is None:
             raise Unauthorized(UNKNOWN_DEVICE)
     return _Caller(token, device)
@@ -180,27 +162,22 @@ async def _polling_device(request: Request, authorization: Annotated[str | None,
 async def poll(body: schemas.PollIn, request: Request,
                caller: Annotated[_Caller, Depends(_polling_device)]) -> Response:
     ctx: AppContext = request.app.state.ctx
-    cache: PollCache = ctx.services["pollcache"]
+    cache = ctx.pollcache
     line = cache.line(body.line) or await to_thread.run_sync(_load_line, ctx, cache, body.line,
-                                                             limiter=_loaders(ctx))
-    now = utcnow()
-    content = (pollcache.answer(caller.device, line, body, now, ctx.settings,
-                                ctx.statuses.get(caller.device.device_id, now), ctx.signer.key_id)
-               if line is not None else None)
-    if content is None:  # needs the database (an unknown line: the slow path raises NotFound)
+                                                             limiter=ctx.poll_loaders)
+    answer = fastpoll.cached_answer(ctx, caller.device, line, body) if line is not None else None
+    if answer is None:  # the decision asks for a write (an unknown line: the database path raises NotFound)
         # A delta to make is made first, holding no write slot (issue 15); the transaction only writes rows.
         await to_thread.run_sync(_prepare_poll, ctx, caller.token, body)
-        content = await ctx.db.run_write(_poll_in_transaction, ctx, caller.token, body)
-    else:
-        ctx.services["presence"].note(caller.device.pk, now)
-    ctx.services["metrics"].polls.labels("no" if content.endswith(b'"offer":null}') else "yes").inc()
-    return Response(content, media_type="application/json")
+        answer = await ctx.db.run_write(_poll_in_transaction, ctx, caller.token, body)
+        fastpoll.count_poll(ctx, answer)
+    return Response(answer.content, media_type="application/json")
 
 
-def _report_in_transaction(session: Session, token: str | None, body: schemas.ReportsIn,
+def _report_in_transaction(session: Session, members: MembershipCache, token: str | None, body: schemas.ReportsIn,
                            raw: list[dict[str, Any]] | None) -> schemas.ReportsOut:
     """Raises Unauthorized for a missing or unknown token (looked up in the write transaction: no extra hop)."""
-    return service.report(session, known_device(session, token), body, raw)
+    return service.report(session, members, known_device(session, token), body, raw)
 
 
 @router.post("/device/reports", response_model=schemas.ReportsOut)
@@ -208,30 +185,30 @@ async def reports(body: schemas.ReportsIn, request: Request, ctx: Ctx,
                   authorization: Annotated[str | None, Header()] = None) -> schemas.ReportsOut:
     sent = await request.json()  # already parsed for ``body``; signatures cover the reports exactly as sent
     raw = sent.get("reports") if isinstance(sent, dict) else None
-    ack = await ctx.db.run_write(_report_in_transaction, bearer(authorization), body,
+    ack = await ctx.db.run_write(_report_in_transaction, ctx.membership, bearer(authorization), body,
                                  raw if isinstance(raw, list) else None)
     states = {r.seq: r.state for r in body.reports}
     for seq in ack.accepted:
-        ctx.services["metrics"].reports.labels("accepted", states[seq]).inc()
+        ctx.metrics.reports.labels("accepted", states[seq]).inc()
     for rej in ack.rejected:
-        ctx.services["metrics"].reports.labels("rejected", states[rej.seq]).inc()
+        ctx.metrics.reports.labels("rejected", states[rej.seq]).inc()
     return ack
 
 
 @router.get("/devices", response_model=list[schemas.DeviceOut])
-def list_devices(ctx: Ctx, session: DbSession, _admin: Admin,
+def list_devices(presence: Presence, session: ReadSession, _admin: Admin,
                  tag: Annotated[list[str] | None, Query(description="key=value, repeatable")] = None,
                  drift: bool = False) -> list[schemas.DeviceOut]:
     tags = dict(t.split("=", 1) for t in (tag or []) if "=" in t)
-    return service.inventory(session, ctx.services["presence"], tags, drift_only=drift)
+    return service.inventory(session, presence, tags, drift_only=drift)
 
 
 @router.get("/devices/{device_id}", response_model=schemas.DeviceOut)
-def show_device(device_id: str, ctx: Ctx, session: DbSession, _admin: Admin) -> schemas.DeviceOut:
-    return service.device_detail(session, ctx.services["presence"], device_id)
+def show_device(device_id: str, presence: Presence, session: ReadSession, _admin: Admin) -> schemas.DeviceOut:
+    return service.device_detail(session, presence, device_id)
 
 
 @router.patch("/devices/{device_id}", response_model=schemas.DeviceOut)
-def update_device(device_id: str, body: schemas.DevicePatch, ctx: Ctx, session: DbSession,
+def update_device(device_id: str, body: schemas.DevicePatch, presence: Presence, session: WriteSession,
                   actor: Admin) -> schemas.DeviceOut:
-    return service.update_device(session, ctx.services["presence"], device_id, body, actor)
+    return service.update_device(session, presence, device_id, body, actor)

@@ -1,8 +1,9 @@
 """Device decisions: polls that answer with signed offers, reports, inventory, drift (enrolment: ``enrollment.py``).
 
-Poll path: resolve the desired version (``rollouts.service.desired_for``),
-and if the car is not running it, answer with a signed offer.  The offer is
-stored on the device's update row and re-sent unchanged on later polls
+Poll path: load the views the poll cache holds (``pollcache.load_device``,
+``lineview.load_line``) inside the transaction, ask ``decision.decide``, and
+perform only the writes it names: the running columns, and for a new offer a
+signed envelope.  The offer is stored on the device's update row and re-sent unchanged on later polls
 (same ``manifest_version``), so a steady-state poll writes nothing; it is
 re-signed with a higher ``manifest_version`` only when it is about to
 expire or the car's base package changed (a different delta applies).
@@ -10,6 +11,9 @@ expire or the car's base package changed (a different delta applies).
 
 from __future__ import annotations
 
+import contextlib
+import json
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,16 +22,20 @@ from sqlalchemy.orm import Session
 
 from protocol.contract import InputContract
 from protocol.offer import Artifact, Delta, Offer, Smoke, artifact_url
+from server import audit
 from server.config import Settings
 from server.db import as_utc, utcnow
-from server.devices import device_keys, schemas, states, store
-from server.devices.pollcache import signed_by
+from server.devices import decision, device_keys, schemas, states, store
+from server.devices.pollcache import load_device, policy
 from server.devices.presence import LastSeen
 from server.errors import IllegalTransition, NotFound, Unauthorized
-from server.orm import AuditEntry, Device, DeviceReport, DeviceUpdate, Line, Package, Version
+from server.orm import Delta as DeltaRow
+from server.orm import Device, DeviceReport, DeviceUpdate, Line, Package, Version
 from server.registry import store as registry_store
 from server.registry.storage import PackageStorage
 from server.rollouts import service as rollouts
+from server.rollouts.lineview import LineView, PackageView, load_line
+from server.rollouts.membership import MembershipCache
 from server.security import Signer
 
 
@@ -35,27 +43,9 @@ def _next_manifest_version(device: Device, now: datetime) -> int:
     return max(int(device.manifest_version or 0) + 1, int(now.timestamp() * 1000))
 
 
-def _choose_codec(session: Session, version: Version, wanted: str | None, settings: Settings) -> Package | None:
-    pkgs = {p.codec: p for p in registry_store.packages(session, version.id)}
-    for name in ([wanted] if wanted else []) + settings.codec_list() + sorted(pkgs):
-        if name in pkgs:
-            return pkgs[name]
-    return None
-
-
-def _delta(session: Session, storage: PackageStorage, line: Line, target: Package,
-           current_package_sha256: str | None) -> tuple[Any, Package | None]:
-    if not current_package_sha256 or current_package_sha256 == target.sha256:
-        return None, None
-    base = registry_store.line_package_by_sha(session, line.id, current_package_sha256)
-    if base is None or base.codec != target.codec:
-        return None, None
-    return storage.delta_for(session, base, target), base
-
-
 def _offer(device: Device, line: Line, version: Version, pkg: Package, rollout_id: int | None, rollback: bool,
-           delta: Any, base: Package | None, manifest_version: int, expires: datetime) -> dict[str, Any]:
-    """The ``signed`` body of an offer (protocol/offer.py is the one definition of its fields)."""
+           delta: DeltaRow | None, base: str | None, manifest_version: int, expires: datetime) -> dict[str, Any]:
+    """The ``signed`` body of an offer, the one place it is built (protocol/offer.py defines its fields)."""
     smoke = pkg.smoke
     return Offer(
         device_id=device.device_id, line=line.name, rollout_id=rollout_id, manifest_version=manifest_version,
@@ -63,32 +53,27 @@ def _offer(device: Device, line: Line, version: Version, pkg: Package, rollout_i
         contract=InputContract.from_dict(version.contract),
         package=Artifact(pkg.sha256, pkg.bytes, artifact_url(pkg.sha256)),
         delta=None if delta is None or base is None else Delta(
-            delta.sha256, delta.bytes, artifact_url(delta.sha256), base_package_sha256=base.sha256),
+            delta.sha256, delta.bytes, artifact_url(delta.sha256), base_package_sha256=base),
         smoke=Smoke(seed=smoke["seed"], count=smoke["count"], shape=tuple(smoke["shape"]),
                     input_name=smoke["input_name"], expected=smoke["expected"], atol=smoke["atol"]),
         expires=expires,
     ).to_signed()
 
 
-def _note_running(device: Device, line: Line, body: schemas.PollIn) -> None:
-    """Record what the car runs, and flag drift; writes only when something changed."""
-    if device.line != line.name:
-        device.line = line.name
-    if device.running_version != body.current_version or device.running_model_sha256 != body.current_model_sha256:
-        device.running_version = body.current_version
-        device.running_model_sha256 = body.current_model_sha256
-    drift = device.reported_version is not None and body.current_version != device.reported_version
-    detail = (f"reported installed version {device.reported_version} but polls with version {body.current_version}"
-              if drift else None)
-    if device.drift != drift or device.drift_detail != detail:
-        device.drift, device.drift_detail = drift, detail
+def _note_running(device: Device, running: decision.Running | None) -> None:
+    """Write what the decision says the car runs (None: it is already recorded)."""
+    if running is None:
+        return
+    device.line = running.line
+    device.running_version, device.running_model_sha256 = running.running_version, running.running_model_sha256
+    device.drift, device.drift_detail = running.drift, running.drift_detail
 
 
-def _new_update(session: Session, device: Device, rollout_id: int | None, version: Version,
+def _new_update(session: Session, device: Device, rollout_id: int | None, version_id: int, target_version: int,
                 now: datetime) -> DeviceUpdate:
     """The offer row, created once even if the same device polls twice at the same moment."""
     row = DeviceUpdate(device_pk=device.id, rollout_id=rollout_id, rollout_key=rollout_id or 0,
-                       version_id=version.id, target_version=version.number, state="offered", bytes_reported=0,
+                       version_id=version_id, target_version=target_version, state="offered", bytes_reported=0,
                        codec="", package_sha256="", manifest_version=0, envelope={}, expires_at=now, created_at=now,
                        updated_at=now)
     try:
@@ -97,35 +82,62 @@ def _new_update(session: Session, device: Device, rollout_id: int | None, versio
             session.flush()
         return row
     except IntegrityError:
-        winner = store.update_for(session, device.id, rollout_id, version.id)
+        winner = store.update_for(session, device.id, rollout_id, version_id)
         assert winner is not None
         return winner
 
 
-def _offered_package(session: Session, settings: Settings, device: Device, body: schemas.PollIn,
-                     ) -> tuple[Line, rollouts.Target, Package] | None:
-    """The line, target and package a poll would offer, or None when it offers nothing (a read)."""
-    line = registry_store.line_by_name(session, body.line)
+def _views(session: Session, device: Device, body: schemas.PollIn,
+           ) -> tuple[decision.DeviceView, LineView, decision.PollView]:
+    """The views the decision reads, loaded as the poll cache loads them (every offer of the device).
+
+    Raises:
+        NotFound: the line does not exist.
+    """
+    line = load_line(session, body.line)
     if line is None:
+        raise NotFound(f"model line {body.line!r} does not exist on this registry")
+    view = load_device(session, device.token_sha256, every_offer=True)
+    assert view is not None  # the caller holds the row
+    return view, line, decision.PollView(body.line, body.current_version, body.current_model_sha256,
+                                         body.current_package_sha256)
+
+
+def _delta_packages(session: Session, line: LineView, poll: decision.PollView, version_id: int,
+                    target: PackageView) -> tuple[Package, Package] | None:
+    """(base, target) rows when a transfer delta from the car's package can apply: same line, same codec."""
+    if not poll.current_package_sha256 or poll.current_package_sha256 == target.sha256:
         return None
-    target = rollouts.desired_for(session, line, device)
-    pkg = _choose_codec(session, target.version, target.codec, settings) if target else None
-    if target is None or pkg is None or not _offers(target, pkg, body):
+    base = registry_store.line_package_by_sha(session, line.id, poll.current_package_sha256)
+    if base is None or base.codec != target.codec:
         return None
-    return line, target, pkg
+    return base, _package_row(session, version_id, target.codec)
 
 
-def _offers(target: rollouts.Target | None, pkg: Package | None, body: schemas.PollIn) -> bool:
-    """Whether a poll gets an offer: there is a target with a package, not already run, and not a downgrade."""
-    if target is None or pkg is None:
-        return False
-    runs_target = body.current_version == target.version.number and (
-        body.current_model_sha256 in (None, pkg.model_sha256))
-    downgrade = target.version.number < body.current_version and not target.rollback
-    return not runs_target and not downgrade
+def _package_row(session: Session, version_id: int, codec: str) -> Package:
+    row = next((p for p in registry_store.packages(session, version_id) if p.codec == codec), None)
+    assert row is not None  # the line view was read in this session
+    return row
 
 
-def prepare_poll(session: Session, settings: Settings, storage: PackageStorage, device: Device,
+def _decide(session: Session, storage: PackageStorage, device: Device, body: schemas.PollIn, now: datetime,
+            rules: decision.PollPolicy, make_delta: bool) -> tuple[decision.Decision, LineView]:
+    """Decide on the views read in ``session``; when the decision needs to know the transfer delta, find it
+    (``make_delta``: the row, made now; else only its bytes, made for a later transaction) and decide again."""
+    view, line, poll = _views(session, device, body)
+    made = decision.decide(view, line, poll, now, rules)
+    if not isinstance(made, decision.NewOffer) or made.delta_known:
+        return made, line
+    pair = _delta_packages(session, line, poll, made.target.version.id, made.package)
+    if pair is not None and not make_delta:
+        storage.prepare_delta(session, *pair)
+        return made, line
+    delta = storage.delta_for(session, *pair) if pair is not None else None
+    known = replace(poll, deltas={made.package.sha256: delta.sha256 if delta is not None else None})
+    return decision.decide(view, line, known, now, rules), line
+
+
+def prepare_poll(session: Session, settings: Settings, signer: Signer, storage: PackageStorage, device: Device,
                  body: schemas.PollIn) -> None:
     """Make the transfer delta this poll will offer, if nobody has: in a read scope, before the write slot.
 
@@ -133,59 +145,52 @@ def prepare_poll(session: Session, settings: Settings, storage: PackageStorage, 
     car's enrolment or reports waited for it (issue 15).  ``poll`` then finds the bytes made and only
     inserts the delta's row.
     """
-    offered = _offered_package(session, settings, device, body)
-    if offered is None or not body.current_package_sha256 or body.current_package_sha256 == offered[2].sha256:
-        return
-    line, _, pkg = offered
-    base = registry_store.line_package_by_sha(session, line.id, body.current_package_sha256)
-    if base is not None and base.codec == pkg.codec:
-        storage.prepare_delta(session, base, pkg)
+    with contextlib.suppress(NotFound):  # an unknown line: ``poll`` says so
+        _decide(session, storage, device, body, utcnow(), policy(settings, signer.key_id), make_delta=False)
 
 
 def poll(session: Session, settings: Settings, signer: Signer, storage: PackageStorage, presence: LastSeen,
-         device: Device, body: schemas.PollIn) -> schemas.PollOut:
-    """Answer a poll: no offer when the car runs its desired version, else a signed offer.
+         device: Device, body: schemas.PollIn) -> tuple[int, bytes | None]:
+    """Answer a poll: (poll interval, the offer's envelope as JSON or None), writing only what the decision asks.
 
     Raises:
         NotFound: the line does not exist.
     """
     now = utcnow()
     presence.note(device.id, now)
-    interval = device.poll_interval_s or settings.poll_interval_s
-    line = registry_store.line_by_name(session, body.line)
-    if line is None:
-        raise NotFound(f"model line {body.line!r} does not exist on this registry")
-    target = rollouts.desired_for(session, line, device)
-    pkg = _choose_codec(session, target.version, target.codec, settings) if target else None
-    if target is None or pkg is None or not _offers(target, pkg, body):
-        _note_running(device, line, body)
-        return schemas.PollOut(poll_interval_s=interval, offer=None)
-    rollout_id = target.rollout.id if target.rollout else None
-    existing = store.update_for(session, device.id, rollout_id, target.version.id)
-    if existing is not None and existing.state == "rolled_back":
-        _note_running(device, line, body)  # this device tried and fell back; wait for an operator
-        return schemas.PollOut(poll_interval_s=interval, offer=None)
-    delta, base = _delta(session, storage, line, pkg, body.current_package_sha256)
-    _note_running(device, line, body)
-    wanted_delta = delta.sha256 if delta is not None else None
-    if existing is not None and existing.codec == pkg.codec and existing.delta_sha256 == wanted_delta and \
-            as_utc(existing.expires_at) - now > timedelta(seconds=settings.offer_ttl_s / 2) and \
-            signed_by(existing.envelope) == signer.key_id:  # after a key rotation: signed again
-        return schemas.PollOut(poll_interval_s=interval, offer=existing.envelope)  # same offer, no write
+    made, line = _decide(session, storage, device, body, now, policy(settings, signer.key_id), make_delta=True)
+    _note_running(device, made.running)
+    if isinstance(made, decision.NoOffer):
+        return made.poll_interval_s, None
+    if isinstance(made, decision.Resend):
+        return made.poll_interval_s, made.envelope_json
+    envelope = _sign_offer(session, settings, signer, device, line, made, body.current_package_sha256, now)
+    return made.poll_interval_s, json.dumps(envelope).encode()
+
+
+def _sign_offer(session: Session, settings: Settings, signer: Signer, device: Device, line: LineView,
+                made: decision.NewOffer, car_package: str | None, now: datetime) -> dict[str, Any]:
+    """Sign the new offer and store it on the device's update row for this (rollout, version)."""
+    version = registry_store.version_by_id(session, made.target.version.id)
+    line_row = session.get(Line, line.id)
+    assert version is not None and line_row is not None  # the line view was read in this session
+    pkg = _package_row(session, version.id, made.package.codec)
+    delta = registry_store.delta(session, car_package, pkg.sha256) if made.delta_sha256 and car_package else None
+    base = delta.base_sha256 if delta is not None else None
     mv = _next_manifest_version(device, now)
     device.manifest_version = mv
     expires = now + timedelta(seconds=settings.offer_ttl_s)
-    envelope = signer.envelope(_offer(device, line, target.version, pkg, rollout_id, target.rollback, delta, base,
-                                      mv, expires))
-    if existing is None:
-        existing = _new_update(session, device, rollout_id, target.version, now)
-    existing.codec, existing.package_sha256 = pkg.codec, pkg.sha256
-    existing.delta_sha256 = wanted_delta
-    existing.base_package_sha256 = base.sha256 if delta is not None and base is not None else None
-    existing.rollback, existing.manifest_version, existing.envelope = target.rollback, mv, envelope
-    existing.expires_at, existing.updated_at = expires, now
+    envelope = signer.envelope(_offer(device, line_row, version, pkg, made.rollout_id, made.target.rollback, delta,
+                                      base, mv, expires))
+    row = store.update_for(session, device.id, made.rollout_id, version.id)
+    if row is None:
+        row = _new_update(session, device, made.rollout_id, version.id, version.number, now)
+    row.codec, row.package_sha256 = pkg.codec, pkg.sha256
+    row.delta_sha256, row.base_package_sha256 = made.delta_sha256, base
+    row.rollback, row.manifest_version, row.envelope = made.target.rollback, mv, envelope
+    row.expires_at, row.updated_at = expires, now
     session.flush()
-    return schemas.PollOut(poll_interval_s=interval, offer=envelope)
+    return envelope
 
 
 def _apply_report(session: Session, device: Device, r: schemas.ReportIn) -> DeviceUpdate:
@@ -238,7 +243,7 @@ def _install_evidence(session: Session, device: Device, update: DeviceUpdate, si
     return "download" if store.downloaded_in_full(session, device.id, artifacts) else None
 
 
-def report(session: Session, device: Device, body: schemas.ReportsIn,
+def report(session: Session, members: MembershipCache, device: Device, body: schemas.ReportsIn,
            raw: list[dict[str, Any]] | None = None) -> schemas.ReportsOut:
     """Apply queued reports in seq order; re-sent seqs are acknowledged without effect.
 
@@ -278,7 +283,7 @@ def report(session: Session, device: Device, body: schemas.ReportsIn,
         if update.rollout_id is not None:
             touched.add(update.rollout_id)
     for rollout_id in sorted(touched):
-        rollouts.evaluate(session, rollout_id)
+        rollouts.evaluate(session, members, rollout_id)
     return schemas.ReportsOut(accepted=accepted, rejected=rejected)
 
 
@@ -333,8 +338,7 @@ def update_device(session: Session, presence: LastSeen, device_id: str, body: sc
         d.tags = dict(body.tags)
     if "poll_interval_s" in changes:
         d.poll_interval_s = body.poll_interval_s
-    session.add(AuditEntry(at=utcnow(), actor=actor, action="device.update", detail={"device_id": device_id,
-                                                                                      **changes}))
+    audit.record(session, actor, "device.update", device_id=device_id, **changes)
     session.flush()
     return _device_out(session, d, presence, with_updates=True)
 

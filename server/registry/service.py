@@ -174,7 +174,7 @@ def publish(db: Database, storage: PackageStorage, settings: Settings, line_name
     upload = probes.read_probe(probe, settings.max_probe_bytes) if probe is not None else None
     source_sha = hashlib.sha256(data).hexdigest()
     for _attempt in range(PUBLISH_ATTEMPTS):
-        with db.session_scope() as session:
+        with db.read_scope() as session:  # rebuilding the previous packages is codec work: no write lock
             line = store.line_by_name(session, line_name)
             prev = store.latest_version(session, line.id) if line else None
             prev_number = prev.number if prev else 0
@@ -289,27 +289,43 @@ def _contract(data: bytes, spec: dict | None,
 def precompute_fleet_deltas(db: Database, storage: PackageStorage, line_name: str, number: int, limit: int) -> int:
     """Make the deltas from the versions most of the fleet runs to the new version now, not at first poll.
 
+    The codec work runs in a read scope; a short write transaction then only inserts the rows (SQLite has
+    one writer: a diff made while holding it held up every enrolment, report and poll that writes).
     Best effort (a failure only means the delta is made on demand later); returns how many were made.
     """
-    made = 0
     try:
+        with db.read_scope() as session:
+            pairs = _fleet_delta_pairs(session, line_name, number, limit)
+            for base, target in pairs:
+                storage.make_delta(session, base, target)
+            wanted = [(base.sha256, target.sha256) for base, target in pairs]
         with db.session_scope() as session:
-            line = store.line_by_name(session, line_name)
-            target_v = store.version(session, line.id, number) if line else None
-            if line is None or target_v is None:
-                return 0
-            for running in store.running_versions(session, line_name, limit):
-                base_v = store.version(session, line.id, running)
-                if base_v is None or running in (number, number - 1):
-                    continue  # the previous version's delta exists already
-                for target in store.packages(session, target_v.id):
-                    base = store.package(session, base_v.id, target.codec)
-                    if base is not None and store.delta(session, base.sha256, target.sha256) is None:
-                        storage.delta_for(session, base, target)
-                        made += 1
+            for base_sha, target_sha in wanted:
+                base_row, target_row = store.package_by_sha(session, base_sha), store.package_by_sha(session, target_sha)
+                if base_row is not None and target_row is not None:
+                    storage.delta_for(session, base_row, target_row)  # made above: only the row is inserted here
     except Exception:  # noqa: BLE001 - best effort: never fail a publish that has been committed
         log.exception("precomputing fleet deltas for %s v%d failed; they will be made on demand", line_name, number)
-    return made
+        return 0
+    return len(wanted)
+
+
+def _fleet_delta_pairs(session: Session, line_name: str, number: int, limit: int) -> list[tuple[Package, Package]]:
+    """(base, target) packages from the fleet's most-run versions to version ``number`` that have no delta yet."""
+    line = store.line_by_name(session, line_name)
+    target_v = store.version(session, line.id, number) if line else None
+    if line is None or target_v is None:
+        return []
+    pairs = []
+    for running in store.running_versions(session, line_name, limit):
+        base_v = store.version(session, line.id, running)
+        if base_v is None or running in (number, number - 1):
+            continue  # the previous version's delta exists already
+        for target in store.packages(session, target_v.id):
+            base = store.package(session, base_v.id, target.codec)
+            if base is not None and store.delta(session, base.sha256, target.sha256) is None:
+                pairs.append((base, target))
+    return pairs
 
 
 def version_out(session: Session, line: Line, version: Version) -> schemas.VersionOut:

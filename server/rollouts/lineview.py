@@ -1,17 +1,18 @@
 """A line's desired-version decision as plain, immutable data (for the poll cache).
 
-``load_line`` reads everything ``service.desired_for`` would read for one
-line (the offering rollouts with their stage percents and target versions,
-and the stable version) in one short read; ``desired_in`` then answers
-"which version should this device run" with no I/O, by the same rule:
-newest offering rollout whose selector matches and whose reached stages
-include the device, else the stable version.  The poll cache holds one
+``load_line`` reads everything the desired-version rule needs for one line
+(the offering rollouts with their stage percents and target versions, and the
+stable version) in one short read; ``desired_in`` then answers "which version
+should this device run" with no I/O: the newest offering rollout whose
+selector matches and whose reached stages include the device, else the stable
+version.  Both poll paths use it (``devices/decision.py``).  The poll cache holds one
 ``LineView`` per line for a few seconds (``OTA_POLL_CACHE_S``), so a
 steady-state poll does no SQL for the decision.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,7 +94,7 @@ def load_line(session: Session, name: str) -> LineView | None:
 
 
 def desired_in(line: LineView, device_id: str, tags: dict[str, Any]) -> TargetView | None:
-    """The same rule as ``service.desired_for``, on a cached ``LineView`` (pure)."""
+    """Newest offering rollout that has reached the device, else the stable version (pure)."""
     for r in line.rollouts:
         if not staging.selector_matches(r.selector, tags):
             continue
@@ -103,9 +104,9 @@ def desired_in(line: LineView, device_id: str, tags: dict[str, Any]) -> TargetVi
     return TargetView(line.stable, None, None, False) if line.stable is not None else None
 
 
-def choose_package(version: VersionView, wanted: str | None, preferred: list[str]) -> PackageView | None:
-    """The rollout's codec, else the server's preferred codecs in order, else any (as the slow path does)."""
-    for name in ([wanted] if wanted else []) + preferred + sorted(version.packages):
+def choose_package(version: VersionView, wanted: str | None, preferred: Sequence[str]) -> PackageView | None:
+    """The rollout's codec, else the server's preferred codecs in order, else any."""
+    for name in (*([wanted] if wanted else []), *preferred, *sorted(version.packages)):
         if name in version.packages:
             return version.packages[name]
     return None

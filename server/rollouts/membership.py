@@ -56,7 +56,7 @@ def build(rows: list[tuple[int, str, dict[str, Any] | None]], rollout_id: int, s
 
 
 class MembershipCache:
-    """Process-wide, thread-safe; a stale entry is rebuilt by the caller that finds it stale."""
+    """One per app (``AppContext.membership``), thread-safe; a stale entry is rebuilt by the caller that finds it."""
 
     def __init__(self, ttl_s: float = DEFAULT_TTL_S) -> None:
         self.ttl_s = ttl_s
@@ -85,7 +85,3 @@ class MembershipCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
-
-
-#: The one cache of this process (rollouts are evaluated by the report path and the periodic tick).
-CACHE = MembershipCache()

@@ -10,49 +10,19 @@ version the line's stable version.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from server import audit
 from server.db import as_utc, utcnow
 from server.errors import BadRequest, NotFound, Unprocessable
-from server.orm import AuditEntry, Device, Line, Package, Rollout, RolloutStage, Version
+from server.orm import Line, Package, Rollout, RolloutStage, Version
 from server.registry import fidelity
 from server.registry import store as registry_store
-from server.rollouts import machine, membership, schemas, store
+from server.rollouts import machine, schemas, store
 from server.rollouts import stages as staging
-
-
-@dataclass(frozen=True)
-class Target:
-    """The version a device should run, and why."""
-
-    version: Version
-    rollout: Rollout | None
-    codec: str | None
-    rollback: bool
-
-
-def desired_for(session: Session, line: Line, device: Device) -> Target | None:
-    """Newest offering rollout that has reached the device, else the stable version."""
-    for r in store.offering(session, line.id):
-        if not staging.selector_matches(r.selector, device.tags):
-            continue
-        percents = [s.percent for s in store.stages(session, r.id)]
-        stage = staging.stage_of(r.id, device.device_id, percents)
-        if stage is not None and stage <= r.current_stage:
-            version = registry_store.version_by_id(session, r.version_id)
-            if version is not None:
-                return Target(version, r, r.codec, r.rollback)
-    if line.stable_version is None:
-        return None
-    version = registry_store.version(session, line.id, line.stable_version)
-    return Target(version, None, None, False) if version else None
-
-
-def _audit(session: Session, actor: str, action: str, **detail: object) -> None:
-    session.add(AuditEntry(at=utcnow(), actor=actor, action=action, detail=detail))
+from server.rollouts.membership import MembershipCache
 
 
 def _fidelity_text(p: Package, gate: float | None) -> str:
@@ -100,7 +70,8 @@ def choose_codec(line: Line, version: Version, packages: list[Package], wanted: 
                         f"{flag}, or republish with --probe and a lossless codec", code="fidelity_gate")
 
 
-def create(session: Session, body: schemas.RolloutIn, actor: str) -> schemas.RolloutOut:
+def create(session: Session, members: MembershipCache, body: schemas.RolloutIn,
+           actor: str) -> schemas.RolloutOut:
     """Start a rollout (state running, stage 0) of the package :func:`choose_codec` picks.
 
     Raises:
@@ -126,10 +97,10 @@ def create(session: Session, body: schemas.RolloutIn, actor: str) -> schemas.Rol
     for i, s in enumerate(body.stages):
         session.add(RolloutStage(rollout_id=r.id, position=i, percent=s.percent, min_soak_s=s.min_soak_s,
                                  success_threshold_pct=s.success_threshold_pct))
-    _audit(session, actor, "rollout.create", rollout_id=r.id, line=line.name, version=version.number,
-           rollback=body.rollback, codec=codec, allow_unmeasured=body.allow_unmeasured)
+    audit.record(session, actor, "rollout.create", rollout_id=r.id, line=line.name, version=version.number,
+                 rollback=body.rollback, codec=codec, allow_unmeasured=body.allow_unmeasured)
     session.flush()
-    return show(session, r.id)
+    return show(session, members, r.id)
 
 
 def _get(session: Session, rollout_id: int, lock: bool = False) -> Rollout:
@@ -155,11 +126,11 @@ def _apply(session: Session, r: Rollout, event: str, actor: str, reason: str | N
     r.state, r.updated_at = new, now
     if reason is not None:
         r.reason = reason
-    _audit(session, actor, f"rollout.{event}", rollout_id=r.id, state=new, stage=r.current_stage, reason=reason)
+    audit.record(session, actor, f"rollout.{event}", rollout_id=r.id, state=new, stage=r.current_stage, reason=reason)
     session.flush()
 
 
-def act(session: Session, rollout_id: int, action: str, actor: str) -> schemas.RolloutOut:
+def act(session: Session, members: MembershipCache, rollout_id: int, action: str, actor: str) -> schemas.RolloutOut:
     """Operator action: pause, resume, advance (completes after the last stage), abort.
 
     Raises:
@@ -171,10 +142,11 @@ def act(session: Session, rollout_id: int, action: str, actor: str) -> schemas.R
     if action == "advance" and r.current_stage + 1 >= len(store.stages(session, r.id)):
         action = "complete"
     _apply(session, r, action, actor, reason=f"{action} by {actor}")
-    return show(session, r.id)
+    return show(session, members, r.id)
 
 
-def rollback(session: Session, rollout_id: int, body: schemas.RollbackIn, actor: str) -> schemas.RolloutOut:
+def rollback(session: Session, members: MembershipCache, rollout_id: int, body: schemas.RollbackIn,
+             actor: str) -> schemas.RolloutOut:
     """Abort ``rollout_id`` if still active and start a rollback rollout to an earlier version, one stage at 100%.
 
     Raises:
@@ -192,7 +164,7 @@ def rollback(session: Session, rollout_id: int, body: schemas.RollbackIn, actor:
     body_in = schemas.RolloutIn(line=line.name, version=target, codec=r.codec, selector=r.selector,
                                 stages=[schemas.StageIn(percent=100)], rollback=True,
                                 allow_unmeasured=True)  # back to what the cars ran before
-    return create(session, body_in, actor)
+    return create(session, members, body_in, actor)
 
 
 #: Update states that count against a stage's error threshold: the car refused the version (smoke test,
@@ -200,12 +172,12 @@ def rollback(session: Session, rollout_id: int, body: schemas.RollbackIn, actor:
 ERROR_STATES = frozenset({"failed", "rolled_back"})
 
 
-def _tally(session: Session, r: Rollout, percents: list[float], line: Line,
+def _tally(session: Session, members: MembershipCache, r: Rollout, percents: list[float], line: Line,
            errors_since: datetime | None = None) -> tuple[list[dict[str, int]], list[int]]:
     """Per stage: assigned devices and their latest update states (``installed_unverified``: installs the
     server saw no evidence of, neither a signed report nor a full download); and per stage the devices in an
-    error state since ``errors_since`` (all of them if None).  Membership comes from the process cache."""
-    m = membership.CACHE.get(session, r.id, line.name, dict(r.selector), tuple(percents))
+    error state since ``errors_since`` (all of them if None).  Membership comes from ``members`` (cached)."""
+    m = members.get(session, r.id, line.name, dict(r.selector), tuple(percents))
     counts: list[dict[str, int]] = [{"assigned": n} for n in m.assigned]
     errors = [0] * len(percents)
     since = as_utc(errors_since) if errors_since is not None else None
@@ -223,7 +195,7 @@ def _tally(session: Session, r: Rollout, percents: list[float], line: Line,
     return counts, errors
 
 
-def evaluate(session: Session, rollout_id: int, now: datetime | None = None) -> str:
+def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: datetime | None = None) -> str:
     """Auto-halt on the error threshold, auto-advance on the success threshold after the soak time.
 
     A stage that holds no device (a small fleet, a narrow selector) advances once soaked: there is
@@ -236,7 +208,7 @@ def evaluate(session: Session, rollout_id: int, now: datetime | None = None) -> 
     assert line is not None  # foreign key
     stage_rows = store.stages(session, r.id)
     percents = [s.percent for s in stage_rows]
-    all_counts, errors = _tally(session, r, percents, line, errors_since=r.stage_started_at)
+    all_counts, errors = _tally(session, members, r, percents, line, errors_since=r.stage_started_at)
     counts = all_counts[r.current_stage]
     # only installs the server saw evidence of count toward advancing (issue 15: phantom devices)
     verified = counts.get("installed", 0) - counts.get("installed_unverified", 0)
@@ -254,18 +226,18 @@ def evaluate(session: Session, rollout_id: int, now: datetime | None = None) -> 
     return r.state
 
 
-def evaluate_running(session: Session) -> None:
+def evaluate_running(session: Session, members: MembershipCache) -> None:
     """Evaluate every running rollout (the periodic tick, for soak times)."""
     for r in store.rollouts(session, states=frozenset({"running"})):
-        evaluate(session, r.id)
+        evaluate(session, members, r.id)
 
 
-def show(session: Session, rollout_id: int) -> schemas.RolloutOut:
+def show(session: Session, members: MembershipCache, rollout_id: int) -> schemas.RolloutOut:
     r = _get(session, rollout_id)
     line = session.get(Line, r.line_id)
     assert line is not None  # foreign key
     stage_rows = store.stages(session, r.id)
-    counts, _ = _tally(session, r, [s.percent for s in stage_rows], line)
+    counts, _ = _tally(session, members, r, [s.percent for s in stage_rows], line)
     return schemas.RolloutOut(
         id=r.id, line=line.name if line else "?", target_version=r.target_version, previous_stable=r.previous_stable,
         codec=r.codec, selector=r.selector, state=r.state, current_stage=r.current_stage, rollback=r.rollback,
@@ -278,11 +250,11 @@ def show(session: Session, rollout_id: int) -> schemas.RolloutOut:
     )
 
 
-def list_rollouts(session: Session, line: str | None = None) -> list[schemas.RolloutOut]:
+def list_rollouts(session: Session, members: MembershipCache, line: str | None = None) -> list[schemas.RolloutOut]:
     line_id = None
     if line is not None:
         row = registry_store.line_by_name(session, line)
         if row is None:
             raise NotFound(f"model line {line!r} does not exist")
         line_id = row.id
-    return [show(session, r.id) for r in store.rollouts(session, line_id)]
+    return [show(session, members, r.id) for r in store.rollouts(session, line_id)]

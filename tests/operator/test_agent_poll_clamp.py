@@ -23,7 +23,7 @@ ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
 
 
 def _polls(server: LiveServer) -> float:
-    registry = server.ctx.services["metrics"].registry
+    registry = server.ctx.metrics.registry
     return sum(registry.get_sample_value("ota_polls_total", {"offer": o}) or 0.0 for o in ("yes", "no"))
 
 

@@ -206,7 +206,7 @@ def test_another_process_changes_reach_its_cache_and_unchanged_entries_outlive_t
 
 def _until_feeds_listen(*servers: LiveServer) -> None:
     deadline = time.monotonic() + 10
-    while any(s.ctx.services["pollcache"].feed.trusted_since is None for s in servers):
+    while any(s.ctx.pollcache.feed.trusted_since is None for s in servers):
         assert time.monotonic() < deadline, "change feeds never started listening"
         time.sleep(0.02)
 
@@ -268,7 +268,7 @@ def test_cached_polls_still_record_last_seen_in_one_batched_flush(server: LiveSe
     cars = [_car_on_v1(server, line, v1, f"{line}-car-{i}") for i in range(3)]
     for car in cars:
         car.poll(line), car.poll(line), car.poll(line)  # the last ones come from the cache
-    presence = server.ctx.services["presence"]
+    presence = server.ctx.presence
     presence.flush(server.ctx.db)
     with server.ctx.db.engine.connect() as conn:
         seen = conn.execute(select(Device.device_id, Device.last_seen_at)

@@ -53,7 +53,7 @@ def test_packages_stored_as_deltas_download_byte_identical_to_the_codec_output(s
     admin = server.admin()
     versions = admin.get("/api/v1/lines/road-signs/versions").json()
     assert [v["packages"]["lossless"]["stored_as"] for v in versions] == ["full", "delta", "full", "delta"]
-    server.ctx.services["storage"].cache.__init__(1)  # empty the cache: force materialization from deltas
+    server.ctx.storage.cache.__init__(1)  # empty the cache: force materialization from deltas
     transfers = stored_state(server)["transfers"]
     for v in versions:
         pkg = v["packages"]["lossless"]

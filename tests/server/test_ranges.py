@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from server.artifacts.service import parse_range
 from server.errors import RangeNotSatisfiable
-from server.registry.artifacts import parse_range
 
 ETAG = '"abc"'
 

@@ -1,0 +1,192 @@
+"""The poll decision, once: ``decide(device, line, poll, now, policy) -> NoOffer | Resend | NewOffer`` (pure).
+
+Both poll paths call it.  The cached path (``pollcache.answer``, on views
+held in memory) sends the answer when it is ``NoOffer`` or ``Resend`` and
+asks nothing to be written; anything else goes to the database path
+(``service.poll``), which loads the same views inside its transaction, calls
+``decide`` again and performs only the writes the decision names: the
+device's running columns (``running``) and, for ``NewOffer``, a signed offer.
+
+The rule (docs/PROTOCOL.md "Poll semantics"): the target is the newest
+offering rollout whose selector matches and whose reached stages include the
+device, else the line's stable version (``lineview.desired_in``); its package
+is the rollout's codec, else the server's preferred codecs, else any.  No
+offer when there is no such package, the car runs the target, the target is a
+downgrade outside a rollback, or the car already rolled this offer back.  An
+offer stored for the same (rollout, version) is sent again unchanged while it
+has the same codec and transfer delta, is fresh for more than half its time to
+live, and was signed by the online key; otherwise a new one is signed.
+
+Whether a transfer delta applies depends on the car's package, which only the
+database knows (it is a package of the line, of the same codec, and the delta
+is smaller than the package): ``PollView.deltas`` carries what is known, and a
+``NewOffer`` with ``delta_known`` False asks the caller to find out and decide
+again (``service.poll`` does, with the delta made outside its transaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from server.rollouts.lineview import LineView, PackageView, TargetView, choose_package, desired_in
+
+ROLLED_BACK = "rolled_back"
+
+
+@dataclass(frozen=True, slots=True)
+class OfferView:
+    """A stored offer (one ``device_updates`` row) as the decision needs it."""
+
+    state: str
+    codec: str
+    delta_sha256: str | None
+    base_package_sha256: str | None
+    expires_at: datetime
+    envelope_json: bytes
+    keyid: str | None  # which online key signed it: after a rotation the offer is signed again
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    pk: int
+    device_id: str
+    tags: dict[str, Any]
+    poll_interval_s: int | None
+    line: str | None
+    running_version: int | None
+    running_model_sha256: str | None
+    reported_version: int | None
+    drift: bool
+    drift_detail: str | None
+    offers: dict[tuple[int, int], OfferView]  # (rollout id or 0, version id) -> offer
+
+
+@dataclass(frozen=True, slots=True)
+class PollView:
+    """What the car said it runs, and the transfer deltas known to apply to its package.
+
+    ``deltas``: target package SHA-256 -> the delta's SHA-256 from the car's package, or None when no delta
+    applies; a target missing from it (or no mapping at all: the cached path) is not known.
+    """
+
+    line: str
+    current_version: int
+    current_model_sha256: str | None = None
+    current_package_sha256: str | None = None
+    deltas: Mapping[str, str | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollPolicy:
+    """The server settings the decision reads, and the online key that signs offers now."""
+
+    poll_interval_s: int
+    codecs: tuple[str, ...]
+    offer_ttl_s: float
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """The device columns a poll sets (what the car runs, and drift from what it reported installing)."""
+
+    line: str
+    running_version: int
+    running_model_sha256: str | None
+    drift: bool
+    drift_detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NoOffer:
+    poll_interval_s: int
+    running: Running | None  # None: nothing to write
+
+
+@dataclass(frozen=True, slots=True)
+class Resend:
+    """The stored offer again, unchanged."""
+
+    poll_interval_s: int
+    envelope_json: bytes
+    running: Running | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewOffer:
+    """Sign (and store) an offer of ``package`` of ``target``.
+
+    ``delta_known`` False: whether a transfer delta from the car's package applies is not known; the caller
+    finds out (``PollView.deltas``) and decides again.  True: ``delta_sha256`` is the delta to offer, or None.
+    """
+
+    poll_interval_s: int
+    target: TargetView
+    package: PackageView
+    delta_known: bool
+    delta_sha256: str | None
+    running: Running | None
+
+    @property
+    def rollout_id(self) -> int | None:
+        return self.target.rollout.id if self.target.rollout else None
+
+
+Decision = NoOffer | Resend | NewOffer
+_UNKNOWN = object()  # "no idea which delta": a sentinel, as None means "no delta"
+
+
+def running_change(device: DeviceView, line: str, poll: PollView) -> Running | None:
+    """The running columns this poll sets, or None when they already hold these values."""
+    drift = device.reported_version is not None and poll.current_version != device.reported_version
+    detail = (f"reported installed version {device.reported_version} but polls with version {poll.current_version}"
+              if drift else None)
+    if (device.line == line and device.running_version == poll.current_version
+            and device.running_model_sha256 == poll.current_model_sha256 and device.drift == drift
+            and device.drift_detail == detail):
+        return None
+    return Running(line, poll.current_version, poll.current_model_sha256, drift, detail)
+
+
+def _wanted_delta(poll: PollView, package: PackageView, offer: OfferView | None) -> str | None | object:
+    """The delta an offer of ``package`` should carry for this car, or ``_UNKNOWN``."""
+    base = poll.current_package_sha256
+    if not base or base == package.sha256:
+        return None
+    if poll.deltas is not None and package.sha256 in poll.deltas:
+        return poll.deltas[package.sha256]
+    if offer is not None and offer.delta_sha256 is not None and offer.base_package_sha256 == base:
+        return offer.delta_sha256  # deltas are immutable: the one stored for this base still applies
+    return _UNKNOWN
+
+
+def _offers(target: TargetView, package: PackageView, poll: PollView) -> bool:
+    """Whether the car should get the target: it does not run it already, and it is no downgrade."""
+    runs_target = poll.current_version == target.version.number and (
+        poll.current_model_sha256 in (None, package.model_sha256))
+    downgrade = target.version.number < poll.current_version and not target.rollback
+    return not runs_target and not downgrade
+
+
+def decide(device: DeviceView, line: LineView, poll: PollView, now: datetime, policy: PollPolicy) -> Decision:
+    """What to answer this poll, and what (if anything) to write (see the module docstring)."""
+    interval = device.poll_interval_s or policy.poll_interval_s
+    running = running_change(device, line.name, poll)
+    target = desired_in(line, device.device_id, device.tags)
+    package = choose_package(target.version, target.codec, policy.codecs) if target is not None else None
+    if target is None or package is None or not _offers(target, package, poll):
+        return NoOffer(interval, running)
+    offer = device.offers.get((target.rollout.id if target.rollout else 0, target.version.id))
+    if offer is not None and offer.state == ROLLED_BACK:
+        return NoOffer(interval, running)  # this device tried and fell back; wait for an operator
+    wanted = _wanted_delta(poll, package, offer)
+    if wanted is _UNKNOWN:
+        return NewOffer(interval, target, package, False, None, running)
+    delta = wanted if isinstance(wanted, str) else None
+    if (offer is not None and offer.codec == package.codec and offer.delta_sha256 == delta
+            and offer.expires_at - now > timedelta(seconds=policy.offer_ttl_s / 2) and offer.keyid == policy.key_id):
+        return Resend(interval, offer.envelope_json, running)
+    return NewOffer(interval, target, package, True, delta, running)
