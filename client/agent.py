@@ -186,17 +186,25 @@ class Agent:
                 log.warning("%s slot %s (v%d) fails verification at boot; dropping it", name, rec.slot, rec.version)
                 setattr(j, name, None)
                 changed = True
-        if j.active is None and j.previous is not None:
-            j.active, j.previous = j.previous, None
-            changed = True
-        if j.active is not None:
+        while j.active is not None or j.previous is not None:
+            if j.active is None:
+                j.active, j.previous = j.previous, None
+                changed = True
             rec = j.active
-            loaded = await asyncio.to_thread(
-                self.swapper.load_sync, self.store.model_path(rec), version=rec.version,
-                model_sha256=rec.model_sha256, contract=rec.contract,
-            )
+            assert rec is not None
+            try:
+                loaded = await asyncio.to_thread(
+                    self.swapper.load_sync, self.store.model_path(rec), version=rec.version,
+                    model_sha256=rec.model_sha256, contract=rec.contract,
+                )
+            except SmokeTestFailed as e:  # its contract does not fit it (a record older than contracts)
+                log.warning("active slot %s (v%d) does not load at boot (%s); dropping it", rec.slot, rec.version, e)
+                j.active = None
+                changed = True
+                continue
             self.swapper.swap(loaded, health_window=False)
             log.info("booted v%d from slot %s (model %s)", rec.version, rec.slot, rec.model_sha256[:12])
+            break
         else:
             log.info("no verified model on disk; waiting for the first update")
         if changed:

@@ -127,3 +127,15 @@ def test_a_slot_record_with_a_malformed_contract_sets_the_journal_aside(tmp_path
     store.journal_path.write_text(json.dumps(raw))
     assert store.load() == Journal()
     assert len(list(tmp_path.glob("journal.corrupt-*.json"))) == 1
+
+
+def test_a_slot_whose_recorded_contract_does_not_fit_its_model_is_dropped_at_boot_and_the_previous_runs(
+        tmp_path: Path) -> None:
+    """An old record's assumed contract (or a damaged one) that the model refuses: boot falls back, never fails."""
+    store, _ = installed(tmp_path)
+    raw = json.loads(store.journal_path.read_text())
+    raw["active"]["contract"]["output_name"] = "no_such_output"
+    store.journal_path.write_text(json.dumps(raw))
+    agent = boot(tmp_path)
+    assert agent.running_version == 1 and agent.predict(IMAGE).version == 1
+    assert store.load().active.version == 1 and store.load().previous is None  # type: ignore[union-attr]
