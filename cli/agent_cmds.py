@@ -6,8 +6,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cli.env import ENROLL_TOKEN, SecretError, resolve_secret
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,9 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_agent)
 
-    c = subparsers.add_parser("classify", help="classify an image with the model the agent has installed")
+    c = subparsers.add_parser("classify", help="classify an image with the model the agent has installed, through "
+                                               "its line's input contract (any size, any format PIL reads)")
     c.add_argument("image", type=Path)
     c.add_argument("--agent-dir", type=Path, default=Path(".ota-agent"), help="the agent's --state-dir")
+    c.add_argument("--json", action="store_true", help="print one JSON object (label, probability, class index, "
+                                                       "version) for scripts")
     c.set_defaults(func=cmd_classify)
 
 
@@ -125,39 +132,72 @@ def _tls_hint(error: Exception, args: argparse.Namespace) -> str:
     return f"\n  the registry's https certificate is not signed by the CA in {args.ca_cert}"
 
 
+#: Image files ``ota classify`` reads; a camera frame or photo is far smaller.
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+#: Decoded pixels ``ota classify`` accepts (PIL's own bomb limit is a warning up to twice its default).
+MAX_IMAGE_PIXELS = 64_000_000
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     import asyncio
-
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    import json
 
     from client import Agent, AgentConfig
+    from client.errors import AgentError
     from client.hotswap import NoModel
 
     if not (args.agent_dir / "journal.json").exists():
         print(f"ota classify: no agent state in {args.agent_dir} (run `ota agent --state-dir` first)", file=sys.stderr)
         return 1
-    agent = Agent(AgentConfig(server_url="http://offline.invalid", device_id="", state_dir=args.agent_dir))
-    asyncio.run(agent.start())
     try:
-        with Image.open(args.image) as im:
-            image = np.asarray(im.convert("RGB").resize(_input_hw(agent)), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as e:
+        image = read_image(args.image)
+    except ValueError as e:
         print(f"ota classify: cannot read {args.image}: {e}", file=sys.stderr)
         return 1
+    agent = Agent(AgentConfig(server_url="http://offline.invalid", device_id="", state_dir=args.agent_dir))
     try:
-        print(agent.predict(image))
+        asyncio.run(agent.start())
+        prediction = agent.predict(image)
     except NoModel as e:
         print(f"ota classify: {e}", file=sys.stderr)
         return 1
+    except AgentError as e:  # a slot that no longer loads, an image the model cannot take
+        print(f"ota classify: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"label": prediction.label, "probability": prediction.probability,
+                          "class_index": prediction.index, "version": prediction.version}))
+    else:
+        print(f"{prediction}  (model v{prediction.version})")
     return 0
 
 
-def _input_hw(agent: object) -> tuple[int, int]:
-    """(width, height) the live model expects; the road-sign models take 64x64."""
-    current = agent.swapper.current  # type: ignore[attr-defined]
-    if current is None:
-        return (64, 64)
-    shape = current.session.get_inputs()[0].shape
-    h, w = (shape[2], shape[3]) if len(shape) == 4 and all(isinstance(s, int) for s in shape[2:]) else (64, 64)
-    return (w, h)
+def read_image(path: Path) -> np.ndarray:
+    """An image file of any format PIL reads, as uint8 HxWx3 RGB (grey, palette, RGBA, 16-bit... converted).
+
+    The car's contract does the rest (size, channel order, scale, mean/std): nothing is resized here.
+
+    Raises:
+        ValueError: missing, too large, not an image, or a decompression bomb (the message says which).
+    """
+    import warnings
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ValueError(e.strerror or str(e)) from e
+    if size > MAX_IMAGE_BYTES:
+        raise ValueError(f"the file is {size} bytes; ota classify reads images up to {MAX_IMAGE_BYTES} bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise ValueError(f"the image is {im.width}x{im.height} pixels; ota classify takes up to "
+                                     f"{MAX_IMAGE_PIXELS} pixels (scale it down first)")
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(str(e)) from e

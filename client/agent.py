@@ -143,16 +143,18 @@ class Agent:
 
     # -- the application's API ---------------------------------------------
 
-    def predict(self, image_uint8_hwc: np.ndarray) -> Prediction:
-        """Classify a uint8 HWC image with the live model; safe from any thread, answers during updates.
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Classify a uint8 image of any size (HxW grey, HxWx3 RGB) with the live model, through the input
+        contract its offer signed; safe from any thread, answers during updates.
 
         Raises:
+            BadImage: not a uint8 image.
             NoModel: the car has never installed a model.
             AgentError: the live session is in another process (``client.modelhost.ModelHost.predict``).
         """
         if not isinstance(self.swapper, HotSwapper):
             raise AgentError("this agent runs as a daemon; the car application predicts through its ModelHost")
-        return self.swapper.predict(image_uint8_hwc)
+        return self.swapper.predict(image)
 
     @property
     def running_version(self) -> int:
@@ -184,17 +186,25 @@ class Agent:
                 log.warning("%s slot %s (v%d) fails verification at boot; dropping it", name, rec.slot, rec.version)
                 setattr(j, name, None)
                 changed = True
-        if j.active is None and j.previous is not None:
-            j.active, j.previous = j.previous, None
-            changed = True
-        if j.active is not None:
+        while j.active is not None or j.previous is not None:
+            if j.active is None:
+                j.active, j.previous = j.previous, None
+                changed = True
             rec = j.active
-            loaded = await asyncio.to_thread(
-                self.swapper.load_sync, self.store.model_path(rec), version=rec.version,
-                model_sha256=rec.model_sha256, labels=tuple(rec.labels), input_name=rec.input_name,
-            )
+            assert rec is not None
+            try:
+                loaded = await asyncio.to_thread(
+                    self.swapper.load_sync, self.store.model_path(rec), version=rec.version,
+                    model_sha256=rec.model_sha256, contract=rec.contract,
+                )
+            except SmokeTestFailed as e:  # its contract does not fit it (a record older than contracts)
+                log.warning("active slot %s (v%d) does not load at boot (%s); dropping it", rec.slot, rec.version, e)
+                j.active = None
+                changed = True
+                continue
             self.swapper.swap(loaded, health_window=False)
             log.info("booted v%d from slot %s (model %s)", rec.version, rec.slot, rec.model_sha256[:12])
+            break
         else:
             log.info("no verified model on disk; waiting for the first update")
         if changed:
@@ -412,9 +422,11 @@ class Agent:
             return
         j = self.journal
         j.highest_manifest_version = offer.manifest_version
-        if j.active is not None and j.active.model_sha256 == offer.model_sha256:
+        if j.active is not None and j.active.model_sha256 == offer.model_sha256 and j.active.contract == offer.contract:
             # The server thinks this car needs what it already runs (its state drifted): walk the
-            # update through its states with zero bytes so the server's record converges.
+            # update through its states with zero bytes so the server's record converges.  (The same
+            # model under another contract is installed as any update: the new contract needs a new
+            # slot record and a swap.)
             if j.active.rollout_id != offer.rollout_id:
                 self._walk_to_installed(offer, "already running this model")
                 j.active.rollout_id, j.active.manifest_version = offer.rollout_id, offer.manifest_version
@@ -601,7 +613,7 @@ class Agent:
         staged = self.store.stage_model(slot, model)
         try:
             loaded = self.swapper.load_and_smoke_sync(staged, version=offer.target_version,
-                                                      model_sha256=offer.model_sha256, labels=offer.labels,
+                                                      model_sha256=offer.model_sha256, contract=offer.contract,
                                                       smoke=offer.smoke)
             timings["load_smoke_ms"] = (self._clock() - t) * 1000
             log.info("installing v%d: commit slot", offer.target_version)
@@ -639,7 +651,7 @@ class Agent:
         j = self.journal
         t = self._clock()
         record = SlotRecord(slot, offer.target_version, offer.model_sha256, offer.package.sha256, offer.codec,
-                            list(offer.labels), offer.manifest_version, offer.rollout_id, offer.smoke.input_name)
+                            offer.contract, offer.manifest_version, offer.rollout_id)
         old = j.active
         j.previous, j.active = old, record
         self._report(offer, "installed", bytes_received=received, artifact=artifact)
@@ -691,7 +703,7 @@ class Agent:
         if fallback is None:
             fallback = await asyncio.to_thread(
                 self.swapper.load_sync, self.store.model_path(good), version=good.version,
-                model_sha256=good.model_sha256, labels=tuple(good.labels), input_name=good.input_name,
+                model_sha256=good.model_sha256, contract=good.contract,
             )
         self.swapper.swap(fallback, health_window=False)
         j.active, j.previous = good, None
@@ -711,8 +723,9 @@ class Agent:
         try:
             if not await asyncio.to_thread(self.store.verify, prev):
                 raise HashMismatch(f"previous slot {prev.slot} no longer verifies")
+            # the rollback's signed contract is the one to apply (it may correct the one first installed)
             loaded = await self.swapper.load_and_smoke(self.store.model_path(prev), version=prev.version,
-                                                       model_sha256=prev.model_sha256, labels=tuple(prev.labels),
+                                                       model_sha256=prev.model_sha256, contract=offer.contract,
                                                        smoke=offer.smoke)
         except VerificationError as e:
             log.warning("rollback via previous slot impossible (%s); fetching v%d in full", e, offer.target_version)
@@ -726,6 +739,6 @@ class Agent:
                             target_version=cur.version, reason=reason, now=self._wall_clock(),
                             queue_max=self.config.report_queue_max)
         self._walk_to_installed(offer, f"{reason}: restored from slot {prev.slot}, no download")
-        prev.rollout_id, prev.manifest_version = offer.rollout_id, offer.manifest_version
+        prev.rollout_id, prev.manifest_version, prev.contract = offer.rollout_id, offer.manifest_version, offer.contract
         self.store.save(j)
         log.info("rolled back to v%d from the previous slot", prev.version)

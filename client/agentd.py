@@ -29,6 +29,7 @@ from client.errors import AgentError, SmokeTestFailed
 from client.hotswap import ModelSource
 from client.manifest import Smoke
 from client.modelhost import config_from_json
+from protocol.contract import InputContract
 
 log = logging.getLogger("client.agentd")
 
@@ -72,25 +73,24 @@ class RemoteSwapper:
     def fallback(self) -> RemoteModel | None:
         return self._fallback
 
-    def load_sync(self, model: ModelSource, *, version: int, model_sha256: str, labels: tuple[str, ...],
-                  input_name: str) -> RemoteModel:
-        return self._load(model, version=version, model_sha256=model_sha256, labels=labels,
-                          input_name=input_name, smoke=None)
+    def load_sync(self, model: ModelSource, *, version: int, model_sha256: str,
+                  contract: InputContract) -> RemoteModel:
+        return self._load(model, version=version, model_sha256=model_sha256, contract=contract, smoke=None)
 
     def load_and_smoke_sync(self, model: ModelSource, *, version: int, model_sha256: str,
-                            labels: tuple[str, ...], smoke: Smoke) -> RemoteModel:
-        return self._load(model, version=version, model_sha256=model_sha256, labels=labels,
-                          input_name=smoke.input_name, smoke=smoke)
+                            contract: InputContract, smoke: Smoke) -> RemoteModel:
+        return self._load(model, version=version, model_sha256=model_sha256, contract=contract, smoke=smoke)
 
     async def load_and_smoke(self, model: ModelSource, *, version: int, model_sha256: str,
-                             labels: tuple[str, ...], smoke: Smoke) -> RemoteModel:
+                             contract: InputContract, smoke: Smoke) -> RemoteModel:
         return await asyncio.to_thread(self.load_and_smoke_sync, model, version=version,
-                                       model_sha256=model_sha256, labels=labels, smoke=smoke)
+                                       model_sha256=model_sha256, contract=contract, smoke=smoke)
 
-    def _load(self, model: ModelSource, *, smoke: Smoke | None, **kw: Any) -> RemoteModel:
+    def _load(self, model: ModelSource, *, smoke: Smoke | None, contract: InputContract, **kw: Any) -> RemoteModel:
         if isinstance(model, bytes):
             raise AgentError("a model host loads from a file the agent has written, not from bytes")
-        handle = self._call("load", path=str(model), smoke=smoke, **kw)
+        # the contract travels as its JSON form: the host validates it again (InputContract.from_dict)
+        handle = self._call("load", path=str(model), smoke=smoke, contract=contract.to_dict(), **kw)
         return RemoteModel(handle, kw["version"], kw["model_sha256"])
 
     def swap(self, new: RemoteModel, *, health_window: bool = True) -> RemoteModel | None:

@@ -9,7 +9,8 @@
     │   │   └── UnknownKey      signed by no key the car trusts yet: fetch the delegation, then decide
     │   ├── HashMismatch        an artifact or model does not match its SHA-256 (refetch it)
     │   └── SmokeTestFailed     the new model does not reproduce the golden outputs
-    └── StorageError            the car's disk refused a write (full, read-only); the old model keeps serving
+    ├── StorageError            the car's disk refused a write (full, read-only); the old model keeps serving
+    └── BadImage                ``predict`` was given something that is not an image; nothing was classified
 
 ``HashMismatch`` is the only verification error worth a retry: a bit flip in
 transit is cured by fetching again, a bad signature or a bad model is not.
@@ -61,3 +62,7 @@ class SmokeTestFailed(VerificationError):
 
 class StorageError(AgentError):
     """The local disk refused a write; nothing already installed was touched."""
+
+
+class BadImage(AgentError, ValueError):
+    """The caller's image is not a uint8 image (HxW grey, HxWx3 RGB, HxWx4 RGBA); the model was not run."""

@@ -12,6 +12,12 @@ live inference that fails (exception or non-finite output) on the new model is
 counted and answered by the previous model, so the camera pipeline never sees
 the error; the agent reads the counters and rolls back if the rate is too high.
 
+Every loaded model carries its line's input contract (``protocol.contract``):
+``predict`` takes a uint8 image of any size, applies the contract's
+preprocessing (``models.preprocess``), fetches only the contract's score output
+(label tensors or ZipMaps a converter added are never fetched) and turns the
+scores into probabilities (a softmax only on logits).
+
 ``gil_switch_interval`` shortens the interpreter's GIL switch interval while an
 update runs beside inference: a ``predict`` coming back from ONNX Runtime must
 re-take the GIL, and an update thread running Python keeps it until asked to
@@ -32,10 +38,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from client.errors import AgentError, SmokeTestFailed
+from client.errors import AgentError, BadImage, SmokeTestFailed
 from client.manifest import Smoke
-from models.preprocess import softmax, to_input
+from models.errors import ContractError
+from models.preprocess import postprocess, preprocess
 from models.smoke import golden_inputs
+from protocol.contract import InputContract
 
 if TYPE_CHECKING:  # imported where a session is built: the agent daemon never loads ONNX Runtime
     import onnxruntime as ort
@@ -55,11 +63,12 @@ class InferenceFailed(AgentError):
 
 @dataclass(frozen=True)
 class Prediction:
-    """The answer for one image: label, its softmax probability, and the model version that gave it."""
+    """The answer for one image: label, its probability, the model version that gave it, and the class index."""
 
     label: str
     probability: float
     version: int
+    index: int = -1
 
     def __str__(self) -> str:
         return f"{self.label}, {self.probability * 100:.1f}%"
@@ -67,13 +76,18 @@ class Prediction:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A ready session and what it is."""
+    """A ready session and what it is: its contract says how to feed it and read it."""
 
     session: ort.InferenceSession
     version: int
     model_sha256: str
-    labels: tuple[str, ...]
-    input_name: str
+    contract: InputContract
+    #: The model's batch size when its input fixes one (an image is repeated to fill it), else 1.
+    batch: int = 1
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.contract.labels
 
 
 @dataclass(frozen=True)
@@ -108,16 +122,15 @@ class Swapper(Protocol):
         """The model swapped out, while the health window keeps it alive (None otherwise)."""
         ...
 
-    def load_sync(self, model: ModelSource, *, version: int, model_sha256: str, labels: tuple[str, ...],
-                  input_name: str) -> Any:
+    def load_sync(self, model: ModelSource, *, version: int, model_sha256: str, contract: InputContract) -> Any:
         ...
 
     def load_and_smoke_sync(self, model: ModelSource, *, version: int, model_sha256: str,
-                            labels: tuple[str, ...], smoke: Smoke) -> Any:
+                            contract: InputContract, smoke: Smoke) -> Any:
         ...
 
     async def load_and_smoke(self, model: ModelSource, *, version: int, model_sha256: str,
-                             labels: tuple[str, ...], smoke: Smoke) -> Any:
+                             contract: InputContract, smoke: Smoke) -> Any:
         ...
 
     def swap(self, new: Any, *, health_window: bool = True) -> Any:
@@ -157,18 +170,23 @@ class HotSwapper:
         live = self._live
         return live.fallback if live else None
 
-    def predict_logits(self, x: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
-        """Run the live model on a prepared NCHW batch; returns logits and the model that answered.
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Classify one uint8 image of any size (HxW grey, HxWx3 RGB, HxWx4 RGBA) with the live model.
+
+        Never blocked by an update.  During a health window a failure of the new model is counted and
+        the previous model answers, with its own contract.
 
         Raises:
+            BadImage: not a uint8 image of one of those shapes (nothing was run or counted).
             NoModel: nothing installed yet.
             InferenceFailed: the model failed and no previous model was there to answer.
         """
         live = self._live  # one read: this call finishes on whatever it got here
         if live is None:
             raise NoModel("no verified model installed yet; the agent has not completed its first update")
+        x = _prepare(image, live.current)
         try:
-            logits = _run(live.current, x)
+            scores = _run(live.current, x)
             failed = None
         except InferenceFailed as e:
             failed = e
@@ -176,40 +194,34 @@ class HotSwapper:
             with self._count_lock:
                 self._window_calls += 1
                 self._window_errors += failed is not None
-        if failed is None:
-            return logits, live.current
-        if live.fallback is None:
-            raise failed
-        return _run(live.fallback, x), live.fallback
-
-    def predict(self, image_uint8_hwc: np.ndarray) -> Prediction:
-        """Classify one uint8 HWC image with the live model (never blocked by an update)."""
-        logits, model = self.predict_logits(to_input(image_uint8_hwc))
-        probs = softmax(logits[0].astype(np.float64))
+        model = live.current
+        if failed is not None:
+            if live.fallback is None:
+                raise failed
+            model = live.fallback
+            scores = _run(model, _prepare(image, model))
+        probs = postprocess(scores[:1], model.contract)[0]
         i = int(np.argmax(probs))
-        label = model.labels[i] if i < len(model.labels) else f"class_{i}"
-        return Prediction(label, float(probs[i]), model.version)
+        return Prediction(model.contract.label(i), float(probs[i]), model.version, i)
 
     # -- the update path ----------------------------------------------------
 
-    def load_sync(self, model: ModelSource, *, version: int, model_sha256: str, labels: tuple[str, ...],
-                  input_name: str) -> LoadedModel:
-        """Build a session (blocking; call from a worker thread).
+    def load_sync(self, model: ModelSource, *, version: int, model_sha256: str,
+                  contract: InputContract) -> LoadedModel:
+        """Build a session and check that ``contract`` fits it (blocking; call from a worker thread).
 
         Raises:
-            SmokeTestFailed: ONNX Runtime cannot load the model.
+            SmokeTestFailed: ONNX Runtime cannot load the model, or the contract does not fit it
+                (input or output name, input rank, a fixed size or channel count, the class count).
         """
         try:
             session = self._factory(model, model_sha256)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise SmokeTestFailed(f"ONNX Runtime cannot load model {model_sha256[:12]}: {e}") from e
-        names = [i.name for i in session.get_inputs()]
-        if input_name not in names:
-            raise SmokeTestFailed(f"model has inputs {names}, the offer names {input_name!r}")
-        return LoadedModel(session, version, model_sha256, labels, input_name)
+        return LoadedModel(session, version, model_sha256, contract, _check_fits(session, contract))
 
     def load_and_smoke_sync(self, model: ModelSource, *, version: int, model_sha256: str,
-                            labels: tuple[str, ...], smoke: Smoke) -> LoadedModel:
+                            contract: InputContract, smoke: Smoke) -> LoadedModel:
         """Build a session and run the golden probe on it (blocking; call from a worker thread).
 
         Prefer a file path to bytes: ONNX Runtime holds the GIL while it reads
@@ -218,22 +230,22 @@ class HotSwapper:
         a path; the rest of the load runs without the GIL).
 
         Raises:
-            SmokeTestFailed: load failed or outputs differ from the manifest beyond ``atol``.
+            SmokeTestFailed: load failed, the contract does not fit the model, or the score output
+                differs from the offer's expected values beyond ``atol``.
         """
-        loaded = self.load_sync(model, version=version, model_sha256=model_sha256, labels=labels,
-                                input_name=smoke.input_name)
+        loaded = self.load_sync(model, version=version, model_sha256=model_sha256, contract=contract)
         smoke_test(loaded, smoke)
         return loaded
 
     async def load_and_smoke(self, model: ModelSource, *, version: int, model_sha256: str,
-                             labels: tuple[str, ...], smoke: Smoke) -> LoadedModel:
+                             contract: InputContract, smoke: Smoke) -> LoadedModel:
         """``load_and_smoke_sync`` off the event loop and off the inference path.
 
         Raises:
-            SmokeTestFailed: load failed or outputs differ from the manifest beyond ``atol``.
+            SmokeTestFailed: load failed, the contract does not fit, or outputs differ beyond ``atol``.
         """
         return await asyncio.to_thread(self.load_and_smoke_sync, model, version=version,
-                                       model_sha256=model_sha256, labels=labels, smoke=smoke)
+                                       model_sha256=model_sha256, contract=contract, smoke=smoke)
 
     def swap(self, new: LoadedModel, *, health_window: bool = True) -> None:
         """Make ``new`` live in one reference assignment.
@@ -289,28 +301,87 @@ def _release(retired: list[LoadedModel], wait_s: float) -> None:
         retired.pop()
 
 
-def _run(model: LoadedModel, x: np.ndarray) -> np.ndarray:
+def _prepare(image: np.ndarray, model: LoadedModel) -> np.ndarray:
+    """One image -> ``model``'s input batch (the image repeated when the model fixes a batch above 1).
+
+    Raises:
+        BadImage: not a uint8 image of an image shape.
+    """
     try:
-        logits = model.session.run(None, {model.input_name: x})[0]
+        x = preprocess(np.asarray(image), model.contract) if np.ndim(image) in (2, 3) else None
+    except ContractError as e:
+        raise BadImage(f"cannot classify this image: {e}") from e
+    if x is None:
+        raise BadImage(f"predict takes one image, (H, W) or (H, W, 1|3|4) uint8; got shape {np.shape(image)}")
+    return np.repeat(x, model.batch, axis=0) if model.batch > 1 else x
+
+
+def _run(model: LoadedModel, x: np.ndarray) -> np.ndarray:
+    """The contract's score output on ``x`` (only that output is fetched); non-finite scores are a failure."""
+    c = model.contract
+    try:
+        scores = model.session.run([c.output_name], {c.input_name: x})[0]
     except Exception as e:  # onnxruntime's own exception types
         raise InferenceFailed(f"model v{model.version} failed: {e}") from e
-    if not np.all(np.isfinite(logits)):
+    scores = np.asarray(scores)
+    if scores.dtype.kind != "f" or not np.all(np.isfinite(scores)):
         raise InferenceFailed(f"model v{model.version} produced non-finite outputs")
-    return logits
+    return scores
+
+
+def _check_fits(session: Any, contract: InputContract) -> int:
+    """Refuse a contract that does not fit the loaded model; returns the model's batch size (1 if dynamic).
+
+    What the offer's contract says about the model is checked against what ONNX Runtime reads from it,
+    so a contract for another model (a hostile or mistaken offer) fails here, before any swap.
+
+    Raises:
+        SmokeTestFailed: the input or output is missing, the input is not rank 4, the output does not
+            hold float scores, or a fixed dimension (size, channels) or the class count differs from the
+            contract's.
+    """
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if contract.input_name not in inputs:
+        raise SmokeTestFailed(f"model has inputs {sorted(inputs)}, the contract names {contract.input_name!r}")
+    if contract.output_name not in outputs:
+        raise SmokeTestFailed(f"model has outputs {sorted(outputs)}, the contract names {contract.output_name!r}")
+    dims = list(inputs[contract.input_name].shape)
+    wanted = contract.input_shape(1)
+    if len(dims) != len(wanted):
+        raise SmokeTestFailed(f"model input {contract.input_name!r} has shape {dims}; the contract feeds "
+                              f"{contract.layout} images of shape {list(wanted)}")
+    for got, want in zip(dims[1:], wanted[1:], strict=True):
+        if isinstance(got, int) and got > 0 and got != want:
+            raise SmokeTestFailed(f"model input {contract.input_name!r} has shape {dims}; the contract "
+                                  f"({contract.layout}, {contract.height}x{contract.width}) feeds {list(wanted)}")
+    if outputs[contract.output_name].type != "tensor(float)":
+        raise SmokeTestFailed(f"the contract's score output {contract.output_name!r} is "
+                              f"{outputs[contract.output_name].type}, not float scores")
+    out_dims = list(outputs[contract.output_name].shape)
+    classes = out_dims[1] if len(out_dims) >= 2 and isinstance(out_dims[1], int) and out_dims[1] > 0 else None
+    if contract.labels and classes is not None and classes != len(contract.labels):
+        raise SmokeTestFailed(f"model has {classes} classes but the offer lists {len(contract.labels)} labels")
+    batch = dims[0]
+    return batch if isinstance(batch, int) and batch > 0 else 1
 
 
 def smoke_test(model: LoadedModel, smoke: Smoke) -> None:
-    """Check that ``model`` reproduces the manifest's expected outputs on the golden inputs.
+    """Check that ``model``'s score output reproduces the offer's expected values on the golden inputs.
 
     Raises:
         SmokeTestFailed: a count, shape or value differs beyond ``smoke.atol``, or the run fails.
     """
+    c = model.contract
+    if smoke.input_name != c.input_name:
+        raise SmokeTestFailed(f"offer's smoke test feeds input {smoke.input_name!r}, its contract {c.input_name!r}")
     inputs = golden_inputs(smoke.seed, smoke.count, smoke.shape)
     if len(smoke.expected) != len(inputs):
         raise SmokeTestFailed(f"offer lists {len(smoke.expected)} expected outputs for {len(inputs)} inputs")
+    got = np.zeros(0)
     for i, (x, expected) in enumerate(zip(inputs, smoke.expected, strict=True)):
         try:
-            got = np.asarray(model.session.run(None, {model.input_name: x})[0], dtype=np.float64).reshape(-1)
+            got = np.asarray(model.session.run([c.output_name], {c.input_name: x})[0], dtype=np.float64).reshape(-1)
         except Exception as e:
             raise SmokeTestFailed(f"golden input {i} does not run: {e}") from e
         want = np.asarray(expected, dtype=np.float64).reshape(-1)
@@ -323,8 +394,8 @@ def smoke_test(model: LoadedModel, smoke: Smoke) -> None:
                 "this model is not the one the server verified"
             )
     n_out = got.size // max(1, smoke.shape[0]) if inputs else 0
-    if model.labels and n_out != len(model.labels):
-        raise SmokeTestFailed(f"model has {n_out} classes but the offer lists {len(model.labels)} labels")
+    if c.labels and n_out != len(c.labels):
+        raise SmokeTestFailed(f"model has {n_out} classes but the offer lists {len(c.labels)} labels")
 
 
 _switch_lock = threading.Lock()

@@ -19,11 +19,15 @@ from protocol.errors import BadSignature, MalformedMessage
 from protocol.offer import Artifact, Delta, Offer, Smoke, parse_offer
 from protocol.offer import parse_time as _parse_time
 
-__all__ = ["MAX_MANIFEST_AHEAD_MS", "Artifact", "Delta", "Offer", "Smoke", "canonical_json", "check_offer",
+__all__ = ["MAX_MANIFEST_AHEAD_MS", "MAX_SMOKE_INPUTS", "MAX_SMOKE_VALUES", "Artifact", "Delta", "Offer", "Smoke", "canonical_json", "check_offer",
            "key_id", "parse_time", "verify_signature"]
 
 #: The registry numbers offers by its clock in ms; one further ahead than this is a forgery (or a broken clock).
 MAX_MANIFEST_AHEAD_MS = 24 * 3600 * 1000
+#: Golden inputs an offer may ask the car to generate and run (the registry sends 3).
+MAX_SMOKE_INPUTS = 16
+#: Float values of all golden inputs together (256 MB of float32): the car allocates them before the test.
+MAX_SMOKE_VALUES = 1 << 26
 
 
 def parse_time(value: Any, where: str) -> datetime:
@@ -84,4 +88,27 @@ def check_offer(
             f"downgrade refused: offer names version {offer.target_version} below the running "
             f"{current_version} and is not a signed rollback"
         )
+    _check_smoke_fits_contract(offer)
     return offer
+
+
+def _check_smoke_fits_contract(offer: Offer) -> None:
+    """The smoke test must feed the contract's input, in the contract's shape, within the car's means.
+
+    The registry computes the smoke shape from the contract (the model's batch, the contract's size);
+    an offer whose two disagree is not one the registry made, and is refused before anything is fetched.
+
+    Raises:
+        OfferRejected: another input, another shape, or more golden inputs than the car will generate.
+    """
+    smoke, contract = offer.smoke, offer.contract
+    if smoke.input_name != contract.input_name:
+        raise OfferRejected(f"offer's smoke test feeds input {smoke.input_name!r}, its contract {contract.input_name!r}")
+    wanted = contract.input_shape(1)[1:]
+    if len(smoke.shape) != len(wanted) + 1 or tuple(smoke.shape[1:]) != wanted:
+        raise OfferRejected(f"offer's smoke shape {list(smoke.shape)} does not fit its contract "
+                            f"({contract.layout}, {contract.height}x{contract.width}: [batch, {', '.join(map(str, wanted))}])")
+    values = smoke.count * smoke.shape[0] * contract.height * contract.width * 3
+    if not 1 <= smoke.count <= MAX_SMOKE_INPUTS or values > MAX_SMOKE_VALUES:
+        raise OfferRejected(f"offer's smoke test asks for {smoke.count} golden input(s) of shape {list(smoke.shape)}; "
+                            f"this car runs 1 to {MAX_SMOKE_INPUTS}, at most {MAX_SMOKE_VALUES} values in all")

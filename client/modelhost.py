@@ -49,6 +49,7 @@ from client.hotswap import (
     default_session_factory,
     gil_switch_interval,
 )
+from protocol.contract import InputContract
 
 log = logging.getLogger("client.modelhost")
 
@@ -109,13 +110,15 @@ class ModelHost:
 
     # -- the application's API ---------------------------------------------
 
-    def predict(self, image_uint8_hwc: np.ndarray) -> Prediction:
-        """Classify a uint8 HWC image with the live model; never waits for the daemon.
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Classify a uint8 image of any size (HxW grey, HxWx3 RGB) with the live model and its line's
+        contract; never waits for the daemon.
 
         Raises:
+            BadImage: not a uint8 image.
             NoModel: the car has never installed a model.
         """
-        return self.swapper.predict(image_uint8_hwc)
+        return self.swapper.predict(image)
 
     @property
     def running_version(self) -> int:
@@ -254,11 +257,14 @@ class ModelHost:
         rpc.close()
         log.info("agent daemon disconnected; the live model keeps answering")
 
-    def _op_load(self, *, path: str, version: int, model_sha256: str, labels: tuple[str, ...],
-                 input_name: str, smoke: Any = None) -> int:
+    def _op_load(self, *, path: str, version: int, model_sha256: str, contract: dict[str, Any],
+                 smoke: Any = None) -> int:
+        """Load (and smoke-test, when the daemon sends a smoke) a model; the contract comes as its JSON form."""
         self._pending.clear()  # a model loaded before and never swapped in (its install failed later) goes
         current = self.swapper.current
-        if smoke is None and current is not None and current.model_sha256 == model_sha256:
+        parsed = InputContract.from_dict(contract)
+        if smoke is None and current is not None and current.model_sha256 == model_sha256 \
+                and current.contract == parsed:
             # A restarted daemon booting the model this process already runs: nothing to load or free.
             handle = next(self._handles)
             self._pending[handle] = current
@@ -267,10 +273,10 @@ class ModelHost:
         with gil_switch_interval(self.config.gil_switch_interval_s):
             if smoke is None:
                 loaded = self.swapper.load_sync(Path(path), version=version, model_sha256=model_sha256,
-                                                labels=tuple(labels), input_name=input_name)
+                                                contract=parsed)
             else:
                 loaded = self.swapper.load_and_smoke_sync(Path(path), version=version, model_sha256=model_sha256,
-                                                          labels=tuple(labels), smoke=smoke)
+                                                          contract=parsed, smoke=smoke)
         handle = next(self._handles)
         self._pending[handle] = loaded
         return handle

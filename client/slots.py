@@ -26,6 +26,10 @@ journal write per install beside the camera thread.
 
 At boot every slot the journal names is re-hashed; a slot that fails is
 dropped and the other one runs.
+
+Each slot record keeps the input contract its offer signed (how an image
+becomes the model's input, which output holds the scores, the labels): the
+car applies it to every image it classifies, at once and after any reboot.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from typing import Any
 from client.atomic import commit_file, storage_error, write_atomic, write_file
 from client.download import sha256_file
 from client.errors import StorageError
+from protocol.contract import InputContract
+from protocol.errors import ContractError
 
 SLOT_NAMES = ("a", "b", "c")
 PACKAGE_FILE = "package"
@@ -49,23 +55,72 @@ STAGED_MODEL_FILE = ".model.onnx.staged"
 
 @dataclass
 class SlotRecord:
-    """What a slot holds, as promised by the verified offer it came from."""
+    """What a slot holds, as promised by the verified offer it came from (its contract included)."""
 
     slot: str
     version: int
     model_sha256: str
     package_sha256: str
     codec: str
-    labels: list[str]
+    contract: InputContract
     manifest_version: int
     rollout_id: int | None
-    input_name: str = "input"
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in _RECORD_FIELDS}
+        d = {f.name: getattr(self, f.name) for f in _RECORD_FIELDS}
+        d["contract"] = _contract_dict(self.contract)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SlotRecord:
+        """A record as the journal holds it; one written before contracts were signed gets the legacy contract.
+
+        Raises:
+            ValueError: a field is missing or the contract is malformed (the journal is then set aside).
+        """
+        values = {f.name: d[f.name] for f in _RECORD_FIELDS if f.name != "contract"}
+        raw = d.get("contract")
+        try:
+            contract = (InputContract.from_dict(raw) if raw is not None
+                        else legacy_contract(d.get("input_name", "input"), d.get("labels", [])))
+        except ContractError as e:
+            raise ValueError(f"slot {d.get('slot')!r}: {e}") from e
+        return cls(contract=contract, **values)
 
 
 _RECORD_FIELDS = fields(SlotRecord)
+
+#: The preprocessing every car applied to every model before offers carried a contract (all of them were
+#: road-sign models of the one line there was); a record from then keeps being read as it was installed.
+#: The same values migration 0004 backfilled into the registry's versions.
+_LEGACY_PREPROCESSING: dict[str, Any] = {
+    "layout": "NCHW", "height": 64, "width": 64, "resize": "stretch", "channel_order": "RGB", "scale": 1.0,
+    "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "output_name": "logits", "output_kind": "logits"}
+
+
+def legacy_contract(input_name: str, labels: list[str]) -> InputContract:
+    """The contract a slot record written before contracts existed was, in effect, installed with.
+
+    Raises:
+        ContractError: the old record's input name or labels are not valid contract values.
+    """
+    return InputContract.from_dict({**_LEGACY_PREPROCESSING, "input_name": input_name, "labels": list(labels)})
+
+
+_dict_cache: dict[int, tuple[InputContract, dict[str, Any]]] = {}
+
+
+def _contract_dict(contract: InputContract) -> dict[str, Any]:
+    """``contract.to_dict()``, built once per contract: a journal save must not redo ``asdict`` on a
+    thousand labels beside the camera thread (see ``Journal.to_dict``)."""
+    hit = _dict_cache.get(id(contract))
+    if hit is not None and hit[0] is contract:
+        return hit[1]
+    if len(_dict_cache) > 16:
+        _dict_cache.clear()
+    d = contract.to_dict()
+    _dict_cache[id(contract)] = (contract, d)
+    return d
 
 
 @dataclass
@@ -104,7 +159,7 @@ class Journal:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Journal:
         def rec(x: Any) -> SlotRecord | None:
-            return SlotRecord(**x) if isinstance(x, dict) else None
+            return SlotRecord.from_dict(x) if isinstance(x, dict) else None
 
         return cls(
             active=rec(d.get("active")),
@@ -254,4 +309,4 @@ def _named_slots(journal: Journal) -> set[str]:
     return {r.slot for r in (journal.active, journal.previous) if r is not None}
 
 
-__all__ = ["Journal", "SlotRecord", "SlotStore", "StorageError"]
+__all__ = ["Journal", "SlotRecord", "SlotStore", "StorageError", "legacy_contract"]

@@ -9,7 +9,9 @@ left it (slot files, journal), so the car boots it, enrols, polls with it and
 gets deltas from it.  ``flash_fleet`` does both and returns the figures that
 ``bench/fleet.py`` and ``ota simulate`` report; they flash by default (a scale
 run then measures a staged rollout rather than N initial full downloads) and
-``--initial-install`` keeps the download path.
+``--initial-install`` keeps the download path.  The slot records the
+version's input contract as the registry published it, so a flashed car
+classifies as an updated one does.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from client.slots import SlotRecord
 from models import codec
+from protocol.contract import InputContract
+from protocol.errors import ContractError
 from simulator.car import DedupSlotStore
 from simulator.fleet import CarSpec
 from simulator.registry_admin import AdminError, RegistryAdmin
@@ -39,15 +41,15 @@ class FactoryImage:
     model: bytes
     package_sha256: str
     model_sha256: str
-    labels: tuple[str, ...]
-    input_name: str
+    contract: InputContract
 
 
 def fetch_image(admin: RegistryAdmin, published: dict, codec_name: str = "deep") -> FactoryImage:
     """The factory image of a published version (``published``: the registry's answer to the publish).
 
     Raises:
-        AdminError: the registry has no such package, or its bytes do not match what it published.
+        AdminError: the registry has no such package, its bytes do not match what it published, or the
+            version has no valid contract.
     """
     pkg = published.get("packages", {}).get(codec_name)
     if pkg is None:
@@ -58,9 +60,12 @@ def fetch_image(admin: RegistryAdmin, published: dict, codec_name: str = "deep")
     model = codec.unpack(package)
     if hashlib.sha256(model).hexdigest() != pkg["model_sha256"]:
         raise AdminError(f"package {pkg['sha256'][:12]} does not decode to the published model")
-    input_name = onnx.load_from_string(model).graph.input[0].name
+    try:
+        contract = InputContract.from_dict(published.get("contract"))
+    except ContractError as e:
+        raise AdminError(f"version {published.get('version')} has no usable input contract to flash with it: {e}") from e
     return FactoryImage(int(published["version"]), codec_name, package, model, pkg["sha256"], pkg["model_sha256"],
-                        tuple(published.get("labels", ())), input_name)
+                        contract)
 
 
 def preinstall(specs: list[CarSpec], state_root: Path, image: FactoryImage) -> int:
@@ -77,7 +82,7 @@ def preinstall(specs: list[CarSpec], state_root: Path, image: FactoryImage) -> i
         slot = store.free_slot(journal)
         store.write_slot(slot, image.package, image.model)
         journal.active = SlotRecord(slot, image.version, image.model_sha256, image.package_sha256, image.codec,
-                                    list(image.labels), 0, None, image.input_name)
+                                    image.contract, 0, None)
         store.save(journal)
         flashed += 1
     return flashed

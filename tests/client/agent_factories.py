@@ -21,7 +21,8 @@ from onnx import TensorProto, helper
 
 from client.manifest import canonical_json
 from models import zoo
-from models.smoke import golden_inputs
+from models.smoke import golden_inputs, input_shape
+from protocol.contract import InputContract
 
 ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
 LABELS10 = ["stop", "yield", "speed_30", "speed_50", "speed_80", "no_entry", "priority_road",
@@ -47,11 +48,17 @@ def sign(signed: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     return {"signed": signed, "signatures": [{"keyid": sha(raw), "sig": sig}]}
 
 
-def smoke_for(model: bytes, *, seed: int = 7, count: int = 2, atol: float = 1e-3) -> dict[str, Any]:
+def smoke_for(model: bytes, *, seed: int = 7, count: int = 2, atol: float = 1e-3,
+              contract: InputContract | None = None) -> dict[str, Any]:
+    """The offer's smoke object as the registry computes it: the contract's score output on golden inputs of
+    the model's real input shape (its batch, the contract's size); the road-sign zoo's contract by default."""
+    c = contract or zoo.contract()
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    shape = [1, 3, 64, 64]
-    expected = [session.run(None, {"input": x})[0].reshape(-1).tolist() for x in golden_inputs(seed, count, shape)]
-    return {"seed": seed, "count": count, "shape": shape, "input_name": "input", "expected": expected, "atol": atol}
+    shape = input_shape(onnx.load_from_string(model), c)
+    expected = [session.run([c.output_name], {c.input_name: x})[0].reshape(-1).tolist()
+                for x in golden_inputs(seed, count, shape)]
+    return {"seed": seed, "count": count, "shape": shape, "input_name": c.input_name, "expected": expected,
+            "atol": atol}
 
 
 def contract_for(labels: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -133,7 +140,9 @@ class OfflineOffers:
 
     def offer(self, model: bytes, version: int, *, base_package: bytes | None = None, delta: bytes | None = None,
               smoke_model: bytes | None = None, labels: list[str] = LABELS10, place_package: bool = True,
-              **signed_overrides: Any) -> dict[str, Any]:
+              contract: InputContract | None = None, **signed_overrides: Any) -> dict[str, Any]:
+        """A signed offer of ``model`` as ``version``; ``contract`` (default: the zoo's with ``labels``) is
+        signed into it and its smoke test computed with it, as the registry does."""
         self.mv += 1
         pkg = self.package(model)
         delta_obj = None
@@ -145,7 +154,8 @@ class OfflineOffers:
         decoded = self.codec.unpack(pkg)  # the codec may re-serialise: the car runs what the package decodes to
         signed = offer_body(
             device_id=self.device_id, manifest_version=self.mv, target_version=version, model_sha256=sha(decoded),
-            contract=contract_for(labels), package=package_obj, delta=delta_obj, smoke=smoke_for(smoke_model or decoded),
+            contract=contract.to_dict() if contract is not None else contract_for(labels), package=package_obj,
+            delta=delta_obj, smoke=smoke_for(smoke_model or decoded, contract=contract),
         )
         signed.update(signed_overrides)
         return sign(signed, self.key)

@@ -5,12 +5,13 @@ import threading
 
 import numpy as np
 import pytest
-from agent_factories import LABELS10, nan_on_dark_model, sha, smoke_for, zoo_model
+from agent_factories import LABELS10, contract_for, nan_on_dark_model, sha, smoke_for, zoo_model
 
 from client.errors import SmokeTestFailed
 from client.hotswap import HotSwapper, LoadedModel, NoModel
 from client.manifest import Smoke
 from models.roadsigns import render
+from protocol.contract import InputContract
 
 IMAGE = render(3, np.random.default_rng(0))  # a speed_50 sign, uint8 HWC
 
@@ -22,7 +23,8 @@ def smoke_obj(model: bytes, **kw: object) -> Smoke:
 
 def load(sw: HotSwapper, model: bytes, version: int, smoke: Smoke | None = None,
          labels: list[str] = LABELS10) -> LoadedModel:
-    return asyncio.run(sw.load_and_smoke(model, version=version, model_sha256=sha(model), labels=tuple(labels),
+    return asyncio.run(sw.load_and_smoke(model, version=version, model_sha256=sha(model),
+                                         contract=InputContract.from_dict(contract_for(labels)),
                                          smoke=smoke or smoke_obj(model)))
 
 
@@ -116,6 +118,9 @@ class _TracedSession:
 
     def get_inputs(self) -> object:
         return self._s.get_inputs()  # type: ignore[attr-defined]
+
+    def get_outputs(self) -> object:
+        return self._s.get_outputs()  # type: ignore[attr-defined]
 
     def run(self, *a: object) -> object:
         self.running.set()

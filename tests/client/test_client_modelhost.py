@@ -275,3 +275,28 @@ def test_killing_the_daemon_anywhere_in_an_install_never_costs_an_inference(
         cam.join()
     assert failures == [] and staged == []
     assert killed_at == ["begun", "staged", "flipped", "staged"], killed_at
+
+
+def test_the_daemon_hands_the_offers_contract_to_this_process_which_applies_it(
+        host: tuple[ModelHost, OfflineOffers]) -> None:
+    """A model exported channels-last with BGR 0..255 input: the contract crosses the socket and is applied here."""
+    import onnx
+
+    from models import zoo
+    from models.contract import infer_contract
+    from models.preprocess import postprocess, preprocess
+    from models.sessions import open_session
+    from tests.models.variants import variant
+
+    h, offers = host
+    model = variant(onnx.load_from_string(zoo_model(1)), nhwc=True, bgr255=True)
+    contract = infer_contract(model, channel_order="BGR", scale=255)
+    h.handle_offer(offers.offer(model.SerializeToString(), 1, contract=contract))
+    frame = np.asarray(render(5, np.random.default_rng(2)))[::-1]  # any size works; this one is 64x64 upside down
+    original = zoo.contract("v1")
+    want = postprocess(open_session(zoo_model(1), intra_threads=1).run(
+        [original.output_name], {original.input_name: preprocess(frame, original)})[0], original)[0]
+    got = h.predict(frame)
+    assert (got.version, got.index, got.label) == (1, int(want.argmax()), original.label(int(want.argmax())))
+    assert got.probability == pytest.approx(float(want.max()), abs=1e-4)
+    assert h.swapper.current is not None and h.swapper.current.contract == contract

@@ -66,9 +66,10 @@ def test_classify_prints_label_and_percentage_with_the_installed_model(tmp_path:
     Image.fromarray(render(0, np.random.default_rng(5))).resize((128, 128)).save(img)
     assert ota(["classify", str(img), "--agent-dir", str(tmp_path / "agent")]) == 0
     out = capsys.readouterr().out.strip()  # type: ignore[attr-defined]
-    label, pct = out.split(", ")
-    assert label == agent.predict(np.asarray(Image.open(img).convert("RGB").resize((64, 64)))).label
-    assert pct.endswith("%") and 0 < float(pct[:-1]) <= 100
+    answer, version = out.split("  ")
+    label, pct = answer.split(", ")
+    assert label == agent.predict(np.asarray(Image.open(img))).label  # the car sizes it by the contract
+    assert pct.endswith("%") and 0 < float(pct[:-1]) <= 100 and version == "(model v1)"
 
 
 def test_classify_without_an_agent_or_with_a_bad_image_says_what_to_do(tmp_path: Path, capsys: object) -> None:

@@ -1,6 +1,7 @@
 """The real agent against the real registry (uvicorn on a free port, real SQLite, real HTTP)."""
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from client_links import BadLink
 
 from client import Agent, AgentConfig
 from client.hotswap import NoModel
+from models import zoo
 from models.roadsigns import render
 from tests.support.live_server import LiveServer
 
@@ -45,8 +47,13 @@ def run(agent: Agent, polls: int = 1) -> None:
 
 
 def release(server: LiveServer, model: bytes) -> dict[str, Any]:
-    """Publish a version and roll it out to every car (one stage at 100%); the first version is stable by itself."""
-    v = server.publish(model)
+    """Publish a version and roll it out to every car (one stage at 100%); the first version is stable by itself.
+
+    Published with the road-sign zoo's normalisation (the contract's mean/std), as its publisher would: the cars
+    apply the line's contract to every frame (a dark frame is -2 after it, which ``nan_on_dark_model`` needs).
+    """
+    zoo_spec = {k: v for k, v in zoo.contract().to_dict().items() if k in ("mean", "std")}
+    v = server.publish(model, contract=json.dumps(zoo_spec))
     if v["version"] > 1:
         r = server.admin().post("/api/v1/rollouts", json={"line": "road-signs", "version": v["version"]})
         assert r.status_code == 201, r.text

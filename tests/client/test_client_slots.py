@@ -1,16 +1,23 @@
 """Slots and journal on a real disk; boot picks the newest slot that still verifies."""
 
 import asyncio
+import json
 from pathlib import Path
 
-from agent_factories import LABELS10, sha, zoo_model
+import numpy as np
+from agent_factories import LABELS10, contract_for, sha, zoo_model
 
 from client import Agent, AgentConfig
 from client.slots import Journal, SlotRecord, SlotStore
+from models.roadsigns import render
+from protocol.contract import InputContract
+
+IMAGE = render(3, np.random.default_rng(0))
 
 
 def record(slot: str, version: int, package: bytes, model: bytes) -> SlotRecord:
-    return SlotRecord(slot, version, sha(model), sha(package), "lossless", LABELS10, version, None)
+    return SlotRecord(slot, version, sha(model), sha(package), "lossless", InputContract.from_dict(contract_for(LABELS10)),
+                      version, None)
 
 
 def installed(tmp_path: Path) -> tuple[SlotStore, Journal]:
@@ -87,3 +94,48 @@ def test_boot_empties_slots_the_journal_does_not_name(tmp_path: Path) -> None:
     agent = boot(tmp_path)
     assert agent.running_version == 2
     assert sorted(p.parent.name for p in (tmp_path / "slots").glob("*/*")) == ["a", "a", "b", "b"]
+
+
+def test_journal_keeps_each_slot_contract_and_boot_applies_it(tmp_path: Path) -> None:
+    store, j = installed(tmp_path)
+    raw = json.loads(store.journal_path.read_text())
+    assert raw["active"]["contract"] == contract_for(LABELS10)  # the offer's contract, as signed
+    agent = boot(tmp_path)
+    assert agent.swapper.current.contract == j.active.contract  # type: ignore[union-attr]
+
+
+def test_a_slot_record_from_before_contracts_boots_with_the_preprocessing_it_was_installed_with(
+        tmp_path: Path) -> None:
+    """A journal written by an older agent (labels and input name, no contract) is read, not set aside."""
+    store, _ = installed(tmp_path)
+    now = boot(tmp_path).predict(IMAGE)
+    raw = json.loads(store.journal_path.read_text())
+    for name in ("active", "previous"):
+        del raw[name]["contract"]
+        raw[name].update(labels=LABELS10, input_name="input")
+    store.journal_path.write_text(json.dumps(raw))
+    agent = boot(tmp_path)
+    assert agent.running_version == 2 and agent.journal.active.contract.labels == tuple(LABELS10)  # type: ignore[union-attr]
+    assert agent.predict(IMAGE) == now  # the same label, probability and version as with its signed contract
+    assert not list(tmp_path.glob("journal.corrupt-*.json"))
+
+
+def test_a_slot_record_with_a_malformed_contract_sets_the_journal_aside(tmp_path: Path) -> None:
+    store, _ = installed(tmp_path)
+    raw = json.loads(store.journal_path.read_text())
+    raw["active"]["contract"]["height"] = 10**9
+    store.journal_path.write_text(json.dumps(raw))
+    assert store.load() == Journal()
+    assert len(list(tmp_path.glob("journal.corrupt-*.json"))) == 1
+
+
+def test_a_slot_whose_recorded_contract_does_not_fit_its_model_is_dropped_at_boot_and_the_previous_runs(
+        tmp_path: Path) -> None:
+    """An old record's assumed contract (or a damaged one) that the model refuses: boot falls back, never fails."""
+    store, _ = installed(tmp_path)
+    raw = json.loads(store.journal_path.read_text())
+    raw["active"]["contract"]["output_name"] = "no_such_output"
+    store.journal_path.write_text(json.dumps(raw))
+    agent = boot(tmp_path)
+    assert agent.running_version == 1 and agent.predict(IMAGE).version == 1
+    assert store.load().active.version == 1 and store.load().previous is None  # type: ignore[union-attr]
