@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cli.contract_args import SpecError, add_contract_arguments, contract_spec, probe_file
 from cli.env import ADMIN_TOKEN, CA_CERT, DATA_DIR, SERVER, SecretError, env, resolve_secret
 from cli.safe_text import safe
 
@@ -109,110 +110,13 @@ def _run(handler):  # type: ignore[no-untyped-def]
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except CliError as e:
+        except (CliError, SpecError) as e:
             print(f"ota: {safe(e)}", file=sys.stderr)  # error details echo remote text
             return 1
     return wrapped
 
 
 # ---- publish ------------------------------------------------------------------------------------
-
-MAX_PROBE_IMAGES = 1000  # the registry's bound (server/registry/probes.py)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def _numbers(text: str, flag: str) -> float | list[float]:
-    try:
-        values = [float(x) for x in text.split(",")]
-    except ValueError as e:
-        raise CliError(f"{flag} {text!r} must be one number or three comma-separated numbers, e.g. 104,117,123") from e
-    if len(values) not in (1, 3):
-        raise CliError(f"{flag} {text!r} must be one number or three (one per channel)")
-    return values[0] if len(values) == 1 else values
-
-
-def _input_size(text: str) -> int | list[int]:
-    try:
-        sides = [int(x) for x in text.lower().replace("x", ",").split(",")]
-    except ValueError as e:
-        raise CliError(f"--input-size {text!r} must be SIDE or HEIGHT,WIDTH, e.g. 227 or 224,320") from e
-    if len(sides) not in (1, 2) or min(sides) < 1:
-        raise CliError(f"--input-size {text!r} must be SIDE or HEIGHT,WIDTH of positive integers")
-    return sides[0] if len(sides) == 1 else sides
-
-
-def _labels(path: Path) -> list[str]:
-    """One label per line (blank lines skipped), or a JSON list of strings."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise CliError(f"--labels {path}: cannot read it as UTF-8 text ({e})") from e
-    if text.lstrip().startswith("["):
-        try:
-            values = json.loads(text)
-        except ValueError as e:
-            raise CliError(f"--labels {path} looks like JSON but does not parse: {e}") from e
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise CliError(f"--labels {path} must be a JSON list of strings or one label per line")
-        return values
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
-    if not labels:
-        raise CliError(f"--labels {path} holds no labels (one per line)")
-    return labels
-
-
-def contract_spec(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The ``contract`` form field: the ``--spec`` file's object, with the flags laid over it."""
-    spec: dict[str, Any] = {}
-    if args.spec:
-        try:
-            spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise CliError(f"--spec {args.spec}: not a readable JSON file ({e})") from e
-        if not isinstance(spec, dict):
-            raise CliError(f"--spec {args.spec} must hold a JSON object of contract fields, e.g. "
-                           '{"channel_order": "BGR", "scale": 255, "mean": [104, 117, 123]}')
-    flags = {"input_size": _input_size(args.input_size) if args.input_size else None,
-             "layout": args.layout.upper() if args.layout else None, "resize": args.resize,
-             "channel_order": args.channel_order.upper() if args.channel_order else None,
-             "scale": float(args.scale) if args.scale else None,
-             "mean": _numbers(args.mean, "--mean") if args.mean else None,
-             "std": _numbers(args.std, "--std") if args.std else None,
-             "labels": _labels(Path(args.labels)) if args.labels else None,
-             "output_name": args.output, "output_kind": args.output_kind}
-    spec.update({k: v for k, v in flags.items() if v is not None})
-    if "input_size" in spec:
-        spec.pop("height", None), spec.pop("width", None)
-    return spec or None
-
-
-def probe_file(path: Path) -> bytes:
-    """``--probe``: an .npz as it is, or a folder of JPEG/PNG files (any sizes) packed into one, an array each."""
-    import io
-
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    if path.is_file():
-        return path.read_bytes()
-    if not path.is_dir():
-        raise CliError(f"--probe {path} is neither a folder of JPEG/PNG images nor an .npz file")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise CliError(f"--probe {path} holds no .jpg, .jpeg or .png file")
-    if len(files) > MAX_PROBE_IMAGES:
-        raise CliError(f"--probe {path} holds {len(files)} images; the registry takes at most {MAX_PROBE_IMAGES}")
-    arrays: dict[str, Any] = {}
-    for i, f in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                arrays[f"image{i:04d}"] = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as e:
-            raise CliError(f"--probe: {f} is not an image PIL can read ({e})") from e
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
 
 def contract_text(c: dict[str, Any]) -> str:
     """One line: what the car does to an image, and what it reads back."""
@@ -486,19 +390,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--probe", metavar="DIR|FILE.npz",
                    help="calibration images for the line: a folder of JPEG/PNG files (any sizes) or an .npz of "
                         "uint8 images; uploaded once, later versions reuse them; a new --probe replaces them")
-    ct = p.add_argument_group("input contract", "what the model expects (later versions inherit it); the flags "
-                                                "override the --spec file")
-    ct.add_argument("--spec", metavar="FILE", help="JSON object of contract fields (e.g. from `ota versions --json`)")
-    ct.add_argument("--input-size", metavar="SIDE|H,W", help="input height and width, e.g. 227 or 224,320")
-    ct.add_argument("--layout", choices=["NCHW", "NHWC", "nchw", "nhwc"])
-    ct.add_argument("--resize", choices=["stretch", "crop"], help="stretch, or shorter side + centre crop")
-    ct.add_argument("--channel-order", choices=["rgb", "bgr", "RGB", "BGR"])
-    ct.add_argument("--scale", choices=["1", "255"], help="pixel values 0..1 or 0..255 before mean/std")
-    ct.add_argument("--mean", metavar="M|R,G,B", help="per channel, in the model's channel order, e.g. 104,117,123")
-    ct.add_argument("--std", metavar="S|R,G,B")
-    ct.add_argument("--labels", metavar="FILE", help="class names, one per line, in class order")
-    ct.add_argument("--output", metavar="NAME", help="the output that holds the class scores")
-    ct.add_argument("--output-kind", choices=["logits", "probabilities"])
+    add_contract_arguments(p)
     _common(p)
     p.set_defaults(func=_run(publish))
 

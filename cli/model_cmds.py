@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cli.contract_args import add_contract_arguments
 from cli.safe_text import safe
 
 CODEC_CHOICES = ("lossless", "int8", "deep", "svd")
@@ -43,31 +44,52 @@ def _write(path: str, data: bytes) -> None:
         raise UsageError(f"cannot write {path!r}: {e}") from e
 
 
-def load_probe(path: str) -> Any:
-    """A probe set from .npy (float32 NCHW inputs, or uint8 NHWC images) or .npz (key ``images``)."""
+def load_probe(path: str, contract: Any) -> Any:
+    """A probe set as model input: a folder of JPEG/PNG images or an .npy/.npz of uint8 images (one
+    ``images`` array or an array each, any sizes), put through ``contract``; or float32 model inputs as they are.
+    """
+    import io
+
     import numpy as np
 
-    from models.preprocess import to_input
+    from cli.contract_args import SpecError, probe_file
+    from models.preprocess import preprocess
 
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read probe {path!r} as a numpy .npy/.npz file: {e}") from e
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        if "images" not in loaded.files:
-            raise UsageError(f"probe {path!r} has no 'images' array (found: {', '.join(loaded.files) or 'none'})")
-        arr = loaded["images"]
-    else:
-        arr = loaded
-    if arr.dtype == np.uint8:
-        try:
-            return to_input(arr)
-        except ValueError as e:
-            raise UsageError(f"probe {path!r}: {e}") from e
-    if arr.dtype != np.float32 or arr.ndim != 4:
-        raise UsageError(f"probe {path!r} must be float32 (N, C, H, W) inputs or uint8 (N, H, W, 3) images; "
-                         f"got {arr.dtype} {list(arr.shape)}")
-    return arr
+        data = probe_file(Path(path)) if Path(path).is_dir() else _read(path, "probe")
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, SpecError) as e:
+        raise UsageError(f"cannot read probe {path!r} as a folder of images or a numpy .npy/.npz file: {e}") from e
+    arrays = [loaded[k] for k in loaded.files] if isinstance(loaded, np.lib.npyio.NpzFile) else [loaded]
+    if not arrays:
+        raise UsageError(f"probe {path!r} holds no array")
+    if len(arrays) == 1 and arrays[0].dtype == np.float32:
+        if arrays[0].ndim != 4:
+            raise UsageError(f"probe {path!r}: float32 inputs must be (N, C, H, W) or (N, H, W, C), "
+                             f"got {list(arrays[0].shape)}")
+        return arrays[0]
+    images = [img for a in arrays for img in (a if a.ndim == 4 else [a])]
+    if not all(img.dtype == np.uint8 and img.ndim in (2, 3) for img in images):
+        raise UsageError(f"probe {path!r} must hold uint8 images (H, W[, 3]) or float32 model inputs")
+    try:
+        return preprocess(images, contract)
+    except ValueError as e:
+        raise UsageError(f"probe {path!r}: {e}") from e
+
+
+def _contract(args: argparse.Namespace, src: bytes) -> Any:
+    """The model's input contract: what the graph says, with the ``--spec`` file and flags over it."""
+    from cli.contract_args import SpecError, contract_spec
+    from models.contract import infer_contract
+    from models.onnx_safety import parse_embedded
+
+    try:
+        spec = contract_spec(args) or {}
+    except SpecError as e:
+        raise UsageError(str(e)) from e
+    if "height" in spec or "width" in spec:
+        spec["input_size"] = [spec.pop("height"), spec.pop("width")]
+    return infer_contract(parse_embedded(src), **spec)  # InvalidModel for junk, as the codec says it
 
 
 def _emit(args: argparse.Namespace, result: dict[str, Any], human: str) -> int:
@@ -89,9 +111,10 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
     src = _read(args.src, "model")
     base = _read(args.base, "base package") if args.base else None
-    probe = load_probe(args.probe) if args.probe else None
+    contract = _contract(args, src)
+    probe = load_probe(args.probe, contract) if args.probe else None
     t0 = time.perf_counter()
-    result = codec.pack(src, args.codec, base=base, probe=probe, min_agreement=args.min_agreement)
+    result = codec.pack(src, args.codec, base=base, probe=probe, min_agreement=args.min_agreement, contract=contract)
     seconds = time.perf_counter() - t0
     _write(args.output, result.package)
     h = result.header
@@ -192,8 +215,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.pkg")
     p.add_argument("--codec", choices=CODEC_CHOICES, default="lossless")
     p.add_argument("--base", metavar="BASE.pkg", help="previous version's package: reuse its codebooks for small deltas")
-    p.add_argument("--probe", metavar="PROBE.npy", help="probe inputs (.npy float32 NCHW or uint8 NHWC; .npz 'images')")
+    p.add_argument("--probe", metavar="DIR|PROBE.npz", help="calibration images (a folder of JPEG/PNG, or .npy/.npz "
+                                                           "of uint8 images), put through the input contract; or "
+                                                           "float32 model inputs")
     p.add_argument("--min-agreement", type=float, metavar="0.99", help="smallest encoding with this top-1 agreement")
+    add_contract_arguments(p, output_flag="--score-output")
     p.set_defaults(func=_guarded(cmd_pack))
 
     p = sub.add_parser("diff", help="make a patch from OLD.pkg to NEW.pkg")

@@ -44,6 +44,26 @@ def test_pack_diff_patch_unpack_inspect_round_trip_with_a_uint8_probe(tmp_path: 
     assert "bits/w" in capsys.readouterr().out
 
 
+def test_pack_applies_the_input_contract_to_a_folder_of_photos_of_any_size(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from models.probes import natural_crops
+
+    (tmp_path / "m.onnx").write_bytes(onnx_factory.squeezenet("1_1", num_classes=5, image_size=32, seed=4))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(6):
+        Image.fromarray(natural_crops(1, size=(40 + 9 * i, 50), seed=i)[0]).save(photos / f"{i}.png")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"channel_order": "BGR", "scale": 255, "mean": [104, 117, 123]}))
+    p = str(tmp_path)
+    code, out = ota(capsys, "pack", f"{p}/m.onnx", "-o", f"{p}/m.pkg", "--codec", "deep", "--probe", str(photos),
+                    "--spec", str(spec), "--std", "58", "--min-agreement", "0.9")
+    assert code == 0 and out["fidelity"]["probe_count"] == 6 and out["fidelity"]["top1_agreement"] >= 0.9
+    code, err = ota(capsys, "pack", f"{p}/m.onnx", "-o", f"{p}/bad.pkg", "--input-size", "64")
+    assert code == 1 and "fixed to 32" in err["detail"] and not (tmp_path / "bad.pkg").exists()
+
+
 def test_failures_print_a_json_error_exit_1_and_write_nothing(tmp_path: Path, capsys) -> None:
     model = onnx_factory.squeezenet("1_1", num_classes=4, image_size=32, seed=1)
     (tmp_path / "m.onnx").write_bytes(model)
@@ -53,7 +73,7 @@ def test_failures_print_a_json_error_exit_1_and_write_nothing(tmp_path: Path, ca
     code, err = ota(capsys, "pack", f"{p}/junk.onnx", "-o", f"{p}/junk.pkg")
     assert code == 1 and err["error"] == "InvalidModel"
     code, err = ota(capsys, "pack", f"{p}/m.onnx", "-o", f"{p}/m.pkg", "--codec", "deep", "--probe", f"{p}/bad_probe.npy")
-    assert code == 1 and "float32 (N, C, H, W)" in err["detail"]
+    assert code == 1 and "uint8 images" in err["detail"]
     code, err = ota(capsys, "unpack", f"{p}/missing.pkg", "-o", f"{p}/x.onnx")
     assert code == 1 and "cannot read package" in err["detail"]
     ota(capsys, "pack", f"{p}/m.onnx", "-o", f"{p}/m.pkg")
