@@ -37,6 +37,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -52,6 +53,9 @@ from models.sessions import open_session
 from models.training.onnx_weights import graft, load_squeezenet
 from models.training.squeezenet import SqueezeNet
 from models.training.train import MIXED
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 SIZE = 227
 #: The frozen part ends at the last max-pool; fire9 (the last fire module) and conv10 follow it.
@@ -79,7 +83,7 @@ N_TEST = 1100
 TRAIN_SEED = 6  # the zoo uses data seeds 1..5 (train), 100, 101 (held out), 200 (probe)
 
 
-def _tap_session(source: onnx.ModelProto) -> tuple[object, str]:
+def _tap_session(source: onnx.ModelProto) -> tuple[ort.InferenceSession, str]:
     """An ONNX Runtime session on the source graph that also outputs the frozen part's result, any batch."""
     proto = copy.deepcopy(source)
     proto.graph.output.append(onnx.helper.make_tensor_value_info(TAP, onnx.TensorProto.FLOAT, None))
@@ -93,12 +97,12 @@ def _tap_session(source: onnx.ModelProto) -> tuple[object, str]:
     return open_session(proto.SerializeToString(), intra_threads=2), proto.graph.input[0].name
 
 
-def frozen_features(session: object, input_name: str, images: np.ndarray, contract: InputContract) -> np.ndarray:
+def frozen_features(session: ort.InferenceSession, input_name: str, images: np.ndarray, contract: InputContract) -> np.ndarray:
     """The frozen part's output (N, 512, 13, 13) for uint8 images, through the line's contract."""
     out = []
     for i in range(0, len(images), CHUNK):
         x = preprocess(images[i : i + CHUNK], contract)
-        out.append(session.run([TAP], {input_name: x})[0])  # type: ignore[attr-defined]
+        out.append(session.run([TAP], {input_name: x})[0])
     return np.concatenate(out)
 
 
