@@ -46,10 +46,12 @@ bench-tools:
 bench: $(STAMP) bench-tools
 	$(PY) bench/codec.py
 
-# Regenerate every shipped model artifact (needs the [train] extra: PyTorch CPU).
+# Regenerate every shipped model artifact (needs the [train] extra: PyTorch CPU): the road-sign zoo, then
+# the road-sign version transfer-learned from the real ImageNet SqueezeNet (models/pretrained).
 train: | $(PY)
 	$(PY) -m pip install --quiet -e '.[train]'
 	$(PY) -m models.training.train --out models/zoo
+	$(PY) -m models.training.transfer --out models/pretrained
 
 clean:
 	rm -rf $(DATA) .pytest_cache test-artifacts

@@ -3,8 +3,11 @@
 No weights or data may be downloaded, so every model version is trained and
 probed on images drawn here.  A sign is drawn large with Pillow, placed on a
 random background, rotated, blurred, noised and optionally put in fog or at
-night, then reduced to ``IMAGE_SIZE``.  Everything is driven by one
-``numpy.random.Generator`` so a seed always yields the same images.
+night, then reduced to ``IMAGE_SIZE`` (or any ``size``: the transfer-learned
+version of the ImageNet SqueezeNet sees signs rendered at 227x227).  Everything
+is driven by one ``numpy.random.Generator`` so a seed always yields the same
+images; the random draws do not depend on ``size`` until the final pixel noise,
+and at ``IMAGE_SIZE`` the images are exactly the zoo's.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 IMAGE_SIZE = 64
-_CANVAS = 128  # draw at 2x, downsample for anti-aliasing
+_CANVAS = 128  # draw at 2x of IMAGE_SIZE, downsample for anti-aliasing
+MAX_SIZE = 1024
 
 RED = (200, 30, 35)
 WHITE = (245, 245, 245)
@@ -166,19 +170,24 @@ _DRAWERS: dict[str, Callable[[ImageDraw.ImageDraw, SignBox], None]] = {
 }
 
 
-def _background(rng: np.random.Generator) -> Image.Image:
-    """A sky-over-road gradient with a few random blocks (trees, buildings)."""
+def _background(rng: np.random.Generator, canvas: int) -> Image.Image:
+    """A sky-over-road gradient with a few random blocks (trees, buildings).
+
+    Block positions and sizes are drawn on the 128-pixel reference canvas and scaled, so the
+    random stream is the same at every size.
+    """
+    k = canvas / _CANVAS
     top = rng.integers(60, 230, size=3)
     bottom = rng.integers(30, 160, size=3)
-    t = np.linspace(0.0, 1.0, _CANVAS)[:, None, None]
-    grad = (top[None, None, :] * (1 - t) + bottom[None, None, :] * t).repeat(_CANVAS, axis=1)
+    t = np.linspace(0.0, 1.0, canvas)[:, None, None]
+    grad = (top[None, None, :] * (1 - t) + bottom[None, None, :] * t).repeat(canvas, axis=1)
     img = Image.fromarray(grad.astype(np.uint8), "RGB")
     d = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(0, 5))):
         x0, y0 = rng.integers(0, _CANVAS, size=2)
         w, h = rng.integers(10, 60, size=2)
         colour = tuple(int(c) for c in rng.integers(0, 255, size=3))
-        d.rectangle([int(x0), int(y0), int(x0 + w), int(y0 + h)], fill=colour)
+        d.rectangle([int(x0 * k), int(y0 * k), int((x0 + w) * k), int((y0 + h) * k)], fill=colour)
     return img
 
 
@@ -200,20 +209,31 @@ def _apply_weather(arr: np.ndarray, weather: str, rng: np.random.Generator) -> n
     return arr
 
 
-def render(label: int, rng: np.random.Generator, weather: str = "clear") -> np.ndarray:
-    """Draw one sign of class ``label``; returns uint8 HWC of IMAGE_SIZE."""
-    img = _background(rng)
+def _check_size(size: int) -> None:
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= MAX_SIZE:
+        raise ValueError(f"road-sign image size must be an integer from 8 to {MAX_SIZE}, got {size!r}")
+
+
+def render(label: int, rng: np.random.Generator, weather: str = "clear", size: int = IMAGE_SIZE) -> np.ndarray:
+    """Draw one sign of class ``label``; returns uint8 HWC of ``size`` x ``size``.
+
+    Raises:
+        ValueError: ``size`` is not an integer from 8 to ``MAX_SIZE``.
+    """
+    _check_size(size)
+    canvas = 2 * size
+    img = _background(rng, canvas)
     d = ImageDraw.Draw(img)
-    r = rng.uniform(0.28, 0.45) * _CANVAS
-    cx = _CANVAS / 2 + rng.uniform(-0.12, 0.12) * _CANVAS
-    cy = _CANVAS / 2 + rng.uniform(-0.12, 0.12) * _CANVAS
+    r = rng.uniform(0.28, 0.45) * canvas
+    cx = canvas / 2 + rng.uniform(-0.12, 0.12) * canvas
+    cy = canvas / 2 + rng.uniform(-0.12, 0.12) * canvas
     _DRAWERS[CLASSES[label]](d, SignBox(cx, cy, r))
     edge = tuple(int(c) for c in np.asarray(img)[0, 0])
     img = img.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BILINEAR, center=(cx, cy), fillcolor=edge)
     blur = float(rng.uniform(0.0, 2.0))
     if blur > 0.3:
-        img = img.filter(ImageFilter.GaussianBlur(blur))
-    img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+        img = img.filter(ImageFilter.GaussianBlur(blur * canvas / _CANVAS))
+    img = img.resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32)
     arr = arr * rng.uniform(0.7, 1.2) + rng.uniform(-20, 20)  # exposure
     arr = _apply_weather(arr, weather, rng)
@@ -227,13 +247,19 @@ def make_dataset(
     seed: int,
     weathers: tuple[str, ...] = ("clear",),
     weather_p: tuple[float, ...] | None = None,
+    size: int = IMAGE_SIZE,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` images (uint8 NHWC) and labels (int64), balanced over classes."""
+    """``n`` images (uint8 NHWC, ``size`` x ``size``) and labels (int64), balanced over classes.
+
+    Raises:
+        ValueError: ``size`` is out of range (see :func:`render`).
+    """
+    _check_size(size)
     rng = np.random.default_rng(seed)
     labels = np.arange(n, dtype=np.int64) % num_classes
     rng.shuffle(labels)
-    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
     for i, label in enumerate(labels):
         weather = str(rng.choice(weathers, p=weather_p))
-        images[i] = render(int(label), rng, weather)
+        images[i] = render(int(label), rng, weather, size)
     return images, labels

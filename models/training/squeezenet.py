@@ -109,6 +109,21 @@ class SqueezeNet(nn.Module):
         self.classifier[1] = new
         self.num_classes = num_classes
 
+    def replace_classifier(self, num_classes: int, generator: torch.Generator) -> None:
+        """A fresh conv10 for a new class set (transfer learning): the old classes' filters are dropped.
+
+        Same start as training from scratch (weights N(0, 0.01), bias 0.5 so that no class
+        channel starts dead behind the ReLU).
+        """
+        new = nn.Conv2d(self.final_conv.in_channels, num_classes, kernel_size=1)
+        assert new.bias is not None  # bias=True by default
+        with torch.no_grad():
+            new.weight.normal_(0.0, 0.01, generator=generator)
+            new.bias.fill_(0.5)
+        self.final_conv = new
+        self.classifier[1] = new
+        self.num_classes = num_classes
+
 
 def export_onnx(model: SqueezeNet, path: str, image_size: int, batch: int | None = None) -> None:
     """Export to ONNX (opset 17), batch dimension dynamic unless ``batch`` is given."""
