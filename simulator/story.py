@@ -14,6 +14,11 @@
    one health window, so the verdicts arrive before it widens); no car outside
    it is offered either version.
 4. Before v5 the parked cars come back, several versions behind.
+5. Transfer learning, as in the seed's MATLAB demo: a second line whose first version is the real
+   ImageNet SqueezeNet 1.0 (published with its own Caffe preprocessing, labels and calibration
+   images) and whose second is that network with its classifier retrained for the road signs
+   (``make train``): it inherits the line's contract (only the labels change, and the registry
+   records that), and a car on the line would fetch it as a delta of a few tens of KB.
 
 ``run_story`` returns one JSON-able dict: the simulator summary plus, per
 published version, the rollout outcome and the registry's own accounting.
@@ -156,12 +161,46 @@ async def _tell(admin: RegistryAdmin, server_url: str, enroll_token: str, root_p
     finally:
         summary = fleet.summary()
         await fleet.stop()
+    transfer = await asyncio.to_thread(_transfer_line, admin, f"imagenet-{line}", state_root, say)
     if console:
         print_summary(console, summary)
         _print_outcomes(console, outcomes)
     detail = {"cars_detail": [asdict(r) for r in fleet.results()]} if opts.detail else {}
     return {**summary, **detail, "parked": sorted(c.spec.device_id for c in parked), "line": line, "server": server_url, "dashboard": f"{server_url}/dashboard",
-            "story_wall_s": round(time.monotonic() - started, 1), "rollouts": outcomes}
+            "story_wall_s": round(time.monotonic() - started, 1), "rollouts": outcomes, "transfer": transfer}
+
+
+def _transfer_line(admin: RegistryAdmin, line: str, state_root: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """Publish the ImageNet SqueezeNet as v1 of ``line`` and its road-sign transfer as v2; what each costs.
+
+    Lossless packages (exact, so no gate to wait for: the deep codec's search on this 5 MB model takes
+    about a minute, see bench/pretrained.py); calibration images are road signs rendered at the model's
+    size, what the line will see.
+    """
+    import io
+
+    import numpy as np
+
+    from models.imagenet_line import CAFFE_PREPROCESS, imagenet_labels, imagenet_path, roadsigns_path
+    from models.roadsigns import make_dataset
+
+    images, _ = make_dataset(48, 11, seed=17, size=227)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=images)
+    probe = state_root / "imagenet-signs-probe.npz"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(buf.getvalue())
+    spec = {**CAFFE_PREPROCESS, "labels": list(imagenet_labels())}
+    v1 = admin.publish(imagenet_path(), line, "the real ImageNet SqueezeNet 1.0 (models/pretrained)",
+                       contract=spec, probe=probe, codecs="lossless")
+    v2 = admin.publish(roadsigns_path(), line, "conv10 retrained for the road signs (make train)", codecs="lossless")
+    full, delta = v2["packages"]["lossless"]["bytes"], v2["packages"]["lossless"].get("delta_from_previous")
+    say(f"line [bold]{line}[/bold]: v1 the ImageNet SqueezeNet ({human_bytes(v1['source_bytes'])}, "
+        f"{len(v1['contract']['labels'])} classes), v2 its transfer to {len(v2['contract']['labels'])} road-sign "
+        f"classes: contract change {', '.join(v2.get('contract_changed') or []) or 'none'}; a car on v1 fetches "
+        f"{human_bytes(delta or full)} instead of {human_bytes(full)}")
+    return {"line": line, "versions": [v1["version"], v2["version"]], "contract_changed": v2.get("contract_changed"),
+            "package_bytes": full, "delta_bytes": delta}
 
 
 def _published(name: str, v: dict[str, Any]) -> str:

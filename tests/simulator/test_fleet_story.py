@@ -59,6 +59,16 @@ def test_story_json_has_the_promised_figures(story: dict[str, Any]) -> None:
     json.dumps(r)  # one JSON object, as --json prints it
 
 
+def test_the_demo_publishes_the_imagenet_model_and_its_road_sign_transfer_as_one_line(story: dict[str, Any]) -> None:
+    t = story["report"]["transfer"]
+    with story["server"].admin() as admin:
+        v2 = admin.get(f"/api/v1/lines/{t['line']}/versions/2").json()
+    assert t["versions"] == [1, 2] and t["contract_changed"] == ["labels"] == v2["contract_changed"]
+    assert v2["contract"]["channel_order"] == "BGR" and v2["contract"]["height"] == 227
+    assert len(v2["contract"]["labels"]) == 11
+    assert 0 < t["delta_bytes"] < t["package_bytes"] / 10  # only conv10 changed: a car fetches a few tens of KB
+
+
 def test_every_car_ends_on_the_last_version_or_on_a_reported_failure(story: dict[str, Any]) -> None:
     report = story["report"]
     last = report["rollouts"][-1]["version"]
