@@ -16,6 +16,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 EXACT, MEASURED, UNMEASURED = "exact", "measured", "unmeasured"
@@ -56,3 +57,16 @@ def passes(codec: str, fid: dict[str, Any], gate: float | None) -> bool:
         return True
     value = agreement(codec, fid)
     return s == MEASURED and gate is not None and value is not None and value >= gate
+
+
+def shipping_codec(packages: Iterable[tuple[str, int, dict[str, Any]]], gate: float | None) -> str | None:
+    """What ships when nobody names a codec: the smallest lossy package that passed ``gate``, else lossless.
+
+    ``packages`` are (codec, bytes, fidelity) of one version.  None when neither exists (every lossy package is
+    unmeasured or below the gate and there is no lossless one): the caller must decide.
+    """
+    rows = list(packages)
+    passed = [(size, codec) for codec, size, fid in rows if codec != "lossless" and passes(codec, fid, gate)]
+    if passed:
+        return min(passed)[1]
+    return "lossless" if any(codec == "lossless" for codec, _, _ in rows) else None

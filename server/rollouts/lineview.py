@@ -5,7 +5,7 @@
 stable version) in one short read; ``desired_in`` then answers "which version
 should this device run" with no I/O: the newest offering rollout whose
 selector matches and whose reached stages include the device, else the stable
-version.  Both poll paths use it (``devices/decision.py``).  The poll cache holds one
+version, shipped as the smallest package that passed the line's gate.  Both poll paths use it (``devices/decision.py``).  The poll cache holds one
 ``LineView`` per line for a few seconds (``OTA_POLL_CACHE_S``), so a
 steady-state poll does no SQL for the decision.
 """
@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from server.orm import Version
+from server.registry import fidelity
 from server.registry import store as registry_store
 from server.rollouts import stages as staging
 from server.rollouts import store
@@ -36,6 +37,7 @@ class VersionView:
     id: int
     number: int
     packages: dict[str, PackageView]  # codec -> package
+    shipping: str | None = None  # the smallest package that passed the line's gate, else lossless (fidelity.py)
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,11 @@ class TargetView:
     rollback: bool
 
 
-def _version_view(session: Session, version: Version) -> VersionView:
-    pkgs = {p.codec: PackageView(p.codec, p.sha256, p.model_sha256)
-            for p in registry_store.packages(session, version.id)}
-    return VersionView(version.id, version.number, pkgs)
+def _version_view(session: Session, version: Version, gate: float | None) -> VersionView:
+    rows = registry_store.packages(session, version.id)
+    pkgs = {p.codec: PackageView(p.codec, p.sha256, p.model_sha256) for p in rows}
+    shipping = fidelity.shipping_codec(((p.codec, p.bytes, p.fidelity) for p in rows), gate)
+    return VersionView(version.id, version.number, pkgs, shipping)
 
 
 def load_line(session: Session, name: str) -> LineView | None:
@@ -85,11 +88,11 @@ def load_line(session: Session, name: str) -> LineView | None:
             continue
         percents = tuple(s.percent for s in store.stages(session, r.id))
         rollouts.append(RolloutView(r.id, dict(r.selector), percents, r.current_stage,
-                                    _version_view(session, version), r.codec, r.rollback))
+                                    _version_view(session, version, line.min_agreement), r.codec, r.rollback))
     stable = None
     if line.stable_version is not None:
         version = registry_store.version(session, line.id, line.stable_version)
-        stable = _version_view(session, version) if version is not None else None
+        stable = _version_view(session, version, line.min_agreement) if version is not None else None
     return LineView(line.id, line.name, stable, tuple(rollouts))
 
 
@@ -101,7 +104,8 @@ def desired_in(line: LineView, device_id: str, tags: dict[str, Any]) -> TargetVi
         stage = staging.stage_of(r.id, device_id, r.percents)
         if stage is not None and stage <= r.current_stage:
             return TargetView(r.version, r, r.codec, r.rollback)
-    return TargetView(line.stable, None, None, False) if line.stable is not None else None
+    # a car outside every rollout gets what a rollout without --codec would ship (issue 17)
+    return TargetView(line.stable, None, line.stable.shipping, False) if line.stable is not None else None
 
 
 def choose_package(version: VersionView, wanted: str | None, preferred: Sequence[str]) -> PackageView | None:

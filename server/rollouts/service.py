@@ -56,11 +56,9 @@ def choose_codec(line: Line, version: Version, packages: list[Package], wanted: 
         if not allow_unmeasured and not fidelity.passes(pkg.codec, pkg.fidelity, gate):
             raise Unprocessable(f"{_fidelity_text(pkg, gate)}; {flag}", code="fidelity_gate")
         return wanted
-    passed = [p for p in packages if p.codec != "lossless" and fidelity.passes(p.codec, p.fidelity, gate)]
-    if passed:
-        return min(passed, key=lambda p: (p.bytes, p.codec)).codec
-    if "lossless" in by_codec:
-        return "lossless"
+    shipping = fidelity.shipping_codec(((p.codec, p.bytes, p.fidelity) for p in packages), gate)
+    if shipping is not None:
+        return shipping
     if allow_unmeasured and packages:
         return min(packages, key=lambda p: (p.bytes, p.codec)).codec
     if not packages:

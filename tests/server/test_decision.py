@@ -235,3 +235,17 @@ def test_every_combination_follows_the_rule(target: str) -> None:
         seen.add(kind)
     if target in ("rollout", "rollback", "stable"):
         assert seen == {NoOffer, Resend, NewOffer}  # the table reaches every outcome
+
+
+def test_a_car_outside_every_rollout_gets_the_smallest_package_that_passed_the_gate() -> None:
+    from server.registry.fidelity import shipping_codec
+
+    exact = {"status": "exact"}
+    measured = {"status": "measured", "top1_agreement": 0.995, "probe_count": 64}
+    low = {"status": "measured", "top1_agreement": 0.95, "probe_count": 64}
+    unmeasured = {"status": "unmeasured", "top1_agreement": None}
+    assert shipping_codec([("lossless", 900, exact), ("deep", 100, measured), ("int8", 300, measured)], 0.99) == "deep"
+    assert shipping_codec([("lossless", 900, exact), ("deep", 100, low)], 0.99) == "lossless"
+    assert shipping_codec([("lossless", 900, exact), ("deep", 100, unmeasured)], 0.99) == "lossless"
+    assert shipping_codec([("deep", 100, unmeasured)], 0.99) is None
+    assert shipping_codec([("deep", 100, measured)], None) is None  # no gate: nothing measured passes it
