@@ -60,23 +60,18 @@ def _input_size(text: str) -> int | list[int]:
 
 
 def _labels(path: Path) -> list[str]:
-    """One label per line (blank lines skipped), or a JSON list of strings."""
+    """One label per line (blank lines skipped), or a JSON list of strings (``models.contract.parse_labels``)."""
+    from models.contract import parse_labels
+    from protocol.errors import ContractError
+
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"--labels {path}: cannot read it as UTF-8 text ({e})") from e
-    if text.lstrip().startswith("["):
-        try:
-            values = json.loads(text)
-        except ValueError as e:
-            raise SpecError(f"--labels {path} looks like JSON but does not parse: {e}") from e
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise SpecError(f"--labels {path} must be a JSON list of strings or one label per line")
-        return values
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
-    if not labels:
-        raise SpecError(f"--labels {path} holds no labels (one per line)")
-    return labels
+    try:
+        return list(parse_labels(text))
+    except ContractError as e:
+        raise SpecError(f"--labels {path}: {e}") from e
 
 
 def contract_spec(args: argparse.Namespace) -> dict[str, Any] | None:
