@@ -174,10 +174,28 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     return _emit(args, out, human)
 
 
+def _inspect_model(args: argparse.Namespace, src: bytes) -> int:
+    """An ONNX file: the input contract the registry would infer from it, with the contract flags given."""
+    contract = _contract(args, src).to_dict()
+    labels = contract["labels"]
+    human = "\n".join([
+        f"input {contract['input_name']} {contract['layout']} {contract['height']}x{contract['width']} "
+        f"({contract['resize']}), {contract['channel_order']}, scale 0..{contract['scale']:g}, "
+        f"mean {contract['mean']}, std {contract['std']}",
+        f"output {contract['output_name']} ({contract['output_kind']}), "
+        f"{len(labels) or 'no'} labels" + (f": {', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''}"
+                                            if labels else " (classes shown as class_<i>; pass --labels FILE)"),
+    ])
+    return _emit(args, {"contract": contract}, human)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from models import codec
 
-    info = codec.inspect(_read(args.package, "package"))
+    data = _read(args.package, "package")
+    if not data.startswith(b"OTAPKG"):
+        return _inspect_model(args, data)
+    info = codec.inspect(data)
     f = info["fidelity"]
     lines = [
         f"codec {info['codec']}  package {info['package_bytes']:,} bytes  model {info['model_bytes']:,} bytes"
@@ -239,8 +257,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     p.set_defaults(func=_guarded(cmd_unpack))
 
-    p = sub.add_parser("inspect", help="per-tensor codec, bits, sparsity, bytes; fidelity")
-    p.add_argument("package", metavar="PKG")
+    p = sub.add_parser("inspect", help="a package: per-tensor codec, bits, sparsity, bytes, fidelity; an ONNX "
+                                       "model: the input contract the registry would infer (with the flags given)")
+    p.add_argument("package", metavar="PKG|MODEL.onnx")
+    add_contract_arguments(p, output_flag="--score-output")
     p.set_defaults(func=_guarded(cmd_inspect))
 
     for parser in sub.choices.values():

@@ -84,3 +84,16 @@ def test_failures_print_a_json_error_exit_1_and_write_nothing(tmp_path: Path, ca
     assert code == 1 and err["error"] == "BaseMismatch"
     assert sorted(f.name for f in tmp_path.iterdir()) == [
         "bad_probe.npy", "junk.onnx", "m.onnx", "m.pkg", "other.pkg", "same.patch"]
+
+
+def test_inspect_of_an_onnx_model_prints_the_contract_the_registry_would_infer(capsys) -> None:
+    from models.imagenet_line import imagenet_labels_path, imagenet_path
+
+    code, out = ota(capsys, "inspect", str(imagenet_path()), "--channel-order", "bgr", "--scale", "255",
+                    "--mean", "104,117,123", "--labels", str(imagenet_labels_path()))
+    c = out["contract"]
+    assert code == 0 and (c["height"], c["width"], c["layout"]) == (227, 227, "NCHW")
+    assert c["channel_order"] == "BGR" and c["output_kind"] == "probabilities" and c["labels"][285] == "Egyptian cat"
+    code, err = ota(capsys, "inspect", str(imagenet_path()), "--labels", str(imagenet_labels_path()),
+                    "--input-size", "224")
+    assert code == 1 and "fixed to 227" in err["detail"]
