@@ -107,3 +107,9 @@ VARIANTS: dict[str, Callable[[str], bytes]] = {
     "sparse initializer": sparse_initializer,
     "offset and length": offset_and_length,
 }
+
+
+def embedded_model() -> bytes:
+    """The same graph with its bytes inside the model: what a publisher should upload."""
+    value = numpy_helper.from_array(np.arange(N, dtype=np.uint8), "c")
+    return _model([helper.make_node("Constant", [], ["leak"], value=value)])
