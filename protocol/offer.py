@@ -14,6 +14,7 @@ from typing import Any
 
 from protocol.contract import InputContract
 from protocol.errors import ContractError, MalformedMessage
+from protocol.quality import QualityPlan
 
 OFFER_TYPE = "offer"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -99,6 +100,8 @@ class Offer:
     delta: Delta | None
     smoke: Smoke
     expires: datetime
+    #: Shadow mode / live comparison (issue 18); None: install as usual, compare nothing.
+    quality: QualityPlan | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -116,7 +119,7 @@ class Offer:
             "delta": None if self.delta is None else self.delta.to_dict(),
             "smoke": self.smoke.to_dict(),
             "expires": format_time(self.expires),
-        }
+        } | ({} if self.quality is None else {"quality": self.quality.to_dict()})
 
 
 def _field(d: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str = "offer") -> Any:
@@ -185,4 +188,5 @@ def parse_offer(signed: dict[str, Any]) -> Offer:
         delta=delta,
         smoke=_smoke(_field(signed, "smoke", dict)),
         expires=parse_time(signed.get("expires"), "offer.expires"),
+        quality=None if signed.get("quality") is None else QualityPlan.from_dict(signed["quality"]),
     )

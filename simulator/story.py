@@ -79,12 +79,13 @@ class DemoOptions:
 def stages_for(cars: int, opts: DemoOptions) -> list[dict[str, Any]]:
     """Canary (about six cars, at least 5%), at least a quarter, everyone; each auto-advances.
 
-    The canary soaks for one health window (in real seconds), so a version that installs but fails on
-    live frames has been rolled back by its canary cars before the rollout may widen.
+    The canary soaks for one and a half health windows (in real seconds) after its last install, so a
+    version that installs but fails on live frames has been rolled back by its canary cars, and the reports
+    have crossed their slow links, before the rollout may widen.
     """
     six = round(600 / cars)  # the percent that holds about six cars
     canary = max(5.0, min(30.0, six))
-    canary_soak = max(opts.min_soak_s, health_window_s(opts.inference_interval()) / opts.time_scale)
+    canary_soak = max(opts.min_soak_s, 1.5 * health_window_s(opts.inference_interval()) / opts.time_scale)
     return [{"percent": pct, "min_soak_s": soak, "success_threshold_pct": opts.success_threshold_pct}
             for pct, soak in ((canary, canary_soak), (max(25.0, canary + six), opts.min_soak_s),
                               (100.0, opts.min_soak_s))]

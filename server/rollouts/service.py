@@ -10,6 +10,7 @@ version the line's stable version.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -170,14 +171,25 @@ def rollback(session: Session, members: MembershipCache, rollout_id: int, body: 
 ERROR_STATES = frozenset({"failed", "rolled_back"})
 
 
-def _tally(session: Session, members: MembershipCache, r: Rollout, percents: list[float], line: Line,
-           errors_since: datetime | None = None) -> tuple[list[dict[str, int]], list[int]]:
+@dataclass
+class Tally:
     """Per stage: assigned devices and their latest update states (``installed_unverified``: installs the
-    server saw no evidence of, neither a signed report nor a full download); and per stage the devices in an
-    error state since ``errors_since`` (all of them if None).  Membership comes from ``members`` (cached)."""
+    server saw no evidence of, neither a signed report nor a full download), the devices in an error state
+    since the tally's ``errors_since``, and when the stage's latest install was reported."""
+
+    counts: list[dict[str, int]]
+    errors: list[int]
+    last_install: list[datetime | None]
+
+
+def _tally(session: Session, members: MembershipCache, r: Rollout, percents: list[float], line: Line,
+           errors_since: datetime | None = None) -> Tally:
+    """The rollout's :class:`Tally` (errors since ``errors_since``, all of them if None); membership comes
+    from ``members`` (cached)."""
     m = members.get(session, r.id, line.name, dict(r.selector), tuple(percents))
     counts: list[dict[str, int]] = [{"assigned": n} for n in m.assigned]
     errors = [0] * len(percents)
+    last_install: list[datetime | None] = [None] * len(percents)
     since = as_utc(errors_since) if errors_since is not None else None
     latest = store.latest_updates(session, r.id)
     unproven = {pk for pk, (state, _at, evidence) in latest.items() if state == "installed" and evidence is None}
@@ -190,7 +202,10 @@ def _tally(session: Session, members: MembershipCache, r: Rollout, percents: lis
             c["installed_unverified"] = c.get("installed_unverified", 0) + 1
         if state in ERROR_STATES and (since is None or (at is not None and as_utc(at) >= since)):
             errors[stage] += 1
-    return counts, errors
+        if state == "installed" and at is not None:
+            seen = last_install[stage]
+            last_install[stage] = as_utc(at) if seen is None else max(seen, as_utc(at))
+    return Tally(counts, errors, last_install)
 
 
 def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: datetime | None = None) -> str:
@@ -206,8 +221,8 @@ def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: d
     assert line is not None  # foreign key
     stage_rows = store.stages(session, r.id)
     percents = [s.percent for s in stage_rows]
-    all_counts, errors = _tally(session, members, r, percents, line, errors_since=r.stage_started_at)
-    counts = all_counts[r.current_stage]
+    tally = _tally(session, members, r, percents, line, errors_since=r.stage_started_at)
+    counts, errors = tally.counts[r.current_stage], tally.errors
     # only installs the server saw evidence of count toward advancing (issue 15: phantom devices)
     verified = counts.get("installed", 0) - counts.get("installed_unverified", 0)
     sc = staging.StageCounts(counts["assigned"], verified, errors[r.current_stage])
@@ -216,7 +231,11 @@ def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: d
                                                   f"{sc.failed} of {sc.assigned} devices failed or rolled back")
         return r.state
     stage = stage_rows[r.current_stage]
-    soaked = ((now or utcnow()) - as_utc(r.stage_started_at)).total_seconds() >= stage.min_soak_s
+    # The soak runs from the stage's last install, not from its start: a car that installed a second before
+    # the threshold was met has not yet run the version (its health window is still open, and a rollback
+    # from it must still be able to halt this stage).
+    soak_from = max(as_utc(r.stage_started_at), tally.last_install[r.current_stage] or as_utc(r.stage_started_at))
+    soaked = ((now or utcnow()) - soak_from).total_seconds() >= stage.min_soak_s
     if staging.should_advance(sc, stage.success_threshold_pct, soaked):
         event = "complete" if r.current_stage + 1 >= len(stage_rows) else "advance"
         why = f"{sc.installed} of {sc.assigned} installed" if sc.assigned else "no device in this stage"
@@ -235,7 +254,7 @@ def show(session: Session, members: MembershipCache, rollout_id: int) -> schemas
     line = session.get(Line, r.line_id)
     assert line is not None  # foreign key
     stage_rows = store.stages(session, r.id)
-    counts, _ = _tally(session, members, r, [s.percent for s in stage_rows], line)
+    counts = _tally(session, members, r, [s.percent for s in stage_rows], line).counts
     return schemas.RolloutOut(
         id=r.id, line=line.name if line else "?", target_version=r.target_version, previous_stable=r.previous_stable,
         codec=r.codec, selector=r.selector, state=r.state, current_stage=r.current_stage, rollback=r.rollback,

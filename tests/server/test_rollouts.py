@@ -126,6 +126,29 @@ def test_auto_advance_waits_for_the_soak_time(server: LiveServer, shared: tuple[
     assert show_rollout(server, r["id"])["current_stage"] == 1  # the background tick advanced it after the soak
 
 
+def test_the_soak_runs_from_the_stage_s_last_install_not_from_its_start(
+        server: LiveServer, shared: tuple[str, dict[str, Any], dict[str, Any]]) -> None:
+    """A canary that installs after the soak time has passed since the stage began has not yet run the version:
+    the rollout must not widen until that car has run it for the soak time too (its health window may still
+    roll it back)."""
+    line, v1, _ = shared
+    sel = {"t": "late-soak"}
+    cars = _fleet(server, line, v1, 4, sel, prefix=sel["t"])
+    r = create_rollout(server, line=line, selector=sel, version=2, stages=[{"percent": 50, "success_threshold_pct": 50,
+                                                        "min_soak_s": 1.5}, {"percent": 100}])
+    time.sleep(1.7)  # the stage has soaked since its start; nobody has installed yet
+    canaries = [c for c in cars if stage_of(r["id"], c.device_id, [50, 100]) == 0]
+    assert canaries
+    for car in canaries:
+        car.install(car.poll(line), download=False)
+    installed_at = time.monotonic()
+    assert show_rollout(server, r["id"])["current_stage"] == 0
+    while show_rollout(server, r["id"])["current_stage"] == 0 and time.monotonic() < installed_at + 6:
+        time.sleep(0.1)
+    assert show_rollout(server, r["id"])["current_stage"] == 1
+    assert time.monotonic() - installed_at >= 1.4  # advanced by the tick, a soak after the last install
+
+
 def test_auto_halt_at_error_threshold_stops_offers(server: LiveServer, shared: tuple[str, dict[str, Any], dict[str, Any]]) -> None:
     line, v1, _ = shared
     sel = {"t": "halt"}
