@@ -248,13 +248,17 @@ class QualityPlan:
     ``mode`` ``live``: install as usual, and during the health window compare against the previous version.
     ``sample_every``: compare one frame in this many.  ``max_cpu_share``: the comparison's share of one
     core, above which sampled frames are dropped (never delayed).  ``report_every_s``: how often the car
-    sends its cumulative summary.
+    sends its cumulative summary.  ``rollback_below_agreement`` (``live`` mode only): the car rolls the new
+    version back when, after at least ``min_frames`` compared frames in its health window, its top-1
+    agreement with the previous version is below this (None: only the NaN/error rule rolls back).
     """
 
     mode: str
     sample_every: int = 10
     max_cpu_share: float = 0.25
     report_every_s: float = 30.0
+    rollback_below_agreement: float | None = None
+    min_frames: int = 20
 
     def __post_init__(self) -> None:
         if self.mode not in KINDS:
@@ -265,10 +269,15 @@ class QualityPlan:
             raise MalformedMessage(f"offer.quality.max_cpu_share must be in (0, 1], got {self.max_cpu_share}")
         if not 1 <= self.report_every_s <= 86_400:
             raise MalformedMessage(f"offer.quality.report_every_s must be 1..86400, got {self.report_every_s}")
+        if self.rollback_below_agreement is not None and not 0 <= self.rollback_below_agreement <= 1:
+            raise MalformedMessage("offer.quality.rollback_below_agreement must be in [0, 1] or null")
+        if not 1 <= self.min_frames <= 1_000_000:
+            raise MalformedMessage(f"offer.quality.min_frames must be 1..1000000, got {self.min_frames}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "sample_every": self.sample_every, "max_cpu_share": self.max_cpu_share,
-                "report_every_s": self.report_every_s}
+                "report_every_s": self.report_every_s, "rollback_below_agreement": self.rollback_below_agreement,
+                "min_frames": self.min_frames}
 
     @classmethod
     def from_dict(cls, d: Any) -> QualityPlan:
@@ -277,7 +286,10 @@ class QualityPlan:
         try:
             return cls(mode=str(d.get("mode")), sample_every=int(d.get("sample_every", 10)),
                        max_cpu_share=float(d.get("max_cpu_share", 0.25)),
-                       report_every_s=float(d.get("report_every_s", 30.0)))
+                       report_every_s=float(d.get("report_every_s", 30.0)),
+                       rollback_below_agreement=(None if d.get("rollback_below_agreement") is None
+                                                 else float(d["rollback_below_agreement"])),
+                       min_frames=int(d.get("min_frames", 20)))
         except (TypeError, ValueError) as e:
             raise MalformedMessage(f"offer.quality: {e}") from e
 
