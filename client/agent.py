@@ -77,7 +77,7 @@ from client.identity import (
 from client.manifest import Artifact, Offer, check_offer
 from client.ratelimit import TokenBucket
 from client.shadow import Comparator
-from client.slots import Journal, SlotRecord, SlotStore
+from client.slots import PACKAGE_FILE, Journal, SlotRecord, SlotStore
 from client.tls import registry_transport
 from client.trust import Status, TrustKeeper, check_status, verify_by_any
 from models.errors import BaseMismatch, CorruptPackage, DeltaError
@@ -569,7 +569,7 @@ class Agent:
             if shadow:
                 self._stage_shadow(offer, slot, loaded)
             else:
-                self._commit(offer, slot, loaded, received, wire)
+                self._commit(offer, slot, loaded, received, artifact)
         except (DownloadError, Unauthorized):
             self.store.save(self.journal)
             raise
@@ -691,9 +691,12 @@ class Agent:
         self.store.write_slot(slot, package, model, staged=staged)
         self.last_install["commit_ms"] = (self._clock() - t) * 1000
 
-    def _commit(self, offer: Offer, slot: str, loaded: LoadedModel | None, received: int,
-                artifact: str | None) -> None:
-        """Flip the journal to the written slot (with the ``installed`` report), then swap."""
+    def _commit(self, offer: Offer, slot: str, loaded: LoadedModel | None, received: int, artifact: str) -> None:
+        """Flip the journal to the written slot (with the ``installed`` report), then swap.
+
+        ``artifact``: ``delta``, ``full``, or ``staged`` (promoted from the shadow slot: nothing was
+        transferred, and the report names no artifact).
+        """
         j = self.journal
         assert loaded is not None
         self._stop_comparison()  # a shadow comparison of this version, or the window of the one it replaces
@@ -704,7 +707,7 @@ class Agent:
         j.previous, j.active = old, record
         if j.shadow is not None and j.shadow.slot == slot:
             j.shadow = None  # promoted: the shadow slot becomes the active one in this same journal write
-        self._report(offer, "installed", bytes_received=received, artifact=artifact)
+        self._report(offer, "installed", bytes_received=received, artifact=None if artifact == "staged" else artifact)
         j.pending = None
         self.store.save(j)
         t1 = self._clock()
@@ -849,9 +852,14 @@ class Agent:
         assert rec is not None
         if not self.store.verify(rec):
             raise HashMismatch(f"shadow slot {rec.slot} (v{rec.version}) no longer verifies")
-        loaded = self.swapper.load_and_smoke_sync(self.store.model_path(rec), version=offer.target_version,
+        t = self._clock()
+        model_path = self.store.model_path(rec)
+        self.last_install.update(package_bytes=(self.store.slot_dir(rec.slot) / PACKAGE_FILE).stat().st_size,
+                                 model_bytes=model_path.stat().st_size)
+        loaded = self.swapper.load_and_smoke_sync(model_path, version=offer.target_version,
                                                   model_sha256=offer.model_sha256, contract=offer.contract,
                                                   smoke=offer.smoke)
+        self.last_install["load_smoke_ms"] = (self._clock() - t) * 1000
         return rec.slot, loaded
 
     def _stage_shadow(self, offer: Offer, slot: str, loaded: LoadedModel | None) -> None:
