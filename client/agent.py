@@ -13,6 +13,16 @@ the application's process, this class drives them from ``client.agentd``).
 
 Crash safety comes from ``slots`` (what is installed, in one atomic journal);
 this module only decides.  Trust comes from ``manifest`` (pure checks).
+
+Shadow mode and live comparisons (issue 18, ``protocol.quality``): an offer whose
+quality plan says ``shadow`` is downloaded, verified and staged in a slot the
+journal names ``shadow`` (never ``active``), loaded beside the live model and
+compared with it on sampled frames (``client.shadow``); the car reports
+``verified`` and stays there.  The same version offered without shadow mode is
+installed from that slot, without a second download.  A ``live`` plan installs
+as usual and runs the previous version beside the new one during the health
+window, rolling back when agreement falls below the plan's threshold.  The
+latest cumulative summary of each comparison rides on the report requests.
 """
 
 from __future__ import annotations
@@ -66,10 +76,12 @@ from client.identity import (
 )
 from client.manifest import Artifact, Offer, check_offer
 from client.ratelimit import TokenBucket
-from client.slots import Journal, SlotRecord, SlotStore
+from client.shadow import Comparator
+from client.slots import PACKAGE_FILE, Journal, SlotRecord, SlotStore
 from client.tls import registry_transport
 from client.trust import Status, TrustKeeper, check_status, verify_by_any
 from models.errors import BaseMismatch, CorruptPackage, DeltaError
+from protocol.quality import QualityPlan
 
 log = logging.getLogger("client.agent")
 
@@ -134,6 +146,9 @@ class Agent:
         self.poll_interval_s = config.poll_interval_s or 60.0
         self.agent_state = "idle"
         self._health_deadline: float | None = None
+        #: The comparison running (shadow or health window), its plan and when its next summary is due.
+        self._quality_plan: QualityPlan | None = None
+        self._quality_due: float | None = None
         #: The latest install: phase durations (patch_ms, decode_ms, load_smoke_ms, commit_ms, swap_ms)
         #: and sizes (package_bytes, model_bytes).
         self.last_install: dict[str, float] = {}
@@ -180,7 +195,7 @@ class Agent:
     async def _boot(self) -> None:
         j = self.journal
         changed = False
-        for name in ("active", "previous"):
+        for name in ("active", "previous", "shadow"):
             rec: SlotRecord | None = getattr(j, name)
             if rec is not None and not await asyncio.to_thread(self.store.verify, rec):
                 log.warning("%s slot %s (v%d) fails verification at boot; dropping it", name, rec.slot, rec.version)
@@ -287,6 +302,10 @@ class Agent:
             if self._health_deadline is not None:
                 await self.check_health()
                 step = min(left, self.health_check_s)
+            if self._quality_due is not None:
+                await self.report_quality()
+                if self._quality_due is not None:  # still comparing: wake for the next summary
+                    step = min(step, max(0.01, self._quality_due - self._clock()))
             sleeper = asyncio.ensure_future(self._sleep(step))
             stopper = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -340,6 +359,7 @@ class Agent:
         Raises:
             Offline, ServerError, Unauthorized: the poll itself failed (reports stay queued).
         """
+        await self.report_quality(flush=False)
         await self.flush_reports()
         active = self.journal.active
         result = await self.api.poll(
@@ -356,6 +376,8 @@ class Agent:
             assert self.identity is not None
             signed = await self.verified(result.status, "status")
             self.status = check_status(signed, device_id=self.identity.device_id, now=self._wall_clock())
+            if self.journal.shadow is not None:
+                self._end_shadow("no offer: the rollout was halted, aborted or moved on")
         await self.flush_reports()
 
     async def verified(self, envelope: Any, what: str) -> dict[str, Any]:
@@ -382,8 +404,8 @@ class Agent:
         return verify_by_any(envelope, self.trust.keys(pinned), what)
 
     async def flush_reports(self) -> None:
-        """Send the outbox if the server is reachable; otherwise keep it on disk for later."""
-        if not self.journal.outbox:
+        """Send the outbox (and quality summaries) if the server is reachable; otherwise keep them on disk."""
+        if not self.journal.outbox and not self.journal.quality:
             return
         try:
             sign = self.device_key.sign_report if self.device_key is not None else None
@@ -422,6 +444,9 @@ class Agent:
             return
         j = self.journal
         j.highest_manifest_version = offer.manifest_version
+        shadow = offer.quality is not None and offer.quality.mode == "shadow"
+        if j.shadow is not None and not self._is_staged(offer):
+            self._end_shadow(f"v{offer.target_version} offered instead")
         if j.active is not None and j.active.model_sha256 == offer.model_sha256 and j.active.contract == offer.contract:
             # The server thinks this car needs what it already runs (its state drifted): walk the
             # update through its states with zero bytes so the server's record converges.  (The same
@@ -443,8 +468,10 @@ class Agent:
             with gil_switch_interval(self.config.gil_switch_interval_s):  # the camera keeps its latency
                 if offer.rollback and j.previous is not None and j.previous.model_sha256 == offer.model_sha256:
                     await self._rollback_to_previous(offer, reason=f"signed rollback to v{offer.target_version}")
+                elif shadow and j.shadow is not None:
+                    await self._resume_shadow(offer)
                 else:
-                    await self._install(offer)
+                    await self._install(offer, shadow=shadow)
         except AgentError as e:
             log.warning("update to v%d not installed: %s", offer.target_version, e)
         finally:
@@ -488,8 +515,12 @@ class Agent:
         if self._ORDER.index(p.get("state", "offered")) < self._ORDER.index(state):
             self._report(offer, state, **kw)
 
-    async def _install(self, offer: Offer) -> None:
+    async def _install(self, offer: Offer, *, shadow: bool = False) -> None:
         """Download (delta if it fits, else full), then patch, decode, verify, load, smoke-test, commit, swap.
+
+        ``shadow``: stage the verified version in the ``shadow`` slot and compare it with the live model
+        instead of committing and swapping.  A version already staged there is installed from it, with no
+        download.
 
         Everything between the download and the commit runs in one worker
         thread (``_build``).  Why: each return from a worker thread wakes the
@@ -507,16 +538,20 @@ class Agent:
         reached: list[str] = []  # the states _build got through, reported in order even when it fails
         self.last_install = {}
         try:
-            if not self.decoder.running:
+            built: tuple[str, Any] | None = None
+            if self._is_staged(offer) and not shadow:
+                built = await asyncio.to_thread(self._load_staged, offer)
+                reached.extend(["downloaded", "verified"])
+                artifact = "staged"
+            elif not self.decoder.running:
                 await asyncio.to_thread(self.decoder.start)  # its imports overlap the download
-            built = None
-            if self._delta_applies(offer):
+            if built is None and self._delta_applies(offer):
                 assert offer.delta is not None
                 try:
                     path, received = await self._download(offer.delta)
                     artifact = "delta"
                     self.agent_state = "installing"
-                    built = await asyncio.to_thread(self._build, offer, path, True, reached)
+                    built = await asyncio.to_thread(self._build, offer, path, True, reached, shadow)
                 except (_DeltaUnusable, HashMismatch) as e:
                     if reached:  # the delta applied: this is the package or the model failing, not the delta
                         raise
@@ -525,17 +560,25 @@ class Agent:
             if built is None:
                 path, received = await self._download(offer.package)
                 self.agent_state = "installing"
-                built = await asyncio.to_thread(self._build, offer, path, False, reached)
+                built = await asyncio.to_thread(self._build, offer, path, False, reached, shadow)
+            wire = None if artifact == "staged" else artifact
             for state in reached:
-                self._advance(offer, state, bytes_received=received, artifact=artifact)
+                self._advance(offer, state, bytes_received=received, artifact=wire)
+            assert built is not None
             slot, loaded = built
-            self._commit(offer, slot, loaded, received, artifact)
+            if shadow:
+                self._stage_shadow(offer, slot, loaded)
+            else:
+                self._commit(offer, slot, loaded, received, artifact)
         except (DownloadError, Unauthorized):
             self.store.save(self.journal)
             raise
         except (VerificationError, StorageError, ServerError) as e:
+            artifact = "full" if artifact == "staged" else artifact
             for state in reached:
                 self._advance(offer, state, bytes_received=received, artifact=artifact)
+            if self._is_staged(offer):  # the staged candidate failed: forget it, a retry downloads afresh
+                self._end_shadow(f"{type(e).__name__}: {e}")
             if isinstance(e, SmokeTestFailed):
                 self.journal.bad_models.append(offer.model_sha256)
             self._report(offer, "failed", reason=f"{type(e).__name__}: {e}", bytes_received=received,
@@ -564,7 +607,7 @@ class Agent:
         self.store.save(self.journal)
 
     def _build(self, offer: Offer, artifact: Path, is_delta: bool,
-               reached: list[str]) -> tuple[str, LoadedModel]:
+               reached: list[str], shadow: bool = False) -> tuple[str, LoadedModel | None]:
         """Patch (a delta), verify the package, decode it, verify the model, load it, smoke-test it and
         write it into the free slot; returns the slot and the loaded model, ready for ``_commit``.
 
@@ -612,9 +655,11 @@ class Agent:
         slot = self.store.free_slot(self.journal)
         staged = self.store.stage_model(slot, model)
         try:
-            loaded = self.swapper.load_and_smoke_sync(staged, version=offer.target_version,
-                                                      model_sha256=offer.model_sha256, contract=offer.contract,
-                                                      smoke=offer.smoke)
+            loaded = None
+            if not shadow or self._compares:  # a ModelHost car smoke-tests a shadow candidate when it goes live
+                loaded = self.swapper.load_and_smoke_sync(staged, version=offer.target_version,
+                                                          model_sha256=offer.model_sha256, contract=offer.contract,
+                                                          smoke=offer.smoke)
             timings["load_smoke_ms"] = (self._clock() - t) * 1000
             log.info("installing v%d: commit slot", offer.target_version)
             self._write_slot(slot, package, model, staged)
@@ -646,15 +691,23 @@ class Agent:
         self.store.write_slot(slot, package, model, staged=staged)
         self.last_install["commit_ms"] = (self._clock() - t) * 1000
 
-    def _commit(self, offer: Offer, slot: str, loaded: LoadedModel, received: int, artifact: str) -> None:
-        """Flip the journal to the written slot (with the ``installed`` report), then swap."""
+    def _commit(self, offer: Offer, slot: str, loaded: LoadedModel | None, received: int, artifact: str) -> None:
+        """Flip the journal to the written slot (with the ``installed`` report), then swap.
+
+        ``artifact``: ``delta``, ``full``, or ``staged`` (promoted from the shadow slot: nothing was
+        transferred, and the report names no artifact).
+        """
         j = self.journal
+        assert loaded is not None
+        self._stop_comparison()  # a shadow comparison of this version, or the window of the one it replaces
         t = self._clock()
         record = SlotRecord(slot, offer.target_version, offer.model_sha256, offer.package.sha256, offer.codec,
                             offer.contract, offer.manifest_version, offer.rollout_id)
         old = j.active
         j.previous, j.active = old, record
-        self._report(offer, "installed", bytes_received=received, artifact=artifact)
+        if j.shadow is not None and j.shadow.slot == slot:
+            j.shadow = None  # promoted: the shadow slot becomes the active one in this same journal write
+        self._report(offer, "installed", bytes_received=received, artifact=None if artifact == "staged" else artifact)
         j.pending = None
         self.store.save(j)
         t1 = self._clock()
@@ -663,6 +716,10 @@ class Agent:
         self.last_install["swap_ms"] = (self._clock() - t1) * 1000
         if old is not None:
             self._health_deadline = self._clock() + self.config.health_window_max_s
+            plan = offer.quality
+            fallback = self.swapper.fallback
+            if plan is not None and plan.mode == "live" and self._compares and fallback is not None:
+                self._start_comparison(offer, fallback, "live")
         self._forget_downloads(offer)
         try:
             self.store.clear_unnamed(j)
@@ -688,17 +745,42 @@ class Agent:
             self._health_deadline = None
             await self._health_rollback(f"health window: {errors} of {calls} live inferences failed on the new model")
             return False
-        if calls >= cfg.health_window_inferences or self._clock() >= self._health_deadline:
+        verdict, waiting = self._live_comparison_verdict()
+        if verdict is not None:
             self._health_deadline = None
+            await self._health_rollback(verdict)
+            return False
+        if (calls >= cfg.health_window_inferences and not waiting) or self._clock() >= self._health_deadline:
+            self._health_deadline = None
+            self._stop_comparison()
             self.swapper.close_health_window()
             log.info("health window passed (%d inferences, %d errors)", calls, errors)
             return True
         return None
 
+    def _live_comparison_verdict(self) -> tuple[str | None, bool]:
+        """(a rollback reason, or None; whether the window should wait for more compared frames).
+
+        The live plan's rule: after at least ``min_frames`` compared frames, top-1 agreement of the new
+        version with the previous one below ``rollback_below_agreement`` rolls it back, like NaN outputs.
+        """
+        plan, comparator = self._quality_plan, self._comparator()
+        if plan is None or plan.rollback_below_agreement is None or comparator is None or comparator.kind != "live":
+            return None, False
+        s = comparator.snapshot()
+        if s.frames < plan.min_frames:
+            return None, True
+        agreement = s.agree / s.frames
+        if agreement < plan.rollback_below_agreement:
+            return (f"live comparison: agreement {agreement:.2f} with v{s.baseline_version} on {s.frames} frames, "
+                    f"below {plan.rollback_below_agreement:g}"), False
+        return None, False
+
     async def _health_rollback(self, reason: str) -> None:
         j = self.journal
         bad, good = j.active, j.previous
         assert bad is not None and good is not None
+        self._stop_comparison()
         fallback = self.swapper.fallback
         if fallback is None:
             fallback = await asyncio.to_thread(
@@ -720,6 +802,7 @@ class Agent:
         j = self.journal
         prev, cur = j.previous, j.active
         assert prev is not None
+        self._stop_comparison()
         try:
             if not await asyncio.to_thread(self.store.verify, prev):
                 raise HashMismatch(f"previous slot {prev.slot} no longer verifies")
@@ -742,3 +825,132 @@ class Agent:
         prev.rollout_id, prev.manifest_version, prev.contract = offer.rollout_id, offer.manifest_version, offer.contract
         self.store.save(j)
         log.info("rolled back to v%d from the previous slot", prev.version)
+
+    # -- shadow mode and comparisons (issue 18) ----------------------------
+
+    @property
+    def _compares(self) -> bool:
+        """Whether this car can run a comparison: its sessions live here (a ``ModelHost``'s do not, yet)."""
+        return isinstance(self.swapper, HotSwapper)
+
+    def _comparator(self) -> Comparator | None:
+        return self.swapper.comparator if isinstance(self.swapper, HotSwapper) else None
+
+    def _is_staged(self, offer: Offer) -> bool:
+        """The offered version is the one staged in the shadow slot (same model and package)."""
+        rec = self.journal.shadow
+        return rec is not None and rec.model_sha256 == offer.model_sha256 and rec.package_sha256 == offer.package.sha256
+
+    def _load_staged(self, offer: Offer) -> tuple[str, LoadedModel]:
+        """Re-hash the shadow slot and load + smoke-test its model under this offer (worker thread).
+
+        Raises:
+            HashMismatch: the slot's files changed on disk since they were verified.
+            SmokeTestFailed: the model does not load or fails this offer's smoke test.
+        """
+        rec = self.journal.shadow
+        assert rec is not None
+        if not self.store.verify(rec):
+            raise HashMismatch(f"shadow slot {rec.slot} (v{rec.version}) no longer verifies")
+        t = self._clock()
+        model_path = self.store.model_path(rec)
+        self.last_install.update(package_bytes=(self.store.slot_dir(rec.slot) / PACKAGE_FILE).stat().st_size,
+                                 model_bytes=model_path.stat().st_size)
+        loaded = self.swapper.load_and_smoke_sync(model_path, version=offer.target_version,
+                                                  model_sha256=offer.model_sha256, contract=offer.contract,
+                                                  smoke=offer.smoke)
+        self.last_install["load_smoke_ms"] = (self._clock() - t) * 1000
+        return rec.slot, loaded
+
+    def _stage_shadow(self, offer: Offer, slot: str, loaded: LoadedModel | None) -> None:
+        """Name the written slot ``shadow`` (never ``active``), stay at ``verified``, start comparing."""
+        j = self.journal
+        j.shadow = SlotRecord(slot, offer.target_version, offer.model_sha256, offer.package.sha256, offer.codec,
+                              offer.contract, offer.manifest_version, offer.rollout_id)
+        self.store.save(j)
+        self._forget_downloads(offer)
+        if loaded is None:
+            log.warning("v%d staged for shadow mode but not compared: this car's sessions run in a ModelHost, "
+                        "which does not run comparisons", offer.target_version)
+            return
+        if j.active is None:
+            log.warning("v%d staged for shadow mode but not compared: no live model to compare with",
+                        offer.target_version)
+            return
+        self._start_comparison(offer, loaded, "shadow")
+        log.info("shadowing v%d beside v%d (slot %s)", offer.target_version, j.active.version, slot)
+
+    async def _resume_shadow(self, offer: Offer) -> None:
+        """The staged candidate offered again in shadow mode: keep comparing, or start again after a restart."""
+        j = self.journal
+        rec = j.shadow
+        assert rec is not None
+        comparator = self._comparator()
+        rec.manifest_version, rec.contract = offer.manifest_version, offer.contract
+        if (comparator is not None and comparator.kind == "shadow" and comparator.beside_version == rec.version
+                and rec.rollout_id == offer.rollout_id):
+            self._quality_plan = offer.quality  # the registry may change the sampling between offers
+            self.store.save(j)
+            return
+        rec.rollout_id = offer.rollout_id
+        self.store.save(j)
+        if not self._compares or j.active is None:
+            return
+        try:
+            _, loaded = await asyncio.to_thread(self._load_staged, offer)
+        except VerificationError as e:
+            log.warning("staged v%d cannot be shadowed again (%s); forgetting it", rec.version, e)
+            self._end_shadow(str(e))
+            return
+        self._start_comparison(offer, loaded, "shadow")
+        log.info("resumed shadowing v%d beside v%d", rec.version, j.active.version)
+
+    def _start_comparison(self, offer: Offer, beside: LoadedModel, kind: str) -> None:
+        """Run ``beside`` next to the live model, continuing the summary the journal kept for it."""
+        plan = offer.quality
+        assert plan is not None and isinstance(self.swapper, HotSwapper)
+        live = self.swapper.current
+        assert live is not None
+        candidate = beside.version if kind == "shadow" else live.version
+        resume = reports.stored_quality(self.journal, kind, offer.rollout_id, candidate)
+        self.swapper.start_comparison(beside, plan, kind=kind, line=offer.line, rollout_id=offer.rollout_id,
+                                      resume=resume)
+        self._quality_plan = plan
+        self._quality_due = self._clock() + plan.report_every_s
+
+    def _stop_comparison(self) -> None:
+        """Stop the running comparison, if any, and queue its final summary (the caller saves the journal)."""
+        if isinstance(self.swapper, HotSwapper):
+            final = self.swapper.stop_comparison()
+            if final is not None:
+                reports.queue_quality(self.journal, final)
+        self._quality_plan = None
+        self._quality_due = None
+
+    def _end_shadow(self, reason: str) -> None:
+        """Stop shadowing: free the candidate, forget its slot and delete its files; the live model goes on."""
+        j = self.journal
+        rec = j.shadow
+        comparator = self._comparator()
+        if comparator is not None and comparator.kind == "shadow":
+            self._stop_comparison()
+        j.shadow = None
+        self.store.save(j)
+        try:
+            self.store.clear_unnamed(j)
+        except StorageError as e:
+            log.warning("%s", e)
+        if rec is not None:
+            log.info("stopped shadowing v%d: %s", rec.version, reason)
+
+    async def report_quality(self, *, flush: bool = True) -> None:
+        """Queue the running comparison's cumulative summary when it is due (every ``report_every_s``) and send it."""
+        comparator, plan = self._comparator(), self._quality_plan
+        if comparator is None or plan is None or self._quality_due is None or self._clock() < self._quality_due:
+            return
+        self._quality_due = self._clock() + plan.report_every_s
+        if reports.queue_quality(self.journal, comparator.snapshot()) is None:
+            return
+        self.store.save(self.journal)
+        if flush:
+            await self.flush_reports()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -51,6 +51,8 @@ class ReportAck:
 
     accepted: list[int]
     rejected: list[dict[str, Any]]
+    #: Seqs of the quality summaries the registry stored (or already had); absent from an older registry.
+    quality_accepted: list[int] = field(default_factory=list)
 
 
 class RegistryClient:
@@ -158,20 +160,29 @@ class RegistryClient:
             raise ServerError("keys answer carries no delegation object")
         return delegation
 
-    async def send_reports(self, reports: list[dict[str, Any]]) -> ReportAck:
-        """Send queued reports in one request; the server acknowledges each seq.
+    async def send_reports(self, reports: list[dict[str, Any]],
+                           quality: list[dict[str, Any]] | None = None) -> ReportAck:
+        """Send queued reports (and quality summaries, issue 18) in one request; the server acknowledges
+        each seq.
 
         Raises:
             Unauthorized, ServerError, Offline: as for ``enroll``.
         """
-        resp = await self._post("/device/reports", {"reports": reports}, self.device_token)
+        body: dict[str, Any] = {"reports": reports}
+        if quality:
+            body["quality"] = quality
+        resp = await self._post("/device/reports", body, self.device_token)
         if resp.status_code == 409 and len(reports) == 1:
             err = _error_body(resp)
             return ReportAck([], [{"seq": reports[0]["seq"], "error": err[0], "detail": err[1]}])
         data = _json(resp, "reports")
-        accepted = [int(s) for s in data.get("accepted", [])]
+        try:
+            accepted = [int(s) for s in data.get("accepted", [])]
+            quality_accepted = [int(s) for s in data.get("quality_accepted", None) or []]
+        except (TypeError, ValueError) as e:
+            raise ServerError(f"reports answer lists a seq that is not an integer: {e}") from e
         rejected = [r for r in data.get("rejected", []) if isinstance(r, dict)]
-        return ReportAck(accepted, rejected)
+        return ReportAck(accepted, rejected, quality_accepted)
 
 
 def _error_body(resp: httpx.Response) -> tuple[str, str]:

@@ -40,10 +40,12 @@ import numpy as np
 
 from client.errors import AgentError, BadImage, SmokeTestFailed
 from client.manifest import Smoke
+from client.shadow import Comparator
 from models.errors import ContractError
 from models.preprocess import postprocess, preprocess
 from models.smoke import golden_inputs
 from protocol.contract import InputContract
+from protocol.quality import QualityPlan, QualitySummary
 
 if TYPE_CHECKING:  # imported where a session is built: the agent daemon never loads ONNX Runtime
     import onnxruntime as ort
@@ -58,7 +60,9 @@ class NoModel(AgentError):
 
 
 class InferenceFailed(AgentError):
-    """The live model raised or produced non-finite outputs."""
+    """The live model raised or produced non-finite outputs (``nonfinite`` tells which)."""
+
+    nonfinite: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,9 @@ class HotSwapper:
         self._count_lock = threading.Lock()  # only guards the health counters, never held during a load
         self._window_calls = 0
         self._window_errors = 0
+        #: The comparison running beside the live model (shadow or health-window), if any: ``predict``
+        #: hands it a frame after answering.
+        self._comparator: Comparator | None = None
 
     # -- the inference path -------------------------------------------------
 
@@ -184,6 +191,7 @@ class HotSwapper:
         live = self._live  # one read: this call finishes on whatever it got here
         if live is None:
             raise NoModel("no verified model installed yet; the agent has not completed its first update")
+        t0 = time.perf_counter()
         x = _prepare(image, live.current)
         try:
             scores = _run(live.current, x)
@@ -195,14 +203,50 @@ class HotSwapper:
                 self._window_calls += 1
                 self._window_errors += failed is not None
         model = live.current
+        comparator = self._comparator  # one read, as for ``_live``
         if failed is not None:
+            if comparator is not None:
+                comparator.record_live_failure(failed.nonfinite)
             if live.fallback is None:
                 raise failed
             model = live.fallback
             scores = _run(model, _prepare(image, model))
         probs = postprocess(scores[:1], model.contract)[0]
         i = int(np.argmax(probs))
-        return Prediction(model.contract.label(i), float(probs[i]), model.version, i)
+        answer = Prediction(model.contract.label(i), float(probs[i]), model.version, i)
+        if comparator is not None and failed is None:  # after the answer: the camera never waits for the other
+            comparator.offer_frame(image, answer, (time.perf_counter() - t0) * 1000, x)
+        return answer
+
+    # -- comparisons (issue 18) ---------------------------------------------
+
+    @property
+    def comparator(self) -> Comparator | None:
+        return self._comparator
+
+    def start_comparison(self, beside: LoadedModel, plan: QualityPlan, *, kind: str, line: str,
+                         rollout_id: int | None, resume: QualitySummary | None = None) -> Comparator:
+        """Run ``beside`` next to the live model on sampled frames (stopping any comparison running).
+
+        ``kind`` ``shadow``: ``beside`` is a candidate that never answers.  ``kind`` ``live``: ``beside`` is
+        the previous version (the health window's fallback) and the live model the candidate.
+
+        Raises:
+            NoModel: nothing is live to compare against.
+        """
+        live = self._live
+        if live is None:
+            raise NoModel("no live model to compare a candidate against")
+        self.stop_comparison()
+        comparator = Comparator(beside, live.current, plan, kind=kind, line=line, rollout_id=rollout_id,
+                                resume=resume)
+        self._comparator = comparator
+        return comparator
+
+    def stop_comparison(self) -> QualitySummary | None:
+        """Stop the comparison, if one runs, and free its beside model here; returns its final summary."""
+        comparator, self._comparator = self._comparator, None
+        return None if comparator is None else comparator.close()
 
     # -- the update path ----------------------------------------------------
 
@@ -325,7 +369,9 @@ def _run(model: LoadedModel, x: np.ndarray) -> np.ndarray:
         raise InferenceFailed(f"model v{model.version} failed: {e}") from e
     scores = np.asarray(scores)
     if scores.dtype.kind != "f" or not np.all(np.isfinite(scores)):
-        raise InferenceFailed(f"model v{model.version} produced non-finite outputs")
+        bad = InferenceFailed(f"model v{model.version} produced non-finite outputs")
+        bad.nonfinite = True
+        raise bad
     return scores
 
 

@@ -6,6 +6,12 @@ whole outbox in one request; the server acknowledges each seq (a re-sent one
 is a no-op on its side) and only then are they dropped here.  While offline the
 outbox grows up to ``report_queue_max``; beyond that the oldest progress
 reports (``downloading``) go first, then the oldest of any kind.
+
+Quality summaries (issue 18) ride on the same request as a top-level
+``quality`` list: the journal keeps only the latest cumulative one per
+comparison (``queue_quality``), each with its own seq from the same counter,
+until the registry lists that seq in ``quality_accepted``.  A registry that
+does not know them answers without that list, and they stay queued.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from client.api import RegistryClient
 from client.errors import ServerError
 from client.slots import Journal
 from protocol.offer import format_time
+from protocol.quality import MAX_SUMMARIES, QualitySummary
 from protocol.report import REPORTED, Report, UpdateState, cut_reason
 
 log = logging.getLogger("client.reports")
@@ -70,6 +77,42 @@ def _trim(journal: Journal, queue_max: int) -> None:
         journal.outbox.pop(progress)
 
 
+def _quality_key(q: dict[str, Any]) -> tuple[Any, ...]:
+    return q.get("kind"), q.get("rollout_id"), q.get("candidate_version")
+
+
+def queue_quality(journal: Journal, summary: QualitySummary) -> dict[str, Any] | None:
+    """Keep ``summary`` as the latest of its comparison, with the next seq (the caller saves the journal).
+
+    Returns what was queued, or None when the summary says nothing new since the one queued (no seq spent).
+    At most ``MAX_SUMMARIES`` comparisons are kept, the oldest going first: one request carries them all.
+    """
+    d = summary.to_dict()
+    key = _quality_key(d)
+    old = next((q for q in journal.quality if _quality_key(q) == key), None)
+    if old is not None and {**old, "seq": 0} == {**d, "seq": 0}:
+        return None
+    d["seq"] = journal.next_seq
+    journal.next_seq += 1
+    QualitySummary.from_dict(d)  # what we send is what the registry bounds: a bug here fails loudly
+    journal.quality = [q for q in journal.quality if _quality_key(q) != key][-(MAX_SUMMARIES - 1):] + [d]
+    log.info("quality seq=%d %s v%d vs v%d: %d frames, %d agree, %d dropped", d["seq"], d["kind"],
+             d["candidate_version"], d["baseline_version"], d["frames"], d["agree"], d["dropped"])
+    return d
+
+
+def stored_quality(journal: Journal, kind: str, rollout_id: int | None,
+                   candidate_version: int) -> QualitySummary | None:
+    """The latest summary the journal holds for this comparison (to continue it after a restart)."""
+    for q in journal.quality:
+        if _quality_key(q) == (kind, rollout_id, candidate_version):
+            try:
+                return QualitySummary.from_dict(q)
+            except ValueError:
+                return None
+    return None
+
+
 Signer = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -83,13 +126,18 @@ async def flush(api: RegistryClient, journal: Journal, *, batch_max: int = 100, 
         Offline, ServerError, Unauthorized: nothing was removed; the reports stay queued.
     """
     answered = 0
-    while journal.outbox:
+    quality = list(journal.quality)  # sent once per flush, with the first request
+    while journal.outbox or quality:
         batch = journal.outbox[:batch_max]
         try:
-            ack = await api.send_reports([sign(r) for r in batch] if sign else batch)
+            ack = await api.send_reports([sign(r) for r in batch] if sign else batch, quality)
         except ServerError as e:
             if e.status_code != 422:
                 raise
+            if quality:  # the summaries, not the reports, may be what the registry refuses: keep them queued
+                log.warning("registry refused the quality summaries (%s); keeping them for later", e)
+                quality = []
+                continue
             if len(batch) > 1:
                 batch_max = 1  # one malformed report must not hold up the others: find it
                 continue
@@ -97,11 +145,16 @@ async def flush(api: RegistryClient, journal: Journal, *, batch_max: int = 100, 
             journal.outbox.pop(0)
             answered += 1
             continue
+        if quality:
+            taken = set(ack.quality_accepted)
+            journal.quality = [q for q in journal.quality if q["seq"] not in taken]
+            answered += len(taken & {q["seq"] for q in quality})
+            quality = []
         done = set(ack.accepted) | {int(r.get("seq", -1)) for r in ack.rejected}
         for r in ack.rejected:
             log.warning("server rejected report seq=%s: %s %s", r.get("seq"), r.get("error"), r.get("detail"))
         if not done & {r["seq"] for r in batch}:
-            break  # the server answered for none of them: do not spin
+            break  # the server answered for none of them (or there were none): do not spin
         journal.outbox = [r for r in journal.outbox if r["seq"] not in done]
         answered += len(done)
     return answered

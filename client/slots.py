@@ -27,6 +27,15 @@ journal write per install beside the camera thread.
 At boot every slot the journal names is re-hashed; a slot that fails is
 dropped and the other one runs.
 
+Shadow mode (issue 18) stages a candidate in the free slot and names it
+``shadow``: never ``active``, so no restart boots it, but named, so no
+``clear_unnamed`` deletes it while the car compares it with the live model.
+When the rollout promotes that version, one journal write moves the record
+from ``shadow`` to ``active`` (no second download); when the offer goes away,
+the journal forgets it and its files are deleted.  The journal also keeps the
+latest quality summary per comparison (``quality``) until the registry
+acknowledges its ``seq``.
+
 Each slot record keeps the input contract its offer signed (how an image
 becomes the model's input, which output holds the scores, the labels): the
 car applies it to every image it classifies, at once and after any reboot.
@@ -136,6 +145,10 @@ class Journal:
     bad_models: list[str] = field(default_factory=list)
     #: The update in progress (manifest_version, artifact, bytes so far), for reports after a restart.
     pending: dict[str, Any] | None = None
+    #: A shadow candidate's slot: verified and staged, never booted (see the module docstring).
+    shadow: SlotRecord | None = None
+    #: Latest cumulative quality summary per (kind, rollout, candidate version), as sent, until acknowledged.
+    quality: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, built by hand.
@@ -154,6 +167,8 @@ class Journal:
             "outbox": self.outbox,
             "bad_models": self.bad_models,
             "pending": self.pending,
+            "shadow": self.shadow.to_dict() if self.shadow else None,
+            "quality": self.quality,
         }
 
     @classmethod
@@ -169,6 +184,8 @@ class Journal:
             outbox=list(d.get("outbox", [])),
             bad_models=list(d.get("bad_models", [])),
             pending=d.get("pending"),
+            shadow=rec(d.get("shadow")),
+            quality=[q for q in d.get("quality", []) if isinstance(q, dict)],
         )
 
 
@@ -243,7 +260,8 @@ class SlotStore:
             return False
 
     def free_slot(self, journal: Journal) -> str:
-        """The slot an install writes: one the journal names neither ``active`` nor ``previous``."""
+        """The slot an install writes: one the journal names neither ``active``, ``previous`` nor ``shadow``
+        (the agent forgets a shadow candidate before it installs anything else, so one is always free)."""
         used = _named_slots(journal)
         return next(name for name in SLOT_NAMES if name not in used)
 
@@ -306,7 +324,7 @@ class SlotStore:
 
 
 def _named_slots(journal: Journal) -> set[str]:
-    return {r.slot for r in (journal.active, journal.previous) if r is not None}
+    return {r.slot for r in (journal.active, journal.previous, journal.shadow) if r is not None}
 
 
 __all__ = ["Journal", "SlotRecord", "SlotStore", "StorageError", "legacy_contract"]
