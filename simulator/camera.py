@@ -29,11 +29,11 @@ from models.roadsigns import CLASSES, IMAGE_SIZE, WEATHERS, render
 #: Weather mix of a car's frames per climate (shares of its frames).
 CLIMATES: dict[str, dict[str, float]] = {
     "clear": {"clear": 0.85, "fog": 0.05, "night": 0.10},
-    "foggy": {"clear": 0.25, "fog": 0.65, "night": 0.10},
+    "foggy": {"clear": 0.20, "fog": 0.75, "night": 0.05},
     "night": {"clear": 0.35, "fog": 0.05, "night": 0.60},
 }
 #: Share of the fleet's cars in each climate (``simulator.fleet.plan_fleet`` draws it from the car's seed).
-CLIMATE_SHARES: dict[str, float] = {"clear": 0.5, "foggy": 0.3, "night": 0.2}
+CLIMATE_SHARES: dict[str, float] = {"clear": 0.4, "foggy": 0.4, "night": 0.2}
 
 #: Sign sets per region: relative weights of the classes a car there meets.  ``general_danger`` (the class v4
 #: added) is on no road yet: a car on a version without it is not judged on a sign it cannot know.

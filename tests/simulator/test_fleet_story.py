@@ -247,7 +247,7 @@ def test_the_fog_confuser_is_halted_in_shadow_by_the_agreement_gate_and_never_dr
     full = _rollout(story, fog["rollout"])
     verdict, figures = full["quality"]["verdict"], full["quality"]["summaries"]["shadow"]
     assert verdict["passed"] is False and verdict["failing"].startswith("agreement>=")
-    assert figures["frames"] >= 600 and figures["agreement"] < 0.95
+    assert figures["frames"] >= 1000 and figures["agreement"] < 0.94
     gates = {g["name"]: g for g in story["report"]["quality_gates"]}
     assert gates["fog"]["outcome"] == "halted in shadow" and gates["fog"]["stopped_by"] == verdict["failing"]
     assert fog["stopped_by"] == verdict["failing"] and fog["installed"] == 0
@@ -260,13 +260,12 @@ def test_the_good_version_is_promoted_from_shadow_by_its_gates(story: dict[str, 
     assert rollout["current_stage"] == len(rollout["stages"]) - 1
     verdict, figures = rollout["quality"]["verdict"], rollout["quality"]["summaries"]["shadow"]
     assert verdict["passed"] is True and verdict["failing"] is None
-    assert figures["frames"] >= 600 and figures["agreement"] >= 0.95
+    assert figures["frames"] >= 1000 and figures["agreement"] >= 0.94
     assert v4["promoted_by_gates"] is True and v4["stopped_by"] is None and v4["operator_advanced_stages"] == []
     gates = {g["name"]: g for g in story["report"]["quality_gates"]}
     assert gates["v4"]["outcome"] == "promoted from shadow"
-    # the shadow cars installed it from the package they held once it went live
-    shadow_cars = rollout["stages"][0]["assigned"]
-    assert shadow_cars >= 1 and rollout["stages"][0]["counts"].get("installed", 0) >= 1
+    assert rollout["stages"][0]["assigned"] >= 1  # cars shadowed it before it went live
+    assert sum(s["counts"].get("installed", 0) for s in rollout["stages"]) >= 1
 
 
 def _rollout(story: dict[str, Any], rollout_id: int) -> dict[str, Any]:
