@@ -5,7 +5,10 @@ dir), then runs the rehearsal in ``simulator.story`` against it over
 HTTP: v1 to a fleet of simulated cars, v2..v5 through staged rollouts, and two
 bad versions: one the cars' smoke test refuses, one that installs and then fails
 the cars' health window on live frames so they roll it back; both rollouts halt
-by themselves at their canary stage.
+by themselves at their canary stage.  Then shadow mode (issue 18): a build of v4
+that swaps two speed limits in fog is halted in its shadow stage by the agreement
+gate, and the real v4 is promoted from shadow by its gates; the summary says which
+gate stopped what.
 The server keeps running (dashboards at ``/dashboard``) until Ctrl-C, unless
 ``--exit-when-done``.  ``running_server`` is reused by the tests and
 ``bench/fleet.py``.
@@ -62,13 +65,16 @@ def running_server(data_dir: Path, port: int | None = None, *, codecs: str = "de
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "demo", help="start the server and rehearse v1..v5 (and one bad version) on a simulated fleet",
+        "demo", help="start the server and rehearse v1..v5 (and three bad versions) on a simulated fleet",
         description="Start the registry on the embedded default (SQLite + local blobs in --data-dir), publish v1 "
                     "and let simulated cars install it, then publish v2..v5 with staged rollouts (canary, wider, "
                     "everyone; auto-advance), including two bad versions: one that the cars' smoke test refuses, and "
                     "one that passes it, installs, and answers NaN on live camera frames, so the cars' health "
-                    "window rolls it back.  Both rollouts halt by themselves at their canary stage.  Prints what "
-                    "happened and leaves the server running until Ctrl-C.")
+                    "window rolls it back.  Both rollouts halt by themselves at their canary stage.  Then shadow "
+                    "mode: a v4 build that confuses two speed limits in fog runs beside the live model on the "
+                    "shadow cars' own camera frames and is halted by its agreement gate without ever driving, "
+                    "while the real v4 is promoted by its gates.  Prints what happened (and which gate stopped "
+                    "what) and leaves the server running until Ctrl-C.")
     p.add_argument("--data-dir", type=Path, default=Path(".ota-data"), help="server data and car state")
     p.add_argument("--cars", type=int, default=200, help="simulated cars (default 200)")
     p.add_argument("--port", type=int, default=8000, help="server port (default 8000)")

@@ -13,7 +13,8 @@ simulator process, because thousands of cars share one machine here:
   its slot atomically, but as a hard link to one copy per SHA-256.
 
 ``SimCar`` runs the agent's own ``run_forever`` loop and a camera loop that
-calls ``agent.predict`` on probe images, counting failed inferences.
+calls ``agent.predict`` on the frames of its ``simulator.camera.Camera`` (road signs of its region, in its
+climate's weather), counting failed inferences.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from client.config import AgentConfig
 from client.hotswap import ModelSource, NoModel, default_session_factory
 from client.manifest import Offer
 from client.slots import MODEL_FILE, PACKAGE_FILE, SlotStore
+from simulator.camera import Camera
 from simulator.fleet import CarSpec
 from simulator.link import PROFILES, LinkClock, LinkTransport
 
@@ -177,14 +179,16 @@ class SimAgent(Agent):
 class SimCar:
     """A car: agent + link + camera.  ``start()`` launches its tasks; ``stop()`` ends them."""
 
-    def __init__(self, spec: CarSpec, agent: SimAgent, link: LinkTransport, images: np.ndarray,
+    def __init__(self, spec: CarSpec, agent: SimAgent, link: LinkTransport, camera: Camera | np.ndarray,
                  inference_interval_s: float) -> None:
         self.spec = spec
         self.agent = agent
         self.link = link
-        self._images = images
         self._interval = inference_interval_s
         self._rng = random.Random(spec.seed ^ 0x5EED)
+        # a plain array of images (every car the same) is still accepted: bench scripts and older callers
+        self.camera: Camera | None = camera if isinstance(camera, Camera) else None
+        self._images = None if isinstance(camera, Camera) else camera
         self.inferences = 0
         self.failed_inferences = 0
         self.inference_errors: list[str] = []
@@ -203,7 +207,11 @@ class SimCar:
         clock = self.agent.sim_clock
         while True:
             await clock.sleep(self._interval * self._rng.uniform(0.5, 1.5))
-            image = self._images[self._rng.randrange(len(self._images))]
+            if self.camera is not None:
+                image = self.camera.frame()
+            else:
+                assert self._images is not None
+                image = self._images[self._rng.randrange(len(self._images))]
             try:
                 await asyncio.to_thread(self.agent.predict, image)
             except NoModel:
@@ -275,10 +283,13 @@ class GateTransport(httpx.AsyncBaseTransport):
 
 def build_car(spec: CarSpec, *, server_url: str, enroll_token: str | None, root_public_key: bytes | None,
               state_root: Path, clock: LinkClock,
-              sessions: SharedSessions, images: np.ndarray, line: str, poll_interval_s: float,
+              sessions: SharedSessions, images: Camera | np.ndarray, line: str, poll_interval_s: float,
               inference_interval_s: float, gate: asyncio.Semaphore | None = None,
               http_timeout_s: float = 60.0) -> SimCar:
-    """Wire one car: its state dir, its own connection behind its link, the shared sessions and slot files."""
+    """Wire one car: its state dir, its own connection behind its link, the shared sessions and slot files.
+
+    ``images``: the car's ``Camera``, or an array of frames it draws from uniformly.
+    """
     rng = random.Random(spec.seed)
     # Each car has its own connection (as a real car would); a shared TLS context saves building thousands.
     inner: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(

@@ -1,4 +1,4 @@
-"""Who is in a simulated fleet (pure): device ids, tags and link profiles, from a seed.
+"""Who is in a simulated fleet (pure): device ids, tags, link profiles and camera climates, from a seed.
 
 ``plan_fleet`` decides everything random about the cars up front, so the same
 ``--seed`` gives the same fleet (ids, regions, hardware, networks, who parks
@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from simulator.camera import pick_climate
 from simulator.link import MIXED_SHARES, PROFILES
 
 REGIONS = {"eu": 0.45, "us": 0.35, "apac": 0.2}
@@ -22,7 +23,10 @@ class FleetSpecError(ValueError):
 
 @dataclass(frozen=True)
 class CarSpec:
-    """One simulated car: identity, tags, link profile, and the seed of its own randomness."""
+    """One simulated car: identity, tags, link profile, and the seed of its own randomness.
+
+    ``climate`` (``simulator.camera.CLIMATES``) is what its camera mostly sees: clear weather, fog or night.
+    """
 
     device_id: str
     network: str
@@ -30,6 +34,7 @@ class CarSpec:
     hw: str
     seed: int
     tags: dict[str, str] = field(default_factory=dict)
+    climate: str = "clear"
 
 
 def _pick(rng: random.Random, shares: dict[str, float]) -> str:
@@ -70,8 +75,10 @@ def plan_fleet(cars: int, networks: str = "mixed", seed: int = 0, prefix: str = 
     specs = []
     for i, net in enumerate(nets):
         region, hw = _pick(rng, REGIONS), _pick(rng, HARDWARE)
+        seed = rng.getrandbits(32)
         specs.append(CarSpec(device_id=f"{prefix}-{i + 1:0{width}d}", network=net, region=region, hw=hw,
-                             seed=rng.getrandbits(32), tags={"region": region, "hw": hw, "network": net}))
+                             seed=seed, tags={"region": region, "hw": hw, "network": net},
+                             climate=pick_climate(seed)))
     return specs
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from models.zoo import probe_images
+from simulator.camera import Camera, camera_pools
 from simulator.car import SharedSessions, SimCar, build_car
 from simulator.fleet import CarSpec, auto_inference_interval
 from simulator.link import LinkClock
@@ -61,12 +62,14 @@ class Fleet:
         # this machine) a few waiting decodes leave no thread for inferences or the operator's calls.
         asyncio.get_running_loop().set_default_executor(
             concurrent.futures.ThreadPoolExecutor(max_workers=SIM_THREADS, thread_name_prefix="sim"))
-        images, _ = probe_images()
+        pools = await asyncio.to_thread(camera_pools)  # rendered once per process, shared by every car
         gate = asyncio.Semaphore(self.max_in_flight) if self.max_in_flight else None
         self.cars = [
             build_car(spec, server_url=self.server_url, enroll_token=self.enroll_token,
                       root_public_key=self.root_public_key, state_root=self.state_root,
-                      clock=self.clock, sessions=self.sessions, images=images, line=self.line,
+                      clock=self.clock, sessions=self.sessions,
+                      images=Camera(pools, spec.region, spec.climate, random.Random(spec.seed ^ 0xCA3E7A)),
+                      line=self.line,
                       poll_interval_s=self.poll_interval_s, inference_interval_s=self.inference_interval_s,
                       gate=gate, http_timeout_s=self.http_timeout_s)
             for spec in self.specs

@@ -3,7 +3,8 @@
 uPlot draws aligned data: one list of x values (epoch seconds) and, per
 series, one y value for every x.  These functions replay events into such
 step series: devices per update state over time, and cumulative bytes per
-group (rollout, network tag).
+group (rollout, network tag); and a rollout's model-quality figures (issue 18)
+from the API's ``quality`` object.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from protocol.errors import MalformedMessage
+from protocol.quality import parse_gate
 from server.dashboard.format import epoch
 
 
@@ -88,3 +91,69 @@ def cumulative_by_group(points: Iterable[tuple[datetime, str, int]], until: date
             for g in groups:
                 ys[g].append(totals[g])
     return _extend_to(Series(xs, ys), until)
+
+
+# -- model quality (issue 18) -------------------------------------------------------------------------------
+def _gate_lines(gates: Iterable[str], metric: str) -> list[dict]:
+    """Horizontal lines for the gates on ``metric``: ``{"value", "label"}`` (unparseable gates are skipped:
+    the registry parsed them when the rollout was created, this only draws them)."""
+    lines = []
+    for text in gates:
+        try:
+            g = parse_gate(text)
+        except MalformedMessage:
+            continue
+        if g.metric == metric:
+            lines.append({"value": g.threshold, "label": f"gate {g}"})
+    return lines
+
+
+def quality_history(history: Iterable[dict], metric: str) -> Series:
+    """One series per kind (``shadow``, ``live``) of ``metric`` over time, from the API's ``quality.history``
+    points (``{"at": ISO, "kind", metric: value|None, ...}``); a kind has None where it has no point."""
+    rows = []
+    for p in history:
+        at = p.get("at")
+        try:
+            x = float(int(datetime.fromisoformat(str(at).replace("Z", "+00:00")).timestamp()))
+        except ValueError:
+            continue
+        rows.append((x, str(p.get("kind")), p.get(metric)))
+    rows.sort(key=lambda r: r[0])
+    kinds = [k for k in ("shadow", "live") if any(r[1] == k for r in rows)]
+    xs: list[float] = []
+    ys: dict[str, list] = {k: [] for k in kinds}
+    for x, kind, value in rows:
+        if kind not in ys:
+            continue
+        if not xs or xs[-1] != x:
+            xs.append(x)
+            for k in kinds:
+                ys[k].append(None)
+        ys[kind][-1] = value
+    return Series(xs, ys)
+
+
+def quality_charts(quality: dict, labels: Sequence[str]) -> dict:
+    """What the rollout page draws of a rollout's ``quality`` object: agreement and latency-ratio over time
+    with each gate's threshold as a line, and the class distribution of candidate vs baseline as bars
+    (the shadow comparison when there is one, else the live one)."""
+    gates = list(quality.get("gates") or [])
+    history = list(quality.get("history") or [])
+    out: dict = {}
+    for metric, unit in (("agreement", "ratio"), ("latency_p99_ratio", "ratio"), ("class_shift", "ratio")):
+        s = quality_history(history, metric)
+        if s.xs:
+            out[metric] = {"series": {**s.as_chart(unit), "linear": True}, "thresholds": _gate_lines(gates, metric)}
+    summaries = quality.get("summaries") or {}
+    summary = summaries.get("shadow") or summaries.get("live")
+    counts = (summary or {}).get("class_counts") or {}
+    cand, base = list(counts.get("candidate") or []), list(counts.get("baseline") or [])
+    n = max(len(cand), len(base))
+    if n:
+        names = [labels[i] if i < len(labels) else f"class {i}" for i in range(n)]
+        pad = lambda v: [float(v[i]) if i < len(v) else 0.0 for i in range(n)]  # noqa: E731
+        out["classes"] = {"series": {"unit": "frames", "names": ["candidate", "baseline"],
+                                     "data": [[float(i) for i in range(n)], pad(cand), pad(base)],
+                                     "bars": names}}
+    return out

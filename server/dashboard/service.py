@@ -22,10 +22,11 @@ from server.accounting import service as accounting
 from server.config import Settings
 from server.dashboard import queries
 from server.dashboard.format import ago, human_bytes, percent, share
-from server.dashboard.series import cumulative_by_group, state_counts_over_time
+from server.dashboard.series import cumulative_by_group, quality_charts, state_counts_over_time
 from server.devices import service as devices
 from server.devices.presence import LastSeen
 from server.devices.states import ACTIVE
+from server.errors import NotFound
 from server.registry import service as registry
 from server.rollouts import schemas as ro_schemas
 from server.rollouts import service as rollouts
@@ -88,10 +89,34 @@ def rollout_page(session: Session, members: MembershipCache, rollout_id: int) ->
     events = [(e.at, e.update_id, e.state) for e in queries.state_events(session, rollout_id)]
     series = state_counts_over_time(events, STACK_ORDER, until=datetime.now(UTC))
     audit = queries.rollout_audit(session, rollout_id)
+    quality = rollout_quality(r)
     return {"s": summarize(r), "r": r, "acc": acc, "states": STATES,
+            "quality": quality, "quality_charts": quality_charts(quality, _labels(session, r)) if quality else None,
             "state_chart": series.as_chart("devices", stacked=True) if series.xs else None,
             "failures": queries.failure_reasons(session, rollout_id), "audit": audit,
             "markers": [{"x": e.at.timestamp(), "label": e.action.removeprefix("rollout.")} for e in audit]}
+
+
+def rollout_quality(r: ro_schemas.RolloutOut) -> dict[str, Any] | None:
+    """The rollout's ``quality`` object exactly as ``GET /api/v1/rollouts/{id}`` shows it (gates, shadow plan,
+    merged summaries per kind, verdict, history; docs/PROTOCOL.md), or None for a rollout without gates.
+
+    The one place the dashboard reads quality figures: it takes them from the API's own ``RolloutOut``, so the
+    page cannot disagree with ``ota rollout show``.
+    """
+    q = getattr(r, "quality", None)
+    if q is None:
+        return None
+    data = q.model_dump(mode="json") if hasattr(q, "model_dump") else dict(q)
+    return data if data.get("gates") or data.get("shadow") else None
+
+
+def _labels(session: Session, r: ro_schemas.RolloutOut) -> list[str]:
+    """The target version's class names (bar labels of the class-distribution chart); [] if unknown."""
+    try:
+        return list(registry.get_version(session, r.line, r.target_version).labels)
+    except NotFound:
+        return []
 
 
 @dataclass

@@ -69,3 +69,31 @@ def test_cumulative_bytes_per_group_keep_every_group_aligned_on_the_same_times()
     assert s.xs == [T0.timestamp(), T0.timestamp() + 5]
     assert s.ys == {"lte": [100, 400], "wifi": [1000, 1000]}
     assert cumulative_by_group([]).xs == []
+
+
+def test_quality_charts_draw_agreement_per_kind_with_the_gate_lines_and_classes_by_label() -> None:
+    from server.dashboard.series import quality_charts
+
+    quality = {
+        "gates": ["agreement>=0.97", "min_frames=500", "latency_p99_ratio<=1.3", "not a gate"],
+        "history": [
+            {"at": "2026-12-08T10:00:00+00:00", "kind": "shadow", "frames": 100, "agreement": 0.99,
+             "latency_p99_ratio": 1.1, "class_shift": 0.01},
+            {"at": "2026-12-08T10:00:05+00:00", "kind": "shadow", "frames": 600, "agreement": 0.9,
+             "latency_p99_ratio": 1.2, "class_shift": 0.05},
+            {"at": "2026-12-08T10:00:09+00:00", "kind": "live", "frames": 50, "agreement": None,
+             "latency_p99_ratio": None, "class_shift": None},
+        ],
+        "summaries": {"shadow": {"class_counts": {"candidate": [5, 1], "baseline": [3, 2, 1]}}, "live": None},
+    }
+    charts = quality_charts(quality, ["stop", "yield"])
+    agreement = charts["agreement"]
+    assert agreement["thresholds"] == [{"value": 0.97, "label": "gate agreement>=0.97"}]
+    assert agreement["series"]["names"] == ["shadow", "live"]
+    xs, shadow, live = agreement["series"]["data"]
+    assert len(xs) == 3 and shadow == [0.99, 0.9, None] and live == [None, None, None]
+    assert charts["latency_p99_ratio"]["thresholds"] == [{"value": 1.3, "label": "gate latency_p99_ratio<=1.3"}]
+    classes = charts["classes"]["series"]
+    assert classes["bars"] == ["stop", "yield", "class 2"]
+    assert classes["data"][1:] == [[5.0, 1.0, 0.0], [3.0, 2.0, 1.0]]
+    assert quality_charts({"gates": ["agreement>=0.9"], "history": [], "summaries": {}}, []) == {}

@@ -1,6 +1,7 @@
 """The demo's story on a small fleet, end to end: ``ota serve`` in a child process, 20 real agents behind
-simulated 2G/3G/LTE/Wi-Fi links (drops, dead zones, parked cars), v1 then six staged rollouts including a
-version no car can reproduce and one that installs and then fails on live camera frames.  One run per module; each test asks one question of it."""
+simulated 2G/3G/LTE/Wi-Fi links (drops, dead zones, parked cars), v1 then seven staged rollouts including a
+version no car can reproduce, one that installs and then fails on live camera frames, and, in shadow mode with
+quality gates, a build that confuses two speed limits in fog (halted in shadow) and the real v4 (promoted).  One run per module; each test asks one question of it."""
 
 from __future__ import annotations
 
@@ -52,9 +53,9 @@ def test_story_json_has_the_promised_figures(story: dict[str, Any]) -> None:
     assert r["cars"] == CARS and r["updated"] == CARS
     assert r["failed_inferences"] == 0 and r["inferences"] > CARS
     assert 0 < r["bytes_sent"] < r["bytes_full_package"] < r["bytes_full_fp32"]
-    assert [o["name"] for o in r["rollouts"]] == ["v1", "v2", "v3", "bad", "bad-live", "v4", "v5"]
-    assert [o["state"] for o in r["rollouts"][1:]] == ["completed", "completed", "halted", "halted", "completed",
-                                                       "completed"]
+    assert [o["name"] for o in r["rollouts"]] == ["v1", "v2", "v3", "bad", "bad-live", "fog", "v4", "v5"]
+    assert [o["state"] for o in r["rollouts"][1:]] == ["completed", "completed", "halted", "halted", "halted",
+                                                       "completed", "completed"]
     assert r["rolled_back"] >= 2 and r["failed"] == 0
     json.dumps(r)  # one JSON object, as --json prints it
 
@@ -226,3 +227,49 @@ def test_a_version_that_fails_on_live_frames_is_installed_then_rolled_back_and_i
         assert live["version"] in versions, car
         assert versions.count(live["version"]) == 1 and versions[-1] > live["version"], car
     assert story["report"]["failed_inferences"] == 0  # the previous model answered every failed frame
+
+
+def test_the_fog_confuser_is_halted_in_shadow_by_the_agreement_gate_and_never_drives(story: dict[str, Any]) -> None:
+    fog = _outcome(story["report"], "fog")
+    rollout = story["rollouts"][fog["rollout"]]
+    assert rollout["state"] == "halted" and rollout["current_stage"] == 0
+    shadow, *live = rollout["stages"]
+    assert shadow["mode"] == "shadow" and all(s["mode"] == "live" for s in live)
+    assert "agreement>=" in (rollout["reason"] or ""), rollout["reason"]
+    for stage in rollout["stages"]:  # shadow cars verified it and ran it beside; nobody installed it
+        assert stage["counts"].get("installed", 0) == 0, stage
+    for stage in live:
+        assert set(stage["counts"]) <= {"pending"}, stage
+    assert shadow["counts"].get("verified", 0) >= 1, shadow
+    for car in story["report"]["cars_detail"]:
+        assert fog["version"] not in [i["target_version"] for i in car["installs"]], car["device_id"]
+    # the registry's own figures, and the demo's summary naming the gate that stopped it
+    full = _rollout(story, fog["rollout"])
+    verdict, figures = full["quality"]["verdict"], full["quality"]["summaries"]["shadow"]
+    assert verdict["passed"] is False and verdict["failing"].startswith("agreement>=")
+    assert figures["frames"] >= 1000 and figures["agreement"] < 0.94
+    gates = {g["name"]: g for g in story["report"]["quality_gates"]}
+    assert gates["fog"]["outcome"] == "halted in shadow" and gates["fog"]["stopped_by"] == verdict["failing"]
+    assert fog["stopped_by"] == verdict["failing"] and fog["installed"] == 0
+
+
+def test_the_good_version_is_promoted_from_shadow_by_its_gates(story: dict[str, Any]) -> None:
+    v4 = _outcome(story["report"], "v4")
+    rollout = _rollout(story, v4["rollout"])
+    assert rollout["state"] == "completed" and rollout["stages"][0]["mode"] == "shadow"
+    assert rollout["current_stage"] == len(rollout["stages"]) - 1
+    verdict, figures = rollout["quality"]["verdict"], rollout["quality"]["summaries"]["shadow"]
+    assert verdict["passed"] is True and verdict["failing"] is None
+    assert figures["frames"] >= 1000 and figures["agreement"] >= 0.94
+    assert v4["promoted_by_gates"] is True and v4["stopped_by"] is None and v4["operator_advanced_stages"] == []
+    gates = {g["name"]: g for g in story["report"]["quality_gates"]}
+    assert gates["v4"]["outcome"] == "promoted from shadow"
+    assert rollout["stages"][0]["assigned"] >= 1  # cars shadowed it before it went live
+    assert sum(s["counts"].get("installed", 0) for s in rollout["stages"]) >= 1
+
+
+def _rollout(story: dict[str, Any], rollout_id: int) -> dict[str, Any]:
+    with story["server"].admin() as admin:
+        r = admin.get(f"/api/v1/rollouts/{rollout_id}")
+    assert r.status_code == 200, r.text
+    return r.json()

@@ -144,6 +144,56 @@
     };
   }
 
+  /* Gate thresholds: a dashed horizontal line per gate, labelled at its right end. */
+  function thresholdsPlugin(lines) {
+    return {
+      hooks: {
+        draw: [(u) => {
+          const ctx = u.ctx, px = devicePixelRatio;
+          ctx.save();
+          ctx.font = 11 * px + "px system-ui, sans-serif";
+          lines.forEach((t) => {
+            const y = Math.round(u.valToPos(t.value, "y", true));
+            if (y < u.bbox.top || y > u.bbox.top + u.bbox.height) return;
+            ctx.strokeStyle = "#d64545";
+            ctx.setLineDash([6 * px, 4 * px]);
+            ctx.beginPath();
+            ctx.moveTo(u.bbox.left, y);
+            ctx.lineTo(u.bbox.left + u.bbox.width, y);
+            ctx.stroke();
+            const w = ctx.measureText(t.label).width, x = u.bbox.left + u.bbox.width - w - 6 * px;
+            ctx.fillStyle = "rgba(255,255,255,.85)";
+            ctx.fillRect(x - 2 * px, y - 13 * px, w + 4 * px, 12 * px);
+            ctx.fillStyle = "#b42318";
+            ctx.fillText(t.label, x, y - 3 * px);
+          });
+          ctx.restore();
+        }],
+      },
+    };
+  }
+
+  /* Bars over categories (the class-distribution chart): x is the class index, its label on the axis. */
+  function drawBars(box, spec) {
+    const s = spec.series, names = s.bars, n = s.names.length;
+    const series = [{}].concat(s.names.map((name, i) => ({
+      label: name, stroke: colorFor(name, i), fill: colorFor(name, i) + "99", width: 1, points: { show: false },
+      // two series side by side: the first left of its class, the second right of it
+      paths: uPlot.paths.bars({ size: [0.8 / n, 60], align: n === 2 ? (i === 0 ? -1 : 1) : 0, gap: 1 }),
+    })));
+    const opts = {
+      width: Math.max(260, box.clientWidth), height: parseInt(box.dataset.height || "240", 10), series,
+      legend: { live: true },
+      scales: { x: { time: false, range: () => [-0.6, names.length - 0.4] },
+                y: { range: (u, min, max) => [0, Math.max(1, Math.ceil(max * 1.1))] } },
+      axes: [{ stroke: "#52606d", grid: { show: false }, splits: () => names.map((_, i) => i),
+               values: (u, vals) => vals.map((v) => names[v] || ""), rotate: -30, size: 70 },
+             { stroke: "#52606d", grid: { stroke: "#eef1f5" }, size: 50 }],
+    };
+    const plot = new uPlot(opts, s.data, box);
+    new ResizeObserver(() => plot.setSize({ width: Math.max(260, box.clientWidth), height: opts.height })).observe(box);
+  }
+
   /* Stacked series: cumulative sums drawn top-down with opaque fills, raw values in the legend. */
   function stack(names, raw) {
     const cum = [];
@@ -152,9 +202,20 @@
     return { order, data: order.map((i) => cum[i]) };
   }
 
+  /* Ratios (agreement, latency ratio, class shift): keep the data and every gate line in view. */
+  function ratioRange(lines) {
+    return (u, min, max) => {
+      const vals = lines.map((t) => t.value).concat([min, max]).filter((v) => v !== null && Number.isFinite(v));
+      const lo = Math.min.apply(null, vals), hi = Math.max.apply(null, vals), pad = Math.max(0.01, (hi - lo) * 0.15);
+      return [Math.max(0, lo - pad), hi + pad];
+    };
+  }
+
   function drawChart(box) {
     const spec = JSON.parse(document.getElementById(box.dataset.chart).textContent);
     const s = spec.series;
+    if (s.bars) return drawBars(box, spec);
+    const isRatio = s.unit === "ratio";
     const isBytes = s.unit === "bytes";
     let xs = s.data[0], raw = s.data.slice(1);
     if (xs.length === 1) {  // one point: widen to a flat step so it is visible
@@ -167,7 +228,8 @@
     const series = [{}].concat(order.map((i) => ({
       label: s.names[i].replace("_", " "), stroke: colorFor(s.names[i], i), width: s.stacked ? 1 : 2,
       fill: s.stacked ? colorFor(s.names[i], i) : undefined,
-      paths: uPlot.paths.stepped({ align: 1 }), points: { show: false },
+      paths: s.linear ? uPlot.paths.linear() : uPlot.paths.stepped({ align: 1 }), points: { show: !!s.linear },
+      spanGaps: !!s.linear,
       value: (u, v, sidx, didx) => fmt(didx === null || didx === undefined ? null : raw[i][didx]),
     })));
     const opts = {
@@ -175,13 +237,14 @@
       series, legend: { live: true },
       scales: {
         x: { time: true, range: (u, min, max) => (max - min < 60 ? [max - 60, max] : [min, max]) },
-        y: { range: (u, min, max) => [0, Math.max(1, Math.ceil(max * 1.1))] },
+        y: { range: isRatio ? ratioRange(spec.thresholds || []) : (u, min, max) => [0, Math.max(1, Math.ceil(max * 1.1))] },
       },
       axes: [{ stroke: "#52606d", grid: { stroke: "#eef1f5" } },
              { stroke: "#52606d", grid: { stroke: "#eef1f5" }, size: isBytes ? 70 : 50,
-               incrs: isBytes ? undefined : [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 100000],
+               incrs: isBytes || isRatio ? undefined : [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 100000],
                values: (u, vals) => vals.map((v) => (isBytes ? humanBytes(v) : v)) }],
-      plugins: spec.markers ? [markersPlugin(spec.markers)] : [],
+      plugins: (spec.markers ? [markersPlugin(spec.markers)] : []).concat(
+        spec.thresholds && spec.thresholds.length ? [thresholdsPlugin(spec.thresholds)] : []),
     };
     const plot = new uPlot(opts, [xs].concat(ys), box);
     new ResizeObserver(() => plot.setSize({ width: Math.max(260, box.clientWidth), height: opts.height })).observe(box);
