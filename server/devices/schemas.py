@@ -117,7 +117,7 @@ class ReportsIn(BaseModel):
     @model_validator(mode="after")
     def _not_empty(self) -> ReportsIn:
         if not self.reports and not self.quality:
-            raise ValueError("a request carries at least one report or one quality summary")
+            raise ValueError("reports is empty and quality names no summary: a request carries at least one of them")
         return self
 
     def summaries(self) -> list[QualitySummary]:

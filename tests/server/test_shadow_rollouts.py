@@ -157,7 +157,7 @@ def test_malformed_quality_is_422_and_applies_nothing_not_even_the_reports(serve
                          "quality"),
                         ({"reports": [], "quality": [{**summary(offer, seq=1, frames=1, agree=1), "kind": "x"}]},
                          "kind"),
-                        ({"reports": []}, "at least one")):
+                        ({"reports": []}, "reports is empty")):
         resp = car.http.post("/api/v1/device/reports", json=body)
         assert resp.status_code == 422 and words in resp.json()["detail"], resp.text
     assert stored_state(server) == before
