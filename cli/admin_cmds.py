@@ -199,6 +199,53 @@ def _stage(text: str) -> dict[str, Any]:
     return stage
 
 
+def _shadow(text: str) -> dict[str, Any]:
+    """PERCENT:SECONDS[:SAMPLE_EVERY] e.g. 10:3600 or 10:3600:5 (issue 18)."""
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError(text)
+        shadow: dict[str, Any] = {"percent": float(parts[0]), "min_s": float(parts[1])}
+        if len(parts) == 3:
+            shadow["sample_every"] = int(parts[2])
+    except ValueError as e:
+        raise CliError(f"--shadow {text!r} must be PERCENT:SECONDS[:SAMPLE_EVERY], e.g. 10:3600 or 10:3600:5") from e
+    return shadow
+
+
+def _value(v: Any) -> str:
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _quality_rows(q: dict[str, Any] | None) -> list[str]:
+    """The shadow settings, the gates with their current values, and the verdict (``ota rollout show``)."""
+    if not q or (not q.get("gates") and not q.get("shadow")):
+        return []
+    rows = []
+    if q.get("shadow"):
+        sh = q["shadow"]
+        rows.append(f"  shadow: {sh['percent']:g}% for at least {sh['min_s']:g}s, 1 frame in {sh['sample_every']}, "
+                    f"cpu share {sh['max_cpu_share']:g}")
+    sums = q.get("summaries") or {}
+    for kind in ("shadow", "live"):
+        f = sums.get(kind)
+        if f:
+            rows.append(f"  {kind}: {f['frames']:,} frames from {f['cars']} cars  agreement {_value(f['agreement'])}  "
+                        f"p99 {_value(f['latency_p99_ms'])} ms (x{_value(f['latency_p99_ratio'])})  "
+                        f"class shift {_value(f['class_shift'])}  errors {_value(f['error_rate'])}")
+    judged = sums.get("shadow") if (q.get("shadow") and sums.get("shadow") and not sums.get("live")) else sums.get("live")
+    from protocol.quality import parse_gate  # the CLI's own dependency-free half of the contract
+
+    for text in q.get("gates") or []:
+        gate = parse_gate(text)
+        failing = "  FAILING" if q["verdict"].get("failing") == str(gate) else ""
+        rows.append(f"  gate {text}: now {_value((judged or {}).get(gate.metric))}{failing}")
+    v = q["verdict"]
+    state = {True: "passed", False: "FAILED", None: "pending"}[v.get("passed")]
+    rows.append(f"  verdict: {state} ({v.get('describe')})")
+    return rows
+
+
 def _rollout_table(r: dict[str, Any]) -> list[str]:
     sel = ",".join(f"{k}={v}" for k, v in r["selector"].items()) or "all devices"
     head = (f"rollout {r['id']}  {r['line']} -> v{r['target_version']} ({r['codec']})"
@@ -209,9 +256,10 @@ def _rollout_table(r: dict[str, Any]) -> list[str]:
         marker = ">" if s["position"] == r["current_stage"] else " "
         counts = " ".join(f"{k}={v}" for k, v in sorted(s["counts"].items())) or "-"
         auto = f"auto at {s['success_threshold_pct']}%" if s["success_threshold_pct"] is not None else "manual"
-        rows.append(f" {marker} stage {s['position'] + 1}: {s['percent']:g}%  soak {s['min_soak_s']:g}s  {auto}  "
+        mode = "  SHADOW" if s.get("mode") == "shadow" else ""
+        rows.append(f" {marker} stage {s['position'] + 1}: {s['percent']:g}%{mode}  soak {s['min_soak_s']:g}s  {auto}  "
                     f"assigned {s['assigned']}  {counts}")
-    return rows
+    return rows + _quality_rows(r.get("quality"))
 
 
 def rollout_create(args: argparse.Namespace) -> int:
@@ -225,6 +273,10 @@ def rollout_create(args: argparse.Namespace) -> int:
         body["error_threshold_pct"] = args.error_pct
     if args.error_count is not None:
         body["error_threshold_count"] = args.error_count
+    if args.shadow:
+        body["shadow"] = _shadow(args.shadow)
+    if args.gate:
+        body["gates"] = list(args.gate)
     r = _call(args, "POST", "/rollouts", json=body)
     return _emit(args, r, _rollout_table(r))
 
@@ -412,6 +464,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="cumulative stage, e.g. --stage 1:600:95 --stage 10:600:95 --stage 100 (repeatable)")
     c.add_argument("--error-pct", type=float, help="halt when this percent of a stage's devices failed")
     c.add_argument("--error-count", type=int, help="halt when this many of a stage's devices failed")
+    c.add_argument("--shadow", metavar="PCT:SECONDS[:SAMPLE_EVERY]",
+                   help="begin with a shadow stage: PCT%% of the cars load the version beside the live one and "
+                        "compare for at least SECONDS, on 1 frame in SAMPLE_EVERY (default 10)")
+    c.add_argument("--gate", action="append", metavar="EXPR",
+                   help="quality gate, e.g. agreement>=0.97, latency_p99_ratio<=1.3, min_frames=5000 (repeatable)")
     _common(c)
     c.set_defaults(func=_run(rollout_create))
     ls = ro.add_parser("list", help="list rollouts")

@@ -121,6 +121,8 @@ def _reload_keys(ctx: AppContext) -> None:
 def _tick_rollouts(ctx: AppContext) -> None:
     with ctx.db.session_scope() as session:
         rollouts.evaluate_running(session, ctx.membership)
+    with ctx.db.read_scope() as session:
+        ctx.metrics.set_quality(rollouts.quality_figures(session))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -14,6 +14,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     start_http_server,
@@ -36,6 +37,22 @@ class Metrics:
                                   registry=self.registry)
         self.reports = Counter("ota_reports_total", "Device reports by outcome and state", ["outcome", "state"],
                                registry=self.registry)
+        # Issue 18: merged quality figures per running or paused rollout and kind (shadow | live), set by the
+        # rollout tick; a rollout that finishes leaves the gauges (label cardinality stays bounded).
+        self.quality = {name: Gauge(f"ota_rollout_quality_{name}", help_, ["rollout", "kind"], registry=self.registry)
+                        for name, help_ in (("frames", "Frames compared by the rollout's cars"),
+                                            ("agreement", "Top-1 agreement of the candidate with the baseline"),
+                                            ("latency_p99_ratio", "Candidate p99 latency over the baseline's"))}
+
+    def set_quality(self, figures: dict[tuple[int, str], dict[str, float | None]]) -> None:
+        """Replace every quality gauge with ``figures``: (rollout id, kind) -> metric -> value (None: unset)."""
+        for gauge in self.quality.values():
+            gauge.clear()
+        for (rollout_id, kind), values in figures.items():
+            for name, gauge in self.quality.items():
+                value = values.get(name)
+                if value is not None:
+                    gauge.labels(str(rollout_id), kind).set(value)
 
     def asgi(self, app: ASGIApp) -> ASGIApp:
         """Count and time every HTTP request around ``app``.

@@ -173,6 +173,10 @@ class Rollout(Base):
     created_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Issue 18: quality gates (gate texts, protocol.quality.parse_gate) and the shadow stage's settings
+    # ({"percent", "min_s", "sample_every", "max_cpu_share"}, None: no shadow stage).  NULL gates: none.
+    gates: Mapped[list[Any] | None] = mapped_column(JSON)
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class RolloutStage(Base):
@@ -184,6 +188,40 @@ class RolloutStage(Base):
     percent: Mapped[float] = mapped_column(Float)
     min_soak_s: Mapped[float] = mapped_column(Float, default=0.0)
     success_threshold_pct: Mapped[float | None] = mapped_column(Float)  # None: advance manually
+    mode: Mapped[str] = mapped_column(String(10), default="live", server_default="live")  # "shadow" | "live"
+
+
+class QualitySummary(Base):
+    """A device's latest cumulative quality summary (protocol.quality) for one rollout, version and kind."""
+
+    __tablename__ = "quality_summaries"
+    __table_args__ = (UniqueConstraint("device_pk", "rollout_id", "candidate_version", "kind",
+                                       name="uq_quality_summaries_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    candidate_version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(10))  # "shadow" | "live"
+    seq: Mapped[int] = mapped_column(BigInteger)
+    stage: Mapped[int | None] = mapped_column(Integer)  # the device's stage in the rollout
+    frames: Mapped[int] = mapped_column(BigInteger)
+    agree: Mapped[int] = mapped_column(BigInteger)
+    summary: Mapped[dict[str, Any]]  # QualitySummary.to_dict()
+    updated_at: Mapped[datetime]
+
+
+class QualityHistory(Base):
+    """One point of a rollout's merged quality figures over time (at most 500 per rollout)."""
+
+    __tablename__ = "quality_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(10))
+    frames: Mapped[int] = mapped_column(BigInteger)
+    agreement: Mapped[float | None] = mapped_column(Float)
+    latency_p99_ratio: Mapped[float | None] = mapped_column(Float)
+    class_shift: Mapped[float | None] = mapped_column(Float)
 
 
 class Transfer(Base):

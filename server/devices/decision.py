@@ -47,6 +47,7 @@ class OfferView:
     expires_at: datetime
     envelope_json: bytes
     keyid: str | None  # which online key signed it: after a rotation the offer is signed again
+    plan: dict[str, Any] | None = None  # the signed quality plan (issue 18): a changed plan is signed again
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +187,8 @@ def decide(device: DeviceView, line: LineView, poll: PollView, now: datetime, po
     if wanted is _UNKNOWN:
         return NewOffer(interval, target, package, False, None, running)
     delta = wanted if isinstance(wanted, str) else None
-    if (offer is not None and offer.codec == package.codec and offer.delta_sha256 == delta
+    plan = target.quality.to_dict() if target.quality is not None else None
+    if (offer is not None and offer.codec == package.codec and offer.delta_sha256 == delta and offer.plan == plan
             and offer.expires_at - now > timedelta(seconds=policy.offer_ttl_s / 2) and offer.keyid == policy.key_id):
         return Resend(interval, offer.envelope_json, running)
     return NewOffer(interval, target, package, True, delta, running)

@@ -91,7 +91,8 @@ def load_device(session: Session, token_sha256: str, every_offer: bool = False) 
     for key, version_id, state, codec, delta, base, expires, envelope in conn.execute(
             _ALL_OFFERS if every_offer else _RECENT_OFFERS, {"pk": pk}):
         offers.setdefault((key, version_id), OfferView(state, codec, delta, base, as_utc(expires),
-                                                       json.dumps(envelope).encode(), signed_by(envelope)))
+                                                       json.dumps(envelope).encode(), signed_by(envelope),
+                                                       signed_plan(envelope)))
     return DeviceView(pk, device_id, dict(tags or {}), interval, line, running, running_sha, reported, bool(drift),
                       detail, offers)
 
@@ -117,6 +118,15 @@ def signed_by(envelope: dict[str, Any] | None) -> str | None:
         return str(envelope["signatures"][0]["keyid"]) if envelope else None
     except (KeyError, IndexError, TypeError):
         return None
+
+
+def signed_plan(envelope: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The quality plan a stored offer was signed with (None: none, or an offer from before issue 18)."""
+    try:
+        plan = envelope["signed"].get("quality") if envelope else None
+    except (KeyError, AttributeError, TypeError):
+        return None
+    return plan if isinstance(plan, dict) else None
 
 
 def policy(settings: Settings, key_id: str) -> PollPolicy:

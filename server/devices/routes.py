@@ -184,7 +184,7 @@ def _report_in_transaction(session: Session, members: MembershipCache, token: st
 async def reports(body: schemas.ReportsIn, request: Request, ctx: Ctx,
                   authorization: Annotated[str | None, Header()] = None) -> schemas.ReportsOut:
     sent = await request.json()  # already parsed for ``body``; signatures cover the reports exactly as sent
-    raw = sent.get("reports") if isinstance(sent, dict) else None
+    raw = sent.get("reports") if isinstance(sent, dict) else None  # (quality summaries are not signed)
     ack = await ctx.db.run_write(_report_in_transaction, ctx.membership, bearer(authorization), body,
                                  raw if isinstance(raw, list) else None)
     states = {r.seq: r.state for r in body.reports}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
+from protocol.errors import MalformedMessage
+from protocol.quality import MAX_SUMMARIES, QualitySummary
 from protocol.report import MAX_REASON_CHARS
 from server.db import UtcDateTime
 from server.devices.device_keys import public_key as parse_public_key
@@ -96,7 +98,31 @@ class ReportIn(BaseModel):
 
 
 class ReportsIn(BaseModel):
-    reports: list[ReportIn] = Field(min_length=1, max_length=1000)
+    """Queued reports, and (issue 18) the car's latest quality summaries: a request may carry either or both."""
+
+    reports: list[ReportIn] = Field(default_factory=list, max_length=1000)
+    quality: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_SUMMARIES, description=(
+        f"at most {MAX_SUMMARIES} cumulative quality summaries (protocol/quality.py QualitySummary.to_dict())"))
+
+    @field_validator("quality")
+    @classmethod
+    def _summaries(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for i, d in enumerate(value or []):
+            try:
+                QualitySummary.from_dict(d)
+            except MalformedMessage as e:  # the whole request is refused: nothing is applied
+                raise ValueError(f"quality[{i}]: {e}") from e
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ReportsIn:
+        if not self.reports and not self.quality:
+            raise ValueError("reports is empty and quality names no summary: a request carries at least one of them")
+        return self
+
+    def summaries(self) -> list[QualitySummary]:
+        """The quality summaries, parsed (they validated when the request was read)."""
+        return [QualitySummary.from_dict(d) for d in self.quality or []]
 
 
 class Rejected(BaseModel):
@@ -108,6 +134,10 @@ class Rejected(BaseModel):
 class ReportsOut(BaseModel):
     accepted: list[int]
     rejected: list[Rejected]
+    # issue 18: seqs of the quality summaries acknowledged (stored, or already held with an equal or higher seq);
+    # those refused one by one (unknown rollout or version, a rollout the device is not in) are in quality_rejected
+    quality_accepted: list[int] = Field(default_factory=list)
+    quality_rejected: list[Rejected] = Field(default_factory=list)
 
 
 class UpdateOut(BaseModel):

@@ -22,17 +22,19 @@ from sqlalchemy.orm import Session
 
 from protocol.contract import InputContract
 from protocol.offer import Artifact, Delta, Offer, Smoke, artifact_url
+from protocol.quality import QualityPlan
 from server import audit
 from server.config import Settings
 from server.db import as_utc, utcnow
 from server.devices import decision, device_keys, schemas, states, store
 from server.devices.pollcache import load_device, policy
 from server.devices.presence import LastSeen
-from server.errors import IllegalTransition, NotFound, Unauthorized
+from server.errors import Conflict, IllegalTransition, NotFound, Unauthorized
 from server.orm import Delta as DeltaRow
 from server.orm import Device, DeviceReport, DeviceUpdate, Line, Package, Version
 from server.registry import store as registry_store
 from server.registry.storage import PackageStorage
+from server.rollouts import quality
 from server.rollouts import service as rollouts
 from server.rollouts.lineview import LineView, PackageView, load_line
 from server.rollouts.membership import MembershipCache
@@ -44,7 +46,8 @@ def _next_manifest_version(device: Device, now: datetime) -> int:
 
 
 def _offer(device: Device, line: Line, version: Version, pkg: Package, rollout_id: int | None, rollback: bool,
-           delta: DeltaRow | None, base: str | None, manifest_version: int, expires: datetime) -> dict[str, Any]:
+           delta: DeltaRow | None, base: str | None, manifest_version: int, expires: datetime,
+           quality: QualityPlan | None = None) -> dict[str, Any]:
     """The ``signed`` body of an offer, the one place it is built (protocol/offer.py defines its fields)."""
     smoke = pkg.smoke
     return Offer(
@@ -57,6 +60,7 @@ def _offer(device: Device, line: Line, version: Version, pkg: Package, rollout_i
         smoke=Smoke(seed=smoke["seed"], count=smoke["count"], shape=tuple(smoke["shape"]),
                     input_name=smoke["input_name"], expected=smoke["expected"], atol=smoke["atol"]),
         expires=expires,
+        quality=quality,
     ).to_signed()
 
 
@@ -181,7 +185,7 @@ def _sign_offer(session: Session, settings: Settings, signer: Signer, device: De
     device.manifest_version = mv
     expires = now + timedelta(seconds=settings.offer_ttl_s)
     envelope = signer.envelope(_offer(device, line_row, version, pkg, made.rollout_id, made.target.rollback, delta,
-                                      base, mv, expires))
+                                      base, mv, expires, made.target.quality))
     row = store.update_for(session, device.id, made.rollout_id, version.id)
     if row is None:
         row = _new_update(session, device, made.rollout_id, version.id, version.number, now)
@@ -282,9 +286,30 @@ def report(session: Session, members: MembershipCache, device: Device, body: sch
         accepted.append(r.seq)
         if update.rollout_id is not None:
             touched.add(update.rollout_id)
+    quality_accepted, quality_rejected = _record_quality(session, device, body, touched)
     for rollout_id in sorted(touched):
         rollouts.evaluate(session, members, rollout_id)
-    return schemas.ReportsOut(accepted=accepted, rejected=rejected)
+    return schemas.ReportsOut(accepted=accepted, rejected=rejected, quality_accepted=quality_accepted,
+                              quality_rejected=quality_rejected)
+
+
+def _record_quality(session: Session, device: Device, body: schemas.ReportsIn,
+                    touched: set[int]) -> tuple[list[int], list[schemas.Rejected]]:
+    """Keep each summary unless one with an equal or higher seq is held (acknowledged either way); a summary for
+    a rollout that made this device no offer, or a version that does not exist, is refused on its own."""
+    accepted: list[int] = []
+    rejected: list[schemas.Rejected] = []
+    for s in sorted(body.summaries(), key=lambda x: x.seq):
+        try:
+            with session.begin_nested():
+                if quality.record(session, device.id, device.device_id, s):
+                    assert s.rollout_id is not None
+                    touched.add(s.rollout_id)
+        except (NotFound, Conflict) as e:
+            rejected.append(schemas.Rejected(seq=s.seq, error=e.code, detail=e.message))
+            continue
+        accepted.append(s.seq)
+    return accepted, rejected
 
 
 def _device_out(session: Session, device: Device, presence: LastSeen, with_updates: bool) -> schemas.DeviceOut:

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from protocol.quality import QualityPlan, parse_gate
 from server.orm import Version
 from server.registry import fidelity
 from server.registry import store as registry_store
@@ -49,6 +50,14 @@ class RolloutView:
     version: VersionView
     codec: str | None
     rollback: bool
+    # Issue 18: the plan signed into the offers of the shadow stage's cars while the rollout is in it (None:
+    # no shadow stage), and the plan of every offer once it is past it (None: no gates, no comparison).
+    shadow_plan: QualityPlan | None = None
+    live_plan: QualityPlan | None = None
+
+    def plan(self) -> QualityPlan | None:
+        """The quality plan of this rollout's offers now (the same for every car it has reached)."""
+        return self.shadow_plan if self.shadow_plan is not None and self.current_stage == 0 else self.live_plan
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ class TargetView:
     rollout: RolloutView | None
     codec: str | None
     rollback: bool
+    quality: QualityPlan | None = None  # signed into the offer (protocol.offer.Offer.quality)
 
 
 def _version_view(session: Session, version: Version, gate: float | None) -> VersionView:
@@ -87,13 +97,39 @@ def load_line(session: Session, name: str) -> LineView | None:
         if version is None:
             continue
         percents = tuple(s.percent for s in store.stages(session, r.id))
+        shadow_plan, live_plan = plans(r.shadow, r.gates)
         rollouts.append(RolloutView(r.id, dict(r.selector), percents, r.current_stage,
-                                    _version_view(session, version, line.min_agreement), r.codec, r.rollback))
+                                    _version_view(session, version, line.min_agreement), r.codec, r.rollback,
+                                    shadow_plan, live_plan))
     stable = None
     if line.stable_version is not None:
         version = registry_store.version(session, line.id, line.stable_version)
         stable = _version_view(session, version, line.min_agreement) if version is not None else None
     return LineView(line.id, line.name, stable, tuple(rollouts))
+
+
+#: A live comparison rolls a car back only after this many compared frames in its health window: fewer
+#: frames make a noisy agreement, and a good version must not roll back on a few hard frames.
+LIVE_ROLLBACK_MIN_FRAMES = 100
+
+
+def plans(shadow: dict[str, Any] | None, gates: list[Any] | None) -> tuple[QualityPlan | None, QualityPlan | None]:
+    """(shadow plan, live plan) of a rollout from its stored settings (``Rollout.shadow``, ``Rollout.gates``).
+
+    The live plan exists only when the rollout has gates; its rollback agreement is the ``agreement`` gate's
+    threshold (a car rolls back on its own figures only when an agreement gate would fail the rollout).
+    """
+    sample_every = int((shadow or {}).get("sample_every", 10))
+    cpu = float((shadow or {}).get("max_cpu_share", 0.25))
+    shadow_plan = QualityPlan("shadow", sample_every=sample_every, max_cpu_share=cpu) if shadow else None
+    if not gates:
+        return shadow_plan, None
+    parsed = [parse_gate(str(g)) for g in gates]
+    floor = max((g.threshold for g in parsed if g.metric == "agreement" and g.op in (">=", ">")), default=None)
+    live = QualityPlan("live", sample_every=sample_every, max_cpu_share=cpu,
+                       rollback_below_agreement=None if floor is None else min(max(floor, 0.0), 1.0),
+                       min_frames=LIVE_ROLLBACK_MIN_FRAMES)
+    return shadow_plan, live
 
 
 def desired_in(line: LineView, device_id: str, tags: dict[str, Any]) -> TargetView | None:
@@ -103,7 +139,7 @@ def desired_in(line: LineView, device_id: str, tags: dict[str, Any]) -> TargetVi
             continue
         stage = staging.stage_of(r.id, device_id, r.percents)
         if stage is not None and stage <= r.current_stage:
-            return TargetView(r.version, r, r.codec, r.rollback)
+            return TargetView(r.version, r, r.codec, r.rollback, r.plan())
     # a car outside every rollout gets what a rollout without --codec would ship (issue 17)
     return TargetView(line.stable, None, line.stable.shipping, False) if line.stable is not None else None
 

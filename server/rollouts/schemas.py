@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, model_validator
+from typing import Any
 
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from protocol.errors import MalformedMessage
+from protocol.quality import parse_gate
 from server.db import UtcDateTime
 
 INT32 = 2**31 - 1  # INTEGER columns on PostgreSQL: a larger number is a 422, not a 500
@@ -14,6 +18,19 @@ class StageIn(BaseModel):
     min_soak_s: float = Field(default=0.0, ge=0)
     success_threshold_pct: float | None = Field(default=None, ge=0, le=100,
                                                 description="auto-advance at this installed share; null = manual")
+
+
+MAX_GATES = 16
+
+
+class ShadowIn(BaseModel):
+    """The shadow stage (issue 18): ``percent`` of the selected cars load the version beside the live one and
+    compare, for at least ``min_s`` seconds, before any car drives with it."""
+
+    percent: float = Field(gt=0, le=100, description="cumulative percent of the selected devices in the shadow stage")
+    min_s: float = Field(default=0.0, ge=0, le=365 * 86400, description="shortest time in the shadow stage")
+    sample_every: int = Field(default=10, ge=1, le=10_000, description="compare one camera frame in this many")
+    max_cpu_share: float = Field(default=0.25, gt=0, le=1, description="the comparison's share of one core")
 
 
 class RolloutIn(BaseModel):
@@ -28,6 +45,23 @@ class RolloutIn(BaseModel):
     rollback: bool = False
     allow_unmeasured: bool = Field(default=False, description=(
         "ship a lossy package whose agreement was not measured on the line's images, or is below its gate"))
+    shadow: ShadowIn | None = Field(default=None, description="a shadow stage before the live stages (stage 0)")
+    gates: list[str] = Field(default_factory=list, max_length=MAX_GATES, description=(
+        "quality gates, e.g. agreement>=0.97, latency_p99_ratio<=1.3, min_frames=5000"))
+
+    @field_validator("gates")
+    @classmethod
+    def _gates(cls, gates: list[str]) -> list[str]:
+        out = []
+        for text in gates:
+            if len(text) > 100:
+                raise ValueError(f"gate {text[:40]!r}... is longer than 100 characters")
+            try:
+                parse_gate(text)
+            except MalformedMessage as e:
+                raise ValueError(str(e)) from e
+            out.append(text.strip())
+        return out
 
     @model_validator(mode="after")
     def _increasing(self) -> RolloutIn:
@@ -36,6 +70,9 @@ class RolloutIn(BaseModel):
             raise ValueError("a rollout needs at least one stage")
         if any(b <= a for a, b in zip(pcts, pcts[1:], strict=False)):
             raise ValueError(f"stage percents are cumulative and must increase, got {pcts}")
+        if self.shadow is not None and self.shadow.percent > pcts[0]:
+            raise ValueError(f"shadow.percent ({self.shadow.percent:g}) exceeds the first live stage's percent "
+                             f"({pcts[0]:g}): the shadow cars go live first, so stages are cumulative from it")
         return self
 
 
@@ -45,6 +82,7 @@ class RollbackIn(BaseModel):
 
 class StageOut(BaseModel):
     position: int
+    mode: str = "live"  # "shadow": stage 0 of a rollout with a shadow stage
     percent: float
     min_soak_s: float
     success_threshold_pct: float | None
@@ -69,3 +107,5 @@ class RolloutOut(BaseModel):
     created_at: UtcDateTime
     updated_at: UtcDateTime
     stages: list[StageOut]
+    # gates, shadow settings, merged summaries, verdict and history (docs/PROTOCOL.md "Quality summaries")
+    quality: dict[str, Any] | None = None

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
+from protocol.quality import Gate, judge
 from server import audit
 from server.db import as_utc, utcnow
 from server.errors import BadRequest, NotFound, Unprocessable
 from server.orm import Line, Package, Rollout, RolloutStage, Version
 from server.registry import fidelity
 from server.registry import store as registry_store
-from server.rollouts import machine, schemas, store
+from server.rollouts import machine, quality, schemas, store
 from server.rollouts import stages as staging
 from server.rollouts.membership import MembershipCache
 
@@ -90,14 +92,21 @@ def create(session: Session, members: MembershipCache, body: schemas.RolloutIn,
                 previous_stable=line.stable_version, codec=codec, selector=dict(body.selector), state="running",
                 current_stage=0, stage_started_at=now, rollback=body.rollback,
                 error_threshold_pct=body.error_threshold_pct, error_threshold_count=body.error_threshold_count,
-                created_by=actor, created_at=now, updated_at=now)
+                created_by=actor, created_at=now, updated_at=now, gates=list(body.gates) or None,
+                shadow=body.shadow.model_dump() if body.shadow is not None else None)
     session.add(r)
     session.flush()
-    for i, s in enumerate(body.stages):
+    first = 0
+    if body.shadow is not None:  # the shadow stage is stage 0; the live stages follow (issue 18)
+        session.add(RolloutStage(rollout_id=r.id, position=0, percent=body.shadow.percent,
+                                 min_soak_s=body.shadow.min_s, success_threshold_pct=None, mode="shadow"))
+        first = 1
+    for i, s in enumerate(body.stages, start=first):
         session.add(RolloutStage(rollout_id=r.id, position=i, percent=s.percent, min_soak_s=s.min_soak_s,
-                                 success_threshold_pct=s.success_threshold_pct))
+                                 success_threshold_pct=s.success_threshold_pct, mode="live"))
     audit.record(session, actor, "rollout.create", rollout_id=r.id, line=line.name, version=version.number,
-                 rollback=body.rollback, codec=codec, allow_unmeasured=body.allow_unmeasured)
+                 rollback=body.rollback, codec=codec, allow_unmeasured=body.allow_unmeasured,
+                 gates=list(body.gates), shadow=r.shadow)
     session.flush()
     return show(session, members, r.id)
 
@@ -109,7 +118,8 @@ def _get(session: Session, rollout_id: int, lock: bool = False) -> Rollout:
     return r
 
 
-def _apply(session: Session, r: Rollout, event: str, actor: str, reason: str | None = None) -> None:
+def _apply(session: Session, r: Rollout, event: str, actor: str, reason: str | None = None,
+           **detail: Any) -> None:
     """The one place a rollout's state changes (checked by the transition table)."""
     new = machine.transition(r.state, event)
     now = utcnow()
@@ -125,7 +135,8 @@ def _apply(session: Session, r: Rollout, event: str, actor: str, reason: str | N
     r.state, r.updated_at = new, now
     if reason is not None:
         r.reason = reason
-    audit.record(session, actor, f"rollout.{event}", rollout_id=r.id, state=new, stage=r.current_stage, reason=reason)
+    audit.record(session, actor, f"rollout.{event}", rollout_id=r.id, state=new, stage=r.current_stage, reason=reason,
+                 **detail)
     session.flush()
 
 
@@ -208,8 +219,22 @@ def _tally(session: Session, members: MembershipCache, r: Rollout, percents: lis
     return Tally(counts, errors, last_install)
 
 
+def _counted_stages(stage_rows: list[RolloutStage], current: int) -> set[int]:
+    """The stages whose cars the current stage counts: itself, plus the shadow stage's cars when it is the first
+    live stage (they install with it: their installs, failures and live comparisons are its own)."""
+    counted = {current}
+    if current == 1 and stage_rows[0].mode == "shadow":
+        counted.add(0)
+    return counted
+
+
+def _has_quality(r: Rollout) -> bool:
+    return bool(r.gates) or r.shadow is not None
+
+
 def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: datetime | None = None) -> str:
-    """Auto-halt on the error threshold, auto-advance on the success threshold after the soak time.
+    """Auto-halt on the error threshold or a failing quality gate, auto-advance on the success threshold after
+    the soak time, promote a shadow stage whose gates pass after its minimum time (issue 18).
 
     A stage that holds no device (a small fleet, a narrow selector) advances once soaked: there is
     nothing to wait for.  Returns the rollout's state afterwards.
@@ -217,29 +242,62 @@ def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: d
     r = _get(session, rollout_id, lock=True)
     if r.state != "running":
         return r.state
+    now = now or utcnow()
     line = session.get(Line, r.line_id)
     assert line is not None  # foreign key
     stage_rows = store.stages(session, r.id)
+    stage = stage_rows[r.current_stage]
+    counted = _counted_stages(stage_rows, r.current_stage)
     percents = [s.percent for s in stage_rows]
     tally = _tally(session, members, r, percents, line, errors_since=r.stage_started_at)
-    counts, errors = tally.counts[r.current_stage], tally.errors
+    counts: dict[str, int] = {}
+    for i in counted:
+        for k, v in tally.counts[i].items():
+            counts[k] = counts.get(k, 0) + v
     # only installs the server saw evidence of count toward advancing (issue 15: phantom devices)
     verified = counts.get("installed", 0) - counts.get("installed_unverified", 0)
-    sc = staging.StageCounts(counts["assigned"], verified, errors[r.current_stage])
+    sc = staging.StageCounts(counts["assigned"], verified, sum(tally.errors[i] for i in counted))
+    if _has_quality(r):
+        quality.note_history(session, r, now)
     if staging.should_halt(sc, r.error_threshold_pct, r.error_threshold_count):
         _apply(session, r, "halt", "auto", reason=f"error threshold reached in stage {r.current_stage}: "
                                                   f"{sc.failed} of {sc.assigned} devices failed or rolled back")
         return r.state
-    stage = stage_rows[r.current_stage]
+    gates = quality.gates_of(r)
+    if stage.mode == "shadow":
+        return _evaluate_shadow(session, r, stage, gates, now)
+    if gates:  # live gates on the current stage's cars: a failure halts, a pass does not hold advancing back
+        verdict = judge(gates, quality.merged(session, r, "live", counted).summary)
+        if verdict.passed is False:
+            assert verdict.failing is not None
+            _apply(session, r, "halt", "auto", gate=str(verdict.failing),
+                   reason=quality.failed_reason(f"stage {r.current_stage} live", verdict))
+            return r.state
     # The soak runs from the stage's last install, not from its start: a car that installed a second before
     # the threshold was met has not yet run the version (its health window is still open, and a rollback
     # from it must still be able to halt this stage).
-    soak_from = max(as_utc(r.stage_started_at), tally.last_install[r.current_stage] or as_utc(r.stage_started_at))
-    soaked = ((now or utcnow()) - soak_from).total_seconds() >= stage.min_soak_s
+    last = [tally.last_install[i] for i in counted if tally.last_install[i] is not None]
+    soak_from = max([as_utc(r.stage_started_at), *[as_utc(t) for t in last if t is not None]])
+    soaked = (now - soak_from).total_seconds() >= stage.min_soak_s
     if staging.should_advance(sc, stage.success_threshold_pct, soaked):
         event = "complete" if r.current_stage + 1 >= len(stage_rows) else "advance"
         why = f"{sc.installed} of {sc.assigned} installed" if sc.assigned else "no device in this stage"
         _apply(session, r, event, "auto", reason=f"stage {r.current_stage}: {why}")
+    return r.state
+
+
+def _evaluate_shadow(session: Session, r: Rollout, stage: RolloutStage, gates: list[Gate], now: datetime) -> str:
+    """The shadow stage: halt as soon as a gate fails on enough frames; promote to the first live stage when
+    every gate passes (none: at once) and the stage's minimum time has elapsed."""
+    v = judge(gates, quality.merged(session, r, "shadow", {0}).summary)
+    if v.passed is False:
+        assert v.failing is not None
+        _apply(session, r, "halt", "auto", reason=quality.failed_reason("shadow", v), gate=str(v.failing))
+        return r.state
+    if (now - as_utc(r.stage_started_at)).total_seconds() < stage.min_soak_s or not v.passed:
+        return r.state
+    why = quality.passed_reason(gates, v) if gates else f"shadow stage: no gates, {stage.min_soak_s:g} s elapsed"
+    _apply(session, r, "advance", "auto", reason=why)
     return r.state
 
 
@@ -249,18 +307,34 @@ def evaluate_running(session: Session, members: MembershipCache) -> None:
         evaluate(session, members, r.id)
 
 
+def quality_figures(session: Session) -> dict[tuple[int, str], dict[str, float | None]]:
+    """(rollout id, kind) -> merged metrics, for the running and paused rollouts with quality telemetry
+    (``/metrics``: only those, so the label set stays as small as the rollouts in flight)."""
+    out: dict[tuple[int, str], dict[str, float | None]] = {}
+    for r in store.rollouts(session, states=machine.OFFERING):
+        if not _has_quality(r):
+            continue
+        for kind in ("shadow", "live"):
+            m = quality.merged(session, r, kind)
+            if m.summary is not None:
+                out[(r.id, kind)] = m.summary.metrics()
+    return out
+
+
 def show(session: Session, members: MembershipCache, rollout_id: int) -> schemas.RolloutOut:
     r = _get(session, rollout_id)
     line = session.get(Line, r.line_id)
     assert line is not None  # foreign key
     stage_rows = store.stages(session, r.id)
     counts = _tally(session, members, r, [s.percent for s in stage_rows], line).counts
+    in_shadow = stage_rows[r.current_stage].mode == "shadow" if stage_rows else False
     return schemas.RolloutOut(
         id=r.id, line=line.name if line else "?", target_version=r.target_version, previous_stable=r.previous_stable,
         codec=r.codec, selector=r.selector, state=r.state, current_stage=r.current_stage, rollback=r.rollback,
         error_threshold_pct=r.error_threshold_pct, error_threshold_count=r.error_threshold_count, reason=r.reason,
         created_by=r.created_by, created_at=r.created_at, updated_at=r.updated_at,
-        stages=[schemas.StageOut(position=s.position, percent=s.percent, min_soak_s=s.min_soak_s,
+        quality=quality.describe(session, r, in_shadow, _counted_stages(stage_rows, r.current_stage)),
+        stages=[schemas.StageOut(position=s.position, mode=s.mode, percent=s.percent, min_soak_s=s.min_soak_s,
                                  success_threshold_pct=s.success_threshold_pct, assigned=c["assigned"],
                                  counts={k: v for k, v in c.items() if k != "assigned"})
                 for s, c in zip(stage_rows, counts, strict=True)],

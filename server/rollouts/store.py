@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from server.orm import Device, DeviceUpdate, Rollout, RolloutStage, Transfer
+from server.orm import Device, DeviceUpdate, QualityHistory, QualitySummary, Rollout, RolloutStage, Transfer
 from server.rollouts.machine import OFFERING
 
 
@@ -79,3 +79,36 @@ def fully_downloaded(session: Session, rollout_id: int, device_pks: set[int]) ->
         got[0] += int(n)
         got[2] |= int(start) + int(n) >= int(size)
     return {pk for (pk, _sha), (total, size, reached_end) in sent.items() if reached_end and total >= size}
+
+
+# -- quality summaries (issue 18) ---------------------------------------------------------------------------
+def quality_row(session: Session, device_pk: int, rollout_id: int, candidate_version: int,
+                kind: str) -> QualitySummary | None:
+    return session.scalar(select(QualitySummary).where(
+        QualitySummary.device_pk == device_pk, QualitySummary.rollout_id == rollout_id,
+        QualitySummary.candidate_version == candidate_version, QualitySummary.kind == kind))
+
+
+def quality_rows(session: Session, rollout_id: int, kind: str, candidate_version: int) -> list[QualitySummary]:
+    return list(session.scalars(select(QualitySummary).where(
+        QualitySummary.rollout_id == rollout_id, QualitySummary.kind == kind,
+        QualitySummary.candidate_version == candidate_version)))
+
+
+def was_offered(session: Session, device_pk: int, rollout_id: int) -> bool:
+    """Whether this rollout ever offered the device a version (the device is in it)."""
+    return session.scalar(select(DeviceUpdate.id).where(DeviceUpdate.device_pk == device_pk,
+                                                        DeviceUpdate.rollout_id == rollout_id).limit(1)) is not None
+
+
+def history(session: Session, rollout_id: int) -> list[QualityHistory]:
+    return list(session.scalars(select(QualityHistory).where(QualityHistory.rollout_id == rollout_id)
+                                .order_by(QualityHistory.id)))
+
+
+def trim_history(session: Session, rollout_id: int, keep: int) -> None:
+    """Delete all but the newest ``keep`` history points of the rollout."""
+    ids = list(session.scalars(select(QualityHistory.id).where(QualityHistory.rollout_id == rollout_id)
+                               .order_by(QualityHistory.id.desc()).offset(keep)))
+    if ids:
+        session.execute(delete(QualityHistory).where(QualityHistory.id.in_(ids)))

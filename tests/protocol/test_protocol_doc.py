@@ -12,6 +12,7 @@ from protocol.contract import InputContract
 from protocol.envelope import sign, verify
 from protocol.errors import BadSignature, MalformedMessage
 from protocol.offer import Artifact, Delta, Offer, Smoke, parse_offer
+from protocol.quality import QualityPlan
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md").read_text()
 
@@ -33,7 +34,8 @@ def _offer() -> Offer:
                  delta=Delta("c" * 64, 5, "/api/v1/artifacts/" + "c" * 64, base_package_sha256="d" * 64),
                  smoke=Smoke(seed=1, count=1, shape=(1, 3, 227, 227), input_name="data_0", expected=[[0.5, 0.5]],
                              atol=0.001),
-                 expires=datetime(2026, 12, 6, 12, 0, tzinfo=UTC))
+                 expires=datetime(2026, 12, 6, 12, 0, tzinfo=UTC),
+                 quality=QualityPlan("live", sample_every=10, rollback_below_agreement=0.97, min_frames=100))
 
 
 def test_the_documented_offer_fields_are_exactly_the_protocol_offer_fields() -> None:

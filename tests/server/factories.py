@@ -44,6 +44,21 @@ def show_rollout(server: LiveServer, rollout_id: int) -> dict[str, Any]:
     return server.admin().get(f"/api/v1/rollouts/{rollout_id}").json()
 
 
+def summary(offer: dict[str, Any], seq: int, frames: int, agree: int, kind: str = "shadow", classes: int = 4,
+            latency_ms: float = 2.0, baseline_latency_ms: float = 2.0) -> dict[str, Any]:
+    """A car's cumulative quality summary of ``offer``'s version against version 1: ``frames`` compared,
+    ``agree`` of them with the same top-1 class (as protocol.quality.QualitySummary.to_dict() writes it)."""
+    from protocol.quality import ModelStats, QualitySummary
+
+    cand, base = ModelStats(), ModelStats()
+    for i in range(frames):
+        base.record(i % classes, 0.9, baseline_latency_ms)
+        cand.record(i % classes if i < agree else (i + 1) % classes, 0.85, latency_ms)
+    return QualitySummary(kind=kind, line=offer["line"], rollout_id=offer["rollout_id"],
+                          candidate_version=offer["target_version"], baseline_version=1, seq=seq, frames=frames,
+                          agree=agree, sampled=frames, dropped=0, candidate=cand, baseline=base).to_dict()
+
+
 class Car:
     """A device speaking the protocol with plain httpx (the real agent is tested in tests/client).
 
@@ -102,6 +117,10 @@ class Car:
         self.version = offer["target_version"]
         self.model_sha256 = offer["model_sha256"]
         self.package_sha256 = offer["package"]["sha256"]
+
+    def send_quality(self, *summaries: dict[str, Any]) -> httpx.Response:
+        """Send quality summaries (``QualitySummary.to_dict()``) alone, as a car does between reports."""
+        return self.http.post("/api/v1/device/reports", json={"reports": [], "quality": list(summaries)})
 
     def fail(self, offer: dict[str, Any], reason: str = "smoke test mismatch") -> None:
         assert self.report(offer, "downloading").status_code == 200

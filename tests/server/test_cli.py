@@ -54,6 +54,24 @@ def test_operator_cli_publishes_rolls_out_and_lists(live_server: LiveServer, cap
     assert code == 0 and json.loads(out)["device_id"] == "cli-car"
 
 
+def test_rollout_create_with_shadow_and_gates_and_show_prints_them(live_server: LiveServer,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    live_server.publish(ZOO / "v1.onnx")
+    live_server.publish(ZOO / "v2.onnx")
+    code, _, err = _ota(capsys, live_server, "rollout", "create", "--version", "2", "--shadow", "ten:60")
+    assert code == 1 and "PERCENT:SECONDS" in err
+    code, _, err = _ota(capsys, live_server, "rollout", "create", "--version", "2", "--gate", "agreement=>0.9")
+    assert code == 1 and "agreement=>0.9" in err
+    code, out, _ = _ota(capsys, live_server, "rollout", "create", "--version", "2", "--shadow", "10:3600:5",
+                        "--gate", "agreement>=0.97", "--gate", "min_frames=5000", "--json")
+    rollout = json.loads(out)
+    assert code == 0 and rollout["stages"][0]["mode"] == "shadow" and rollout["quality"]["shadow"]["sample_every"] == 5
+    code, out, _ = _ota(capsys, live_server, "rollout", "show", str(rollout["id"]))
+    assert code == 0 and "stage 1: 10%  SHADOW" in out and "shadow: 10% for at least 3600s, 1 frame in 5" in out
+    assert "gate agreement>=0.97: now -" in out and "gate min_frames=5000: now -" in out
+    assert "verdict: pending (waiting for enough frames)" in out
+
+
 def test_operator_cli_reports_bad_input_clearly(live_server: LiveServer, capsys: pytest.CaptureFixture[str],
                                                 tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"

@@ -55,3 +55,37 @@ def test_development_generates_tokens_and_signing_key_once(tmp_path: Path) -> No
     assert first.admin_token != first.enrollment_token
     assert (tmp_path / "admin-token").stat().st_mode & 0o777 == 0o600
     assert load_keyring(first).signer.key_id == load_keyring(again).signer.key_id
+
+
+def test_migration_0005_keeps_existing_rollouts_live_without_gates_and_downgrades(tmp_path: Path) -> None:
+    """Issue 18: rollouts from before 0005 get live stages, no gates and no shadow stage; 0005 downgrades."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from server.db import alembic_config, create_private_sqlite_file
+
+    with temporary_database() as pg:
+        url = _url(tmp_path, pg)
+        create_private_sqlite_file(url)
+        command.upgrade(alembic_config(url), "0004")
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO lines (id, name, created_at) VALUES (1, 'l', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO versions (id, line_id, number, source_sha256, source_bytes, labels, "
+                              "input_name, input_shape, contract, created_at) VALUES (1, 1, 1, 'x', 1, '[]', 'x', "
+                              "'[]', '{}', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO rollouts (id, line_id, version_id, target_version, codec, selector, state, "
+                              "current_stage, stage_started_at, rollback, created_at, updated_at) VALUES (1, 1, 1, 1, "
+                              "'lossless', '{}', 'running', 0, CURRENT_TIMESTAMP, false, CURRENT_TIMESTAMP, "
+                              "CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO rollout_stages (rollout_id, position, percent, min_soak_s) "
+                              "VALUES (1, 0, 100, 0)"))
+        upgrade_to_head(url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT mode FROM rollout_stages")).scalar_one() == "live"
+            assert conn.execute(text("SELECT gates, shadow FROM rollouts")).one() == (None, None)
+            assert conn.execute(text("SELECT count(*) FROM quality_summaries")).scalar_one() == 0
+        command.downgrade(alembic_config(url), "0004")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM rollout_stages")).scalar_one() == 1
+        engine.dispose()

@@ -1,0 +1,174 @@
+"""Model-quality telemetry of rollouts (issue 18): store the cars' summaries, merge and judge them, keep a history.
+
+A car sends its cumulative :class:`protocol.quality.QualitySummary` with its reports; :func:`record` keeps,
+per (device, rollout, candidate version, kind), the one with the highest ``seq``.  A rollout's figures are
+the merge of its cars' summaries (:func:`merged`), judged by its gates (:func:`protocol.quality.judge`):
+``service.evaluate`` promotes a shadow stage whose gates pass and halts a rollout whose gate fails.
+:func:`note_history` appends a point to the rollout's "agreement over time" when the figures changed, at most
+:data:`HISTORY_MAX` per rollout.  :func:`describe` is the API's ``quality`` object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from protocol.quality import KINDS, Gate, QualitySummary, Verdict, judge, parse_gate
+from server.db import as_utc, utcnow
+from server.errors import Conflict, NotFound
+from server.orm import Line, QualityHistory, Rollout
+from server.orm import QualitySummary as SummaryRow
+from server.registry import store as registry_store
+from server.rollouts import stages as staging
+from server.rollouts import store
+
+HISTORY_MAX = 500  # points per rollout
+
+
+def gates_of(r: Rollout) -> list[Gate]:
+    """The rollout's gates (checked when it was created)."""
+    return [parse_gate(str(g)) for g in (r.gates or [])]
+
+
+def record(session: Session, device_pk: int, device_id: str, s: QualitySummary) -> bool:
+    """Store ``s`` unless a summary with an equal or higher ``seq`` is stored; True when it was stored.
+
+    Raises:
+        NotFound: the rollout or the version does not exist, or the rollout never offered this device anything.
+        Conflict: the summary's line or candidate version is not the rollout's.
+    """
+    if s.rollout_id is None:
+        raise NotFound("quality summaries are kept per rollout: this one names no rollout_id")
+    r = store.rollout(session, s.rollout_id)
+    if r is None:
+        raise NotFound(f"rollout {s.rollout_id} does not exist")
+    line = session.get(Line, r.line_id)
+    if line is None or line.name != s.line:
+        raise Conflict(f"rollout {r.id} is on line {line.name if line else '?'!r}, not {s.line!r}")
+    if registry_store.version(session, r.line_id, s.candidate_version) is None:
+        raise NotFound(f"line {s.line!r} has no version {s.candidate_version}")
+    if s.candidate_version != r.target_version:
+        raise Conflict(f"rollout {r.id} ships version {r.target_version}, not {s.candidate_version}")
+    if not store.was_offered(session, device_pk, r.id):
+        raise NotFound(f"rollout {r.id} made no offer to this device")
+    row = store.quality_row(session, device_pk, r.id, s.candidate_version, s.kind)
+    if row is not None and row.seq >= s.seq:
+        return False  # re-sent or older: acknowledged, ignored
+    percents = [st.percent for st in store.stages(session, r.id)]
+    stage = staging.stage_of(r.id, device_id, percents)
+    if row is None:
+        row = SummaryRow(device_pk=device_pk, rollout_id=r.id, candidate_version=s.candidate_version, kind=s.kind,
+                         seq=s.seq, stage=stage, frames=s.frames, agree=s.agree, summary=s.to_dict(),
+                         updated_at=utcnow())
+        session.add(row)
+    else:
+        row.seq, row.stage, row.frames, row.agree = s.seq, stage, s.frames, s.agree
+        row.summary, row.updated_at = s.to_dict(), utcnow()
+    session.flush()
+    return True
+
+
+@dataclass(frozen=True)
+class Merged:
+    """A rollout's figures of one kind: the merge of its cars' latest summaries (None: none yet)."""
+
+    summary: QualitySummary | None
+    cars: int
+
+
+def merged(session: Session, r: Rollout, kind: str, stages: set[int] | None = None) -> Merged:
+    """Merge the rollout's stored summaries of ``kind`` for its version (of cars in ``stages``; None: all)."""
+    total: QualitySummary | None = None
+    cars = 0
+    for row in store.quality_rows(session, r.id, kind, r.target_version):
+        if stages is not None and row.stage not in stages:
+            continue
+        s = QualitySummary.from_dict(row.summary)
+        total = s if total is None else total.merge(s)
+        cars += 1
+    return Merged(total, cars)
+
+
+def _fmt(metric: str, value: float | None) -> str:
+    if value is None:
+        return f"{metric} not measured"
+    return f"{metric} {value:.4g}"
+
+
+def frames_text(v: Verdict) -> str:
+    return f"{int(v.values.get('frames') or 0):,} frames"
+
+
+def failed_reason(where: str, v: Verdict) -> str:
+    """``shadow gate agreement>=0.97 failed: agreement 0.83 on 5,210 frames``."""
+    assert v.failing is not None
+    return f"{where} gate {v.failing} failed: {_fmt(v.failing.metric, v.values.get(v.failing.metric))} on {frames_text(v)}"
+
+
+def passed_reason(gates: list[Gate], v: Verdict) -> str:
+    """``shadow gates passed: agreement 0.991 on 5,210 frames, latency_p99_ratio 1.02``."""
+    named = [g.metric for g in gates if g.metric != "frames"]
+    if not named:
+        return f"shadow gates passed on {frames_text(v)}"
+    first, rest = named[0], named[1:]
+    tail = "".join(f", {_fmt(m, v.values.get(m))}" for m in dict.fromkeys(rest))
+    return f"shadow gates passed: {_fmt(first, v.values.get(first))} on {frames_text(v)}{tail}"
+
+
+def _figures(m: Merged) -> dict[str, Any] | None:
+    if m.summary is None:
+        return None
+    f = m.summary.metrics()
+    return {"frames": int(f["frames"] or 0), "agreement": f["agreement"], "class_shift": f["class_shift"],
+            "latency_p50_ms": f["latency_p50_ms"], "latency_p99_ms": f["latency_p99_ms"],
+            "baseline_latency_p99_ms": f["baseline_latency_p99_ms"], "latency_p99_ratio": f["latency_p99_ratio"],
+            "confidence_mean": f["confidence_mean"], "baseline_confidence_mean": f["baseline_confidence_mean"],
+            "confidence_ratio": f["confidence_ratio"], "error_rate": f["error_rate"], "cars": m.cars,
+            "class_counts": {"candidate": m.summary.candidate.class_counts,
+                             "baseline": m.summary.baseline.class_counts}}
+
+
+def note_history(session: Session, r: Rollout, now: datetime | None = None) -> None:
+    """Append a point per kind whose merged figures changed since its last point (bounded)."""
+    points = store.history(session, r.id)
+    added = False
+    for kind in KINDS:
+        m = merged(session, r, kind)
+        if m.summary is None:
+            continue
+        f = m.summary.metrics()
+        point = (int(f["frames"] or 0), f["agreement"], f["latency_p99_ratio"], f["class_shift"])
+        last = next((p for p in reversed(points) if p.kind == kind), None)
+        if last is not None and (last.frames, last.agreement, last.latency_p99_ratio, last.class_shift) == point:
+            continue
+        session.add(QualityHistory(rollout_id=r.id, at=now or utcnow(), kind=kind, frames=point[0],
+                                   agreement=point[1], latency_p99_ratio=point[2], class_shift=point[3]))
+        added = True
+    if added:
+        session.flush()
+        if len(points) + len(KINDS) > HISTORY_MAX:
+            store.trim_history(session, r.id, HISTORY_MAX)
+
+
+def describe(session: Session, r: Rollout, shadow_stage: bool, live_stages: set[int] | None) -> dict[str, Any]:
+    """The ``quality`` object of ``GET /api/v1/rollouts/{id}`` (docs/PROTOCOL.md "Quality summaries")."""
+    gates = gates_of(r)
+    shadow, live = merged(session, r, "shadow"), merged(session, r, "live", live_stages)
+    judged = shadow if shadow_stage else live
+    if gates or shadow_stage:
+        v = judge(gates, judged.summary)
+        verdict = {"passed": v.passed, "failing": str(v.failing) if v.failing else None, "describe": v.describe()}
+    else:
+        verdict = {"passed": None, "failing": None, "describe": "no gates"}
+    return {
+        "gates": list(r.gates or []),
+        "shadow": dict(r.shadow) if r.shadow else None,
+        "summaries": {"shadow": _figures(shadow), "live": _figures(merged(session, r, "live"))},
+        "verdict": verdict,
+        "history": [{"at": as_utc(p.at), "kind": p.kind, "frames": p.frames, "agreement": p.agreement,
+                     "latency_p99_ratio": p.latency_p99_ratio, "class_shift": p.class_shift}
+                    for p in store.history(session, r.id)],
+    }

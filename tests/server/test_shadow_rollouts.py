@@ -1,0 +1,253 @@
+"""Shadow stages and quality gates over real HTTP (issue 18): summaries stored per seq, merged, judged; a shadow
+stage promoted by its gates or halted naming the failing one; a live gate that fails halts the rollout."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from itertools import count
+from typing import Any
+
+from server.rollouts.stages import stage_of
+from tests.conftest import ZOO
+from tests.server.factories import Car, create_rollout, show_rollout, stored_state, summary
+from tests.support.live_server import LiveServer
+
+_lines = count(1)
+
+
+def _line(server: LiveServer) -> tuple[str, dict[str, Any]]:
+    """A fresh line with v1 (stable) and v2."""
+    name = f"shadow-{next(_lines)}"
+    v1 = server.publish(ZOO / "v1.onnx", line=name)
+    server.publish(ZOO / "v2.onnx", line=name)
+    return name, v1
+
+
+def _fleet(server: LiveServer, line: str, v1: dict[str, Any], n: int) -> list[Car]:
+    cars = []
+    for i in range(n):
+        car = Car(server, f"{line}-car-{i:03d}", {"region": "eu"})
+        car.version, car.model_sha256 = 1, v1["packages"]["lossless"]["model_sha256"]
+        car.package_sha256 = v1["packages"]["lossless"]["sha256"]
+        assert car.poll(line) is None
+        cars.append(car)
+    return cars
+
+
+def _shadow_cars(cars: list[Car], rollout: dict[str, Any]) -> list[Car]:
+    percents = [s["percent"] for s in rollout["stages"]]
+    return [c for c in cars if stage_of(rollout["id"], c.device_id, percents) == 0]
+
+
+def _wait(what: str, check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _verify(car: Car, offer: dict[str, Any]) -> None:
+    """A shadow car's path: download, verify, and stay at verified (it does not install)."""
+    for state in ("downloading", "downloaded", "verified"):
+        assert car.report(offer, state).status_code == 200
+
+
+def _audit(server: LiveServer, action: str, rollout_id: int) -> list[dict[str, Any]]:
+    rows = server.admin().get("/api/v1/audit", params={"limit": 1000}).json()
+    return [a for a in rows if a["action"] == action and a["detail"].get("rollout_id") == rollout_id]
+
+
+def test_bad_gates_and_shadow_settings_are_refused_naming_the_field_and_store_nothing(server: LiveServer) -> None:
+    line, _ = _line(server)
+    admin = server.admin()
+    before = stored_state(server)
+    r = admin.post("/api/v1/rollouts", json={"line": line, "version": 2, "gates": ["agreement>=0.9", "agreement=>0.9"]})
+    assert r.status_code == 422 and "gates" in r.json()["detail"] and "agreement=>0.9" in r.json()["detail"]
+    r = admin.post("/api/v1/rollouts", json={"line": line, "version": 2, "gates": ["accuracy>=0.9"]})
+    assert r.status_code == 422 and "unknown metric 'accuracy'" in r.json()["detail"]
+    r = admin.post("/api/v1/rollouts", json={"line": line, "version": 2, "shadow": {"percent": 0}})
+    assert r.status_code == 422 and "shadow.percent" in r.json()["detail"]
+    r = admin.post("/api/v1/rollouts", json={"line": line, "version": 2, "shadow": {"percent": 10, "min_s": -1}})
+    assert r.status_code == 422 and "shadow.min_s" in r.json()["detail"]
+    r = admin.post("/api/v1/rollouts", json={"line": line, "version": 2, "shadow": {"percent": 60},
+                                             "stages": [{"percent": 50}, {"percent": 100}]})
+    assert r.status_code == 422 and "shadow.percent" in r.json()["detail"]
+    assert stored_state(server) == before
+
+
+def test_shadow_stage_offers_a_shadow_plan_to_its_cars_only(server: LiveServer) -> None:
+    line, v1 = _line(server)
+    cars = _fleet(server, line, v1, 16)
+    r = create_rollout(server, line=line, version=2, shadow={"percent": 40, "min_s": 3600, "sample_every": 5},
+                       gates=["agreement>=0.97", "min_frames=5000"])
+    assert [(s["mode"], s["percent"]) for s in r["stages"]] == [("shadow", 40), ("live", 100)]
+    assert r["quality"]["gates"] == ["agreement>=0.97", "min_frames=5000"]
+    assert r["quality"]["shadow"]["sample_every"] == 5 and r["quality"]["verdict"]["passed"] is None
+    shadow = {c.device_id for c in _shadow_cars(cars, r)}
+    assert 0 < len(shadow) < len(cars)
+    for car in cars:
+        offer = car.poll(line)
+        if car.device_id in shadow:
+            assert offer is not None and offer["quality"]["mode"] == "shadow"
+            assert offer["quality"]["sample_every"] == 5 and offer["target_version"] == 2
+        else:
+            assert offer is None
+
+
+def test_summaries_keep_the_highest_seq_and_merge_across_cars(server: LiveServer) -> None:
+    line, v1 = _line(server)
+    cars = _fleet(server, line, v1, 12)
+    r = create_rollout(server, line=line, version=2, shadow={"percent": 50, "min_s": 3600},
+                       gates=["agreement>=0.5", "min_frames=100000"])
+    a, b = _shadow_cars(cars, r)[:2]
+    offer_a, offer_b = a.poll(line), b.poll(line)
+    assert offer_a is not None and offer_b is not None
+    ack = a.send_quality(summary(offer_a, seq=5, frames=100, agree=90))
+    assert ack.status_code == 200 and ack.json()["quality_accepted"] == [5], ack.text
+    # a re-sent or older seq is acknowledged and changes nothing
+    assert a.send_quality(summary(offer_a, seq=5, frames=999, agree=0)).json()["quality_accepted"] == [5]
+    assert a.send_quality(summary(offer_a, seq=4, frames=999, agree=0)).json()["quality_accepted"] == [4]
+    figures = show_rollout(server, r["id"])["quality"]["summaries"]["shadow"]
+    assert figures["frames"] == 100 and figures["agreement"] == 0.9 and figures["cars"] == 1
+    assert b.send_quality(summary(offer_b, seq=1, frames=100, agree=70)).json()["quality_accepted"] == [1]
+    assert a.send_quality(summary(offer_a, seq=6, frames=200, agree=190)).json()["quality_accepted"] == [6]
+    q = show_rollout(server, r["id"])["quality"]
+    assert q["summaries"]["shadow"]["frames"] == 300 and q["summaries"]["shadow"]["cars"] == 2
+    assert abs(q["summaries"]["shadow"]["agreement"] - 260 / 300) < 1e-9
+    assert len(q["summaries"]["shadow"]["class_counts"]["candidate"]) == 4
+    assert q["verdict"]["passed"] is None  # 300 frames of the 100,000 the gate wants
+    _wait("a history point", lambda: any(p["frames"] == 300 for p in show_rollout(server, r["id"])["quality"]["history"]))
+    gauge = f'ota_rollout_quality_frames{{kind="shadow",rollout="{r["id"]}"}} 300.0'
+    _wait("the frames gauge (set by the rollout tick)", lambda: gauge in server.admin().get("/metrics").text)
+    assert show_rollout(server, r["id"])["state"] == "running"
+
+
+def test_summaries_for_another_rollout_or_version_are_refused_one_by_one(server: LiveServer) -> None:
+    line, v1 = _line(server)
+    cars = _fleet(server, line, v1, 8)
+    r = create_rollout(server, line=line, version=2, shadow={"percent": 50, "min_s": 3600},
+                       gates=["min_frames=100000"])
+    inside = _shadow_cars(cars, r)[0]
+    outside = next(c for c in cars if c not in _shadow_cars(cars, r))
+    offer = inside.poll(line)
+    assert offer is not None and outside.poll(line) is None
+    good = summary(offer, seq=2, frames=10, agree=10)
+    other_version = {**summary(offer, seq=3, frames=10, agree=10), "candidate_version": 9}
+    ack = inside.send_quality(good, other_version).json()
+    assert ack["quality_accepted"] == [2] and [x["seq"] for x in ack["quality_rejected"]] == [3]
+    ack = outside.send_quality(summary(offer, seq=1, frames=10, agree=10)).json()
+    assert ack["quality_accepted"] == [] and "made no offer" in ack["quality_rejected"][0]["detail"]
+    assert show_rollout(server, r["id"])["quality"]["summaries"]["shadow"]["frames"] == 10
+
+
+def test_malformed_quality_is_422_and_applies_nothing_not_even_the_reports(server: LiveServer) -> None:
+    line, v1 = _line(server)
+    (car,) = _fleet(server, line, v1, 1)
+    r = create_rollout(server, line=line, version=2, shadow={"percent": 100, "min_s": 3600},
+                       stages=[{"percent": 100}], gates=["min_frames=100000"])
+    offer = car.poll(line)
+    assert offer is not None and offer["rollout_id"] == r["id"]
+    before = stored_state(server)
+    report = {"seq": 1, "rollout_id": r["id"], "target_version": 2, "state": "downloading"}
+    bad = {**summary(offer, seq=1, frames=10, agree=11)}
+    for body, words in (({"reports": [report], "quality": [bad]}, "exceeds"),
+                        ({"reports": [], "quality": [{"kind": "shadow"}]}, "quality[0]"),
+                        ({"reports": [], "quality": [summary(offer, seq=i, frames=1, agree=1) for i in range(17)]},
+                         "quality"),
+                        ({"reports": [], "quality": [{**summary(offer, seq=1, frames=1, agree=1), "kind": "x"}]},
+                         "kind"),
+                        ({"reports": []}, "reports is empty")):
+        resp = car.http.post("/api/v1/device/reports", json=body)
+        assert resp.status_code == 422 and words in resp.json()["detail"], resp.text
+    assert stored_state(server) == before
+
+
+def test_shadow_gates_pass_after_min_s_promote_and_the_shadow_car_installs_from_verified(server: LiveServer) -> None:
+    line, v1 = _line(server)
+    cars = _fleet(server, line, v1, 10)
+    r = create_rollout(server, line=line, version=2, shadow={"percent": 40, "min_s": 0.5},
+                       gates=["agreement>=0.9", "min_frames=200"])
+    shadow = _shadow_cars(cars, r)
+    car = shadow[0]
+    offer = car.poll(line)
+    assert offer is not None and offer["quality"]["mode"] == "shadow"
+    _verify(car, offer)
+    assert car.send_quality(summary(offer, seq=1, frames=100, agree=99)).status_code == 200
+    time.sleep(0.6)
+    assert show_rollout(server, r["id"])["current_stage"] == 0  # 100 frames: not enough yet
+    assert car.send_quality(summary(offer, seq=2, frames=250, agree=240)).status_code == 200
+    _wait("promotion", lambda: show_rollout(server, r["id"])["current_stage"] == 1)
+    shown = show_rollout(server, r["id"])
+    assert shown["state"] == "running" and shown["reason"].startswith("shadow gates passed: agreement 0.96 on 250 frames")
+    assert _audit(server, "rollout.advance", r["id"])
+    live = car.poll(line)
+    assert live is not None and live["manifest_version"] > offer["manifest_version"]
+    assert live["quality"]["mode"] == "live" and live["quality"]["rollback_below_agreement"] == 0.9
+    assert live["package"] == offer["package"]  # the package it already holds
+    installed = car.report(live, "installed", running_version=2, running_model_sha256=live["model_sha256"])
+    assert installed.status_code == 200 and installed.json()["accepted"] == [car.seq], installed.text
+    device = server.admin().get(f"/api/v1/devices/{car.device_id}").json()
+    assert device["updates"][0]["state"] == "installed" and device["reported_version"] == 2
+    others = [c for c in cars if c not in shadow]
+    assert all((o := c.poll(line)) and o["quality"]["mode"] == "live" for c in others)
+
+
+def test_a_failing_shadow_gate_halts_naming_it_and_the_shadow_stage_never_goes_live(server: LiveServer) -> None:
+    line, v1 = _line(server)
+    cars = _fleet(server, line, v1, 10)
+    r = create_rollout(server, line=line, version=2, shadow={"percent": 50, "min_s": 0},
+                       gates=["agreement>=0.97", "latency_p99_ratio<=1.3", "min_frames=100"])
+    car = _shadow_cars(cars, r)[0]
+    offer = car.poll(line)
+    assert offer is not None
+    _verify(car, offer)
+    assert car.send_quality(summary(offer, seq=1, frames=100, agree=83)).status_code == 200
+    shown = show_rollout(server, r["id"])
+    assert shown["state"] == "halted" and shown["current_stage"] == 0
+    assert shown["reason"] == "shadow gate agreement>=0.97 failed: agreement 0.83 on 100 frames"
+    assert shown["quality"]["verdict"] == {"passed": False, "failing": "agreement>=0.97",
+                                           "describe": "gate agreement>=0.97 failed: agreement = 0.83"}
+    (halt,) = _audit(server, "rollout.halt", r["id"])
+    assert halt["detail"]["gate"] == "agreement>=0.97" and "agreement 0.83" in halt["detail"]["reason"]
+    assert car.poll(line) is None and all(c.poll(line) is None for c in cars)
+
+
+def test_a_shadow_stage_without_gates_promotes_after_min_s(server: LiveServer) -> None:
+    line, v1 = _line(server)
+    _fleet(server, line, v1, 3)
+    r = create_rollout(server, line=line, version=2, shadow={"percent": 30, "min_s": 0.3})
+    assert r["current_stage"] == 0
+    _wait("promotion", lambda: show_rollout(server, r["id"])["current_stage"] == 1)
+    assert "no gates" in show_rollout(server, r["id"])["reason"]
+
+
+def test_a_failing_live_gate_halts_the_rollout(server: LiveServer) -> None:
+    line, v1 = _line(server)
+    (car,) = _fleet(server, line, v1, 1)
+    r = create_rollout(server, line=line, version=2, stages=[{"percent": 100}],
+                       gates=["agreement>=0.95", "min_frames=50"])
+    offer = car.poll(line)
+    assert offer is not None and offer["quality"]["mode"] == "live"
+    car.install(offer, download=False)
+    assert car.send_quality(summary(offer, seq=1, frames=60, agree=59, kind="live")).status_code == 200
+    assert show_rollout(server, r["id"])["state"] == "running"
+    assert car.send_quality(summary(offer, seq=2, frames=120, agree=100, kind="live")).status_code == 200
+    shown = show_rollout(server, r["id"])
+    assert shown["state"] == "halted"
+    assert shown["reason"].startswith("stage 0 live gate agreement>=0.95 failed: agreement 0.8333 on 120 frames")
+    assert shown["quality"]["summaries"]["live"]["frames"] == 120
+
+
+def test_a_live_comparison_rollback_counts_toward_the_error_threshold(server: LiveServer) -> None:
+    line, v1 = _line(server)
+    (car,) = _fleet(server, line, v1, 1)
+    r = create_rollout(server, line=line, version=2, stages=[{"percent": 100}], error_threshold_count=1,
+                       gates=["agreement>=0.95"])
+    offer = car.poll(line)
+    assert offer is not None
+    car.install(offer, download=False)
+    car.report(offer, "rolled_back", reason="live comparison failed: agreement 0.61 on 120 frames",
+               running_version=1, running_model_sha256=v1["packages"]["lossless"]["model_sha256"])
+    shown = show_rollout(server, r["id"])
+    assert shown["state"] == "halted" and "error threshold" in shown["reason"]
