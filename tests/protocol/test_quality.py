@@ -8,8 +8,18 @@ from typing import Any
 import pytest
 
 from protocol.errors import MalformedMessage
-from protocol.quality import (CONFIDENCE_BINS, LATENCY_BINS, MAX_CLASSES, ModelStats, QualityPlan, QualitySummary,
-                              judge, latency_bin, parse_gate, quantile_ms)
+from protocol.quality import (
+    CONFIDENCE_BINS,
+    LATENCY_BINS,
+    MAX_CLASSES,
+    ModelStats,
+    QualityPlan,
+    QualitySummary,
+    judge,
+    latency_bin,
+    parse_gate,
+    quantile_ms,
+)
 
 
 def _summary(agree: int, frames: int, *, classes: int = 4, seq: int = 1) -> QualitySummary:
