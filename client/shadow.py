@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models.preprocess import postprocess
-from protocol.quality import QualityPlan, QualitySummary
+from protocol.quality import MAX_CLASSES, QualityPlan, QualitySummary
 
 if TYPE_CHECKING:
     from client.hotswap import LoadedModel, Prediction
@@ -66,6 +66,10 @@ class Comparator:
         candidate, baseline = (beside.version, live_version) if kind == "shadow" else (live_version, beside.version)
         fresh = QualitySummary(kind=kind, line=line, rollout_id=rollout_id, candidate_version=candidate,
                                baseline_version=baseline)
+        # class counts as long as each side's label list from the start: a summary's size is fixed by the line
+        cand_model, base_model = (beside, live) if kind == "shadow" else (live, beside)
+        fresh.candidate.class_counts = [0] * min(len(cand_model.contract.labels), MAX_CLASSES)
+        fresh.baseline.class_counts = [0] * min(len(base_model.contract.labels), MAX_CLASSES)
         same = resume is not None and (resume.kind, resume.rollout_id, resume.candidate_version,
                                        resume.baseline_version) == (kind, rollout_id, candidate, baseline)
         self._summary = copy.deepcopy(resume) if same and resume is not None else fresh
