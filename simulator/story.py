@@ -281,6 +281,9 @@ async def _rollout_phase(admin: RegistryAdmin, fleet: Fleet, line: str, name: st
     quality: dict[str, Any] = {}
     if name in opts.shadowed:
         quality = {"shadow": shadow_for(opts), "gates": list(opts.gates)}
+        # the shadow cars go live first (the registry's stages are cumulative from the shadow stage): a version
+        # every car has shadowed goes live on the stages at least that wide
+        stages = [s for s in stages if s["percent"] >= opts.shadow_percent] or stages[-1:]
         say(f"  shadow stage on {opts.shadow_percent:g}% of the cars (every {opts.shadow_sample_every} frame"
             f"{'s' if opts.shadow_sample_every > 1 else ''}), gates {', '.join(opts.gates)}")
     r = await asyncio.to_thread(admin.start_rollout, line, v["version"], stages,

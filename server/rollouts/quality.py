@@ -157,17 +157,22 @@ def describe(session: Session, r: Rollout, shadow_stage: bool, live_stages: set[
     """The ``quality`` object of ``GET /api/v1/rollouts/{id}`` (docs/PROTOCOL.md "Quality summaries")."""
     gates = gates_of(r)
     shadow, live = merged(session, r, "shadow"), merged(session, r, "live", live_stages)
+    def verdict_on(m: Any) -> dict[str, Any]:
+        v = judge(gates, m.summary)
+        return {"passed": v.passed, "failing": str(v.failing) if v.failing else None, "describe": v.describe()}
+
+    no_gates = {"passed": None, "failing": None, "describe": "no gates"}
     judged = shadow if shadow_stage else live
-    if gates or shadow_stage:
-        v = judge(gates, judged.summary)
-        verdict = {"passed": v.passed, "failing": str(v.failing) if v.failing else None, "describe": v.describe()}
-    else:
-        verdict = {"passed": None, "failing": None, "describe": "no gates"}
+    verdict = verdict_on(judged) if gates or shadow_stage else no_gates
     return {
         "gates": list(r.gates or []),
         "shadow": dict(r.shadow) if r.shadow else None,
         "summaries": {"shadow": _figures(shadow), "live": _figures(merged(session, r, "live"))},
+        # ``verdict`` judges the current stage (shadow or live); ``verdicts`` both, so that a promoted or
+        # completed rollout still shows what its shadow stage proved
         "verdict": verdict,
+        "verdicts": {"shadow": verdict_on(shadow) if r.shadow else None,
+                     "live": verdict_on(live) if gates else no_gates},
         "history": [{"at": as_utc(p.at), "kind": p.kind, "frames": p.frames, "agreement": p.agreement,
                      "latency_p99_ratio": p.latency_p99_ratio, "class_shift": p.class_shift}
                     for p in store.history(session, r.id)],

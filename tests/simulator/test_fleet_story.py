@@ -103,14 +103,17 @@ def test_delta_updates_were_used_wherever_the_car_had_a_base(story: dict[str, An
     for car in story["report"]["cars_detail"]:
         kinds = [i["artifact"] for i in car["installs"]]
         assert kinds[0] == "full", car  # nothing on disk yet
-        assert set(kinds[1:]) == {"delta"}, car
+        # "staged": a version the car shadowed goes live from the package it fetched (by delta) to shadow it
+        assert set(kinds[1:]) <= {"delta", "staged"} and "delta" in kinds[1:], car
+        shadowed = {o["version"] for o in story["report"]["rollouts"] if o.get("shadow")}
         for i in car["installs"][1:]:
             assert i["bytes_received"] < i["package_bytes"], i  # offered only when smaller than the package
+            assert i["artifact"] == "delta" or i["target_version"] in shadowed, i
     parked = [c for c in story["report"]["cars_detail"] if c["device_id"] in story["report"]["parked"]]
     assert parked
     for car in parked:  # back after missing v2, v3 (and the bad one): one delta from v1 straight to v4 or v5
         first, second = car["installs"][:2]
-        assert (first["target_version"], second["artifact"]) == (1, "delta")
+        assert first["target_version"] == 1 and second["artifact"] in ("delta", "staged"), car
         assert second["target_version"] >= _outcome(story["report"], "v4")["version"], car
 
 
@@ -258,7 +261,7 @@ def test_the_good_version_is_promoted_from_shadow_by_its_gates(story: dict[str, 
     rollout = _rollout(story, v4["rollout"])
     assert rollout["state"] == "completed" and rollout["stages"][0]["mode"] == "shadow"
     assert rollout["current_stage"] == len(rollout["stages"]) - 1
-    verdict, figures = rollout["quality"]["verdict"], rollout["quality"]["summaries"]["shadow"]
+    verdict, figures = rollout["quality"]["verdicts"]["shadow"], rollout["quality"]["summaries"]["shadow"]
     assert verdict["passed"] is True and verdict["failing"] is None
     assert figures["frames"] >= 1000 and figures["agreement"] >= 0.94
     assert v4["promoted_by_gates"] is True and v4["stopped_by"] is None and v4["operator_advanced_stages"] == []
