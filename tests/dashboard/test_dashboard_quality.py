@@ -88,7 +88,8 @@ def test_the_rollout_page_shows_the_shadow_verdict_the_failing_gate_and_the_qual
     assert page.locator("#quality-failing").inner_text().strip() == verdict["failing"]
     for gate in GATES:
         assert gate in page.locator("#quality-verdict").inner_text()
-    assert "shadow" in page.locator("tr[data-stage='0']").inner_text()
+    shadow_row = page.locator("tr[data-stage='0']").inner_text()
+    assert "shadow" in shadow_row and "when its quality gates pass" in shadow_row
     # agreement over time with the gate drawn (a canvas by uPlot), latency, class distribution by label
     for chart in ("chart-agreement", "chart-latency", "chart-classes"):
         assert page.locator(f"[data-chart={chart}] canvas").count() >= 1, chart
