@@ -81,7 +81,7 @@ from client.slots import PACKAGE_FILE, Journal, SlotRecord, SlotStore
 from client.tls import registry_transport
 from client.trust import Status, TrustKeeper, check_status, verify_by_any
 from models.errors import BaseMismatch, CorruptPackage, DeltaError
-from protocol.quality import QualityPlan
+from protocol.quality import CONFIDENCE_COLLAPSE_RATIO, QualityPlan
 
 log = logging.getLogger("client.agent")
 
@@ -774,6 +774,10 @@ class Agent:
         if agreement < plan.rollback_below_agreement:
             return (f"live comparison: agreement {agreement:.2f} with v{s.baseline_version} on {s.frames} frames, "
                     f"below {plan.rollback_below_agreement:g}"), False
+        ratio = s.metrics()["confidence_ratio"]
+        if ratio is not None and ratio < CONFIDENCE_COLLAPSE_RATIO:
+            return (f"live comparison: mean confidence {ratio:.2f}x that of v{s.baseline_version} on {s.frames} "
+                    f"frames, below {CONFIDENCE_COLLAPSE_RATIO:g}x (confidence collapse)"), False
         return None, False
 
     async def _health_rollback(self, reason: str) -> None:

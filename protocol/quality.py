@@ -36,6 +36,9 @@ LATENCY_EDGES_MS: tuple[float, ...] = tuple(0.05 * 1.3 ** k for k in range(48))
 LATENCY_BINS = len(LATENCY_EDGES_MS) + 1
 #: Class-count vectors longer than this are refused (a line with more classes folds the rest into the last).
 MAX_CLASSES = 1024
+#: Live plans: the new version is also rolled back when its mean top-1 confidence on the compared frames falls
+#: below this share of the previous version's on the same frames (a confidence collapse that keeps the top-1).
+CONFIDENCE_COLLAPSE_RATIO = 0.5
 #: Summaries one report request may carry.
 MAX_SUMMARIES = 16
 MAX_COUNT = 2**53  # a JSON number both ends read exactly
@@ -250,7 +253,8 @@ class QualityPlan:
     core, above which sampled frames are dropped (never delayed).  ``report_every_s``: how often the car
     sends its cumulative summary.  ``rollback_below_agreement`` (``live`` mode only): the car rolls the new
     version back when, after at least ``min_frames`` compared frames in its health window, its top-1
-    agreement with the previous version is below this (None: only the NaN/error rule rolls back).
+    agreement with the previous version is below this, or its mean confidence is below
+    ``CONFIDENCE_COLLAPSE_RATIO`` of the previous version's (None: only the NaN/error rule rolls back).
     """
 
     mode: str

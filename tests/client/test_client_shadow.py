@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from agent_factories import OfflineOffers, sha, zoo_model
-from shadow_models import slow, swapped_classes
+from shadow_models import flattened, slow, swapped_classes
 
 from client import Agent, AgentConfig
 from client.hotswap import HotSwapper, LoadedModel
@@ -256,6 +256,24 @@ def test_a_live_plan_rolls_back_a_version_that_disagrees_with_the_previous_one(t
     summary = [q for q in agent.store.load().quality if q["kind"] == "live"]
     assert len(summary) == 1 and summary[0]["candidate_version"] == 2 and summary[0]["baseline_version"] == 1
     assert agent.swapper.comparator is None  # type: ignore[attr-defined]
+
+
+def test_a_live_plan_rolls_back_a_version_whose_confidence_collapses_with_the_same_answers(tmp_path: Path) -> None:
+    agent, offers = make_agent(tmp_path, health_window_inferences=5)
+    m1 = zoo_model(1)
+    asyncio.run(agent.handle_offer(offers.offer(m1, 1)))
+    live = QualityPlan("live", sample_every=1, rollback_below_agreement=0.9, min_frames=10).to_dict()
+    asyncio.run(agent.handle_offer(offers.offer(flattened(m1), 2, rollout_id=11, quality=live)))
+    comparator = agent.swapper.comparator  # type: ignore[attr-defined]
+    while comparator.snapshot().frames < 10:
+        feed(agent.predict, STOP_YIELD[:10], pace_s=0.002)
+        settle(comparator.snapshot)
+    s = comparator.snapshot()
+    assert s.agree == s.frames  # every answer the same: only the confidence rule can see it
+    assert asyncio.run(agent.check_health()) is False
+    assert agent.running_version == 1
+    reason = agent.journal.outbox[-1]["reason"]
+    assert "confidence collapse" in reason and "that of v1" in reason
 
 
 def test_a_live_plan_keeps_a_version_that_agrees_and_closes_the_window(tmp_path: Path) -> None:
