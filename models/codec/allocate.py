@@ -456,6 +456,7 @@ def choose_int8(weights: dict[str, np.ndarray], base: dict[str, Coded], probe: P
         fid = _measure(probe, coded)
         if min_agreement is None or fid.passes(min_agreement):
             return coded, fid, {"reused_grid": reuse}
+    assert min_agreement is not None  # without a gate the first build was returned
     raise FidelityGateError(
         f"int8 reaches top-1 agreement {fid.top1_agreement:.4f} on the probe (expected "
         f"{fid.expected_agreement:.4f} under its output noise); the gate {min_agreement:.4f} needs at least that "
