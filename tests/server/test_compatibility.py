@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 from itertools import count
+from pathlib import Path
 from typing import Any
 
 import onnx
+import pytest
 
+from cli.main import main
 from protocol.platform import Platform
 from tests.conftest import ZOO
 from tests.server.factories import Car, create_rollout, show_rollout, stored_state
@@ -138,3 +141,25 @@ def test_a_rollout_no_selected_car_can_run_is_refused_naming_the_requirement(ser
     _runs_v1(Car(server, f"{line}-unknown", tags), line, v1)
     assert server.admin().post("/api/v1/rollouts", json={"line": line, "version": 2,
                                                          "selector": tags}).status_code == 201
+
+
+def test_ota_shows_what_a_version_needs_and_the_incompatible_cars(server: LiveServer, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    line, v1 = _line_with_v1(server)
+    spec = tmp_path / "contract.json"
+    spec.write_text(json.dumps(v1["contract"]))
+    code = main(["publish", str(ZOO / "v2.onnx"), f"--line={line}", "--requires", '{"min_ort_version": "1.20"}',
+                 f"--spec={spec}", f"--server={server.url}", f"--token={server.admin_token}"])
+    assert code == 0, capsys.readouterr().err
+    tags = {"fleet": line}
+    _runs_v1(Car(server, f"{line}-old", tags, platform=OLD), line, v1)
+    _runs_v1(Car(server, f"{line}-new", tags, platform=NEW), line, v1)
+    rollout = create_rollout(server, line=line, version=2, selector=tags, stages=[{"percent": 100}])
+    capsys.readouterr()
+    assert main(["versions", f"--line={line}", f"--server={server.url}", f"--token={server.admin_token}"]) == 0
+    out = capsys.readouterr().out
+    assert "needs: IR 8, ai.onnx opset 17" in out and "ONNX Runtime >= 1.20" in out
+    assert main(["rollout", "show", str(rollout["id"]), f"--server={server.url}",
+                 f"--token={server.admin_token}"]) == 0
+    assert "incompatible=1" in capsys.readouterr().out
+
