@@ -204,6 +204,7 @@ class DeviceOut(BaseModel):
     revoked_at: UtcDateTime | None = None
     decommissioned_at: UtcDateTime | None = None
     reauthorized_until: UtcDateTime | None = None
+    platform: dict[str, Any] | None = None  # what the car reported it can run (issue 20); null: never reported
 
 
 class ReauthorizeIn(BaseModel):

@@ -325,7 +325,7 @@ def _device_out(session: Session, device: Device, presence: LastSeen, with_updat
                              poll_interval_s=device.poll_interval_s, last_seen_at=seen,
                              created_at=device.created_at, updates=updates, public_key=device.public_key,
                              revoked_at=device.revoked_at, decommissioned_at=device.decommissioned_at,
-                             reauthorized_until=device.reauthorized_until)
+                             reauthorized_until=device.reauthorized_until, platform=device.platform)
 
 
 def inventory(session: Session, presence: LastSeen, tag_filter: dict[str, str] | None = None,
