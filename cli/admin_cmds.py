@@ -139,9 +139,28 @@ def fidelity_text(f: dict[str, Any]) -> str:
     return f"top-1 agreement {f['top1_agreement']:.4f} on {f.get('probe_count') or '?'} images{gate}"
 
 
+def requirements_text(r: dict[str, Any] | None) -> str:
+    """What a version needs of a car (issue 20), one line: ``IR 8, ai.onnx opset 17, ONNX Runtime >= 1.18``."""
+    if not r:
+        return "none recorded (published before compatibility checks: any car)"
+    parts = [f"IR {r['ir_version']}"] if r.get("ir_version") else []
+    parts += [f"{d} opset {n}" for d, n in sorted((r.get("opsets") or {}).items())]
+    if r.get("min_ort_version"):
+        parts.append(f"ONNX Runtime >= {r['min_ort_version']}")
+    for key, label in (("providers", "provider"), ("arch", "arch")):
+        if r.get(key):
+            parts.append(f"{label} {' or '.join(r[key])}")
+    if r.get("hardware"):
+        parts.append(f"hardware {', '.join(r['hardware'])}")
+    if r.get("min_memory_mb") is not None:
+        parts.append(f">= {r['min_memory_mb']} MB memory")
+    return ", ".join(parts) or "nothing"
+
+
 def version_rows(v: dict[str, Any]) -> list[str]:
     rows = [f"{v['line']} version {v['version']}  source {_kb(v['source_bytes'])}  sha256 {v['source_sha256'][:12]}",
-            f"  contract: {contract_text(v['contract'])}"]
+            f"  contract: {contract_text(v['contract'])}",
+            f"  needs: {requirements_text(v.get('requirements'))}"]
     if v.get("contract_changed"):
         rows.append(f"  contract changed from version {v['version'] - 1}: {', '.join(v['contract_changed'])}")
     for name, p in sorted(v["packages"].items()):
@@ -160,6 +179,8 @@ def publish(args: argparse.Namespace) -> int:
             if v is not None}
     if spec is not None:
         form["contract"] = json.dumps(spec)
+    if args.requires:
+        form["requirements"] = args.requires
     files = {"file": (path.name, path.read_bytes())}
     if args.probe:
         files["probe"] = ("probe.npz", probe_file(Path(args.probe)))
@@ -442,6 +463,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--probe", metavar="DIR|FILE.npz",
                    help="calibration images for the line: a folder of JPEG/PNG files (any sizes) or an .npz of "
                         "uint8 images; uploaded once, later versions reuse them; a new --probe replaces them")
+    p.add_argument("--requires", metavar="JSON",
+                   help="what a car must have beyond what the model says, e.g. '{\"min_ort_version\": \"1.18\", "
+                        "\"providers\": [\"CUDAExecutionProvider\"]}' (fields: min_ort_version, providers, arch, "
+                        "hardware, min_memory_mb, ir_version, opsets); cars that do not meet it are never offered "
+                        "the version")
     add_contract_arguments(p)
     _common(p)
     p.set_defaults(func=_run(publish))

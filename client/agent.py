@@ -75,6 +75,7 @@ from client.identity import (
     save_identity,
 )
 from client.manifest import Artifact, Offer, check_offer
+from client.platform_probe import current_platform
 from client.ratelimit import TokenBucket
 from client.shadow import Comparator
 from client.slots import PACKAGE_FILE, Journal, SlotRecord, SlotStore
@@ -137,6 +138,10 @@ class Agent:
         self._wall_clock = wall_clock
         self._rng = rng or random.Random()
         self.journal = Journal()
+        # What this car can run (issue 20), sent in full at enrolment and on the first poll of the process (the
+        # registry may hold an older one: a runtime upgrade restarts the agent), then as its digest.
+        self.platform = config.platform or current_platform(config.hardware)
+        self._platform_sent = False
         self.identity: Identity | None = None
         self.trust = TrustKeeper(config.root_public_key, config.state_dir / "trust.json", fsync=config.fsync)
         #: The latest verified "no offer" status: the registry had nothing for this car until its expiry.
@@ -342,7 +347,9 @@ class Agent:
         e = await self.api.enroll(self.config.device_id, self.config.enroll_token, self.config.tags,
                                   public_key=self.device_key.public_b64,
                                   proof=self.device_key.enroll_proof(
-                                      self.config.device_id, int(self._wall_clock().timestamp() * 1000)))
+                                      self.config.device_id, int(self._wall_clock().timestamp() * 1000)),
+                                  platform=self.platform.to_dict() if self.platform else None)
+        self._platform_sent = self.platform is not None
         delegation = self.trust.accept(e.delegation, self._wall_clock())
         if e.key_id not in delegation.keys or delegation.keys[e.key_id] != e.public_key:
             raise OfferRejected(f"enrolment presented key {e.key_id[:12]}, which the root-signed delegation "
@@ -368,7 +375,10 @@ class Agent:
             active.model_sha256 if active else None,
             active.package_sha256 if active else None,
             self.agent_state,
+            platform_sha256=self.platform.digest() if self.platform else None,
+            platform=self.platform.to_dict() if self.platform and not self._platform_sent else None,
         )
+        self._platform_sent = True
         self.poll_interval_s = clamp_server_poll_interval(self.config, result.poll_interval_s)
         if result.offer is not None:
             await self.handle_offer(result.offer)

@@ -87,7 +87,8 @@ class RegistryClient:
             raise Offline(f"registry unreachable at {self.http.base_url} ({type(e).__name__}: {e})") from e
 
     async def enroll(self, device_id: str, enroll_token: str | None, tags: dict[str, str],
-                     public_key: str | None = None, proof: dict[str, Any] | None = None) -> Enrollment:
+                     public_key: str | None = None, proof: dict[str, Any] | None = None,
+                     platform: dict[str, Any] | None = None) -> Enrollment:
         """Enrol a new id with an enrolment token, or re-enrol (rotating the token) with a ``proof`` signed by
         the car's registered key (then no enrolment token is needed).
 
@@ -101,6 +102,8 @@ class RegistryClient:
             body["public_key"] = public_key
         if proof is not None:
             body["proof"] = proof
+        if platform is not None:
+            body["platform"] = platform
         resp = await self._post("/devices/enroll", body, enroll_token)
         body = _json(resp, "enrolment", expect=(200, 201))
         try:
@@ -122,19 +125,28 @@ class RegistryClient:
         current_model_sha256: str | None,
         current_package_sha256: str | None,
         agent_state: str,
+        platform_sha256: str | None = None,
+        platform: dict[str, Any] | None = None,
     ) -> PollResult:
         """Tell the registry what runs here and get its offer, if any.
+
+        ``platform_sha256`` is the digest of what the car can run (issue 20), ``platform`` the platform itself
+        when the registry may not have it yet.
 
         Raises:
             Unauthorized, ServerError, Offline: as for ``enroll``.
         """
-        body = {
+        body: dict[str, Any] = {
             "line": line,
             "current_version": current_version,
             "current_model_sha256": current_model_sha256,
             "current_package_sha256": current_package_sha256,
             "agent_state": agent_state,
         }
+        if platform_sha256 is not None:
+            body["platform_sha256"] = platform_sha256
+        if platform is not None:
+            body["platform"] = platform
         data = _json(await self._post("/device/poll", body, self.device_token), "poll")
         offer = data.get("offer")
         if offer is not None and not isinstance(offer, dict):

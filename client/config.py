@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol.platform import Platform
+
 log = logging.getLogger("client.config")
 
 
@@ -28,6 +30,11 @@ class AgentConfig:
     #: Fleet enrollment token; needed only for the first start (or if the device token is revoked).
     enroll_token: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    #: Hardware tags reported in the car's platform (issue 20: a version may need one, e.g. "npu-v2").
+    hardware: tuple[str, ...] = ()
+    #: What the car reports it can run; None measures the local ONNX Runtime (client/platform_probe.py).  Set
+    #: it only to model another car (the simulator's older cars, tests).
+    platform: Platform | None = None
     #: PEM file of the CA that signed the registry's https certificate, when the system's CAs do not know it.
     ca_cert_path: Path | None = None
 

@@ -45,6 +45,8 @@ class Version(Base):
     input_shape: Mapped[list[Any]]
     contract: Mapped[dict[str, Any]]  # protocol.contract.InputContract.to_dict(), signed into every offer
     created_at: Mapped[datetime]
+    # issue 20: protocol.platform.Requirements.to_dict() (what a car must have to run it); NULL: nothing
+    requirements: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Package(Base):
@@ -105,6 +107,10 @@ class Device(Base):
     reauthorized_until: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     decommissioned_at: Mapped[datetime | None]
+    # issue 20: the car's reported protocol.platform.Platform.to_dict() and its digest (polls carry the digest);
+    # NULL: never reported, treated as able to run any version
+    platform: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    platform_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class DeviceUpdate(Base):

@@ -32,8 +32,10 @@ from server.rollouts import schemas as ro_schemas
 from server.rollouts import service as rollouts
 from server.rollouts.membership import MembershipCache
 
-# Order of the per-state columns and stacked bars: the way a device moves, then the bad ends.
-STATES = ("pending", "offered", "downloading", "downloaded", "verified", "installed", "failed", "rolled_back")
+# Order of the per-state columns and stacked bars: the way a device moves, then the bad ends; "incompatible"
+# (issue 20): cars never offered the version because they cannot run it (not failures, not waited for).
+STATES = ("pending", "offered", "downloading", "downloaded", "verified", "installed", "failed", "rolled_back",
+          "incompatible")
 IN_PROGRESS = ("offered", "downloading", "downloaded", "verified")
 # Bottom-up order of the stacked "devices per state over time" chart: done at the bottom, trouble on top.
 STACK_ORDER = ("installed", "verified", "downloaded", "downloading", "offered", "failed", "rolled_back")

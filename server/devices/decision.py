@@ -12,7 +12,10 @@ offering rollout whose selector matches and whose reached stages include the
 device, else the line's stable version (``lineview.desired_in``); its package
 is the rollout's codec, else the server's preferred codecs, else any.  No
 offer when there is no such package, the car runs the target, the target is a
-downgrade outside a rollback, or the car already rolled this offer back.  An
+downgrade outside a rollback, the car cannot run the target (issue 20: its
+reported platform does not meet the version's requirements; a car that never
+reported a platform is treated as able to run anything), or the car already
+rolled this offer back.  An
 offer stored for the same (rollout, version) is sent again unchanged while it
 has the same codec and transfer delta, is fresh for more than half its time to
 live, and was signed by the online key; otherwise a new one is signed.
@@ -31,7 +34,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from server.rollouts.lineview import LineView, PackageView, TargetView, choose_package, desired_in
+from protocol.platform import Platform
+from server.rollouts.lineview import LineView, PackageView, TargetView, VersionView, choose_package, desired_in
 
 ROLLED_BACK = "rolled_back"
 
@@ -63,6 +67,8 @@ class DeviceView:
     drift: bool
     drift_detail: str | None
     offers: dict[tuple[int, int], OfferView]  # (rollout id or 0, version id) -> offer
+    platform: Platform | None = None  # what the car reported it can run (issue 20); None: never reported
+    platform_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,8 @@ class PollView:
     current_model_sha256: str | None = None
     current_package_sha256: str | None = None
     deltas: Mapping[str, str | None] | None = None
+    platform_sha256: str | None = None  # the digest the car sent (issue 20)
+    platform: Platform | None = None  # the platform itself, when the car sent it
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +107,7 @@ class Running:
     running_model_sha256: str | None
     drift: bool
     drift_detail: str | None
+    platform: Platform | None = None  # a newly reported platform to store (None: unchanged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +154,27 @@ def running_change(device: DeviceView, line: str, poll: PollView) -> Running | N
     drift = device.reported_version is not None and poll.current_version != device.reported_version
     detail = (f"reported installed version {device.reported_version} but polls with version {poll.current_version}"
               if drift else None)
+    platform = poll.platform if poll.platform is not None and poll.platform_sha256 != device.platform_sha256 else None
     if (device.line == line and device.running_version == poll.current_version
             and device.running_model_sha256 == poll.current_model_sha256 and device.drift == drift
-            and device.drift_detail == detail):
+            and device.drift_detail == detail and platform is None):
         return None
-    return Running(line, poll.current_version, poll.current_model_sha256, drift, detail)
+    return Running(line, poll.current_version, poll.current_model_sha256, drift, detail, platform)
+
+
+def can_run(version: VersionView, platform: Platform | None) -> bool:
+    """Whether a car with ``platform`` can run ``version`` (issue 20).  An unknown platform can: it is a car
+    from before platforms were reported, and withholding every update from it would strand it.
+
+    Memoised per version and platform digest, so the cached poll path pays a dict lookup.
+    """
+    if platform is None or version.requirements is None:
+        return True
+    digest = platform.digest()
+    fits = version.fits.get(digest)
+    if fits is None:
+        fits = version.fits[digest] = not version.requirements.unmet(platform)
+    return fits
 
 
 def _wanted_delta(poll: PollView, package: PackageView, offer: OfferView | None) -> str | None | object:
@@ -180,6 +205,8 @@ def decide(device: DeviceView, line: LineView, poll: PollView, now: datetime, po
     package = choose_package(target.version, target.codec, policy.codecs) if target is not None else None
     if target is None or package is None or not _offers(target, package, poll):
         return NoOffer(interval, running)
+    if not can_run(target.version, poll.platform or device.platform):
+        return NoOffer(interval, running)  # the car keeps its version; the rollout counts it incompatible
     offer = device.offers.get((target.rollout.id if target.rollout else 0, target.version.id))
     if offer is not None and offer.state == ROLLED_BACK:
         return NoOffer(interval, running)  # this device tried and fell back; wait for an operator

@@ -93,6 +93,9 @@ def enroll(session: Session, settings: Settings, signer: Signer, enrollment_toke
         else:
             raise _exists(body.device_id)
     device.token_sha256 = token_digest(token)
+    platform = body.parsed_platform()
+    if platform is not None:  # what the car can run (issue 20); a re-enrolment after an upgrade updates it
+        device.platform, device.platform_sha256 = platform.to_dict(), platform.digest()
     session.flush()
     audit.record(session, actor, "device.enroll", device_id=device.device_id, outcome=outcome,
                  key=device.public_key)

@@ -47,6 +47,8 @@ from typing import Any
 from sqlalchemy import bindparam, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from protocol.errors import MalformedMessage
+from protocol.platform import Platform
 from server.config import Settings
 from server.db import Database, as_utc
 from server.devices import schemas
@@ -61,7 +63,7 @@ Trust = tuple[float, float | None] | None  # ChangeFeed.trust: (heard since, unt
 
 _DEVICE_COLUMNS = (Device.id, Device.device_id, Device.tags, Device.poll_interval_s, Device.line,
                    Device.running_version, Device.running_model_sha256, Device.reported_version, Device.drift,
-                   Device.drift_detail)
+                   Device.drift_detail, Device.platform, Device.platform_sha256)
 _OFFER_COLUMNS = (DeviceUpdate.rollout_key, DeviceUpdate.version_id, DeviceUpdate.state, DeviceUpdate.codec,
                   DeviceUpdate.delta_sha256, DeviceUpdate.base_package_sha256, DeviceUpdate.expires_at,
                   DeviceUpdate.envelope)
@@ -86,7 +88,7 @@ def load_device(session: Session, token_sha256: str, every_offer: bool = False) 
     row = conn.execute(_DEVICE_BY_TOKEN, {"digest": token_sha256}).first()
     if row is None:
         return None
-    pk, device_id, tags, interval, line, running, running_sha, reported, drift, detail = row
+    pk, device_id, tags, interval, line, running, running_sha, reported, drift, detail, platform, digest = row
     offers: dict[tuple[int, int], OfferView] = {}
     for key, version_id, state, codec, delta, base, expires, envelope in conn.execute(
             _ALL_OFFERS if every_offer else _RECENT_OFFERS, {"pk": pk}):
@@ -94,7 +96,23 @@ def load_device(session: Session, token_sha256: str, every_offer: bool = False) 
                                                        json.dumps(envelope).encode(), signed_by(envelope),
                                                        signed_plan(envelope)))
     return DeviceView(pk, device_id, dict(tags or {}), interval, line, running, running_sha, reported, bool(drift),
-                      detail, offers)
+                      detail, offers, stored_platform(platform), digest)
+
+
+def stored_platform(d: dict[str, Any] | None) -> Platform | None:
+    """A device's stored platform (None: never reported; unreadable, which the parsing at the door prevents)."""
+    try:
+        return Platform.from_dict(d) if d else None
+    except MalformedMessage:
+        return None
+
+
+def poll_view(body: schemas.PollIn) -> PollView:
+    """What the car said in its poll, as the decision reads it (a platform sent in full: its own digest)."""
+    platform = Platform.from_dict(body.platform) if body.platform is not None else None
+    return PollView(body.line, body.current_version, body.current_model_sha256, body.current_package_sha256,
+                    platform_sha256=platform.digest() if platform is not None else body.platform_sha256,
+                    platform=platform)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +158,7 @@ def answer(d: DeviceView, line: LineView, body: schemas.PollIn, now: datetime, r
 
     ``status_json`` is the device's signed status, sent with a "no offer" answer.
     """
-    decision = decide(d, line, PollView(body.line, body.current_version, body.current_model_sha256,
-                                        body.current_package_sha256), now, rules)
+    decision = decide(d, line, poll_view(body), now, rules)
     if decision.running is not None or isinstance(decision, NewOffer):
         return None  # the database path decides again in its transaction and writes
     if isinstance(decision, Resend):

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from protocol.errors import MalformedMessage
+from protocol.platform import Platform
 from protocol.quality import MAX_SUMMARIES, QualitySummary
 from protocol.report import MAX_REASON_CHARS
 from server.db import UtcDateTime
@@ -37,12 +38,32 @@ class ProofIn(BaseModel):
     signature: str = Field(max_length=200, description="base64 Ed25519 signature")
 
 
+def _checked_platform(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A reported platform, parsed to check it (bounded): a 422 naming the field when it is malformed."""
+    if v is not None:
+        try:
+            Platform.from_dict(v)
+        except MalformedMessage as e:
+            raise ValueError(str(e)) from e
+    return v
+
+
 class EnrollIn(BaseModel):
     device_id: str = Field(pattern=DEVICE_ID)
     tags: Tags = Field(default_factory=dict)
     public_key: str | None = Field(default=None, max_length=64,
                                    description="the car's own raw Ed25519 public key, base64 (32 bytes)")
     proof: ProofIn | None = None
+    platform: dict[str, Any] | None = Field(default=None, description=(
+        "what the car can run (protocol/platform.py Platform.to_dict()); docs/PROTOCOL.md 'Compatibility'"))
+
+    @field_validator("platform")
+    @classmethod
+    def _platform(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _checked_platform(v)
+
+    def parsed_platform(self) -> Platform | None:
+        return Platform.from_dict(self.platform) if self.platform is not None else None
 
     @field_validator("public_key")
     @classmethod
@@ -67,6 +88,15 @@ class PollIn(BaseModel):
     current_model_sha256: Sha256Hex | None = None
     current_package_sha256: Sha256Hex | None = None
     agent_state: str | None = Field(default=None, max_length=32)
+    # issue 20: the digest of the car's platform on every poll (the cached path compares this string), the
+    # platform itself only when it changed (the car sends it on its first poll after a start)
+    platform_sha256: Sha256Hex | None = None
+    platform: dict[str, Any] | None = None
+
+    @field_validator("platform")
+    @classmethod
+    def _platform(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _checked_platform(v)
 
 
 class PollOut(BaseModel):
@@ -174,6 +204,7 @@ class DeviceOut(BaseModel):
     revoked_at: UtcDateTime | None = None
     decommissioned_at: UtcDateTime | None = None
     reauthorized_until: UtcDateTime | None = None
+    platform: dict[str, Any] | None = None  # what the car reported it can run (issue 20); null: never reported
 
 
 class ReauthorizeIn(BaseModel):

@@ -27,7 +27,7 @@ from server import audit
 from server.config import Settings
 from server.db import as_utc, utcnow
 from server.devices import decision, device_keys, schemas, states, store
-from server.devices.pollcache import load_device, policy
+from server.devices.pollcache import load_device, policy, poll_view
 from server.devices.presence import LastSeen
 from server.errors import Conflict, IllegalTransition, NotFound, Unauthorized
 from server.orm import Delta as DeltaRow
@@ -71,6 +71,8 @@ def _note_running(device: Device, running: decision.Running | None) -> None:
     device.line = running.line
     device.running_version, device.running_model_sha256 = running.running_version, running.running_model_sha256
     device.drift, device.drift_detail = running.drift, running.drift_detail
+    if running.platform is not None:  # the car reported a new platform (issue 20)
+        device.platform, device.platform_sha256 = running.platform.to_dict(), running.platform.digest()
 
 
 def _new_update(session: Session, device: Device, rollout_id: int | None, version_id: int, target_version: int,
@@ -103,8 +105,7 @@ def _views(session: Session, device: Device, body: schemas.PollIn,
         raise NotFound(f"model line {body.line!r} does not exist on this registry")
     view = load_device(session, device.token_sha256, every_offer=True)
     assert view is not None  # the caller holds the row
-    return view, line, decision.PollView(body.line, body.current_version, body.current_model_sha256,
-                                         body.current_package_sha256)
+    return view, line, poll_view(body)
 
 
 def _delta_packages(session: Session, line: LineView, poll: decision.PollView, version_id: int,
@@ -324,7 +325,7 @@ def _device_out(session: Session, device: Device, presence: LastSeen, with_updat
                              poll_interval_s=device.poll_interval_s, last_seen_at=seen,
                              created_at=device.created_at, updates=updates, public_key=device.public_key,
                              revoked_at=device.revoked_at, decommissioned_at=device.decommissioned_at,
-                             reauthorized_until=device.reauthorized_until)
+                             reauthorized_until=device.reauthorized_until, platform=device.platform)
 
 
 def inventory(session: Session, presence: LastSeen, tag_filter: dict[str, str] | None = None,

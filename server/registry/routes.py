@@ -11,6 +11,7 @@ from server.deps import Admin, Ctx, ReadSession
 from server.errors import TooLarge
 from server.registry import schemas, service
 from server.registry.deps import Storage
+from server.registry.requirements import MAX_REQUIREMENTS_CHARS
 
 router = APIRouter(prefix="/api/v1")
 MAX_NOTES_CHARS = 10_000  # release notes are shown on the dashboard and by `ota versions`
@@ -36,6 +37,10 @@ async def publish(line: str, ctx: Ctx, storage: Storage, _admin: Admin,
                       "the input contract as a JSON object of contract fields (docs/PROTOCOL.md, 'Input "
                       "contract'); fields left out come from the graph, then from the line's previous version"))]
                   = None,
+                  requirements: Annotated[str | None, Form(max_length=MAX_REQUIREMENTS_CHARS, description=(
+                      "what a car must have beyond what the model says (a JSON object: min_ort_version, "
+                      "providers, arch, hardware, min_memory_mb, ir_version, opsets); docs/PROTOCOL.md "
+                      "'Compatibility'"))] = None,
                   probe: Annotated[UploadFile | None, File(description=(
                       "calibration images for the line (an .npz of uint8 images; replaces the line's): the gate "
                       "measures lossy packages on them"))] = None) -> schemas.VersionOut:
@@ -45,7 +50,7 @@ async def publish(line: str, ctx: Ctx, storage: Storage, _admin: Admin,
     images = await _read_limited(probe, ctx.settings.max_probe_bytes, "OTA_MAX_PROBE_BYTES") if probe else None
     return await run_in_threadpool(service.publish, ctx.db, storage, ctx.settings, line, data, notes=notes,
                                    publisher=publisher, codecs=codecs, min_agreement=min_agreement,
-                                   spec=contract, probe=images)
+                                   spec=contract, probe=images, requirements=requirements)
 
 
 @router.get("/lines", response_model=list[schemas.LineOut])

@@ -42,6 +42,9 @@ class VersionOut(BaseModel):
     contract: dict[str, Any]  # the version's input contract (protocol/contract.py), as signed into offers
     contract_changed: list[str] = []  # contract fields that differ from the previous version's
     packages: dict[str, PackageOut]
+    # what a car must have to be offered it (protocol/platform.py Requirements.to_dict()); null: published
+    # before issue 20, needs nothing
+    requirements: dict[str, Any] | None = None
 
 
 class LineOut(BaseModel):

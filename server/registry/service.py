@@ -40,6 +40,7 @@ from server.db import Database, utcnow
 from server.errors import BadRequest, Conflict, InvalidModel, NotFound, Unprocessable
 from server.orm import AuditEntry, Line, Package, Version
 from server.registry import contracts, fidelity, probes, schemas, store
+from server.registry import requirements as compat
 from server.registry.smoke import expected_outputs
 from server.registry.storage import PackageStorage
 from server.registry.validate import inspect_upload
@@ -148,7 +149,7 @@ def _store_packages(session: Session, blobs: BlobStore, settings: Settings, vers
 def publish(db: Database, storage: PackageStorage, settings: Settings, line_name: str, data: bytes, *,
             notes: str | None = None, publisher: str | None = None, codecs: str | None = None,
             min_agreement: float | None = None, spec: str | None = None,
-            probe: bytes | None = None) -> schemas.VersionOut:
+            probe: bytes | None = None, requirements: str | None = None) -> schemas.VersionOut:
     """Validate, pack and register a new version of ``line_name``.
 
     ``spec`` is the publisher's input contract (JSON object of contract fields, ``--spec`` and flags
@@ -157,16 +158,20 @@ def publish(db: Database, storage: PackageStorage, settings: Settings, line_name
     (replacing any before); without it the line's stored images are used.  Lossy packages are
     measured on the images under the gate (``min_agreement``, else the line's, else the default),
     and recorded as unmeasured when the line has no images.  ``min_agreement`` becomes the line's gate.
+    ``requirements`` is the publisher's JSON object of ``protocol.platform.Requirements`` fields, merged
+    with what the model says it needs (IR version, opsets) and stored with the version (issue 20).
 
     Raises:
         InvalidModel: the upload is not a valid ONNX model (nothing is stored).
         BadRequest: bad line name, codec list, spec JSON, probe file or gate (nothing is stored).
-        Unprocessable: the contract does not fit the model (code ``contract``), or no encoding
-            meets the gate (code ``fidelity_gate``); nothing is stored.
+        Unprocessable: the contract does not fit the model (code ``contract``), no encoding
+            meets the gate (code ``fidelity_gate``), or malformed requirements (code ``requirements``);
+            nothing is stored.
         Conflict: concurrent publishers kept taking the version number.
     """
     check_line_name(line_name)
     inspect_upload(data)
+    needs = compat.of_model(data).merged(compat.parse_publisher(requirements))
     spec_fields = _parse_spec_text(spec)
     codec_names = parse_codecs(codecs, settings)
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
@@ -197,7 +202,7 @@ def publish(db: Database, storage: PackageStorage, settings: Settings, line_name
                 version = Version(line_id=line.id, number=prev_number + 1, source_sha256=source_sha,
                                   source_bytes=len(data), publisher=publisher, notes=notes,
                                   labels=list(contract.labels), input_name=contract.input_name, input_shape=shape,
-                                  contract=contract.to_dict(), created_at=utcnow())
+                                  contract=contract.to_dict(), requirements=needs.to_dict(), created_at=utcnow())
                 session.add(version)
                 session.flush()
                 _store_packages(session, storage.blobs, settings, version, packed)
@@ -351,7 +356,7 @@ def version_out(session: Session, line: Line, version: Version) -> schemas.Versi
         line=line.name, version=version.number, source_sha256=version.source_sha256,
         source_bytes=version.source_bytes, created_at=version.created_at, publisher=version.publisher,
         notes=version.notes, labels=list(version.labels), contract=dict(version.contract),
-        contract_changed=changed, packages=pkgs,
+        contract_changed=changed, packages=pkgs, requirements=version.requirements,
     )
 
 

@@ -13,11 +13,13 @@ steady-state poll does no SQL for the decision.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from protocol.errors import MalformedMessage
+from protocol.platform import Requirements
 from protocol.quality import QualityPlan, parse_gate
 from server.orm import Version
 from server.registry import fidelity
@@ -39,6 +41,9 @@ class VersionView:
     number: int
     packages: dict[str, PackageView]  # codec -> package
     shipping: str | None = None  # the smallest package that passed the line's gate, else lossless (fidelity.py)
+    requirements: Requirements | None = None  # what a car needs to run it (issue 20); None: nothing
+    # platform digest -> whether that platform meets ``requirements`` (decision.can_run fills it)
+    fits: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,17 @@ def _version_view(session: Session, version: Version, gate: float | None) -> Ver
     rows = registry_store.packages(session, version.id)
     pkgs = {p.codec: PackageView(p.codec, p.sha256, p.model_sha256) for p in rows}
     shipping = fidelity.shipping_codec(((p.codec, p.bytes, p.fidelity) for p in rows), gate)
-    return VersionView(version.id, version.number, pkgs, shipping)
+    return VersionView(version.id, version.number, pkgs, shipping, requirements_of(version))
+
+
+def requirements_of(version: Version) -> Requirements | None:
+    """A stored version's requirements (None: published before issue 20, or unreadable: it needs nothing)."""
+    if not version.requirements:
+        return None
+    try:
+        return Requirements.from_dict(version.requirements)
+    except MalformedMessage:
+        return None
 
 
 def load_line(session: Session, name: str) -> LineView | None:

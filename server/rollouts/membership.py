@@ -12,7 +12,8 @@ SQLite's write lock, holding a pooled connection).
 ``MembershipCache`` keeps one ``Membership`` per rollout and rebuilds it
 when the line's devices change (their count or highest primary key: an
 enrolment) or after ``ttl_s`` (a tag edited by an operator is seen within
-that time, as the poll cache's decisions are).  The states of the devices'
+that time, as the poll cache's decisions are; so is a car's newly reported
+platform, issue 20).  The states of the devices'
 updates are never cached: ``service`` reads them on every evaluation.
 """
 
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from protocol.errors import MalformedMessage
+from protocol.platform import Platform
 from server.rollouts import stages as staging
 from server.rollouts import store
 
@@ -34,25 +37,43 @@ _MAX_ENTRIES = 256  # rollouts evaluated by one process; beyond this the cache s
 
 @dataclass(frozen=True)
 class Membership:
-    """Devices of the line the rollout reaches: primary key -> stage index, and the count per stage."""
+    """Devices of the line the rollout reaches: primary key -> stage index, and the count per stage; and (issue
+    20) the platform digest of those that reported one, with each distinct platform."""
 
     stage_of_pk: dict[int, int]
     assigned: tuple[int, ...]
+    platform_of_pk: dict[int, str] = field(default_factory=dict)
+    platforms: dict[str, Platform] = field(default_factory=dict)
 
 
-def build(rows: list[tuple[int, str, dict[str, Any] | None]], rollout_id: int, selector: dict[str, str],
+def build(rows: list[tuple[int, str, dict[str, Any] | None, str | None]], rollout_id: int, selector: dict[str, str],
           percents: tuple[float, ...]) -> Membership:
-    """The membership from (pk, device id, tags) rows (pure); tags may be None when the selector is empty."""
+    """The membership from (pk, device id, tags, platform digest) rows (pure); tags may be None when the selector
+    is empty.  ``platforms`` is left for the caller to fill."""
     stage_of_pk: dict[int, int] = {}
+    platform_of_pk: dict[int, str] = {}
     assigned = [0] * len(percents)
-    for pk, device_id, tags in rows:
+    for pk, device_id, tags, digest in rows:
         if selector and not staging.selector_matches(selector, tags or {}):
             continue
         stage = staging.stage_of(rollout_id, device_id, percents)
         if stage is not None:
             stage_of_pk[pk] = stage
             assigned[stage] += 1
-    return Membership(stage_of_pk, tuple(assigned))
+            if digest:
+                platform_of_pk[pk] = digest
+    return Membership(stage_of_pk, tuple(assigned), platform_of_pk)
+
+
+def parse_platforms(stored: dict[str, dict[str, Any]]) -> dict[str, Platform]:
+    """digest -> Platform of the stored platforms (an unreadable one is left out: treated as unknown)."""
+    out: dict[str, Platform] = {}
+    for digest, d in stored.items():
+        try:
+            out[digest] = Platform.from_dict(d)
+        except MalformedMessage:
+            continue
+    return out
 
 
 class MembershipCache:
@@ -75,6 +96,7 @@ class MembershipCache:
             return hit[2]
         membership = build(store.line_members(session, line, with_tags=bool(selector)), rollout_id, selector,
                            percents)
+        membership.platforms.update(parse_platforms(store.platforms(session, set(membership.platform_of_pk.values()))))
         with self._lock:
             if len(self._entries) >= _MAX_ENTRIES:
                 self._entries.clear()

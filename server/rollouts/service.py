@@ -10,12 +10,14 @@ version the line's stable version.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from protocol.platform import Platform, Requirements
 from protocol.quality import Gate, judge
 from server import audit
 from server.db import as_utc, utcnow
@@ -25,7 +27,8 @@ from server.registry import fidelity
 from server.registry import store as registry_store
 from server.rollouts import machine, quality, schemas, store
 from server.rollouts import stages as staging
-from server.rollouts.membership import MembershipCache
+from server.rollouts.lineview import requirements_of
+from server.rollouts.membership import MembershipCache, parse_platforms
 
 
 def _fidelity_text(p: Package, gate: float | None) -> str:
@@ -77,7 +80,8 @@ def create(session: Session, members: MembershipCache, body: schemas.RolloutIn,
 
     Raises:
         NotFound: unknown line or version.  BadRequest: the version has no package for the codec.
-        Unprocessable: the package did not pass the line's gate (see :func:`choose_codec`).
+        Unprocessable: the package did not pass the line's gate (see :func:`choose_codec`), or no car the
+            rollout selects can run the version (code ``incompatible``).
     """
     line = registry_store.line_by_name(session, body.line)
     if line is None:
@@ -87,6 +91,8 @@ def create(session: Session, members: MembershipCache, body: schemas.RolloutIn,
         raise NotFound(f"line {body.line!r} has no version {body.version}")
     codec = choose_codec(line, version, registry_store.packages(session, version.id), body.codec,
                          body.allow_unmeasured)
+    if not body.rollback:  # a rollback goes back to what the cars ran
+        _check_some_car_fits(session, line, version, body.selector)
     now = utcnow()
     r = Rollout(line_id=line.id, version_id=version.id, target_version=version.number,
                 previous_stable=line.stable_version, codec=codec, selector=dict(body.selector), state="running",
@@ -109,6 +115,32 @@ def create(session: Session, members: MembershipCache, body: schemas.RolloutIn,
                  gates=list(body.gates), shadow=r.shadow)
     session.flush()
     return show(session, members, r.id)
+
+
+def _check_some_car_fits(session: Session, line: Line, version: Version, selector: dict[str, str]) -> None:
+    """Refuse a rollout that no selected car could run (issue 20): every car it could reach reported a platform
+    that misses the version's requirements.  A selection with no car, or with a car that never reported its
+    platform (treated as able to run anything), is accepted.
+
+    Raises:
+        Unprocessable: (code ``incompatible``) naming the requirement the cars miss most.
+    """
+    needs = requirements_of(version)
+    digests = store.selected_platforms(session, line.name, selector) if needs is not None else []
+    if needs is None or not digests or None in digests:
+        return
+    platforms = parse_platforms(store.platforms(session, set(d for d in digests if d is not None)))
+    reasons: Counter[str] = Counter()
+    for digest in digests:
+        p = platforms.get(digest or "")
+        unmet = needs.unmet(p) if p is not None else []
+        if not unmet:
+            return
+        reasons.update(unmet)
+    why, n = reasons.most_common(1)[0]
+    raise Unprocessable(f"no car this rollout selects can run version {version.number} of {line.name!r}: {why} "
+                        f"({n} of {len(digests)} cars); publish a variant they can run (for example an older "
+                        "opset) or change the requirements; nothing was stored", code="incompatible")
 
 
 def _get(session: Session, rollout_id: int, lock: bool = False) -> Rollout:
@@ -205,8 +237,12 @@ def _tally(session: Session, members: MembershipCache, r: Rollout, percents: lis
     latest = store.latest_updates(session, r.id)
     unproven = {pk for pk, (state, _at, evidence) in latest.items() if state == "installed" and evidence is None}
     unproven -= store.fully_downloaded(session, r.id, unproven & set(m.stage_of_pk))
+    version = session.get(Version, r.version_id)
+    unfit = _unfit_platforms(m.platforms, requirements_of(version) if version is not None else None)
     for pk, stage in m.stage_of_pk.items():
-        state, at, _evidence = latest.get(pk, ("pending", None, None))
+        # a car never offered the version because it cannot run it is "incompatible", not "pending" (issue 20)
+        waiting = "incompatible" if m.platform_of_pk.get(pk) in unfit else "pending"
+        state, at, _evidence = latest.get(pk, (waiting, None, None))
         c = counts[stage]
         c[state] = c.get(state, 0) + 1
         if pk in unproven:
@@ -217,6 +253,13 @@ def _tally(session: Session, members: MembershipCache, r: Rollout, percents: lis
             seen = last_install[stage]
             last_install[stage] = as_utc(at) if seen is None else max(seen, as_utc(at))
     return Tally(counts, errors, last_install)
+
+
+def _unfit_platforms(platforms: dict[str, Platform], needs: Requirements | None) -> set[str]:
+    """The digests of the platforms that do not meet ``needs`` (none when the version needs nothing)."""
+    if needs is None:
+        return set()
+    return {digest for digest, p in platforms.items() if needs.unmet(p)}
 
 
 def _counted_stages(stage_rows: list[RolloutStage], current: int) -> set[int]:
@@ -254,9 +297,11 @@ def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: d
     for i in counted:
         for k, v in tally.counts[i].items():
             counts[k] = counts.get(k, 0) + v
-    # only installs the server saw evidence of count toward advancing (issue 15: phantom devices)
+    # only installs the server saw evidence of count toward advancing (issue 15: phantom devices); cars that
+    # cannot run the version are not waited for (issue 20): they are out of the stage's denominator
     verified = counts.get("installed", 0) - counts.get("installed_unverified", 0)
-    sc = staging.StageCounts(counts["assigned"], verified, sum(tally.errors[i] for i in counted))
+    sc = staging.StageCounts(counts["assigned"] - counts.get("incompatible", 0), verified,
+                             sum(tally.errors[i] for i in counted))
     if _has_quality(r):
         quality.note_history(session, r, now)
     if staging.should_halt(sc, r.error_threshold_pct, r.error_threshold_count):

@@ -46,15 +46,35 @@ def line_fingerprint(session: Session, line: str) -> tuple[int, int]:
     return int(count or 0), int(top or 0)
 
 
-def line_members(session: Session, line: str, *, with_tags: bool) -> list[tuple[int, str, dict[str, Any] | None]]:
-    """(pk, device id, tags or None) of the line's devices, decommissioned ones left out: columns only, no ORM
-    objects (10,000 rows)."""
+def line_members(session: Session, line: str, *,
+                 with_tags: bool) -> list[tuple[int, str, dict[str, Any] | None, str | None]]:
+    """(pk, device id, tags or None, platform digest) of the line's devices, decommissioned ones left out:
+    columns only, no ORM objects (10,000 rows)."""
     active = (Device.line == line, Device.decommissioned_at.is_(None))
     if with_tags:
-        rows = session.execute(select(Device.id, Device.device_id, Device.tags).where(*active))
-        return [(pk, did, tags) for pk, did, tags in rows]
-    rows = session.execute(select(Device.id, Device.device_id).where(*active))
-    return [(pk, did, None) for pk, did in rows]
+        rows = session.execute(select(Device.id, Device.device_id, Device.tags, Device.platform_sha256).where(*active))
+        return [(pk, did, tags, digest) for pk, did, tags, digest in rows]
+    rows = session.execute(select(Device.id, Device.device_id, Device.platform_sha256).where(*active))
+    return [(pk, did, None, digest) for pk, did, digest in rows]
+
+
+def platforms(session: Session, digests: set[str]) -> dict[str, dict[str, Any]]:
+    """digest -> one stored platform with that digest (a fleet has a handful of distinct platforms)."""
+    if not digests:
+        return {}
+    first = (select(func.min(Device.id)).where(Device.platform_sha256.in_(digests))
+             .group_by(Device.platform_sha256))
+    rows = session.execute(select(Device.platform_sha256, Device.platform).where(Device.id.in_(first)))
+    return {digest: platform for digest, platform in rows if digest and platform}
+
+
+def selected_platforms(session: Session, line: str, selector: dict[str, str]) -> list[str | None]:
+    """The platform digest (None: never reported) of every active device a new rollout of ``line`` with
+    ``selector`` could reach: the line's devices and those that have not polled any line yet."""
+    rows = session.execute(select(Device.tags, Device.platform_sha256).where(
+        Device.decommissioned_at.is_(None), (Device.line == line) | Device.line.is_(None)))
+    return [digest for tags, digest in rows
+            if all(str((tags or {}).get(k)) == str(v) for k, v in selector.items())]
 
 
 def latest_updates(session: Session, rollout_id: int) -> dict[int, tuple[str, datetime, str | None]]:

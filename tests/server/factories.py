@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
+from protocol.platform import Platform
 from server.orm import Base
 from tests.support.device_keys import DeviceKey
 from tests.support.live_server import LiveServer
@@ -67,13 +68,16 @@ class Car:
     """
 
     def __init__(self, server: LiveServer, device_id: str, tags: dict[str, str] | None = None,
-                 signs: bool = True) -> None:
+                 signs: bool = True, platform: dict[str, Any] | None = None) -> None:
         self.server = server
         self.device_id = device_id
         self.key = DeviceKey()
         self.signs = signs
-        r = server.device(server.enrollment_token).post("/api/v1/devices/enroll", json={
-            "device_id": device_id, "tags": tags or {}, "public_key": self.key.public_b64})
+        self.platform = platform  # what it reports it can run (issue 20; protocol.platform.Platform.to_dict())
+        body = {"device_id": device_id, "tags": tags or {}, "public_key": self.key.public_b64}
+        if platform is not None:
+            body["platform"] = platform
+        r = server.device(server.enrollment_token).post("/api/v1/devices/enroll", json=body)
         assert r.status_code == 201, r.text
         self.enrollment = r.json()
         self.http: httpx.Client = server.device(self.enrollment["device_token"])
@@ -82,10 +86,16 @@ class Car:
         self.package_sha256: str | None = None
         self.model_sha256: str | None = None
 
-    def poll(self, line: str = "road-signs") -> dict[str, Any] | None:
-        r = self.http.post("/api/v1/device/poll", json={
+    def poll(self, line: str = "road-signs", platform: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Poll; ``platform`` sends a (changed) platform in full, else the digest of the one enrolled with."""
+        body: dict[str, Any] = {
             "line": line, "current_version": self.version, "current_model_sha256": self.model_sha256,
-            "current_package_sha256": self.package_sha256, "agent_state": "idle"})
+            "current_package_sha256": self.package_sha256, "agent_state": "idle"}
+        if platform is not None:
+            self.platform = body["platform"] = platform
+        if self.platform is not None:
+            body["platform_sha256"] = Platform.from_dict(self.platform).digest()
+        r = self.http.post("/api/v1/device/poll", json=body)
         assert r.status_code == 200, r.text
         offer = r.json()["offer"]
         return offer["signed"] if offer else None

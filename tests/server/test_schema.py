@@ -89,3 +89,35 @@ def test_migration_0005_keeps_existing_rollouts_live_without_gates_and_downgrade
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM rollout_stages")).scalar_one() == 1
         engine.dispose()
+
+
+def test_migration_0006_leaves_old_versions_needing_nothing_and_old_cars_unknown_and_downgrades(
+        tmp_path: Path) -> None:
+    """Issue 20: versions published before 0006 need nothing, devices enrolled before it have no platform."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from server.db import alembic_config, create_private_sqlite_file
+
+    with temporary_database() as pg:
+        url = _url(tmp_path, pg)
+        create_private_sqlite_file(url)
+        command.upgrade(alembic_config(url), "0005")
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO lines (id, name, created_at) VALUES (1, 'l', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO versions (id, line_id, number, source_sha256, source_bytes, labels, "
+                              "input_name, input_shape, contract, created_at) VALUES (1, 1, 1, 'x', 1, '[]', 'x', "
+                              "'[]', '{}', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO devices (id, device_id, token_sha256, tags, created_at, drift, "
+                              "manifest_version, last_seq, proof_ms) VALUES (1, 'car', 't', '{}', "
+                              "CURRENT_TIMESTAMP, false, 0, 0, 0)"))
+        command.upgrade(alembic_config(url), "0006")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT requirements FROM versions")).scalar_one() is None
+            assert conn.execute(text("SELECT platform, platform_sha256 FROM devices")).one() == (None, None)
+        command.downgrade(alembic_config(url), "0005")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM devices")).scalar_one() == 1
+            assert conn.execute(text("SELECT count(*) FROM versions")).scalar_one() == 1
+        engine.dispose()
