@@ -156,6 +156,9 @@ class ModelHost:
         """
         if self.pid is not None:
             return
+        # A daemon that died on its own: wait for its rpc thread, which stops that daemon's comparison,
+        # so it cannot stop the one the next daemon starts.
+        self._kill()
         rpc_here, rpc_there = socket.socketpair()
         ctl_here, ctl_there = socket.socketpair()
         code = (f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
