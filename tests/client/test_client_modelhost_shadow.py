@@ -9,6 +9,7 @@ from its ``HotSwapper``.  Comparison threads are waited for by polling counts, n
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -22,13 +23,16 @@ import onnx
 import pytest
 from agent_factories import OfflineOffers, sha, zoo_model
 from shadow_models import swapped_classes
+from test_client_registry import release, transfers
 
 from client import AgentConfig
 from client.identity import Identity, save_identity
 from client.modelhost import ModelHost
 from client.slots import Journal, SlotStore
+from models import zoo
 from models.roadsigns import render
 from protocol.quality import QualityPlan, QualitySummary
+from tests.support.live_server import LiveServer
 
 RNG = np.random.default_rng(19)
 #: Frames of stop (0) and yield (1), three stops to a yield: what a candidate swapping 0 and 1 gets wrong.
@@ -245,3 +249,42 @@ def test_killing_the_daemon_while_shadowing_never_costs_an_inference_and_a_resta
     assert cam.failures == [] and set(cam.versions) == {1}
     assert after["sampled"] > stored["sampled"] and after["agree"] < after["frames"]
     assert len(journal(tmp_path).outbox) == reports  # resumed from the slot: no report repeated, no download
+
+
+def test_a_polling_daemon_shadows_a_registry_rollout_and_installs_the_promoted_version_without_a_second_download(
+        live_server: LiveServer, tmp_path: Path) -> None:
+    """The registry's own shadow stage (its plan, its offers), a polling daemon, a camera in this process."""
+    release(live_server, zoo_model(1))
+    h = ModelHost(AgentConfig(server_url=live_server.url, device_id="car-1", state_dir=tmp_path,
+                              enroll_token=live_server.enrollment_token, root_public_key=live_server.root_public_key,
+                              tags={"region": "eu"}, poll_interval_s=0.2, health_window_inferences=5), poll=True)
+    h.start()
+    try:
+        wait_for(lambda: h.running_version == 1, 60, "v1 installed")
+        v2 = live_server.publish(twin(zoo_model(1)), contract=json.dumps(
+            {k: v for k, v in zoo.contract().to_dict().items() if k in ("mean", "std")}))
+        r = live_server.admin().post("/api/v1/rollouts", json={
+            "line": "road-signs", "version": v2["version"],
+            "shadow": {"percent": 100, "min_s": 3600, "sample_every": 1}})
+        assert r.status_code == 201, r.text
+        rollout = r.json()["id"]
+        with Camera(h, EVERY_CLASS) as cam:
+            comparator = wait_for(lambda: h.swapper.comparator, 60, "the shadow comparison here")
+            assert (comparator.kind, comparator.beside_version) == ("shadow", 2)
+            wait_for(lambda: comparator.snapshot().frames >= 20, 30, "compared frames")
+            shadowing = len(cam.versions)
+            r = live_server.admin().post(f"/api/v1/rollouts/{rollout}/advance")
+            assert r.status_code == 200, r.text
+            wait_for(lambda: h.running_version == 2 and h.swapper.fallback is None, 60, "the promotion")
+        assert cam.failures == [] and set(cam.versions[:shadowing]) == {1} and cam.versions[-1] == 2
+
+        def registry_summary() -> dict[str, Any] | None:
+            q = live_server.admin().get(f"/api/v1/rollouts/{rollout}").json()["quality"]["summaries"]["shadow"]
+            return q if q and q["frames"] >= 20 else None
+
+        summary = wait_for(registry_summary, 30, "the shadow summary at the registry")
+        assert summary["agreement"] == 1.0 and summary["cars"] == 1  # the daemon sent what this process compared
+    finally:
+        h.close()
+    v2_transfers = [t for t in transfers(live_server, "car-1") if t.get("target_version") == 2]
+    assert len(v2_transfers) == 1  # the shadow download; the promotion transferred nothing
