@@ -58,6 +58,7 @@ from client.errors import (
     VerificationError,
 )
 from client.hotswap import (
+    Comparison,
     HotSwapper,
     LoadedModel,
     Prediction,
@@ -77,7 +78,6 @@ from client.identity import (
 from client.manifest import Artifact, Offer, check_offer
 from client.platform_probe import current_platform
 from client.ratelimit import TokenBucket
-from client.shadow import Comparator
 from client.slots import PACKAGE_FILE, Journal, SlotRecord, SlotStore
 from client.tls import registry_transport
 from client.trust import Status, TrustKeeper, check_status, verify_by_any
@@ -665,11 +665,9 @@ class Agent:
         slot = self.store.free_slot(self.journal)
         staged = self.store.stage_model(slot, model)
         try:
-            loaded = None
-            if not shadow or self._compares:  # a ModelHost car smoke-tests a shadow candidate when it goes live
-                loaded = self.swapper.load_and_smoke_sync(staged, version=offer.target_version,
-                                                          model_sha256=offer.model_sha256, contract=offer.contract,
-                                                          smoke=offer.smoke)
+            loaded = self.swapper.load_and_smoke_sync(staged, version=offer.target_version,
+                                                      model_sha256=offer.model_sha256, contract=offer.contract,
+                                                      smoke=offer.smoke)
             timings["load_smoke_ms"] = (self._clock() - t) * 1000
             log.info("installing v%d: commit slot", offer.target_version)
             self._write_slot(slot, package, model, staged)
@@ -728,7 +726,7 @@ class Agent:
             self._health_deadline = self._clock() + self.config.health_window_max_s
             plan = offer.quality
             fallback = self.swapper.fallback
-            if plan is not None and plan.mode == "live" and self._compares and fallback is not None:
+            if plan is not None and plan.mode == "live" and fallback is not None:
                 self._start_comparison(offer, fallback, "live")
         self._forget_downloads(offer)
         try:
@@ -842,13 +840,9 @@ class Agent:
 
     # -- shadow mode and comparisons (issue 18) ----------------------------
 
-    @property
-    def _compares(self) -> bool:
-        """Whether this car can run a comparison: its sessions live here (a ``ModelHost``'s do not, yet)."""
-        return isinstance(self.swapper, HotSwapper)
-
-    def _comparator(self) -> Comparator | None:
-        return self.swapper.comparator if isinstance(self.swapper, HotSwapper) else None
+    def _comparator(self) -> Comparison | None:
+        """The comparison running where the sessions are: here, or in a ``ModelHost``'s process."""
+        return self.swapper.comparator
 
     def _is_staged(self, offer: Offer) -> bool:
         """The offered version is the one staged in the shadow slot (same model and package)."""
@@ -876,17 +870,13 @@ class Agent:
         self.last_install["load_smoke_ms"] = (self._clock() - t) * 1000
         return rec.slot, loaded
 
-    def _stage_shadow(self, offer: Offer, slot: str, loaded: LoadedModel | None) -> None:
+    def _stage_shadow(self, offer: Offer, slot: str, loaded: Any) -> None:
         """Name the written slot ``shadow`` (never ``active``), stay at ``verified``, start comparing."""
         j = self.journal
         j.shadow = SlotRecord(slot, offer.target_version, offer.model_sha256, offer.package.sha256, offer.codec,
                               offer.contract, offer.manifest_version, offer.rollout_id)
         self.store.save(j)
         self._forget_downloads(offer)
-        if loaded is None:
-            log.warning("v%d staged for shadow mode but not compared: this car's sessions run in a ModelHost, "
-                        "which does not run comparisons", offer.target_version)
-            return
         if j.active is None:
             log.warning("v%d staged for shadow mode but not compared: no live model to compare with",
                         offer.target_version)
@@ -908,7 +898,7 @@ class Agent:
             return
         rec.rollout_id = offer.rollout_id
         self.store.save(j)
-        if not self._compares or j.active is None:
+        if j.active is None:
             return
         try:
             _, loaded = await asyncio.to_thread(self._load_staged, offer)
@@ -919,13 +909,16 @@ class Agent:
         self._start_comparison(offer, loaded, "shadow")
         log.info("resumed shadowing v%d beside v%d", rec.version, j.active.version)
 
-    def _start_comparison(self, offer: Offer, beside: LoadedModel, kind: str) -> None:
-        """Run ``beside`` next to the live model, continuing the summary the journal kept for it."""
+    def _start_comparison(self, offer: Offer, beside: Any, kind: str) -> None:
+        """Run ``beside`` next to the live model, continuing the summary the journal kept for it.
+
+        ``beside`` is whatever the swapper loaded (opaque here): the staged candidate (``shadow``), or the
+        health window's fallback (``live``, the offered version being the live one).  Either way the
+        candidate is the offered version.
+        """
         plan = offer.quality
-        assert plan is not None and isinstance(self.swapper, HotSwapper)
-        live = self.swapper.current
-        assert live is not None
-        candidate = beside.version if kind == "shadow" else live.version
+        assert plan is not None
+        candidate = offer.target_version
         resume = reports.stored_quality(self.journal, kind, offer.rollout_id, candidate)
         self.swapper.start_comparison(beside, plan, kind=kind, line=offer.line, rollout_id=offer.rollout_id,
                                       resume=resume)
@@ -934,10 +927,9 @@ class Agent:
 
     def _stop_comparison(self) -> None:
         """Stop the running comparison, if any, and queue its final summary (the caller saves the journal)."""
-        if isinstance(self.swapper, HotSwapper):
-            final = self.swapper.stop_comparison()
-            if final is not None:
-                reports.queue_quality(self.journal, final)
+        final = self.swapper.stop_comparison()
+        if final is not None:
+            reports.queue_quality(self.journal, final)
         self._quality_plan = None
         self._quality_due = None
 

@@ -2,10 +2,15 @@
 
 ``client.modelhost.ModelHost`` starts it (``python -c ... main()``) with two
 socket pairs: ``rpc`` (this side asks the application's process to load, smoke
-test, swap or free a session: ``RemoteSwapper``) and ``ctl`` (the application
-asks: a standalone install, a health check, status, stop).  Everything else is
-the ordinary ``Agent``, on its own GIL and at a lower CPU priority: the car
-application's process holds the camera and the sessions and nothing more.
+test, swap or free a session, or run, read and stop a comparison:
+``RemoteSwapper``) and ``ctl`` (the application asks: a standalone install, a
+health check, status, stop).  Everything else is the ordinary ``Agent``, on its
+own GIL and at a lower CPU priority: the car application's process holds the
+camera, the sessions and a shadow comparison's thread, and nothing more.  This
+side keeps the comparison's books as the in-process agent does: it pulls the
+cumulative summary every ``report_every_s`` into the journal (a daemon that
+does not poll pulls between the application's requests), and judges a live
+plan's rollback on it.
 
 The daemon exits when the application's process goes (end of input on either
 socket), so a SIGKILLed application leaves no orphan.
@@ -30,6 +35,7 @@ from client.hotswap import ModelSource
 from client.manifest import Smoke
 from client.modelhost import config_from_json
 from protocol.contract import InputContract
+from protocol.quality import QualityPlan, QualitySummary
 
 log = logging.getLogger("client.agentd")
 
@@ -47,6 +53,34 @@ class HostGone(AgentError):
     """The application's process closed its end: there is no session left to update."""
 
 
+#: Seconds between two looks for a due quality summary while a daemon that does not poll waits for requests.
+QUALITY_PULL_S = 0.25
+
+
+class RemoteComparison:
+    """A comparison running in the application's process (``client.shadow.Comparator`` there); what it is,
+    and its summary pulled over the socket on ``snapshot``."""
+
+    def __init__(self, swapper: RemoteSwapper, kind: str, beside_version: int, live_version: int) -> None:
+        self._swapper = swapper
+        self.kind = kind
+        self.beside_version = beside_version
+        self.live_version = live_version
+
+    def snapshot(self) -> QualitySummary:
+        """The cumulative summary so far, validated here as any summary from outside this process.
+
+        Raises:
+            HostGone: the application's process is gone.
+            AgentError: the application runs no comparison (it stopped it).
+            MalformedMessage: the application sent something that is not a summary.
+        """
+        d = self._swapper._call("comparison_snapshot")
+        if d is None:
+            raise AgentError(f"the application runs no comparison of v{self.beside_version}")
+        return QualitySummary.from_dict(d)
+
+
 class RemoteSwapper:
     """``Swapper`` over the ``rpc`` socket: each call is one request to the ``ModelHost``'s thread."""
 
@@ -55,6 +89,7 @@ class RemoteSwapper:
         self._lock = threading.Lock()  # the build thread and the event loop may both ask
         self._current: RemoteModel | None = None
         self._fallback: RemoteModel | None = None
+        self._comparison: RemoteComparison | None = None
 
     def _call(self, op: str, **kw: Any) -> Any:
         with self._lock:
@@ -107,6 +142,35 @@ class RemoteSwapper:
         self._call("close_health_window")
         self._fallback = None
 
+    @property
+    def comparator(self) -> RemoteComparison | None:
+        return self._comparison
+
+    def start_comparison(self, beside: RemoteModel, plan: QualityPlan, *, kind: str, line: str,
+                         rollout_id: int | None, resume: QualitySummary | None = None) -> RemoteComparison:
+        """Run ``beside`` next to the live model in the application (stopping any comparison there).
+
+        A ``shadow`` candidate must be a model loaded and not swapped in; from then on the application
+        will not swap it in (only a new load of its slot, on promotion, goes live).  A ``live`` baseline is
+        the fallback of the open health window.
+
+        Raises:
+            HostGone: the application's process is gone.
+            AgentError: the application refused (no live model, or a handle it may not compare).
+        """
+        self._comparison = None
+        live_version = self._call("start_comparison", handle=beside.handle, kind=kind, plan=plan.to_dict(),
+                                  line=line, rollout_id=rollout_id,
+                                  resume=None if resume is None else resume.to_dict())
+        self._comparison = RemoteComparison(self, kind, beside.version, int(live_version))
+        return self._comparison
+
+    def stop_comparison(self) -> QualitySummary | None:
+        """Stop the application's comparison (it frees a shadow candidate there); its final summary, if one ran."""
+        self._comparison = None
+        final = self._call("stop_comparison")
+        return None if final is None else QualitySummary.from_dict(final)
+
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -126,8 +190,12 @@ async def serve(agent: Agent, ctl: Connection, *, poll: bool) -> None:
     try:
         while True:
             try:
+                if not poll and not await loop.run_in_executor(None, ctl.poll, QUALITY_PULL_S):
+                    # no poller to pull a comparison's summary when due: do it between requests
+                    await agent.report_quality(flush=False)
+                    continue
                 op, kw = await loop.run_in_executor(None, ctl.recv)
-            except (EOFError, OSError):
+            except (EOFError, OSError, HostGone):
                 break  # the application went away
             if op == "stop":
                 ctl.send(("ok", None))

@@ -114,6 +114,22 @@ def default_session_factory(threads: int = 1) -> SessionFactory:
     return make
 
 
+class Comparison(Protocol):
+    """What the agent reads of a running comparison: a ``client.shadow.Comparator`` in this process, or a
+    ``client.agentd.RemoteComparison`` for one running in a ``ModelHost``'s process."""
+
+    @property
+    def kind(self) -> str:
+        ...
+
+    @property
+    def beside_version(self) -> int:
+        ...
+
+    def snapshot(self) -> QualitySummary:
+        ...
+
+
 class Swapper(Protocol):
     """What the agent needs of the live session's owner: a ``HotSwapper`` in this process, or a
     ``client.agentd.RemoteSwapper`` speaking to one in the car application's process (``client.modelhost``).
@@ -144,6 +160,18 @@ class Swapper(Protocol):
         ...
 
     def close_health_window(self) -> None:
+        ...
+
+    @property
+    def comparator(self) -> Comparison | None:
+        """The comparison running beside the live model (issue 18), if any."""
+        ...
+
+    def start_comparison(self, beside: Any, plan: QualityPlan, *, kind: str, line: str,
+                         rollout_id: int | None, resume: QualitySummary | None = None) -> Comparison:
+        ...
+
+    def stop_comparison(self) -> QualitySummary | None:
         ...
 
 

@@ -14,11 +14,24 @@ application it updates.
 
 The daemon drives the session through two socket pairs (pickled messages,
 ``multiprocessing.connection``): on ``rpc`` the daemon asks and this side's
-thread answers (``load``, ``swap``, ``health``, ``close_health_window``); on
-``ctl`` this side asks and the daemon answers (``handle_offer`` for a
+thread answers (``load``, ``swap``, ``health``, ``close_health_window``, and for
+shadow mode ``start_comparison``, ``comparison_snapshot``, ``stop_comparison``);
+on ``ctl`` this side asks and the daemon answers (``handle_offer`` for a
 standalone install, ``check_health``, ``status``, ``stop``).  If the daemon dies
 the application keeps classifying on the live session; ``restart_daemon``
 starts a new one, which boots from the slots as after a power cut.
+
+Comparisons (issue 18, ``client.shadow``) run here, beside the camera: the
+frames are in this process, so the ``Comparator`` and its thread are too.  A
+shadow candidate the daemon loaded leaves the loaded-not-swapped handles when
+its comparison starts, so ``swap`` can never make it live: only the promotion
+path (the daemon loads the staged slot again and swaps that) can.  A live
+comparison runs the health window's fallback beside the new model.  The daemon
+pulls snapshots of the summary (as JSON dicts, validated again on its side) and
+does all the bookkeeping: the journal, the reports, the rollback decision.  When
+the daemon goes away its comparison is stopped here: no one would read it, and
+a restarted daemon starts it again (resuming the summary from its journal) on
+the next offer.
 """
 
 from __future__ import annotations
@@ -50,6 +63,7 @@ from client.hotswap import (
     gil_switch_interval,
 )
 from protocol.contract import InputContract
+from protocol.quality import QualityPlan, QualitySummary
 
 log = logging.getLogger("client.modelhost")
 
@@ -104,6 +118,8 @@ class ModelHost:
         self._ops: dict[str, Callable[..., Any]] = {
             "load": self._op_load, "swap": self._op_swap, "health": self.swapper.health,
             "close_health_window": self._op_close_health_window,
+            "start_comparison": self._op_start_comparison, "comparison_snapshot": self._op_comparison_snapshot,
+            "stop_comparison": self._op_stop_comparison,
         }
         #: What the daemon said when it booted or last answered ``status``.
         self.daemon_status: dict[str, Any] = {}
@@ -140,6 +156,9 @@ class ModelHost:
         """
         if self.pid is not None:
             return
+        # A daemon that died on its own: wait for its rpc thread, which stops that daemon's comparison,
+        # so it cannot stop the one the next daemon starts.
+        self._kill()
         rpc_here, rpc_there = socket.socketpair()
         ctl_here, ctl_there = socket.socketpair()
         code = (f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
@@ -255,6 +274,8 @@ class ModelHost:
             except OSError:
                 break
         rpc.close()
+        if self.swapper.stop_comparison() is not None:  # in this thread: the candidate is freed here
+            log.info("agent daemon disconnected; stopped its comparison (the next daemon starts it again)")
         log.info("agent daemon disconnected; the live model keeps answering")
 
     def _op_load(self, *, path: str, version: int, model_sha256: str, contract: dict[str, Any],
@@ -298,3 +319,36 @@ class ModelHost:
     def _op_close_health_window(self) -> None:
         self.swapper.close_health_window()  # frees the old session in this thread
         self._fallback_handle = None
+
+    def _op_start_comparison(self, *, handle: int, kind: str, plan: dict[str, Any], line: str,
+                             rollout_id: int | None, resume: dict[str, Any] | None = None) -> int:
+        """Run a model beside the live one: a loaded, never-swapped candidate (``shadow``, which leaves the
+        swappable handles for good) or the health window's fallback (``live``); returns the live version.
+
+        Raises:
+            AgentError: the handle is not a model this kind may compare (the live one, a dropped one).
+            MalformedMessage: the plan or the resumed summary does not parse.
+        """
+        parsed_plan = QualityPlan.from_dict(plan)
+        parsed_resume = None if resume is None else QualitySummary.from_dict(resume)
+        if kind == "shadow" and handle in self._pending:
+            beside = self._pending.pop(handle)  # never swappable again: a candidate goes live only by promotion
+        elif kind == "live" and handle == self._fallback_handle and self.swapper.fallback is not None:
+            beside = self.swapper.fallback
+        else:
+            raise AgentError(f"model {handle} cannot be compared as {kind!r} in the application "
+                             "(a shadow candidate must be loaded and not swapped, a live baseline the fallback)")
+        comparator = self.swapper.start_comparison(beside, parsed_plan, kind=kind, line=line,
+                                                   rollout_id=rollout_id, resume=parsed_resume)
+        del beside
+        return comparator.live_version
+
+    def _op_comparison_snapshot(self) -> dict[str, Any] | None:
+        """The running comparison's cumulative summary (None when none runs)."""
+        comparator = self.swapper.comparator
+        return None if comparator is None else comparator.snapshot().to_dict()
+
+    def _op_stop_comparison(self) -> dict[str, Any] | None:
+        """Stop the comparison, freeing a shadow candidate in this thread; its final summary (None if none ran)."""
+        final = self.swapper.stop_comparison()
+        return None if final is None else final.to_dict()
