@@ -76,7 +76,6 @@ from client.identity import (
     save_identity,
 )
 from client.manifest import Artifact, Offer, check_offer
-from client.platform_probe import current_platform
 from client.ratelimit import TokenBucket
 from client.slots import PACKAGE_FILE, Journal, SlotRecord, SlotStore
 from client.tls import registry_transport
@@ -140,7 +139,12 @@ class Agent:
         self.journal = Journal()
         # What this car can run (issue 20), sent in full at enrolment and on the first poll of the process (the
         # registry may hold an older one: a runtime upgrade restarts the agent), then as its digest.
-        self.platform = config.platform or current_platform(config.hardware)
+        if config.platform is None:  # measured from the local ONNX Runtime (a ModelHost's daemon is handed it)
+            from client.platform_probe import current_platform
+
+            self.platform = current_platform(config.hardware)
+        else:
+            self.platform = config.platform
         self._platform_sent = False
         self.identity: Identity | None = None
         self.trust = TrustKeeper(config.root_public_key, config.state_dir / "trust.json", fsync=config.fsync)

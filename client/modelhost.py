@@ -63,6 +63,7 @@ from client.hotswap import (
     gil_switch_interval,
 )
 from protocol.contract import InputContract
+from protocol.platform import Platform
 from protocol.quality import QualityPlan, QualitySummary
 
 log = logging.getLogger("client.modelhost")
@@ -81,6 +82,7 @@ def config_to_json(config: AgentConfig) -> str:
     if config.root_public_key is not None:
         d["root_public_key"] = base64.b64encode(config.root_public_key).decode()
     d["ca_cert_path"] = str(config.ca_cert_path) if config.ca_cert_path else None
+    d["platform"] = config.platform.to_dict() if config.platform is not None else None
     return json.dumps(d)
 
 
@@ -90,6 +92,7 @@ def config_from_json(text: str) -> AgentConfig:
     if d.get("root_public_key") is not None:
         d["root_public_key"] = base64.b64decode(d["root_public_key"])
     d["ca_cert_path"] = Path(d["ca_cert_path"]) if d.get("ca_cert_path") else None
+    d["platform"] = Platform.from_dict(d["platform"]) if d.get("platform") is not None else None
     return AgentConfig(**d)
 
 
@@ -103,7 +106,11 @@ class ModelHost:
 
     def __init__(self, config: AgentConfig, *, poll: bool = True,
                  session_factory: SessionFactory | None = None) -> None:
-        self.config = config
+        # The platform is measured here, where ONNX Runtime is loaded anyway: the daemon never loads it.
+        from client.platform_probe import current_platform
+
+        self.config = config if config.platform is not None else dataclasses.replace(
+            config, platform=current_platform(config.hardware))
         self.poll = poll
         self.swapper = HotSwapper(session_factory or default_session_factory(config.inference_threads))
         # The daemon names models by handle: the live one, its fallback, and one loaded but not yet swapped in.
