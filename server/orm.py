@@ -88,13 +88,7 @@ class Device(Base):
     poll_interval_s: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
     last_seen_at: Mapped[datetime | None]
-    line: Mapped[str | None] = mapped_column(String(100))
-    running_version: Mapped[int | None] = mapped_column(Integer)
-    running_model_sha256: Mapped[str | None] = mapped_column(String(64))
-    reported_version: Mapped[int | None] = mapped_column(Integer)
-    reported_model_sha256: Mapped[str | None] = mapped_column(String(64))
-    drift: Mapped[bool] = mapped_column(Boolean, default=False)
-    drift_detail: Mapped[str | None] = mapped_column(Text)
+    # one counter per device (what each line runs is in ``device_lines``): increasing per line too
     manifest_version: Mapped[int] = mapped_column(BigInteger, default=0)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     # Device identity (issue 15): the car's own Ed25519 public key (raw, base64), the timestamp (ms) of the
@@ -105,6 +99,26 @@ class Device(Base):
     reauthorized_until: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     decommissioned_at: Mapped[datetime | None]
+
+
+class DeviceLine(Base):
+    """What one car runs on one of its model lines (issue 20: a car runs several), from its polls and reports.
+
+    ``running_*``: what it last polled with; ``reported_*``: what it last reported installing; ``drift``: the two
+    disagree.  A row appears on the car's first poll of the line; the line's rollouts count the cars that have one.
+    """
+
+    __tablename__ = "device_lines"
+    __table_args__ = (UniqueConstraint("device_pk", "line", name="uq_device_lines_device_line"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    line: Mapped[str] = mapped_column(String(100), index=True)
+    running_version: Mapped[int | None] = mapped_column(Integer)
+    running_model_sha256: Mapped[str | None] = mapped_column(String(64))
+    reported_version: Mapped[int | None] = mapped_column(Integer)
+    reported_model_sha256: Mapped[str | None] = mapped_column(String(64))
+    drift: Mapped[bool] = mapped_column(Boolean, default=False)
+    drift_detail: Mapped[str | None] = mapped_column(Text)
 
 
 class DeviceUpdate(Base):

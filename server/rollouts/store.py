@@ -8,7 +8,7 @@ from typing import Any, cast
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from server.orm import Device, DeviceUpdate, QualityHistory, QualitySummary, Rollout, RolloutStage, Transfer
+from server.orm import Device, DeviceLine, DeviceUpdate, QualityHistory, QualitySummary, Rollout, RolloutStage, Transfer
 from server.rollouts.machine import OFFERING
 
 
@@ -41,19 +41,21 @@ def stages(session: Session, rollout_id: int) -> list[RolloutStage]:
 def line_fingerprint(session: Session, line: str) -> tuple[int, int]:
     """(count, highest primary key) of the line's active devices: changes when a device enrols on or joins the
     line, or is decommissioned."""
-    count, top = session.execute(select(func.count(Device.id), func.max(Device.id))
-                                 .where(Device.line == line, Device.decommissioned_at.is_(None))).one()
+    count, top = session.execute(select(func.count(DeviceLine.id), func.max(DeviceLine.id))
+                                 .join(Device, Device.id == DeviceLine.device_pk)
+                                 .where(DeviceLine.line == line, Device.decommissioned_at.is_(None))).one()
     return int(count or 0), int(top or 0)
 
 
 def line_members(session: Session, line: str, *, with_tags: bool) -> list[tuple[int, str, dict[str, Any] | None]]:
     """(pk, device id, tags or None) of the line's devices, decommissioned ones left out: columns only, no ORM
     objects (10,000 rows)."""
-    active = (Device.line == line, Device.decommissioned_at.is_(None))
+    active = (DeviceLine.line == line, Device.decommissioned_at.is_(None))
+    on_line = (Device.id == DeviceLine.device_pk)
     if with_tags:
-        rows = session.execute(select(Device.id, Device.device_id, Device.tags).where(*active))
+        rows = session.execute(select(Device.id, Device.device_id, Device.tags).join(DeviceLine, on_line).where(*active))
         return [(pk, did, tags) for pk, did, tags in rows]
-    rows = session.execute(select(Device.id, Device.device_id).where(*active))
+    rows = session.execute(select(Device.id, Device.device_id).join(DeviceLine, on_line).where(*active))
     return [(pk, did, None) for pk, did in rows]
 
 
