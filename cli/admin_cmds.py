@@ -318,19 +318,26 @@ def devices_list(args: argparse.Namespace) -> int:
         params.append(("drift", "true"))
     ds = _call(args, "GET", "/devices", params=params)
     table = [
-        f"{d['device_id']:24s} {d['line'] or '-':14s} running v{d['running_version'] if d['running_version'] is not None else '-'}"
+        f"{d['device_id']:24s} {_lines_text(d):28s}"
         f"  {'DRIFT ' if d['drift'] else ''}{','.join(f'{k}={v}' for k, v in d['tags'].items())}"
         f"  seen {d['last_seen_at'] or 'never'}" for d in ds] or ["no devices"]
     return _emit(args, ds, table)
 
 
+def _lines_text(d: dict[str, Any]) -> str:
+    """Every line a device runs, ``signs v3, lanes v1`` (issue 20); ``-`` before its first poll."""
+    runs = d.get("lines") or []
+    return ", ".join(f"{r['line']} v{r['running_version'] if r['running_version'] is not None else '-'}"
+                     for r in runs) or "-"
+
+
 def devices_show(args: argparse.Namespace) -> int:
     d = _call(args, "GET", f"/devices/{quote(args.device_id, safe='')}")
     tags = ",".join(f"{k}={v}" for k, v in d["tags"].items()) or "-"
-    rows = [f"{d['device_id']}  tags {tags}  line {d['line']}  running v{d['running_version']}  "
-            f"reported v{d['reported_version']}  last seen {d['last_seen_at']}"]
-    if d["drift"]:
-        rows.append(f"  DRIFT: {d['drift_detail']}")
+    rows = [f"{d['device_id']}  tags {tags}  last seen {d['last_seen_at']}"]
+    for r in d.get("lines") or []:
+        rows.append(f"  line {r['line']}  running v{r['running_version']}  reported v{r['reported_version']}"
+                    + (f"  DRIFT: {r['drift_detail']}" if r["drift"] else ""))
     if d.get("decommissioned_at") or d.get("revoked_at"):
         rows.append(f"  {'DECOMMISSIONED' if d.get('decommissioned_at') else 'REVOKED'} at "
                     f"{d.get('decommissioned_at') or d.get('revoked_at')}")
