@@ -238,6 +238,26 @@ class QualityHistory(Base):
     class_shift: Mapped[float | None] = mapped_column(Float)
 
 
+class Release(Base):
+    """A named, immutable set of versions, one per line, that a car must run together (issue 20)."""
+
+    __tablename__ = "releases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    notes: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+
+
+class ReleaseMember(Base):
+    __tablename__ = "release_members"
+    __table_args__ = (UniqueConstraint("release_id", "line_id", name="uq_release_members_line"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+
+
 class Transfer(Base):
     """One artifact request as the server measured it (bytes written to the socket)."""
 

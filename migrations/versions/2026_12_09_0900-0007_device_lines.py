@@ -1,10 +1,14 @@
-"""Several model lines per car (issue 20): what a car runs is kept per (device, line).
+"""Several model lines per car, and releases (issue 20).
 
 ``device_lines``: one row per line a device has polled, holding what the ``devices`` row held for its one
 line: the version and model it polls with (``running_*``), the version it last reported installing
 (``reported_*``) and drift between the two.  Existing devices' columns move into it (one row for a device
 that had polled), then the columns leave ``devices``.  ``devices.manifest_version`` stays: one increasing
-counter per device is also increasing per line.  Downgrade copies each device's first line back
+counter per device is also increasing per line.
+
+``releases`` and ``release_members``: a named, immutable set of versions, one per line (unique per release).
+
+Downgrade copies each device's first line back
 (alphabetically), so a car that ran several lines keeps only that one.
 
 Revision ID: 0007
@@ -53,8 +57,35 @@ def upgrade() -> None:
         for name in ('line', *_MOVED):
             batch_op.drop_column(name)
 
+    op.create_table('releases',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('notes', sa.Text(), nullable=True),
+    sa.Column('created_by', sa.String(length=200), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('name')
+    )
+    op.create_table('release_members',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('release_id', sa.Integer(), nullable=False),
+    sa.Column('line_id', sa.Integer(), nullable=False),
+    sa.Column('version_id', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['line_id'], ['lines.id'], ),
+    sa.ForeignKeyConstraint(['release_id'], ['releases.id'], ),
+    sa.ForeignKeyConstraint(['version_id'], ['versions.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('release_id', 'line_id', name='uq_release_members_line')
+    )
+    with op.batch_alter_table('release_members', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_release_members_release_id'), ['release_id'], unique=False)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table('release_members', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_release_members_release_id'))
+    op.drop_table('release_members')
+    op.drop_table('releases')
     with op.batch_alter_table('devices', schema=None) as batch_op:
         batch_op.add_column(sa.Column('line', sa.String(length=100), nullable=True))
         batch_op.add_column(sa.Column('running_version', sa.Integer(), nullable=True))
