@@ -112,3 +112,23 @@ def test_bad_line_lists_are_refused_before_anything_is_written(tmp_path: Path) -
         with pytest.raises(ValueError, match=match):
             line_dirs(tmp_path / "s", lines)
     assert not (tmp_path / "s").exists()
+
+
+def test_ota_classify_line_reads_that_lines_model(live_server: LiveServer, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from cli.main import main
+
+    publish(live_server, zoo_model(1), "signs")
+    publish(live_server, zoo_model(1), "lanes")
+    publish(live_server, zoo_model(3), "lanes")  # lanes' stable version stays v1 (no rollout): both run v1
+    state = tmp_path / "car"
+    run(MultiAgent(config(live_server, state, "car-cls"), ["signs", "lanes"]))
+    picture = tmp_path / "sign.png"
+    Image.fromarray(IMAGE).save(picture)
+    assert main(["classify", str(picture), "--agent-dir", str(state), "--line", "lanes", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 1
+    assert main(["classify", str(picture), "--agent-dir", str(state), "--line", "driver"]) == 1
+    assert "no agent state for line driver" in capsys.readouterr().err
+    assert main(["classify", str(picture), "--agent-dir", str(state), "--line", "../signs"]) == 2
