@@ -132,3 +132,19 @@ def test_ota_classify_line_reads_that_lines_model(live_server: LiveServer, tmp_p
     assert main(["classify", str(picture), "--agent-dir", str(state), "--line", "driver"]) == 1
     assert "no agent state for line driver" in capsys.readouterr().err
     assert main(["classify", str(picture), "--agent-dir", str(state), "--line", "../signs"]) == 2
+
+
+def test_ota_agent_once_with_two_lines_installs_both_and_prints_each(live_server: LiveServer, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+
+    publish(live_server, zoo_model(1), "signs")
+    publish(live_server, zoo_model(3), "lanes")
+    argv = ["agent", "--once", "--server", live_server.url, "--device-id", "car-cli", "--state-dir",
+            str(tmp_path / "car"), "--root-key", str(live_server.data_dir / "root.pub"),
+            f"--enroll-token={live_server.enrollment_token}", "--line", "signs", "--line", "lanes", "-q"]
+    assert main(argv) == 0
+    assert "signs v1  lanes v1" in capsys.readouterr().out
+    assert (tmp_path / "car" / "root-line").read_text() == "signs"
+    assert main([*argv[:-5], "--line", "signs", "--line", "signs"]) == 2
+    assert "named twice" in capsys.readouterr().err
