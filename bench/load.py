@@ -3,6 +3,7 @@
     .venv/bin/python bench/load.py                      # SQLite x1, PostgreSQL x1, PostgreSQL x2
     .venv/bin/python bench/load.py --json               # one JSON object per configuration
     .venv/bin/python bench/load.py --configs sqlite:1 --devices 500 --duration 5
+    .venv/bin/python bench/load.py --lines 3            # issue 20: every car polls three lines
 
 For each configuration it starts the real server (``ota serve``, N uvicorn
 workers, through ``server.process.serve`` with the
@@ -177,22 +178,29 @@ async def _poll_each(url: str, lines: list[str]) -> None:
         await asyncio.gather(*(one(line) for line in lines))
 
 
-def _fleet(reg: ServedRegistry, devices: int) -> list[str]:
-    """Publish v1, enroll the cars; one ``token TAB poll body`` line per car (every tenth has no model yet)."""
-    r = httpx.post(f"{reg.url}/api/v1/lines/road-signs/versions", headers={"Authorization": f"Bearer {reg.admin_token}"},
-                   files={"file": ("v1.onnx", (ZOO / "v1.onnx").read_bytes())}, timeout=120)
-    r.raise_for_status()
-    package = r.json()["packages"]["lossless"]
+MODEL_LINES = ("road-signs", "lanes", "driver", "lights", "signals", "cabin", "radar", "parking")
+
+
+def _fleet(reg: ServedRegistry, devices: int, model_lines: int = 1) -> list[str]:
+    """Publish v1 on each of ``model_lines`` lines, enroll the cars; one ``token TAB poll body`` line per car and
+    line (issue 20: a car polls each of its lines; every tenth car has no model yet on any)."""
+    packages = {}
+    for name in MODEL_LINES[:model_lines]:
+        r = httpx.post(f"{reg.url}/api/v1/lines/{name}/versions", headers={"Authorization": f"Bearer {reg.admin_token}"},
+                       files={"file": ("v1.onnx", (ZOO / "v1.onnx").read_bytes())}, timeout=120)
+        r.raise_for_status()
+        packages[name] = r.json()["packages"]["lossless"]
     tokens = asyncio.run(_enroll(reg.url, reg.enrollment_token, devices))
     lines = []
     for i, token in enumerate(tokens):
-        if i % 10 == 0:  # no model yet: gets a signed offer
-            body = {"line": "road-signs", "current_version": 0, "current_model_sha256": None,
-                    "current_package_sha256": None, "agent_state": "idle"}
-        else:
-            body = {"line": "road-signs", "current_version": 1, "current_model_sha256": package["model_sha256"],
-                    "current_package_sha256": package["sha256"], "agent_state": "idle"}
-        lines.append(f"{token}\t{json.dumps(body, separators=(',', ':'))}")
+        for name, package in packages.items():
+            if i % 10 == 0:  # no model yet: gets a signed offer
+                body = {"line": name, "current_version": 0, "current_model_sha256": None,
+                        "current_package_sha256": None, "agent_state": "idle"}
+            else:
+                body = {"line": name, "current_version": 1, "current_model_sha256": package["model_sha256"],
+                        "current_package_sha256": package["sha256"], "agent_state": "idle"}
+            lines.append(f"{token}\t{json.dumps(body, separators=(',', ':'))}")
     return lines
 
 
@@ -236,7 +244,7 @@ def run_config(backend: str, workers: int, args: argparse.Namespace) -> dict[str
         env = child_env({**FAST_ENV, **SERVER_ENV, "OTA_ENROLL_BURST": str(max(args.devices, 1000))})
         with temporary_database(cluster) as pg_url, serve(work / "data", workers=workers, database_url=pg_url,
                                                           env=env) as reg:
-            lines = _fleet(reg, args.devices)
+            lines = _fleet(reg, args.devices, args.lines)
             (work / "requests.tsv").write_text("\n".join(lines) + "\n")
             asyncio.run(_poll_each(reg.url, lines))
             # Warm-up, not reported: imports, connection pools, and every car's first poll on every worker (a
@@ -262,6 +270,7 @@ def run_config(backend: str, workers: int, args: argparse.Namespace) -> dict[str
         "backend": backend,
         "workers": workers,
         "devices": args.devices,
+        "lines_per_car": args.lines,
         # the headline (and the target's) figures are the fixed-rate run's
         "polls_per_s": rate["polls_per_s"],
         "p50_ms": rate["p50_ms"],
@@ -280,6 +289,8 @@ def main() -> int:
     ap.add_argument("--configs", default="sqlite:1,postgres:1,postgres:2",
                     help="comma list of backend:workers (backend sqlite or postgres)")
     ap.add_argument("--devices", type=int, default=2000)
+    ap.add_argument("--lines", type=int, default=1, choices=range(1, len(MODEL_LINES) + 1), metavar="N",
+                    help="model lines each car runs and polls (issue 20); the requests cycle through every car's lines")
     ap.add_argument("--duration", type=int, default=10, help="seconds of each measured run")
     ap.add_argument("--warmup", type=int, default=10, help="seconds of unreported polling before the rate run")
     ap.add_argument("--rate", type=float, default=2200.0, help="offered polls/s of the rate runs")

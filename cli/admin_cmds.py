@@ -331,6 +331,40 @@ def rollout_rollback(args: argparse.Namespace) -> int:
     return _emit(args, r, _rollout_table(r))
 
 
+# ---- releases ------------------------------------------------------------------------------------
+
+def _release_rows(r: dict[str, Any]) -> list[str]:
+    members = ", ".join(f"{m['line']} v{m['version']}" for m in r["members"])
+    return [f"{r['name']:24s} {members}  by {r['created_by'] or '-'} at {r['created_at']}"]
+
+
+def release_create(args: argparse.Namespace) -> int:
+    pins: dict[str, int] = {}
+    for line, text in _pairs(args.pin, "--pin").items():
+        try:
+            pins[line] = int(text)
+        except ValueError:
+            raise CliError(f"--pin {line}={text}: the version must be a number, e.g. --pin {line}=7") from None
+    if not pins:
+        raise CliError("a release pins at least one line: --pin LINE=VERSION (repeatable)")
+    body: dict[str, Any] = {"name": args.name, "pins": pins}
+    if args.notes:
+        body["notes"] = args.notes
+    r = _call(args, "POST", "/releases", json=body)
+    return _emit(args, r, _release_rows(r))
+
+
+def release_list(args: argparse.Namespace) -> int:
+    rs = _call(args, "GET", "/releases")
+    return _emit(args, rs, [row for r in rs for row in _release_rows(r)] or ["no releases"])
+
+
+def release_show(args: argparse.Namespace) -> int:
+    r = _call(args, "GET", f"/releases/{quote(args.name, safe='')}")
+    return _emit(args, r, _release_rows(r) + [f"  {m['line']} v{m['version']}  model {m['source_sha256']}"
+                                              for m in r["members"]])
+
+
 # ---- devices ------------------------------------------------------------------------------------
 
 def devices_list(args: argparse.Namespace) -> int:
@@ -339,19 +373,26 @@ def devices_list(args: argparse.Namespace) -> int:
         params.append(("drift", "true"))
     ds = _call(args, "GET", "/devices", params=params)
     table = [
-        f"{d['device_id']:24s} {d['line'] or '-':14s} running v{d['running_version'] if d['running_version'] is not None else '-'}"
+        f"{d['device_id']:24s} {_lines_text(d):28s}"
         f"  {'DRIFT ' if d['drift'] else ''}{','.join(f'{k}={v}' for k, v in d['tags'].items())}"
         f"  seen {d['last_seen_at'] or 'never'}" for d in ds] or ["no devices"]
     return _emit(args, ds, table)
 
 
+def _lines_text(d: dict[str, Any]) -> str:
+    """Every line a device runs, ``signs v3, lanes v1`` (issue 20); ``-`` before its first poll."""
+    runs = d.get("lines") or []
+    return ", ".join(f"{r['line']} v{r['running_version'] if r['running_version'] is not None else '-'}"
+                     for r in runs) or "-"
+
+
 def devices_show(args: argparse.Namespace) -> int:
     d = _call(args, "GET", f"/devices/{quote(args.device_id, safe='')}")
     tags = ",".join(f"{k}={v}" for k, v in d["tags"].items()) or "-"
-    rows = [f"{d['device_id']}  tags {tags}  line {d['line']}  running v{d['running_version']}  "
-            f"reported v{d['reported_version']}  last seen {d['last_seen_at']}"]
-    if d["drift"]:
-        rows.append(f"  DRIFT: {d['drift_detail']}")
+    rows = [f"{d['device_id']}  tags {tags}  last seen {d['last_seen_at']}"]
+    for r in d.get("lines") or []:
+        rows.append(f"  line {r['line']}  running v{r['running_version']}  reported v{r['reported_version']}"
+                    + (f"  DRIFT: {r['drift_detail']}" if r["drift"] else ""))
     if d.get("decommissioned_at") or d.get("revoked_at"):
         rows.append(f"  {'DECOMMISSIONED' if d.get('decommissioned_at') else 'REVOKED'} at "
                     f"{d.get('decommissioned_at') or d.get('revoked_at')}")
@@ -515,6 +556,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rb.add_argument("--version", type=int, help="default: the stable version before the rollout")
     _common(rb)
     rb.set_defaults(func=_run(rollout_rollback))
+
+    rl = subparsers.add_parser("release", help="releases: versions of several lines a car runs together").add_subparsers(
+        dest="release_command", metavar="ACTION", required=True)
+    c = rl.add_parser("create", help="name a set of versions, one per line (every pinned version must exist)")
+    c.add_argument("name")
+    c.add_argument("--pin", action="append", metavar="LINE=VERSION", help="e.g. --pin signs=7 --pin lanes=3")
+    c.add_argument("--notes")
+    _common(c)
+    c.set_defaults(func=_run(release_create))
+    ls = rl.add_parser("list", help="list releases")
+    _common(ls)
+    ls.set_defaults(func=_run(release_list))
+    sh = rl.add_parser("show", help="a release's members")
+    sh.add_argument("name")
+    _common(sh)
+    sh.set_defaults(func=_run(release_show))
 
     dv = subparsers.add_parser("devices", help="device inventory").add_subparsers(
         dest="devices_command", metavar="ACTION", required=True)

@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root-key", type=Path, help="the fleet's root public key file (root.pub from `ota keys init`; "
                                                  "needed to enrol: the car trusts no key it was not provisioned for)")
     p.add_argument("--state-dir", type=Path, default=Path(".ota-agent"), help="slots, journal, identity")
-    p.add_argument("--line", default="road-signs", help="model line to follow")
+    p.add_argument("--line", action="append", dest="lines", metavar="LINE",
+                   help="model line to follow (repeatable: a car on several lines runs one update engine per line "
+                        "in one process; default road-signs)")
     p.add_argument("--tag", action="append", default=[], metavar="K=V", help="device tag (repeatable)")
     p.add_argument("--max-rate", type=float, metavar="BYTES_PER_S", help="download rate limit")
     p.add_argument("--poll-interval", type=float, metavar="S", help="override the server-given poll interval")
@@ -39,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "its line's input contract (any size, any format PIL reads)")
     c.add_argument("image", type=Path)
     c.add_argument("--agent-dir", type=Path, default=Path(".ota-agent"), help="the agent's --state-dir")
+    c.add_argument("--line", help="which line's model, for a car on several lines (default: its first line)")
     c.add_argument("--json", action="store_true", help="print one JSON object (label, probability, class index, "
                                                        "version) for scripts")
     c.set_defaults(func=cmd_classify)
@@ -66,6 +69,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     from client import Agent, AgentConfig
     from client.errors import AgentError
+    from client.multiagent import ROOT_LINE_FILE, MultiAgent
     from client.trust import read_root_key
 
     try:
@@ -91,11 +95,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
         stream=sys.stdout,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    lines = args.lines or ["road-signs"]
     config = AgentConfig(
         server_url=args.server,
         device_id=args.device_id,
         state_dir=args.state_dir,
-        line=args.line,
+        line=lines[0],
         enroll_token=enroll_token,
         root_public_key=root_key,
         tags=_tags(args.tag),
@@ -104,7 +109,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
         ca_cert_path=args.ca_cert,
     )
     make_state_dir(args.state_dir)
-    agent = Agent(config)
+    agent: Agent | MultiAgent
+    if len(lines) > 1 or (args.state_dir / ROOT_LINE_FILE).exists():  # once several, always by line
+        try:
+            agent = MultiAgent(config, lines)
+        except ValueError as e:
+            print(f"ota agent: {e}", file=sys.stderr)
+            return 2
+    else:
+        agent = Agent(config)
     if not args.once:
         try:
             agent.run()
@@ -118,7 +131,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except AgentError as e:
         print(f"ota agent: {e}{_tls_hint(e, args)}", file=sys.stderr)
         return 1
-    print(f"running v{agent.running_version}")
+    if isinstance(agent, MultiAgent):
+        print("  ".join(f"{line} v{v}" for line, v in agent.running_versions().items()))
+    else:
+        print(f"running v{agent.running_version}")
     return 0
 
 
@@ -145,16 +161,25 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from client import Agent, AgentConfig
     from client.errors import AgentError
     from client.hotswap import NoModel
+    from client.multiagent import line_dir
 
-    if not (args.agent_dir / "journal.json").exists():
-        print(f"ota classify: no agent state in {args.agent_dir} (run `ota agent --state-dir` first)", file=sys.stderr)
+    try:
+        slots_dir = line_dir(args.agent_dir, args.line)
+    except ValueError as e:
+        print(f"ota classify: {e}", file=sys.stderr)
+        return 2
+    if not (slots_dir / "journal.json").exists():
+        what = f" for line {args.line}" if args.line else ""
+        print(f"ota classify: no agent state{what} in {args.agent_dir} (run `ota agent --state-dir` first)",
+              file=sys.stderr)
         return 1
     try:
         image = read_image(args.image)
     except ValueError as e:
         print(f"ota classify: cannot read {args.image}: {e}", file=sys.stderr)
         return 1
-    agent = Agent(AgentConfig(server_url="http://offline.invalid", device_id="", state_dir=args.agent_dir))
+    agent = Agent(AgentConfig(server_url="http://offline.invalid", device_id="", state_dir=args.agent_dir,
+                              slots_dir=slots_dir))
     try:
         asyncio.run(agent.start())
         prediction = agent.predict(image)

@@ -111,11 +111,17 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
+        api: RegistryClient | None = None,
+        trust: TrustKeeper | None = None,
+        seq: reports.SeqCounter | None = None,
     ) -> None:
+        """``api``, ``trust`` and ``seq`` are shared by the lines of a car on several (``client.multiagent``):
+        one HTTP client and token, one delegation, and one report ``seq`` counter (the registry knows one per
+        device).  By default the agent makes its own."""
         if config.gil_switch_interval_s is not None and not config.gil_switch_interval_s > 0:
             raise ValueError(f"gil_switch_interval_s must be > 0 or None, got {config.gil_switch_interval_s}")
         self.config = config
-        self.store = SlotStore(config.state_dir, fsync=config.fsync)
+        self.store = SlotStore(config.slots_dir or config.state_dir, fsync=config.fsync)
         #: The live session's owner: here, or (``client.agentd``) in the car application's process.
         self.swapper: Swapper = swapper or HotSwapper(
             session_factory or default_session_factory(config.inference_threads))
@@ -125,8 +131,10 @@ class Agent:
             if config.decode_in_subprocess
             else InProcessDecoder()
         )
-        self.api = RegistryClient(config.server_url, transport=transport or registry_transport(config.ca_cert_path),
-                                  timeout_s=config.http_timeout_s)
+        self.api = api or RegistryClient(config.server_url,
+                                         transport=transport or registry_transport(config.ca_cert_path),
+                                         timeout_s=config.http_timeout_s)
+        self.seq = seq
         self.bucket = (
             TokenBucket(config.max_rate_bytes_per_s, config.rate_burst_bytes, clock=clock, sleep=sleep)
             if config.max_rate_bytes_per_s
@@ -147,7 +155,7 @@ class Agent:
             self.platform = config.platform
         self._platform_sent = False
         self.identity: Identity | None = None
-        self.trust = TrustKeeper(config.root_public_key, config.state_dir / "trust.json", fsync=config.fsync)
+        self.trust = trust or TrustKeeper(config.root_public_key, config.state_dir / "trust.json", fsync=config.fsync)
         #: The latest verified "no offer" status: the registry had nothing for this car until its expiry.
         self.status: Status | None = None
         #: The car's own key pair (``start`` loads or generates it): proves re-enrolments, signs reports.
@@ -432,10 +440,19 @@ class Agent:
 
     # -- offers -------------------------------------------------------------
 
+    def _enqueue(self, journal: Journal, **kw: Any) -> None:
+        """``reports.enqueue`` with the car's shared seq counter (several lines: one counter per device)."""
+        with reports.shared_seq(journal, self.seq):
+            reports.enqueue(journal, **kw)
+
+    def _queue_quality(self, summary: Any) -> dict[str, Any] | None:
+        with reports.shared_seq(self.journal, self.seq):
+            return reports.queue_quality(self.journal, summary)
+
     def _report(self, offer: Offer, state: str, **kw: Any) -> None:
         pending = self.journal.pending or {}
         started = pending.get("started_at", self._wall_clock().timestamp())
-        reports.enqueue(
+        self._enqueue(
             self.journal, state=state, rollout_id=offer.rollout_id, manifest_version=offer.manifest_version,
             target_version=offer.target_version, elapsed_s=self._wall_clock().timestamp() - started,
             now=self._wall_clock(), queue_max=self.config.report_queue_max, **kw,
@@ -806,7 +823,7 @@ class Agent:
         self.swapper.swap(fallback, health_window=False)
         j.active, j.previous = good, None
         j.bad_models.append(bad.model_sha256)
-        reports.enqueue(j, state="rolled_back", rollout_id=bad.rollout_id, manifest_version=bad.manifest_version,
+        self._enqueue(j, state="rolled_back", rollout_id=bad.rollout_id, manifest_version=bad.manifest_version,
                         target_version=bad.version, reason=reason, now=self._wall_clock(),
                         queue_max=self.config.report_queue_max)
         self.store.save(j)
@@ -834,7 +851,7 @@ class Agent:
         self.swapper.swap(loaded, health_window=False)
         j.active, j.previous = prev, cur
         if cur is not None:  # the update being undone: installed -> rolled_back on its own record
-            reports.enqueue(j, state="rolled_back", rollout_id=cur.rollout_id, manifest_version=cur.manifest_version,
+            self._enqueue(j, state="rolled_back", rollout_id=cur.rollout_id, manifest_version=cur.manifest_version,
                             target_version=cur.version, reason=reason, now=self._wall_clock(),
                             queue_max=self.config.report_queue_max)
         self._walk_to_installed(offer, f"{reason}: restored from slot {prev.slot}, no download")
@@ -933,7 +950,7 @@ class Agent:
         """Stop the running comparison, if any, and queue its final summary (the caller saves the journal)."""
         final = self.swapper.stop_comparison()
         if final is not None:
-            reports.queue_quality(self.journal, final)
+            self._queue_quality(final)
         self._quality_plan = None
         self._quality_due = None
 
@@ -959,7 +976,7 @@ class Agent:
         if comparator is None or plan is None or self._quality_due is None or self._clock() < self._quality_due:
             return
         self._quality_due = self._clock() + plan.report_every_s
-        if reports.queue_quality(self.journal, comparator.snapshot()) is None:
+        if self._queue_quality(comparator.snapshot()) is None:
             return
         self.store.save(self.journal)
         if flush:

@@ -24,6 +24,10 @@ class AgentConfig:
     device_id: str
     state_dir: Path
     line: str = "road-signs"
+    #: Where this line's journal, slots and downloads live; None: ``state_dir`` (a one-line car).  A car on
+    #: several lines (``client.multiagent``) gives each line its own; identity, device key and trust stay in
+    #: ``state_dir``, shared by every line.
+    slots_dir: Path | None = None
     #: The fleet's root public key (raw Ed25519, 32 bytes), provisioned before first contact: the car trusts
     #: only offers signed by keys a root-signed delegation names (client/trust.py).  Required to enrol.
     root_public_key: bytes | None = None

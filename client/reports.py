@@ -17,7 +17,8 @@ does not know them answers without that list, and they stay queued.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +37,31 @@ STATES = tuple(str(s) for s in REPORTED)
 def utc_now_iso(now: datetime | None = None) -> str:
     """ISO 8601 UTC with a Z, the protocol's time format."""
     return format_time(now or datetime.now(UTC))
+
+
+class SeqCounter:
+    """The next report ``seq`` of a car whose lines keep separate journals (``client.multiagent``).
+
+    The registry keeps one seq space per device and treats a re-sent seq as already applied, so two lines
+    must never use the same one.  Each journal still records its own ``next_seq`` in the write that queues the
+    report, so after a crash the highest of them (``start``) is past every seq that was ever queued.
+    """
+
+    def __init__(self, start: int = 1) -> None:
+        self.next = start
+
+
+@contextmanager
+def shared_seq(journal: Journal, counter: SeqCounter | None) -> Iterator[None]:
+    """Take seqs from ``counter`` (None: the journal's own) while queueing into ``journal``."""
+    if counter is None:
+        yield
+        return
+    journal.next_seq = max(journal.next_seq, counter.next)
+    try:
+        yield
+    finally:
+        counter.next = max(counter.next, journal.next_seq)
 
 
 def enqueue(

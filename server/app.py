@@ -46,6 +46,7 @@ from server.metrics import Metrics
 from server.openapi import document_errors
 from server.registry.routes import router as registry_router
 from server.registry.storage import PackageStorage
+from server.releases.routes import router as releases_router
 from server.rollouts import service as rollouts
 from server.rollouts.membership import MembershipCache
 from server.rollouts.routes import router as rollouts_router
@@ -199,7 +200,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
         return JSONResponse({"error": "validation_error", "detail": detail, "errors": errors}, status_code=422)
 
-    for router in (registry_router, artifacts_router, devices_router, rollouts_router, accounting_router, audit_router):
+    for router in (registry_router, artifacts_router, devices_router, rollouts_router, releases_router,
+                   accounting_router, audit_router):
         app.include_router(router)
     app.mount("/dashboard", create_dashboard(lambda: app.state.ctx))  # issue 7: server-rendered pages
     # Middleware, innermost first: cached polls answered below FastAPI's routing (issue 8); the limits before

@@ -90,13 +90,7 @@ class Device(Base):
     poll_interval_s: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
     last_seen_at: Mapped[datetime | None]
-    line: Mapped[str | None] = mapped_column(String(100))
-    running_version: Mapped[int | None] = mapped_column(Integer)
-    running_model_sha256: Mapped[str | None] = mapped_column(String(64))
-    reported_version: Mapped[int | None] = mapped_column(Integer)
-    reported_model_sha256: Mapped[str | None] = mapped_column(String(64))
-    drift: Mapped[bool] = mapped_column(Boolean, default=False)
-    drift_detail: Mapped[str | None] = mapped_column(Text)
+    # one counter per device (what each line runs is in ``device_lines``): increasing per line too
     manifest_version: Mapped[int] = mapped_column(BigInteger, default=0)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     # Device identity (issue 15): the car's own Ed25519 public key (raw, base64), the timestamp (ms) of the
@@ -111,6 +105,26 @@ class Device(Base):
     # NULL: never reported, treated as able to run any version
     platform: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     platform_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class DeviceLine(Base):
+    """What one car runs on one of its model lines (issue 20: a car runs several), from its polls and reports.
+
+    ``running_*``: what it last polled with; ``reported_*``: what it last reported installing; ``drift``: the two
+    disagree.  A row appears on the car's first poll of the line; the line's rollouts count the cars that have one.
+    """
+
+    __tablename__ = "device_lines"
+    __table_args__ = (UniqueConstraint("device_pk", "line", name="uq_device_lines_device_line"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    line: Mapped[str] = mapped_column(String(100), index=True)
+    running_version: Mapped[int | None] = mapped_column(Integer)
+    running_model_sha256: Mapped[str | None] = mapped_column(String(64))
+    reported_version: Mapped[int | None] = mapped_column(Integer)
+    reported_model_sha256: Mapped[str | None] = mapped_column(String(64))
+    drift: Mapped[bool] = mapped_column(Boolean, default=False)
+    drift_detail: Mapped[str | None] = mapped_column(Text)
 
 
 class DeviceUpdate(Base):
@@ -228,6 +242,26 @@ class QualityHistory(Base):
     agreement: Mapped[float | None] = mapped_column(Float)
     latency_p99_ratio: Mapped[float | None] = mapped_column(Float)
     class_shift: Mapped[float | None] = mapped_column(Float)
+
+
+class Release(Base):
+    """A named, immutable set of versions, one per line, that a car must run together (issue 20)."""
+
+    __tablename__ = "releases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    notes: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+
+
+class ReleaseMember(Base):
+    __tablename__ = "release_members"
+    __table_args__ = (UniqueConstraint("release_id", "line_id", name="uq_release_members_line"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
 
 
 class Transfer(Base):

@@ -187,7 +187,9 @@ def fleet_page(session: Session, presence: LastSeen, settings: Settings) -> dict
     inventory = devices.inventory(session, presence)
     latest = {u.device_id: u for u in queries.latest_updates(session)}
     stuck = _stuck(session, settings, now)
-    by_version = Counter((d.line or "no line yet", d.running_version) for d in inventory)
+    # every line each car runs (issue 20); a car that never polled counts once, under "no line yet"
+    by_version = Counter(pair for d in inventory for pair in
+                         ([(r.line, r.running_version) for r in d.lines] or [("no line yet", None)]))
     by_tag: dict[str, Counter[str]] = defaultdict(Counter)
     for d in inventory:
         for k, v in d.tags.items():

@@ -55,17 +55,23 @@ class OfferView:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceView:
-    pk: int
-    device_id: str
-    tags: dict[str, Any]
-    poll_interval_s: int | None
-    line: str | None
+class LineRun:
+    """What the device runs on one line (its ``device_lines`` row)."""
+
     running_version: int | None
     running_model_sha256: str | None
     reported_version: int | None
     drift: bool
     drift_detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    pk: int
+    device_id: str
+    tags: dict[str, Any]
+    poll_interval_s: int | None
+    lines: dict[str, LineRun]  # line name -> what it runs there (issue 20: several lines per car)
     offers: dict[tuple[int, int], OfferView]  # (rollout id or 0, version id) -> offer
     platform: Platform | None = None  # what the car reported it can run (issue 20); None: never reported
     platform_sha256: str | None = None
@@ -100,7 +106,8 @@ class PollPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Running:
-    """The device columns a poll sets (what the car runs, and drift from what it reported installing)."""
+    """The ``device_lines`` row a poll sets (what the car runs on the polled line, and drift from what it
+    reported installing there); ``new``: the car polls this line for the first time (the row is created)."""
 
     line: str
     running_version: int
@@ -108,6 +115,7 @@ class Running:
     drift: bool
     drift_detail: str | None
     platform: Platform | None = None  # a newly reported platform to store (None: unchanged)
+    new: bool = False  # the device's first poll of this line: its row is created
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,16 +158,21 @@ _UNKNOWN = object()  # "no idea which delta": a sentinel, as None means "no delt
 
 
 def running_change(device: DeviceView, line: str, poll: PollView) -> Running | None:
-    """The running columns this poll sets, or None when they already hold these values."""
-    drift = device.reported_version is not None and poll.current_version != device.reported_version
-    detail = (f"reported installed version {device.reported_version} but polls with version {poll.current_version}"
+    """What this poll sets on the device's row for ``line``, or None when it already holds these values.
+
+    Each line is judged alone: a car polling two lines in turn writes nothing once both rows are current.
+    """
+    held = device.lines.get(line)
+    reported = held.reported_version if held is not None else None
+    drift = reported is not None and poll.current_version != reported
+    detail = (f"reported installed version {reported} but polls with version {poll.current_version}"
               if drift else None)
     platform = poll.platform if poll.platform is not None and poll.platform_sha256 != device.platform_sha256 else None
-    if (device.line == line and device.running_version == poll.current_version
-            and device.running_model_sha256 == poll.current_model_sha256 and device.drift == drift
-            and device.drift_detail == detail and platform is None):
+    if (held is not None and held.running_version == poll.current_version
+            and held.running_model_sha256 == poll.current_model_sha256 and held.drift == drift
+            and held.drift_detail == detail and platform is None):
         return None
-    return Running(line, poll.current_version, poll.current_model_sha256, drift, detail, platform)
+    return Running(line, poll.current_version, poll.current_model_sha256, drift, detail, platform, new=held is None)
 
 
 def can_run(version: VersionView, platform: Platform | None) -> bool:

@@ -39,7 +39,7 @@ def _exists(device_id: str) -> Conflict:
 def _new_device(session: Session, body: schemas.EnrollIn, grant: tokens.Grant, token: str) -> Device:
     device = Device(device_id=body.device_id, token_sha256=token_digest(token),
                     tags={**body.tags, **grant.tags}, public_key=body.public_key, proof_ms=0,
-                    created_at=utcnow(), drift=False, manifest_version=0, last_seq=0)
+                    created_at=utcnow(), manifest_version=0, last_seq=0)
     try:
         with session.begin_nested():
             session.add(device)

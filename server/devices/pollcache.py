@@ -53,23 +53,25 @@ from server.config import Settings
 from server.db import Database, as_utc
 from server.devices import schemas
 from server.devices.changefeed import ChangeFeed
-from server.devices.decision import DeviceView, NewOffer, OfferView, PollPolicy, PollView, Resend, decide
-from server.orm import Device, DeviceReport, DeviceUpdate, Line, Package, Rollout, RolloutStage, Version
+from server.devices.decision import DeviceView, LineRun, NewOffer, OfferView, PollPolicy, PollView, Resend, decide
+from server.orm import Device, DeviceLine, DeviceReport, DeviceUpdate, Line, Package, Rollout, RolloutStage, Version
 from server.rollouts.lineview import LineView, load_line
 
 _LINE_TYPES = (Line, Rollout, RolloutStage, Version, Package)
 Trust = tuple[float, float | None] | None  # ChangeFeed.trust: (heard since, until or None while listening)
 
 
-_DEVICE_COLUMNS = (Device.id, Device.device_id, Device.tags, Device.poll_interval_s, Device.line,
-                   Device.running_version, Device.running_model_sha256, Device.reported_version, Device.drift,
-                   Device.drift_detail, Device.platform, Device.platform_sha256)
+_DEVICE_COLUMNS = (Device.id, Device.device_id, Device.tags, Device.poll_interval_s, Device.platform,
+                   Device.platform_sha256)
+_LINE_COLUMNS = (DeviceLine.line, DeviceLine.running_version, DeviceLine.running_model_sha256,
+                 DeviceLine.reported_version, DeviceLine.drift, DeviceLine.drift_detail)
 _OFFER_COLUMNS = (DeviceUpdate.rollout_key, DeviceUpdate.version_id, DeviceUpdate.state, DeviceUpdate.codec,
                   DeviceUpdate.delta_sha256, DeviceUpdate.base_package_sha256, DeviceUpdate.expires_at,
                   DeviceUpdate.envelope)
 RECENT_OFFERS = 20  # older offers are not cached: a poll that needs one takes the slow path
 # Built once: constructing a select costs SQLAlchemy ~0.2 ms of Python, the indexed lookup in SQLite ~25 us.
 _DEVICE_BY_TOKEN = select(*_DEVICE_COLUMNS).where(Device.token_sha256 == bindparam("digest"))
+_DEVICE_LINES = select(*_LINE_COLUMNS).where(DeviceLine.device_pk == bindparam("pk"))
 _RECENT_OFFERS = (select(*_OFFER_COLUMNS).where(DeviceUpdate.device_pk == bindparam("pk"))
                   .order_by(DeviceUpdate.id.desc()).limit(RECENT_OFFERS))
 
@@ -79,24 +81,26 @@ _ALL_OFFERS = (select(*_OFFER_COLUMNS).where(DeviceUpdate.device_pk == bindparam
 
 
 def load_device(session: Session, token_sha256: str, every_offer: bool = False) -> DeviceView | None:
-    """The device holding this token digest, with its recent offers (``every_offer``: all); None if none has it.
+    """The device holding this token digest, with what it runs on each line and its recent offers
+    (``every_offer``: all); None if none has it.
 
-    Two indexed Core selects of just the columns the decision needs (the cache loads this on a miss: after a
+    Three indexed Core selects of just the columns the decision needs (the cache loads this on a miss: after a
     restart, every car's first poll; the database path loads it with every offer inside its transaction).
     """
     conn = session.connection()
     row = conn.execute(_DEVICE_BY_TOKEN, {"digest": token_sha256}).first()
     if row is None:
         return None
-    pk, device_id, tags, interval, line, running, running_sha, reported, drift, detail, platform, digest = row
+    pk, device_id, tags, interval, platform, digest = row
+    lines = {name: LineRun(running, running_sha, reported, bool(drift), detail)
+             for name, running, running_sha, reported, drift, detail in conn.execute(_DEVICE_LINES, {"pk": pk})}
     offers: dict[tuple[int, int], OfferView] = {}
     for key, version_id, state, codec, delta, base, expires, envelope in conn.execute(
             _ALL_OFFERS if every_offer else _RECENT_OFFERS, {"pk": pk}):
         offers.setdefault((key, version_id), OfferView(state, codec, delta, base, as_utc(expires),
                                                        json.dumps(envelope).encode(), signed_by(envelope),
                                                        signed_plan(envelope)))
-    return DeviceView(pk, device_id, dict(tags or {}), interval, line, running, running_sha, reported, bool(drift),
-                      detail, offers, stored_platform(platform), digest)
+    return DeviceView(pk, device_id, dict(tags or {}), interval, lines, offers, stored_platform(platform), digest)
 
 
 def stored_platform(d: dict[str, Any] | None) -> Platform | None:
@@ -334,7 +338,7 @@ class PollCache:
             for obj in chain(session.new, session.dirty, session.deleted):
                 if isinstance(obj, Device):
                     pending["devices"].add(obj.id)
-                elif isinstance(obj, (DeviceUpdate, DeviceReport)):
+                elif isinstance(obj, (DeviceUpdate, DeviceReport, DeviceLine)):
                     pending["devices"].add(obj.device_pk)
                 elif isinstance(obj, _LINE_TYPES):
                     pending["lines"] = True

@@ -188,7 +188,21 @@ class DevicePatch(BaseModel):
     poll_interval_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
 
 
+class DeviceLineOut(BaseModel):
+    """What a car runs on one of its lines (issue 20)."""
+
+    line: str
+    running_version: int | None
+    running_model_sha256: str | None
+    reported_version: int | None
+    drift: bool
+    drift_detail: str | None
+
+
 class DeviceOut(BaseModel):
+    """A device; ``lines`` lists every line it runs.  ``line``, ``running_version`` and ``reported_version`` are
+    its first line's (by name), kept for single-line readers; ``drift`` is true when any line drifts."""
+
     device_id: str
     tags: dict[str, str]
     line: str | None
@@ -196,6 +210,7 @@ class DeviceOut(BaseModel):
     reported_version: int | None
     drift: bool
     drift_detail: str | None
+    lines: list[DeviceLineOut] = Field(default_factory=list)
     poll_interval_s: int | None = None
     last_seen_at: UtcDateTime | None
     created_at: UtcDateTime

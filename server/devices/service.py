@@ -31,7 +31,7 @@ from server.devices.pollcache import load_device, policy, poll_view
 from server.devices.presence import LastSeen
 from server.errors import Conflict, IllegalTransition, NotFound, Unauthorized
 from server.orm import Delta as DeltaRow
-from server.orm import Device, DeviceReport, DeviceUpdate, Line, Package, Version
+from server.orm import Device, DeviceLine, DeviceReport, DeviceUpdate, Line, Package, Version
 from server.registry import store as registry_store
 from server.registry.storage import PackageStorage
 from server.rollouts import quality
@@ -64,15 +64,31 @@ def _offer(device: Device, line: Line, version: Version, pkg: Package, rollout_i
     ).to_signed()
 
 
-def _note_running(device: Device, running: decision.Running | None) -> None:
-    """Write what the decision says the car runs (None: it is already recorded)."""
+def _note_running(session: Session, device: Device, running: decision.Running | None) -> None:
+    """Write what the decision says the car runs on the polled line (None: it is already recorded)."""
     if running is None:
         return
-    device.line = running.line
-    device.running_version, device.running_model_sha256 = running.running_version, running.running_model_sha256
-    device.drift, device.drift_detail = running.drift, running.drift_detail
+    row = store.device_line(session, device.id, running.line)
+    if row is None:
+        row = _new_device_line(session, device, running.line)
+    row.running_version, row.running_model_sha256 = running.running_version, running.running_model_sha256
+    row.drift, row.drift_detail = running.drift, running.drift_detail
     if running.platform is not None:  # the car reported a new platform (issue 20)
         device.platform, device.platform_sha256 = running.platform.to_dict(), running.platform.digest()
+
+
+def _new_device_line(session: Session, device: Device, line: str) -> DeviceLine:
+    """The device's row for ``line``, created once even if two polls of the same line race."""
+    row = DeviceLine(device_pk=device.id, line=line, drift=False)
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+        return row
+    except IntegrityError:
+        winner = store.device_line(session, device.id, line)
+        assert winner is not None
+        return winner
 
 
 def _new_update(session: Session, device: Device, rollout_id: int | None, version_id: int, target_version: int,
@@ -164,7 +180,7 @@ def poll(session: Session, settings: Settings, signer: Signer, storage: PackageS
     now = utcnow()
     presence.note(device.id, now)
     made, line = _decide(session, storage, device, body, now, policy(settings, signer.key_id), make_delta=True)
-    _note_running(device, made.running)
+    _note_running(session, device, made.running)
     if isinstance(made, decision.NoOffer):
         return made.poll_interval_s, None
     if isinstance(made, decision.Resend):
@@ -211,12 +227,11 @@ def _apply_report(session: Session, device: Device, r: schemas.ReportIn) -> Devi
         update.bytes_reported = max(update.bytes_reported or 0, r.bytes_received)
     if r.artifact:
         update.artifact_reported = r.artifact
-    if new == "installed":
-        device.reported_version = r.target_version
-        device.reported_model_sha256 = r.running_model_sha256
-    elif new == "rolled_back":
-        device.reported_version = r.running_version
-        device.reported_model_sha256 = r.running_model_sha256
+    if new in ("installed", "rolled_back"):
+        line = store.line_of_update(session, update)
+        row = store.device_line(session, device.id, line) or _new_device_line(session, device, line)
+        row.reported_version = r.target_version if new == "installed" else r.running_version
+        row.reported_model_sha256 = r.running_model_sha256
     return update
 
 
@@ -313,16 +328,27 @@ def _record_quality(session: Session, device: Device, body: schemas.ReportsIn,
     return accepted, rejected
 
 
-def _device_out(session: Session, device: Device, presence: LastSeen, with_updates: bool) -> schemas.DeviceOut:
+def _device_out(session: Session, device: Device, presence: LastSeen, with_updates: bool,
+                lines: list[DeviceLine] | None = None) -> schemas.DeviceOut:
+    """The device as the API shows it: every line it runs (``lines``), and for the single-line readers of
+    before issue 20 its first line's figures in ``line``/``running_version``/``reported_version``, with
+    ``drift`` true when any line drifts."""
     seen = presence.peek(device.id) or as_utc(device.last_seen_at)
     updates = [schemas.UpdateOut(rollout_id=u.rollout_id, target_version=u.target_version, codec=u.codec,
                                  state=u.state, reason=u.reason, bytes_reported=u.bytes_reported,
                                  manifest_version=u.manifest_version, updated_at=u.updated_at)
                for u in store.updates(session, device.id)] if with_updates else []
-    return schemas.DeviceOut(device_id=device.device_id, tags=device.tags, line=device.line,
-                             running_version=device.running_version, reported_version=device.reported_version,
-                             drift=device.drift, drift_detail=device.drift_detail,
-                             poll_interval_s=device.poll_interval_s, last_seen_at=seen,
+    runs = [schemas.DeviceLineOut(line=r.line, running_version=r.running_version,
+                                  running_model_sha256=r.running_model_sha256, reported_version=r.reported_version,
+                                  drift=bool(r.drift), drift_detail=r.drift_detail)
+            for r in (lines if lines is not None else store.device_lines(session, device.id))]
+    first = runs[0] if runs else None
+    drifted = next((r for r in runs if r.drift), None)
+    return schemas.DeviceOut(device_id=device.device_id, tags=device.tags, line=first.line if first else None,
+                             running_version=first.running_version if first else None,
+                             reported_version=first.reported_version if first else None,
+                             drift=drifted is not None, drift_detail=drifted.drift_detail if drifted else None,
+                             lines=runs, poll_interval_s=device.poll_interval_s, last_seen_at=seen,
                              created_at=device.created_at, updates=updates, public_key=device.public_key,
                              revoked_at=device.revoked_at, decommissioned_at=device.decommissioned_at,
                              reauthorized_until=device.reauthorized_until, platform=device.platform)
@@ -331,14 +357,16 @@ def _device_out(session: Session, device: Device, presence: LastSeen, with_updat
 def inventory(session: Session, presence: LastSeen, tag_filter: dict[str, str] | None = None,
               drift_only: bool = False) -> list[schemas.DeviceOut]:
     out = []
+    lines = store.lines_by_device(session)
     for d in store.all_devices(session):
         if d.decommissioned_at is not None:
             continue  # no longer part of the fleet (``device_detail`` still shows it)
         if tag_filter and not all(str(d.tags.get(k)) == v for k, v in tag_filter.items()):
             continue
-        if drift_only and not d.drift:
+        shown = _device_out(session, d, presence, with_updates=False, lines=lines.get(d.id, []))
+        if drift_only and not shown.drift:
             continue
-        out.append(_device_out(session, d, presence, with_updates=False))
+        out.append(shown)
     return out
 
 

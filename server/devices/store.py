@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from server.orm import Device, DeviceReport, DeviceUpdate, Transfer
+from server.orm import Device, DeviceLine, DeviceReport, DeviceUpdate, Line, Transfer, Version
 
 
 def by_token(session: Session, token_sha256: str) -> Device | None:
@@ -18,6 +18,32 @@ def by_device_id(session: Session, device_id: str) -> Device | None:
 
 def all_devices(session: Session) -> list[Device]:
     return list(session.scalars(select(Device).order_by(Device.device_id)))
+
+
+def device_line(session: Session, device_pk: int, line: str) -> DeviceLine | None:
+    return session.scalar(select(DeviceLine).where(DeviceLine.device_pk == device_pk, DeviceLine.line == line))
+
+
+def device_lines(session: Session, device_pk: int) -> list[DeviceLine]:
+    """What the device runs on each of its lines, by line name."""
+    return list(session.scalars(select(DeviceLine).where(DeviceLine.device_pk == device_pk)
+                                .order_by(DeviceLine.line)))
+
+
+def lines_by_device(session: Session) -> dict[int, list[DeviceLine]]:
+    """device pk -> its lines by name, for the whole inventory in one query."""
+    out: dict[int, list[DeviceLine]] = {}
+    for row in session.scalars(select(DeviceLine).order_by(DeviceLine.device_pk, DeviceLine.line)):
+        out.setdefault(row.device_pk, []).append(row)
+    return out
+
+
+def line_of_update(session: Session, update: DeviceUpdate) -> str:
+    """The name of the line an offer's version belongs to."""
+    name = session.scalar(select(Line.name).join(Version, Version.line_id == Line.id)
+                          .where(Version.id == update.version_id))
+    assert name is not None  # versions are never deleted
+    return name
 
 
 def update_for(session: Session, device_pk: int, rollout_id: int | None, version_id: int) -> DeviceUpdate | None:

@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from server.db import utcnow
-from server.orm import Delta, Device, Line, Package, Version
+from server.orm import Delta, DeviceLine, Line, Package, Version
 
 
 def line_by_name(session: Session, name: str) -> Line | None:
@@ -85,8 +85,8 @@ def add_delta(session: Session, base_sha256: str, target_sha256: str, sha256: st
 
 def running_versions(session: Session, line_name: str, limit: int) -> list[int]:
     """The versions most devices of this line run (by the version they last polled with), most common first."""
-    q = (select(Device.running_version, func.count()).where(Device.line == line_name,
-                                                             Device.running_version.is_not(None),
-                                                             Device.running_version > 0)
-         .group_by(Device.running_version).order_by(func.count().desc()).limit(limit))
+    q = (select(DeviceLine.running_version, func.count()).where(DeviceLine.line == line_name,
+                                                                 DeviceLine.running_version.is_not(None),
+                                                                 DeviceLine.running_version > 0)
+         .group_by(DeviceLine.running_version).order_by(func.count().desc()).limit(limit))
     return [int(v) for v, _n in session.execute(q) if v is not None]

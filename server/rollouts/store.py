@@ -8,7 +8,7 @@ from typing import Any, cast
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from server.orm import Device, DeviceUpdate, QualityHistory, QualitySummary, Rollout, RolloutStage, Transfer
+from server.orm import Device, DeviceLine, DeviceUpdate, QualityHistory, QualitySummary, Rollout, RolloutStage, Transfer
 from server.rollouts.machine import OFFERING
 
 
@@ -41,20 +41,24 @@ def stages(session: Session, rollout_id: int) -> list[RolloutStage]:
 def line_fingerprint(session: Session, line: str) -> tuple[int, int]:
     """(count, highest primary key) of the line's active devices: changes when a device enrols on or joins the
     line, or is decommissioned."""
-    count, top = session.execute(select(func.count(Device.id), func.max(Device.id))
-                                 .where(Device.line == line, Device.decommissioned_at.is_(None))).one()
+    count, top = session.execute(select(func.count(DeviceLine.id), func.max(DeviceLine.id))
+                                 .join(Device, Device.id == DeviceLine.device_pk)
+                                 .where(DeviceLine.line == line, Device.decommissioned_at.is_(None))).one()
     return int(count or 0), int(top or 0)
 
 
 def line_members(session: Session, line: str, *,
                  with_tags: bool) -> list[tuple[int, str, dict[str, Any] | None, str | None]]:
-    """(pk, device id, tags or None, platform digest) of the line's devices, decommissioned ones left out:
-    columns only, no ORM objects (10,000 rows)."""
-    active = (Device.line == line, Device.decommissioned_at.is_(None))
+    """(pk, device id, tags or None, platform digest) of the line's devices (those with a row for the line),
+    decommissioned ones left out: columns only, no ORM objects (10,000 rows)."""
+    active = (DeviceLine.line == line, Device.decommissioned_at.is_(None))
+    on_line = (Device.id == DeviceLine.device_pk)
     if with_tags:
-        rows = session.execute(select(Device.id, Device.device_id, Device.tags, Device.platform_sha256).where(*active))
+        rows = session.execute(select(Device.id, Device.device_id, Device.tags, Device.platform_sha256)
+                               .join(DeviceLine, on_line).where(*active))
         return [(pk, did, tags, digest) for pk, did, tags, digest in rows]
-    rows = session.execute(select(Device.id, Device.device_id, Device.platform_sha256).where(*active))
+    rows = session.execute(select(Device.id, Device.device_id, Device.platform_sha256)
+                           .join(DeviceLine, on_line).where(*active))
     return [(pk, did, None, digest) for pk, did, digest in rows]
 
 
@@ -71,8 +75,10 @@ def platforms(session: Session, digests: set[str]) -> dict[str, dict[str, Any]]:
 def selected_platforms(session: Session, line: str, selector: dict[str, str]) -> list[str | None]:
     """The platform digest (None: never reported) of every active device a new rollout of ``line`` with
     ``selector`` could reach: the line's devices and those that have not polled any line yet."""
+    on_line = select(DeviceLine.device_pk).where(DeviceLine.line == line)
+    any_line = select(DeviceLine.device_pk)
     rows = session.execute(select(Device.tags, Device.platform_sha256).where(
-        Device.decommissioned_at.is_(None), (Device.line == line) | Device.line.is_(None)))
+        Device.decommissioned_at.is_(None), Device.id.in_(on_line) | Device.id.not_in(any_line)))
     return [digest for tags, digest in rows
             if all(str((tags or {}).get(k)) == str(v) for k, v in selector.items())]
 

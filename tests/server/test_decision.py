@@ -11,6 +11,7 @@ import pytest
 
 from server.devices.decision import (
     DeviceView,
+    LineRun,
     NewOffer,
     NoOffer,
     OfferView,
@@ -55,8 +56,8 @@ def device(*, offers: dict[tuple[int, int], OfferView] | None = None, running: i
            tags: dict[str, str] | None = None) -> DeviceView:
     drift = reported is not None and running != reported
     detail = f"reported installed version {reported} but polls with version {running}" if drift else None
-    return DeviceView(3, "car-1", tags or {"region": "eu"}, interval, "signs", running, running_sha, reported, drift,
-                      detail, offers or {})
+    return DeviceView(3, "car-1", tags or {"region": "eu"}, interval,
+                      {"signs": LineRun(running, running_sha, reported, drift, detail)}, offers or {})
 
 
 def poll(current: int = 1, model: str | None = None, package: str | None = None,
@@ -151,6 +152,19 @@ def test_a_changed_running_version_or_drift_is_written_whatever_the_answer() -> 
     assert d == NoOffer(60, Running("signs", 1, None, False, None))
     d = decide(device(reported=2, running=2), line(V1), poll(1), NOW, POLICY)
     assert d.running == Running("signs", 1, None, True, "reported installed version 2 but polls with version 1")
+
+
+def test_each_line_of_a_car_is_judged_alone_and_a_first_poll_of_a_line_creates_its_row() -> None:
+    """Issue 20: a car on two lines polls both in turn; what it runs on one never rewrites the other."""
+    car = replace(device(reported=1, running=1), lines={
+        "signs": LineRun(1, None, 1, False, None), "lanes": LineRun(3, None, 3, False, None)})
+    lanes = LineView(2, "lanes", None, ())
+    assert decide(car, line(V1), poll(1), NOW, POLICY).running is None
+    assert decide(car, lanes, replace(poll(3), line="lanes"), NOW, POLICY).running is None
+    drifted = decide(car, lanes, replace(poll(2), line="lanes"), NOW, POLICY).running
+    assert drifted == Running("lanes", 2, None, True, "reported installed version 3 but polls with version 2")
+    first = decide(car, LineView(3, "driver", None, ()), replace(poll(0), line="driver"), NOW, POLICY).running
+    assert first == Running("driver", 0, None, False, None, new=True)
 
 
 # -- every combination ------------------------------------------------------------------------------------------

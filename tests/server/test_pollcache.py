@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import event, select
 
 from server.devices import changefeed
+from server.devices.decision import LineRun
 from server.devices.pollcache import DeviceView, PollCache
 from server.orm import Device
 from server.rollouts.stages import bucket
@@ -233,7 +234,7 @@ def test_entries_fall_back_to_the_interval_while_the_feed_is_not_listening() -> 
 
 
 def _view(pk: int = 1) -> DeviceView:
-    return DeviceView(pk, f"car-{pk}", {}, None, "road-signs", 1, None, None, False, None, {})
+    return DeviceView(pk, f"car-{pk}", {}, None, {"road-signs": LineRun(1, None, None, False, None)}, {})
 
 
 def test_cache_entries_expire_after_the_interval_and_loads_racing_a_commit_are_not_kept() -> None:
