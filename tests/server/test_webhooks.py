@@ -271,3 +271,40 @@ def test_metrics_carry_fleet_gauges_from_the_tick(live_server: LiveServer, zoo: 
     text = scraped()
     assert 'ota_devices{line="road-signs",version="none"} 3.0' in text or \
         'ota_devices{line="road-signs",version="0"} 3.0' in text, [ln for ln in text.splitlines() if "ota_devices" in ln]
+
+
+def test_ota_webhook_commands_add_list_show_deliveries_and_remove(
+        live_server_factory: Callable[..., LiveServer], receiver: Receiver, zoo: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+
+    server = live_server_factory(**FAST)
+
+    def ota(*argv: str) -> tuple[int, str, str]:
+        code = main([*argv, f"--server={server.url}", f"--token={server.admin_token}"])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    secret_file = tmp_path / "hook.secret"
+    secret_file.write_text(SECRET + "\n")
+    code, out, _ = ota("webhook", "add", receiver.url, "--events", "rollout.halted,version.published",
+                       "--secret-file", str(secret_file), "--json")
+    assert code == 0, out
+    hook = json.loads(out)
+    assert hook["events"] == ["rollout.halted", "version.published"] and "secret" not in hook
+    code, _, err = ota("webhook", "add", "file:///etc/passwd", "--events", "version.published")
+    assert code == 1 and "url scheme must be http or https" in err
+    code, _, err = ota("webhook", "add", receiver.url, "--events", "version.published", "--secret-file",
+                       str(tmp_path / "missing"))
+    assert code == 1 and "cannot be read" in err
+    server.publish(zoo / "v1.onnx")
+    wait_until(lambda: len(receiver.got) == 1, "the delivery")
+    headers, raw = receiver.got[0]
+    assert headers["x-ota-signature"] == "sha256=" + hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
+    code, out, _ = ota("webhook", "list")
+    assert code == 0 and receiver.url in out and "rollout.halted,version.published" in out
+    wait_until(lambda: "delivered" in ota("webhook", "deliveries", str(hook["id"]))[1], "the log")
+    code, out, _ = ota("webhook", "rm", str(hook["id"]))
+    assert code == 0 and "removed" in out
+    code, out, _ = ota("webhook", "list", "--json")
+    assert code == 0 and json.loads(out) == []
