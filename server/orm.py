@@ -333,7 +333,8 @@ class WebhookDelivery(Base):
     then attempted by the delivery worker until ``delivered`` or ``failed`` (server/webhooks/worker.py)."""
 
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (Index("ix_webhook_deliveries_subscription_state", "subscription_id", "state", "id"),)
+    __table_args__ = (Index("ix_webhook_deliveries_subscription_state", "subscription_id", "state", "id"),
+                      Index("ix_webhook_deliveries_state_next_attempt", "state", "next_attempt_at"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subscription_id: Mapped[int] = mapped_column(ForeignKey("webhook_subscriptions.id"))
     event: Mapped[str] = mapped_column(String(50))

@@ -5,7 +5,8 @@ HMAC-SHA256 with it for every delivery, so a digest would not do), the events it
 whether it is still active (a removed subscription is deactivated, its delivery log kept).
 ``webhook_deliveries``: the outbox.  One row per (event, matching subscription), inserted in the
 transaction of the change that caused the event, so an event is delivered if and only if its change
-committed, even across a restart; the delivery worker updates the row's attempts, next attempt time,
+committed, even across a restart (the index on (state, next_attempt_at) answers the worker's "anything
+due?" without a lock or a scan of delivered rows); the delivery worker updates the row's attempts, next attempt time,
 last status code and error, and marks it delivered or failed.
 
 Also an index on ``devices (line, running_version)`` so the /metrics fleet gauges' GROUP BY reads the
@@ -58,6 +59,7 @@ def upgrade() -> None:
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
         batch_op.create_index('ix_webhook_deliveries_subscription_state', ['subscription_id', 'state', 'id'],
                               unique=False)
+        batch_op.create_index('ix_webhook_deliveries_state_next_attempt', ['state', 'next_attempt_at'], unique=False)
     with op.batch_alter_table('devices', schema=None) as batch_op:
         batch_op.create_index('ix_devices_line_running_version', ['line', 'running_version'], unique=False)
 
@@ -66,6 +68,7 @@ def downgrade() -> None:
     with op.batch_alter_table('devices', schema=None) as batch_op:
         batch_op.drop_index('ix_devices_line_running_version')
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
+        batch_op.drop_index('ix_webhook_deliveries_state_next_attempt')
         batch_op.drop_index('ix_webhook_deliveries_subscription_state')
     op.drop_table('webhook_deliveries')
     op.drop_table('webhook_subscriptions')

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from server.config import Settings
@@ -125,6 +125,13 @@ def record(session: Session, settings: Settings, outcomes: list[Outcome], now: d
     session.flush()
 
 
+def anything_due(db: Database, now: datetime) -> bool:
+    """Whether some pending delivery is due (a read on the (state, next_attempt_at) index, no lock)."""
+    with db.read_scope() as session:
+        return bool(session.scalar(select(exists().where(WebhookDelivery.state == "pending",
+                                                         WebhookDelivery.next_attempt_at <= now))))
+
+
 def deliver_due(db: Database, settings: Settings, client: httpx.Client, budget_s: float = 2.0) -> int:
     """Rounds of claim -> send -> record until nothing is due or ``budget_s`` has passed; returns deliveries sent.
 
@@ -133,6 +140,8 @@ def deliver_due(db: Database, settings: Settings, client: httpx.Client, budget_s
     sent = 0
     deadline = time.monotonic() + budget_s
     while time.monotonic() < deadline:
+        if not anything_due(db, utcnow()):  # no write lock (SQLite) or row locks (PostgreSQL) on an idle tick
+            break
         with db.session_scope() as session:
             claims = claim(session, settings, utcnow())
         if not claims:
@@ -152,4 +161,4 @@ def http_client(settings: Settings) -> httpx.Client:
     return httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False)
 
 
-__all__ = ["Claim", "Outcome", "backoff_s", "claim", "deliver_due", "http_client", "record", "send"]
+__all__ = ["Claim", "Outcome", "anything_due", "backoff_s", "claim", "deliver_due", "http_client", "record", "send"]

@@ -144,6 +144,8 @@ def test_migration_0009_adds_an_empty_webhook_outbox_keeps_devices_and_downgrade
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM webhook_subscriptions")).scalar_one() == 0
             assert conn.execute(text("SELECT count(*) FROM webhook_deliveries")).scalar_one() == 0
+            assert "ix_webhook_deliveries_state_next_attempt" in {
+                i["name"] for i in inspect(conn).get_indexes("webhook_deliveries")}
             assert "ix_devices_line_running_version" in {i["name"] for i in inspect(conn).get_indexes("devices")}
         command.downgrade(alembic_config(url), "0006")
         with engine.connect() as conn:
