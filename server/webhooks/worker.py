@@ -10,7 +10,8 @@ across the HTTP request:
    subscription the oldest *pending* delivery is its head; if it is due it is leased (attempts + 1,
    ``next_attempt_at`` pushed past the request's timeout) so that nobody else sends it meanwhile.  A head
    that is not due yet blocks the deliveries behind it: a receiver gets its events in order.
-2. **send**: POST with ``X-OTA-Event``, ``X-OTA-Delivery`` and ``X-OTA-Signature``; redirects are not
+2. **send**: POST (up to ``MAX_PARALLEL_SENDS`` receivers at once, so receivers that hang until the
+   timeout cost the others one timeout per round, not one each) with ``X-OTA-Event``, ``X-OTA-Delivery`` and ``X-OTA-Signature``; redirects are not
    followed and the answer's body is never read.
 3. **record**: 2xx -> delivered; otherwise the next attempt after an exponential backoff with jitter, or
    failed after ``OTA_WEBHOOK_MAX_ATTEMPTS``.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -39,6 +41,7 @@ from server.webhooks import signing
 log = logging.getLogger("ota.webhooks")
 
 MAX_ERROR_CHARS = 500
+MAX_PARALLEL_SENDS = 8  # one slow or unreachable receiver must not hold up the others' deliveries
 LEASE_MARGIN_S = 30.0  # a claimed delivery is not retried until its request's timeout plus this has passed
 
 
@@ -146,7 +149,9 @@ def deliver_due(db: Database, settings: Settings, client: httpx.Client, budget_s
             claims = claim(session, settings, utcnow())
         if not claims:
             break
-        outcomes = [send(client, c) for c in claims]
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_SENDS, len(claims)),
+                                thread_name_prefix="ota-webhook") as pool:
+            outcomes = list(pool.map(lambda c: send(client, c), claims))
         with db.session_scope() as session:
             record(session, settings, outcomes, utcnow())
         sent += len(outcomes)
