@@ -308,3 +308,30 @@ def test_ota_webhook_commands_add_list_show_deliveries_and_remove(
     assert code == 0 and "removed" in out
     code, out, _ = ota("webhook", "list", "--json")
     assert code == 0 and json.loads(out) == []
+
+
+def test_two_servers_on_one_database_deliver_each_event_once_in_order(
+        tmp_path: Path, receiver: Receiver, zoo: Path) -> None:
+    """Both processes run a delivery worker; the claim (SKIP LOCKED on PostgreSQL, the write lock on SQLite)
+    and the lease keep them from sending one delivery twice or out of order."""
+    with temporary_database() as pg:
+        overrides: dict[str, Any] = {"database_url": pg} if pg else {}
+        if pg:
+            upgrade_to_head(pg)
+        data = tmp_path / "srv"
+        with run_live_server(data, **overrides, **FAST) as one, run_live_server(data, **overrides, **FAST) as two:
+            add_webhook(one, receiver.url, ["version.published", "rollout.started", "rollout.paused",
+                                            "rollout.resumed"])
+            one.publish(zoo / "v1.onnx")
+            two.publish(zoo / "v2.onnx")
+            r = create_rollout(one, line="road-signs", version=2, stages=[{"percent": 100}])
+            expected = ["version.published", "version.published", "rollout.started"]
+            for i in range(6):
+                action = "pause" if i % 2 == 0 else "resume"
+                assert (one if i % 3 else two).admin().post(f"/api/v1/rollouts/{r['id']}/{action}").status_code == 200
+                expected.append(f"rollout.{action}d")
+            wait_until(lambda: len(receiver.got) >= len(expected), "every delivery")
+            time.sleep(0.5)  # a duplicate would arrive now
+    bodies = receiver.bodies()
+    assert [b["event"] for b in bodies] == expected
+    assert [b["id"] for b in bodies] == sorted({b["id"] for b in bodies})
