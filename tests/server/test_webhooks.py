@@ -335,3 +335,44 @@ def test_two_servers_on_one_database_deliver_each_event_once_in_order(
     bodies = receiver.bodies()
     assert [b["event"] for b in bodies] == expected
     assert [b["id"] for b in bodies] == sorted({b["id"] for b in bodies})
+
+
+def test_an_automatic_halt_sends_its_reason_and_a_rollback_sends_aborted_then_rolled_back(
+        live_server_factory: Callable[..., LiveServer], receiver: Receiver, zoo: Path) -> None:
+    server = live_server_factory(**FAST)
+    server.publish(zoo / "v1.onnx")
+    server.publish(zoo / "v2.onnx")
+    hook = add_webhook(server, receiver.url, ["rollout.halted", "rollout.aborted", "rollout.rolled_back"])
+    car = Car(server, "halting-car")
+    car.poll()
+    r = create_rollout(server, line="road-signs", version=2, stages=[{"percent": 100}], error_threshold_count=1)
+    offer = car.poll()
+    assert offer is not None
+    car.fail(offer, reason="smoke test mismatch")
+    wait_until(lambda: len(receiver.got) == 1, "the halt")
+    halted = receiver.bodies()[0]
+    assert halted["event"] == "rollout.halted" and halted["data"]["rollout_id"] == r["id"]
+    assert halted["data"]["state"] == "halted" and halted["data"]["reason"]
+    assert halted["data"]["actor"] == "auto"
+    back = server.admin().post(f"/api/v1/rollouts/{r['id']}/rollback", json={"version": 1})
+    assert back.status_code == 201, back.text
+    wait_until(lambda: len(receiver.got) == 3, "the rollback's events")
+    aborted, rolled_back = receiver.bodies()[1:]
+    assert aborted["event"] == "rollout.aborted" and aborted["data"]["rollout_id"] == r["id"]
+    assert rolled_back["event"] == "rollout.rolled_back" and rolled_back["data"]["rollout_id"] == back.json()["id"]
+    assert rolled_back["data"]["version"] == 1
+    assert [d["state"] for d in deliveries(server, hook["id"])] == ["delivered"] * 3
+
+
+def test_backoff_doubles_from_the_base_up_to_the_cap_with_jitter_in_the_upper_half() -> None:
+    import random
+
+    from server.config import Settings
+    from server.webhooks.worker import backoff_s
+
+    settings = Settings(webhook_backoff_s=2.0, webhook_backoff_max_s=60.0)
+    rng = random.Random(7)
+    for attempt, ceiling in ((1, 2.0), (2, 4.0), (3, 8.0), (5, 32.0), (6, 60.0), (99, 60.0)):
+        waits = [backoff_s(attempt, settings, rng) for _ in range(200)]
+        assert all(ceiling / 2 <= w < ceiling for w in waits), (attempt, min(waits), max(waits))
+        assert max(waits) - min(waits) > ceiling / 4  # jittered, not one instant for every delivery
