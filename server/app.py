@@ -3,8 +3,10 @@
 The lifespan resolves secrets, opens the database and refuses to start if
 the schema is not at the migrations' head, loads (or creates) the signing
 key, builds the blob store and feature singletons, and runs two small
-background loops: flushing batched last-seen times and evaluating running
-rollouts (so soak times expire without a report arriving).
+background loops: flushing batched last-seen times, evaluating running
+rollouts (so soak times expire without a report arriving; the same tick
+computes the fleet gauges of /metrics) and delivering webhooks from their
+outbox (server/webhooks/worker.py).
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ from server.registry.routes import router as registry_router
 from server.registry.storage import PackageStorage
 from server.releases.routes import router as releases_router
 from server.rollouts import service as rollouts
+from server.rollouts.gauges import fleet_figures
 from server.rollouts.membership import MembershipCache
 from server.rollouts.routes import router as rollouts_router
 from server.status import StatusCache
+from server.webhooks import worker as webhook_worker
+from server.webhooks.routes import router as webhooks_router
 
 log = logging.getLogger("ota.server")
 
@@ -124,6 +129,8 @@ def _tick_rollouts(ctx: AppContext) -> None:
         rollouts.evaluate_running(session, ctx.membership)
     with ctx.db.read_scope() as session:
         ctx.metrics.set_quality(rollouts.quality_figures(session))
+        fleet = fleet_figures(session)
+    ctx.metrics.set_fleet(fleet.devices, fleet.updates, fleet.active, fleet.rollouts)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -150,6 +157,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                             stop)),
                  asyncio.create_task(_every(ctx.settings.keys_reload_s, lambda: _reload_keys(ctx), "key reload",
                                             stop))]
+        # Webhooks (issue 21): every process delivers; claims in the database keep them from colliding.
+        hooks = webhook_worker.http_client(ctx.settings)
+        tasks.append(asyncio.create_task(_every(ctx.settings.webhook_tick_s,
+                                                lambda: webhook_worker.deliver_due(ctx.db, ctx.settings, hooks),
+                                                "webhook delivery", stop)))
         cache = ctx.pollcache
         if ctx.settings.poll_cache_s > 0:  # keep the poll caches fresh (server/devices/pollcache.py)
             cache.start()
@@ -162,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             await run_in_threadpool(cache.stop)
             await run_in_threadpool(presence.flush, ctx.db)
+            hooks.close()
             ctx.db.dispose()
             if stop_metrics is not None:
                 stop_metrics()
@@ -201,7 +214,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"error": "validation_error", "detail": detail, "errors": errors}, status_code=422)
 
     for router in (registry_router, artifacts_router, devices_router, rollouts_router, releases_router,
-                   accounting_router, audit_router):
+                   accounting_router, audit_router, webhooks_router):
         app.include_router(router)
     app.mount("/dashboard", create_dashboard(lambda: app.state.ctx))  # issue 7: server-rendered pages
     # Middleware, innermost first: cached polls answered below FastAPI's routing (issue 8); the limits before

@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     dashboard_login_max_failures: int = Field(default=5, ge=1)  # refused logins per client address per window,
     dashboard_login_window_s: float = Field(default=60.0, gt=0)  # then 429 with Retry-After
 
+    # Webhooks (issue 21, server/webhooks/): the delivery worker's tick, the retry schedule (attempt n waits
+    # backoff_s * 2^(n-1), at most backoff_max_s, times a jitter in [0.5, 1)), then the delivery is marked failed.
+    webhook_tick_s: float = Field(default=1.0, gt=0)
+    webhook_max_attempts: int = Field(default=12, ge=1, le=100)
+    webhook_backoff_s: float = Field(default=2.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)  # one POST, connect to last header byte
+    webhook_max_subscriptions: int = Field(default=100, ge=1, le=10000)  # active ones
+
     # Blob store (issue 8): a local folder by default, or any S3-compatible store (needs the `s3` extra).
     blob_backend: Literal["local", "s3"] = "local"
     s3_bucket: str | None = None

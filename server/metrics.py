@@ -43,6 +43,28 @@ class Metrics:
                         for name, help_ in (("frames", "Frames compared by the rollout's cars"),
                                             ("agreement", "Top-1 agreement of the candidate with the baseline"),
                                             ("latency_p99_ratio", "Candidate p99 latency over the baseline's"))}
+        # Issue 21: fleet gauges, set from SQL aggregates on the rollout tick (a scrape only renders them).
+        self.fleet_devices = Gauge("ota_devices", "Devices by line and running version", ["line", "version"],
+                                   registry=self.registry)
+        self.rollout_updates = Gauge("ota_rollout_updates", "Update rows of each unfinished rollout by update state",
+                                     ["rollout", "state"], registry=self.registry)
+        self.rollout_state = Gauge("ota_rollout_state", "1 for each unfinished rollout, labelled with its state",
+                                   ["rollout", "line", "state"], registry=self.registry)
+        self.rollouts_by_state = Gauge("ota_rollouts", "Rollouts by state", ["state"], registry=self.registry)
+
+    def set_fleet(self, devices: dict[tuple[str, str], int], updates: dict[tuple[str, str], int],
+                  active: dict[str, tuple[str, str]], rollouts: dict[str, int]) -> None:
+        """Replace the fleet gauges (issue 21) with the tick's aggregates (``server/rollouts/gauges.py``)."""
+        for gauge in (self.fleet_devices, self.rollout_updates, self.rollout_state, self.rollouts_by_state):
+            gauge.clear()
+        for (line, version), n in devices.items():
+            self.fleet_devices.labels(line, version).set(n)
+        for (rollout, state), n in updates.items():
+            self.rollout_updates.labels(rollout, state).set(n)
+        for rollout, (line, state) in active.items():
+            self.rollout_state.labels(rollout, line, state).set(1)
+        for state, n in rollouts.items():
+            self.rollouts_by_state.labels(state).set(n)
 
     def set_quality(self, figures: dict[tuple[int, str], dict[str, float | None]]) -> None:
         """Replace every quality gauge with ``figures``: (rollout id, kind) -> metric -> value (None: unset)."""

@@ -10,7 +10,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -115,7 +127,9 @@ class DeviceLine(Base):
     """
 
     __tablename__ = "device_lines"
-    __table_args__ = (UniqueConstraint("device_pk", "line", name="uq_device_lines_device_line"),)
+    # the /metrics fleet gauges group by (line, running_version) (issue 21): an index-only aggregate on the tick
+    __table_args__ = (UniqueConstraint("device_pk", "line", name="uq_device_lines_device_line"),
+                      Index("ix_device_lines_line_running_version", "line", "running_version"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"))
     line: Mapped[str] = mapped_column(String(100), index=True)
@@ -332,3 +346,37 @@ class DashboardLoginFailure(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     client: Mapped[str] = mapped_column(String(100), index=True)
     at: Mapped[datetime] = mapped_column(index=True)
+
+
+class WebhookSubscription(Base):
+    """A receiver of events (issue 21): ``secret`` is kept as given because every delivery is signed with it
+    (HMAC-SHA256 needs the key itself, a digest would not do); removing one deactivates it, keeping its log."""
+
+    __tablename__ = "webhook_subscriptions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(256))
+    events: Mapped[list[Any]]
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    active: Mapped[bool] = mapped_column(Boolean)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one event for one subscription, inserted in the transaction of the change that caused it,
+    then attempted by the delivery worker until ``delivered`` or ``failed`` (server/webhooks/worker.py)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_subscription_state", "subscription_id", "state", "id"),
+                      Index("ix_webhook_deliveries_state_next_attempt", "state", "next_attempt_at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("webhook_subscriptions.id"))
+    event: Mapped[str] = mapped_column(String(50))
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(20))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime]
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]

@@ -34,6 +34,7 @@ from models.errors import InvalidModel as CodecInvalidModel
 from models.preprocess import preprocess
 from models.smoke import input_shape as smoke_shape
 from protocol.contract import InputContract
+from server import webhooks
 from server.blobs import BlobStore
 from server.config import Settings
 from server.db import Database, utcnow
@@ -214,6 +215,8 @@ def publish(db: Database, storage: PackageStorage, settings: Settings, line_name
                     session.add(AuditEntry(at=utcnow(), actor=publisher or "admin", action="version.contract_changed",
                                            detail={"line": line.name, "version": version.number,
                                                    "fields": list(changed)}))
+                webhooks.emit(session, "version.published", line=line.name, version=version.number,
+                              publisher=publisher, source_sha256=source_sha)
                 session.flush()
                 out = version_out(session, line, version)
         except IntegrityError:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from protocol.platform import Platform, Requirements
 from protocol.quality import Gate, judge
-from server import audit
+from server import audit, webhooks
 from server.db import as_utc, utcnow
 from server.errors import BadRequest, NotFound, Unprocessable
 from server.orm import Line, Package, Rollout, RolloutStage, Version
@@ -113,6 +113,8 @@ def create(session: Session, members: MembershipCache, body: schemas.RolloutIn,
     audit.record(session, actor, "rollout.create", rollout_id=r.id, line=line.name, version=version.number,
                  rollback=body.rollback, codec=codec, allow_unmeasured=body.allow_unmeasured,
                  gates=list(body.gates), shadow=r.shadow)
+    webhooks.emit(session, "rollout.rolled_back" if body.rollback else "rollout.started", rollout_id=r.id,
+                  line=line.name, version=version.number, previous_stable=r.previous_stable, actor=actor)
     session.flush()
     return show(session, members, r.id)
 
@@ -169,6 +171,8 @@ def _apply(session: Session, r: Rollout, event: str, actor: str, reason: str | N
         r.reason = reason
     audit.record(session, actor, f"rollout.{event}", rollout_id=r.id, state=new, stage=r.current_stage, reason=reason,
                  **detail)
+    webhooks.emit(session, webhooks.ROLLOUT_EVENTS[event], rollout_id=r.id, version=r.target_version, state=new,
+                  stage=r.current_stage, reason=reason, actor=actor)
     session.flush()
 
 

@@ -121,3 +121,39 @@ def test_migration_0006_leaves_old_versions_needing_nothing_and_old_cars_unknown
             assert conn.execute(text("SELECT count(*) FROM devices")).scalar_one() == 1
             assert conn.execute(text("SELECT count(*) FROM versions")).scalar_one() == 1
         engine.dispose()
+
+
+def test_migration_0009_adds_an_empty_webhook_outbox_keeps_devices_and_downgrades(tmp_path: Path) -> None:
+    """Issue 21: 0009 adds the webhook tables (empty: no event is invented for the past) and the fleet-gauge
+    index on device_lines; its downgrade (to 0007) drops them and keeps the devices and their lines."""
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    from server.db import alembic_config, create_private_sqlite_file
+
+    with temporary_database() as pg:
+        url = _url(tmp_path, pg)
+        create_private_sqlite_file(url)
+        command.upgrade(alembic_config(url), "0006")
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO devices (id, device_id, token_sha256, tags, created_at, drift, "
+                              "manifest_version, last_seq, proof_ms, line, running_version) VALUES (1, 'car', 't', "
+                              "'{}', CURRENT_TIMESTAMP, false, 0, 0, 0, 'l', 3)"))
+        command.upgrade(alembic_config(url), "0009")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM webhook_subscriptions")).scalar_one() == 0
+            assert conn.execute(text("SELECT count(*) FROM webhook_deliveries")).scalar_one() == 0
+            assert "ix_webhook_deliveries_state_next_attempt" in {
+                i["name"] for i in inspect(conn).get_indexes("webhook_deliveries")}
+            assert "ix_device_lines_line_running_version" in {
+                i["name"] for i in inspect(conn).get_indexes("device_lines")}
+            assert conn.execute(text("SELECT line, running_version FROM device_lines")).one() == ("l", 3)
+        command.downgrade(alembic_config(url), "0007")
+        with engine.connect() as conn:
+            assert not {"webhook_subscriptions", "webhook_deliveries"} & set(inspect(conn).get_table_names())
+            assert "ix_device_lines_line_running_version" not in {
+                i["name"] for i in inspect(conn).get_indexes("device_lines")}
+            assert conn.execute(text("SELECT count(*) FROM devices")).scalar_one() == 1
+            assert conn.execute(text("SELECT count(*) FROM device_lines")).scalar_one() == 1
+        engine.dispose()
