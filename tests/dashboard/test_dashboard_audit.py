@@ -54,3 +54,20 @@ def test_audit_page_lists_every_change_and_filters_by_outcome_and_action(live_se
     finally:
         page.context.close()
     assert list(console) == []
+
+
+def test_rollout_page_shows_the_canary_minimum(live_server: LiveServer, browser: Any, console: ConsoleErrors) -> None:
+    live_server.publish(ZOO / "v1.onnx")
+    live_server.publish(ZOO / "v2.onnx")
+    r = live_server.admin().post("/api/v1/rollouts", json={"line": "road-signs", "version": 2, "stages": [
+        {"percent": 10, "success_threshold_pct": 90}, {"percent": 100, "success_threshold_pct": 90}]})
+    assert r.status_code == 201, r.text
+    page = _new_page(browser, console, LAPTOP)
+    try:
+        login(page, live_server)
+        page.goto(f"{live_server.url}/dashboard/rollouts/{r.json()['id']}")
+        cells = page.locator("#stages-table [data-field=min-installed]")
+        assert cells.count() == 1 and cells.inner_text() == "once 1 installed"  # the canary only
+    finally:
+        page.context.close()
+    assert list(console) == []
