@@ -6,14 +6,14 @@ the body stays a plain list, as before cursors existed.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
 from server.audit import OUTCOMES, store
-from server.db import UtcDateTime, as_utc
+from server.db import UtcDateTime
 from server.deps import Admin, ReadSession
 from server.errors import BadRequest
 
@@ -32,10 +32,17 @@ class AuditOut(BaseModel):
 
 
 def _utc(name: str, value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+    """``since``/``until`` in UTC; a time without a zone is ambiguous, one UTC cannot hold (year 1 at +01:00)
+    is out of range: both are the caller's to fix."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
         raise BadRequest(f"{name} must carry a time zone (for example 2026-12-07T06:00:00Z), got {value.isoformat()}",
                          code="bad_time")
-    return as_utc(value)
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError) as e:
+        raise BadRequest(f"{name} {value.isoformat()} is out of range in UTC", code="bad_time") from e
 
 
 @router.get("/audit", response_model=list[AuditOut])

@@ -37,6 +37,8 @@ def test_the_audit_log_needs_the_admin_token_and_names_a_bad_filter(server: Live
         assert r.status_code == 422 and field in r.json()["detail"], (params, r.text)
     r = admin.get("/api/v1/audit", params={"since": "2026-12-07T06:00:00"})  # no zone: ambiguous
     assert r.status_code == 400 and "since must carry a time zone" in r.json()["detail"]
+    r = admin.get("/api/v1/audit", params={"until": "0001-01-01T00:00:00+05:00"})
+    assert r.status_code == 400 and "until" in r.json()["detail"] and "out of range" in r.json()["detail"]
 
 
 def test_publish_and_a_refused_publish_are_recorded_with_their_outcome(server: LiveServer) -> None:
