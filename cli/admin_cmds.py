@@ -207,16 +207,22 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
 
 
 def _stage(text: str) -> dict[str, Any]:
-    """PERCENT[:SOAK_S[:SUCCESS_PCT]] e.g. 1:3600:95 ; SUCCESS_PCT omitted = manual advance."""
+    """PERCENT[:SOAK_S[:SUCCESS_PCT[:MIN_INSTALLED]]] e.g. 1:3600:95:5 ; SUCCESS_PCT omitted = manual advance;
+    MIN_INSTALLED omitted = the server's default (1 for the first live stage, 0 later)."""
     parts = text.split(":")
     try:
+        if len(parts) > 4:
+            raise ValueError(text)
         stage: dict[str, Any] = {"percent": float(parts[0])}
         if len(parts) > 1 and parts[1]:
             stage["min_soak_s"] = float(parts[1])
         if len(parts) > 2 and parts[2]:
             stage["success_threshold_pct"] = float(parts[2])
+        if len(parts) > 3 and parts[3]:
+            stage["min_installed"] = int(parts[3])
     except ValueError as e:
-        raise CliError(f"stage {text!r} must be PERCENT[:SOAK_S[:SUCCESS_PCT]], e.g. 10:600:95") from e
+        raise CliError(f"stage {text!r} must be PERCENT[:SOAK_S[:SUCCESS_PCT[:MIN_INSTALLED]]], e.g. 10:600:95 "
+                       "or 1:600:95:5") from e
     return stage
 
 
@@ -278,8 +284,9 @@ def _rollout_table(r: dict[str, Any]) -> list[str]:
         counts = " ".join(f"{k}={v}" for k, v in sorted(s["counts"].items())) or "-"
         auto = f"auto at {s['success_threshold_pct']}%" if s["success_threshold_pct"] is not None else "manual"
         mode = "  SHADOW" if s.get("mode") == "shadow" else ""
-        rows.append(f" {marker} stage {s['position'] + 1}: {s['percent']:g}%{mode}  soak {s['min_soak_s']:g}s  {auto}  "
-                    f"assigned {s['assigned']}  {counts}")
+        need = f"  needs {s['min_installed']} installed" if s.get("min_installed") else ""
+        rows.append(f" {marker} stage {s['position'] + 1}: {s['percent']:g}%{mode}  soak {s['min_soak_s']:g}s  {auto}"
+                    f"{need}  assigned {s['assigned']}  {counts}")
     return rows + _quality_rows(r.get("quality"))
 
 
@@ -298,6 +305,8 @@ def rollout_create(args: argparse.Namespace) -> int:
         body["shadow"] = _shadow(args.shadow)
     if args.gate:
         body["gates"] = list(args.gate)
+    if args.in_progress_timeout is not None:  # 0: never (a car mid-update is never counted as stuck)
+        body["in_progress_timeout_s"] = args.in_progress_timeout or None
     r = _call(args, "POST", "/rollouts", json=body)
     return _emit(args, r, _rollout_table(r))
 
@@ -527,8 +536,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--allow-unmeasured", action="store_true",
                    help="ship a lossy package that was never measured on the line's images, or is below its gate")
     c.add_argument("--select", action="append", metavar="TAG=VALUE", help="device tag selector (repeatable)")
-    c.add_argument("--stage", action="append", metavar="PCT[:SOAK_S[:SUCCESS_PCT]]",
-                   help="cumulative stage, e.g. --stage 1:600:95 --stage 10:600:95 --stage 100 (repeatable)")
+    c.add_argument("--stage", action="append", metavar="PCT[:SOAK_S[:SUCCESS_PCT[:MIN_INSTALLED]]]",
+                   help="cumulative stage, e.g. --stage 1:600:95 --stage 10:600:95 --stage 100 (repeatable); "
+                        "MIN_INSTALLED: installs it needs before auto-advancing (default 1 for the first, 0 later)")
+    c.add_argument("--in-progress-timeout", type=float, metavar="SECONDS",
+                   help="a car offered/downloading/verifying for longer counts as failed (stuck); default 3600, "
+                        "0: never")
     c.add_argument("--error-pct", type=float, help="halt when this percent of a stage's devices failed")
     c.add_argument("--error-count", type=int, help="halt when this many of a stage's devices failed")
     c.add_argument("--shadow", metavar="PCT:SECONDS[:SAMPLE_EVERY]",

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "cli.keys_cmds",  # keys init|rotate|show
     "cli.admin_cmds",  # publish, rollout, devices (HTTP clients of the registry)
     "cli.webhook_cmds",  # webhook add|list|rm|deliveries
+    "cli.audit_cmd",  # audit
     "cli.agent_cmds",  # agent, classify, simulate
     "cli.model_cmds",  # model pack|diff|patch|unpack|inspect
     "cli.demo_cmd",  # demo

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from anyio import CapacityLimiter
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import DataError
 
+from server import audit
 from server.accounting.routes import router as accounting_router
 from server.artifacts.routes import router as artifacts_router
 from server.audit.routes import router as audit_router
@@ -121,6 +123,9 @@ def _reload_keys(ctx: AppContext) -> None:
     ring = load_keyring(ctx.settings, create=False)
     if ring.signer.key_id != ctx.signer.key_id:
         log.warning("online signing key rotated: delegation v%d, key %s", ring.version, ring.signer.key_id[:12])
+        with ctx.db.session_scope() as session:  # issue 21: each worker that swaps the key in says so
+            audit.record(session, "server", "keys.rotate", target=f"key:{ring.signer.key_id[:40]}",
+                         delegation_version=ring.version, previous_key=ctx.signer.key_id, pid=os.getpid())
     ctx.keys, ctx.signer, ctx.statuses = ring, ring.signer, StatusCache(ring.signer, ctx.settings.status_ttl_s)
 
 

@@ -211,6 +211,9 @@ class Rollout(Base):
     # ({"percent", "min_s", "sample_every", "max_cpu_share"}, None: no shadow stage).  NULL gates: none.
     gates: Mapped[list[Any] | None] = mapped_column(JSON)
     shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Issue 21: a car whose latest state is offered/downloading/downloaded/verified for longer than this counts
+    # as an error ("stuck"); None (rollouts from before 0008) never times out.
+    in_progress_timeout_s: Mapped[float | None] = mapped_column(Float)
 
 
 class RolloutStage(Base):
@@ -223,6 +226,8 @@ class RolloutStage(Base):
     min_soak_s: Mapped[float] = mapped_column(Float, default=0.0)
     success_threshold_pct: Mapped[float | None] = mapped_column(Float)  # None: advance manually
     mode: Mapped[str] = mapped_column(String(10), default="live", server_default="live")  # "shadow" | "live"
+    # Issue 21: installs (with evidence) the stage needs before it may auto-advance (an empty canary waits)
+    min_installed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class QualitySummary(Base):
@@ -317,10 +322,12 @@ class EnrollmentToken(Base):
 class AuditEntry(Base):
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime]
+    at: Mapped[datetime] = mapped_column(index=True)
     actor: Mapped[str] = mapped_column(String(200))
-    action: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(100), index=True)
     detail: Mapped[dict[str, Any]]
+    target: Mapped[str | None] = mapped_column(String(200), index=True)  # "rollout:7", "device:car-1", "line:x"
+    outcome: Mapped[str] = mapped_column(String(20), default="ok", server_default="ok")  # ok | refused | failed
 
 
 class DashboardSession(Base):

@@ -13,7 +13,7 @@ Also an index on ``devices (line, running_version)`` so the /metrics fleet gauge
 index only (the tick aggregates, not the scrape).
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-11 09:00:00
 """
 
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0009'
-down_revision = '0007'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 

@@ -8,15 +8,17 @@ which keeps the dashboards free of CSRF-sensitive forms other than login.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from starlette.responses import Response
 
+from server.audit import store as audit_store
 from server.dashboard import format as fmt
 from server.dashboard import service, session, session_store
 from server.db import utcnow
@@ -141,7 +143,7 @@ async def login(request: Request, ctx: Ctx, token: Annotated[str, Form()] = "",
 async def logout(request: Request, ctx: Ctx) -> Response:
     cookie = request.cookies.get(session.COOKIE)
     if cookie:  # revoked server-side: a copy of the cookie is refused too
-        await ctx.db.run_write(session_store.revoke, cookie, now=utcnow())
+        await ctx.db.run_write(session_store.revoke, cookie, now=utcnow(), client=client_address(request))
     response = RedirectResponse(f"{base_path(request)}/login", status_code=303)
     response.delete_cookie(session.COOKIE, path=base_path(request) or "/", httponly=True, samesite="strict",
                            secure=request.url.scheme == "https")
@@ -183,6 +185,24 @@ def device(request: Request, device_id: str, ctx: Ctx, db: ReadSession, presence
 @router.get("/models", dependencies=[Login])
 def models(request: Request, db: ReadSession) -> Response:
     return render(request, "models.html", "models", "Models", service.models_page(db))
+
+
+@router.get("/audit", dependencies=[Login])
+def audit_log(request: Request, db: ReadSession,
+              action: Annotated[str | None, Query(max_length=100)] = None,
+              actor: Annotated[str | None, Query(max_length=200)] = None,
+              target: Annotated[str | None, Query(max_length=200)] = None,
+              outcome: Annotated[str | None, Query(pattern="^(|ok|refused|failed)$")] = None,
+              since_s: Annotated[int, Query(ge=0, le=366 * 86400)] = 0,
+              before: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> Response:
+    """Every state-changing call (issue 21), filtered by a GET form: nothing here changes anything."""
+    f = audit_store.AuditFilter(action=action or None, actor=actor or None, target=target or None,
+                                outcome=outcome or None,
+                                since=utcnow() - timedelta(seconds=since_s) if since_s else None)
+    data = service.audit_page(db, f, before)
+    data["filters"] = {"action": action or "", "actor": actor or "", "target": target or "",
+                       "outcome": outcome or "", "since_s": since_s}
+    return render(request, "audit.html", "audit", "Audit", data)
 
 
 @router.get("/live.json", dependencies=[Depends(require_login_api)])

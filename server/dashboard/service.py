@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from server.accounting import schemas as acc_schemas
 from server.accounting import service as accounting
+from server.audit import store as audit_store
 from server.config import Settings
 from server.dashboard import queries
 from server.dashboard.format import ago, human_bytes, percent, share
@@ -257,3 +258,19 @@ def live_values(session: Session, members: MembershipCache, presence: LastSeen, 
     sent = sum(t.bytes_sent for t in queries.transfers(session, settings.dashboard_network_tag))
     put("bytes.sent", sent, human_bytes(sent))
     return out
+
+
+AUDIT_PAGE = 100
+#: The look-back choices of the Audit page's "since" filter (label, seconds; 0: all time).
+AUDIT_SINCE = (("all time", 0), ("last hour", 3600), ("last day", 86400), ("last week", 7 * 86400))
+
+
+def audit_page(session: Session, f: audit_store.AuditFilter, before: int | None) -> dict[str, Any]:
+    """The Audit page: one page of the audit log (the same rows as ``GET /api/v1/audit``), newest first, and
+    the cursor of the next (older) page."""
+    rows = audit_store.page(session, f, limit=AUDIT_PAGE, before=before)
+    entries = [{"id": r.id, "at": r.at, "actor": r.actor, "action": r.action, "target": r.target,
+                "outcome": r.outcome, "detail": {k: v for k, v in r.detail.items() if k != "outcome"}}
+               for r in rows]
+    return {"entries": entries, "next_before": rows[-1].id if len(rows) == AUDIT_PAGE else None,
+            "since_choices": AUDIT_SINCE}

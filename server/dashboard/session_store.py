@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from server import audit
 from server.dashboard import session as decide
 from server.db import as_utc
 from server.orm import DashboardLoginFailure, DashboardSession
@@ -29,7 +30,11 @@ class LoginOutcome:
 
 def attempt_login(db: Session, *, client: str, token_ok: bool, admin_token: str, now: datetime, lifetime_s: int,
                   limit: int, window_s: float) -> LoginOutcome:
-    """Throttle, then either record a failure or open a session for ``client``."""
+    """Throttle, then either record a failure or open a session for ``client``.
+
+    Both are audited (``dashboard.login``, outcome ok or refused); a throttled attempt is not (the refusals
+    that earned the wait are, and a client hammering the form must not fill the audit log).
+    """
     since = now - timedelta(seconds=window_s)
     db.execute(delete(DashboardLoginFailure).where(DashboardLoginFailure.at < since))
     failures = [as_utc(at) for at in db.scalars(select(DashboardLoginFailure.at).where(
@@ -39,6 +44,8 @@ def attempt_login(db: Session, *, client: str, token_ok: bool, admin_token: str,
         return LoginOutcome(retry_after_s=wait)
     if not token_ok:
         db.add(DashboardLoginFailure(client=client, at=now))
+        audit.record(db, f"client:{client}", "dashboard.login", target="dashboard", outcome="refused", client=client,
+                     reason="not the admin token")
         db.flush()
         return LoginOutcome()
     db.execute(delete(DashboardLoginFailure).where(DashboardLoginFailure.client == client))
@@ -47,6 +54,7 @@ def attempt_login(db: Session, *, client: str, token_ok: bool, admin_token: str,
     db.add(DashboardSession(id_sha256=decide.digest(session_id), token_mac=decide.token_mac(admin_token, session_id),
                             client=client[:100], created_at=now, expires_at=now + timedelta(seconds=lifetime_s),
                             revoked_at=None))
+    audit.record(db, "admin", "dashboard.login", target="dashboard", client=client)
     db.flush()
     return LoginOutcome(session_id=session_id)
 
@@ -60,7 +68,9 @@ def is_valid(db: Session, session_id: str, *, admin_token: str | None, now: date
                               revoked_at=row.revoked_at, session_id=session_id, admin_token=admin_token, now=now)
 
 
-def revoke(db: Session, session_id: str, *, now: datetime) -> None:
-    """Logout: the session is refused from now on, by every worker."""
-    db.execute(update(DashboardSession).where(DashboardSession.id_sha256 == decide.digest(session_id),
-                                              DashboardSession.revoked_at.is_(None)).values(revoked_at=now))
+def revoke(db: Session, session_id: str, *, now: datetime, client: str = "unknown") -> None:
+    """Logout: the session is refused from now on, by every worker (audited when it was a live session)."""
+    done = db.execute(update(DashboardSession).where(DashboardSession.id_sha256 == decide.digest(session_id),
+                                                     DashboardSession.revoked_at.is_(None)).values(revoked_at=now))
+    if getattr(done, "rowcount", 0):
+        audit.record(db, "admin", "dashboard.logout", target="dashboard", client=client)

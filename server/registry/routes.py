@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from server import audit
 from server.deps import Admin, Ctx, ReadSession
-from server.errors import TooLarge
+from server.errors import RegistryError, TooLarge
 from server.registry import schemas, service
 from server.registry.deps import Storage
 from server.registry.requirements import MAX_REQUIREMENTS_CHARS
@@ -27,7 +28,7 @@ async def _read_limited(upload: UploadFile, limit: int, setting: str = "OTA_MAX_
 
 
 @router.post("/lines/{line}/versions", status_code=201, response_model=schemas.VersionOut)
-async def publish(line: str, ctx: Ctx, storage: Storage, _admin: Admin,
+async def publish(line: str, ctx: Ctx, storage: Storage, actor: Admin,
                   file: Annotated[UploadFile, File(description="the ONNX model")],
                   notes: Annotated[str | None, Form(max_length=MAX_NOTES_CHARS)] = None,
                   publisher: Annotated[str | None, Form(max_length=200)] = None,
@@ -46,11 +47,17 @@ async def publish(line: str, ctx: Ctx, storage: Storage, _admin: Admin,
                       "measures lossy packages on them"))] = None) -> schemas.VersionOut:
     # The admin token and the upload limit are enforced before the body is read (server/limits.py); the
     # limit is checked again here on the file parts alone.
-    data = await _read_limited(file, ctx.settings.max_upload_bytes)
-    images = await _read_limited(probe, ctx.settings.max_probe_bytes, "OTA_MAX_PROBE_BYTES") if probe else None
-    return await run_in_threadpool(service.publish, ctx.db, storage, ctx.settings, line, data, notes=notes,
-                                   publisher=publisher, codecs=codecs, min_agreement=min_agreement,
-                                   spec=contract, probe=images, requirements=requirements)
+    try:
+        data = await _read_limited(file, ctx.settings.max_upload_bytes)
+        images = await _read_limited(probe, ctx.settings.max_probe_bytes, "OTA_MAX_PROBE_BYTES") if probe else None
+        return await run_in_threadpool(service.publish, ctx.db, storage, ctx.settings, line, data, notes=notes,
+                                       publisher=publisher, codecs=codecs, min_agreement=min_agreement,
+                                       spec=contract, probe=images, requirements=requirements, actor=actor)
+    except RegistryError as e:  # a refused publish is audited too (issue 21), in a transaction of its own
+        await ctx.db.run_write(audit.record, actor, "version.publish", target=f"line:{line[:100]}",
+                               outcome="refused", line=line[:100], publisher=publisher, status=e.status_code,
+                               code=e.code, reason=e.message[:1000])
+        raise
 
 
 @router.get("/lines", response_model=list[schemas.LineOut])

@@ -34,7 +34,7 @@ from models.errors import InvalidModel as CodecInvalidModel
 from models.preprocess import preprocess
 from models.smoke import input_shape as smoke_shape
 from protocol.contract import InputContract
-from server import webhooks
+from server import audit, webhooks
 from server.blobs import BlobStore
 from server.config import Settings
 from server.db import Database, utcnow
@@ -150,8 +150,9 @@ def _store_packages(session: Session, blobs: BlobStore, settings: Settings, vers
 def publish(db: Database, storage: PackageStorage, settings: Settings, line_name: str, data: bytes, *,
             notes: str | None = None, publisher: str | None = None, codecs: str | None = None,
             min_agreement: float | None = None, spec: str | None = None,
-            probe: bytes | None = None, requirements: str | None = None) -> schemas.VersionOut:
-    """Validate, pack and register a new version of ``line_name``.
+            probe: bytes | None = None, requirements: str | None = None, actor: str = "admin") -> schemas.VersionOut:
+    """Validate, pack and register a new version of ``line_name`` (audited as ``version.publish`` by ``actor``;
+    a refused publish is audited by the route, whose transaction this is not).
 
     ``spec`` is the publisher's input contract (JSON object of contract fields, ``--spec`` and flags
     merged); fields it leaves out come from the graph, then from the line's previous version.
@@ -217,6 +218,9 @@ def publish(db: Database, storage: PackageStorage, settings: Settings, line_name
                                                    "fields": list(changed)}))
                 webhooks.emit(session, "version.published", line=line.name, version=version.number,
                               publisher=publisher, source_sha256=source_sha)
+                audit.record(session, actor, "version.publish", target=f"line:{line.name}", line=line.name,
+                             version=version.number, publisher=publisher, source_sha256=source_sha,
+                             codecs=sorted(p.codec for p in packed), probe=upload is not None)
                 session.flush()
                 out = version_out(session, line, version)
         except IntegrityError:

@@ -18,9 +18,14 @@ class StageIn(BaseModel):
     min_soak_s: float = Field(default=0.0, ge=0)
     success_threshold_pct: float | None = Field(default=None, ge=0, le=100,
                                                 description="auto-advance at this installed share; null = manual")
+    min_installed: int | None = Field(default=None, ge=0, le=100_000, description=(
+        "installs (with evidence) the stage needs before it may auto-advance; default 1 for the first live stage "
+        "(a canary that drew no car waits for the operator) and 0 for later stages"))
 
 
 MAX_GATES = 16
+DEFAULT_IN_PROGRESS_TIMEOUT_S = 3600.0
+MAX_TIMEOUT_S = 30 * 86400.0
 
 
 class ShadowIn(BaseModel):
@@ -46,6 +51,9 @@ class RolloutIn(BaseModel):
     allow_unmeasured: bool = Field(default=False, description=(
         "ship a lossy package whose agreement was not measured on the line's images, or is below its gate"))
     shadow: ShadowIn | None = Field(default=None, description="a shadow stage before the live stages (stage 0)")
+    in_progress_timeout_s: float | None = Field(default=DEFAULT_IN_PROGRESS_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S,
+                                                description=(
+        "a car offered/downloading/downloaded/verified for longer counts as an error (stuck); null: never"))
     gates: list[str] = Field(default_factory=list, max_length=MAX_GATES, description=(
         "quality gates, e.g. agreement>=0.97, latency_p99_ratio<=1.3, min_frames=5000"))
 
@@ -86,6 +94,7 @@ class StageOut(BaseModel):
     percent: float
     min_soak_s: float
     success_threshold_pct: float | None
+    min_installed: int = 0
     assigned: int = 0
     counts: dict[str, int] = Field(default_factory=dict)
 
@@ -102,6 +111,7 @@ class RolloutOut(BaseModel):
     rollback: bool
     error_threshold_pct: float | None
     error_threshold_count: int | None
+    in_progress_timeout_s: float | None = None
     reason: str | None
     created_by: str | None
     created_at: UtcDateTime

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -99,7 +99,8 @@ def create(session: Session, members: MembershipCache, body: schemas.RolloutIn,
                 current_stage=0, stage_started_at=now, rollback=body.rollback,
                 error_threshold_pct=body.error_threshold_pct, error_threshold_count=body.error_threshold_count,
                 created_by=actor, created_at=now, updated_at=now, gates=list(body.gates) or None,
-                shadow=body.shadow.model_dump() if body.shadow is not None else None)
+                shadow=body.shadow.model_dump() if body.shadow is not None else None,
+                in_progress_timeout_s=body.in_progress_timeout_s)
     session.add(r)
     session.flush()
     first = 0
@@ -108,11 +109,15 @@ def create(session: Session, members: MembershipCache, body: schemas.RolloutIn,
                                  min_soak_s=body.shadow.min_s, success_threshold_pct=None, mode="shadow"))
         first = 1
     for i, s in enumerate(body.stages, start=first):
+        # issue 21: the canary (first live stage) needs an install before it may auto-advance unless told
+        min_installed = s.min_installed if s.min_installed is not None else (1 if i == first else 0)
         session.add(RolloutStage(rollout_id=r.id, position=i, percent=s.percent, min_soak_s=s.min_soak_s,
-                                 success_threshold_pct=s.success_threshold_pct, mode="live"))
+                                 success_threshold_pct=s.success_threshold_pct, mode="live",
+                                 min_installed=min_installed))
     audit.record(session, actor, "rollout.create", rollout_id=r.id, line=line.name, version=version.number,
                  rollback=body.rollback, codec=codec, allow_unmeasured=body.allow_unmeasured,
-                 gates=list(body.gates), shadow=r.shadow)
+                 gates=list(body.gates), shadow=r.shadow, in_progress_timeout_s=body.in_progress_timeout_s,
+                 min_installed=[s.min_installed for s in body.stages])
     webhooks.emit(session, "rollout.rolled_back" if body.rollback else "rollout.started", rollout_id=r.id,
                   line=line.name, version=version.number, previous_stable=r.previous_stable, actor=actor)
     session.flush()
@@ -229,10 +234,18 @@ class Tally:
     last_install: list[datetime | None]
 
 
-def _tally(session: Session, members: MembershipCache, r: Rollout, percents: list[float], line: Line,
-           errors_since: datetime | None = None) -> Tally:
+def _tally(session: Session, members: MembershipCache, r: Rollout, stage_rows: list[RolloutStage], line: Line,
+           errors_since: datetime | None = None, now: datetime | None = None) -> Tally:
     """The rollout's :class:`Tally` (errors since ``errors_since``, all of them if None); membership comes
-    from ``members`` (cached)."""
+    from ``members`` (cached).
+
+    A car mid-update whose state has not moved for the rollout's ``in_progress_timeout_s`` is ``stuck``
+    (counted beside its state, like ``installed_unverified``) and an error from the moment it got stuck
+    (issue 21).  Shadow-stage cars at ``verified`` are never stuck: they sit there on purpose, comparing.
+    """
+    percents = [s.percent for s in stage_rows]
+    now = now or utcnow()
+    shadow_stage = 0 if stage_rows and stage_rows[0].mode == "shadow" else None
     m = members.get(session, r.id, line.name, dict(r.selector), tuple(percents))
     counts: list[dict[str, int]] = [{"assigned": n} for n in m.assigned]
     errors = [0] * len(percents)
@@ -253,6 +266,13 @@ def _tally(session: Session, members: MembershipCache, r: Rollout, percents: lis
             c["installed_unverified"] = c.get("installed_unverified", 0) + 1
         if state in ERROR_STATES and (since is None or (at is not None and as_utc(at) >= since)):
             errors[stage] += 1
+        timeout = r.in_progress_timeout_s
+        if (at is not None and timeout is not None and not (stage == shadow_stage and state == "verified")
+                and staging.is_stuck(state, as_utc(at), now, timeout)):
+            c["stuck"] = c.get("stuck", 0) + 1
+            stuck_at = as_utc(at) + timedelta(seconds=timeout)
+            if since is None or stuck_at >= since:
+                errors[stage] += 1
         if state == "installed" and at is not None:
             seen = last_install[stage]
             last_install[stage] = as_utc(at) if seen is None else max(seen, as_utc(at))
@@ -283,8 +303,9 @@ def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: d
     """Auto-halt on the error threshold or a failing quality gate, auto-advance on the success threshold after
     the soak time, promote a shadow stage whose gates pass after its minimum time (issue 18).
 
-    A stage that holds no device (a small fleet, a narrow selector) advances once soaked: there is
-    nothing to wait for.  Returns the rollout's state afterwards.
+    A stage advances only once ``min_installed`` of its cars installed (default 1 for the first live stage,
+    0 later, issue 21): an empty canary waits for the operator and the rollout's reason says why; a later
+    stage that holds no device advances once soaked.  Returns the rollout's state afterwards.
     """
     r = _get(session, rollout_id, lock=True)
     if r.state != "running":
@@ -295,8 +316,7 @@ def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: d
     stage_rows = store.stages(session, r.id)
     stage = stage_rows[r.current_stage]
     counted = _counted_stages(stage_rows, r.current_stage)
-    percents = [s.percent for s in stage_rows]
-    tally = _tally(session, members, r, percents, line, errors_since=r.stage_started_at)
+    tally = _tally(session, members, r, stage_rows, line, errors_since=r.stage_started_at, now=now)
     counts: dict[str, int] = {}
     for i in counted:
         for k, v in tally.counts[i].items():
@@ -309,8 +329,11 @@ def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: d
     if _has_quality(r):
         quality.note_history(session, r, now)
     if staging.should_halt(sc, r.error_threshold_pct, r.error_threshold_count):
+        stuck = sum(tally.counts[i].get("stuck", 0) for i in counted)
+        also = f" ({stuck} stuck mid-update past {r.in_progress_timeout_s:g} s)" if stuck else ""
         _apply(session, r, "halt", "auto", reason=f"error threshold reached in stage {r.current_stage}: "
-                                                  f"{sc.failed} of {sc.assigned} devices failed or rolled back")
+                                                  f"{sc.failed} of {sc.assigned} devices failed or rolled back"
+                                                  f"{also}")
         return r.state
     gates = quality.gates_of(r)
     if stage.mode == "shadow":
@@ -328,11 +351,23 @@ def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: d
     last = [tally.last_install[i] for i in counted if tally.last_install[i] is not None]
     soak_from = max([as_utc(r.stage_started_at), *[as_utc(t) for t in last if t is not None]])
     soaked = (now - soak_from).total_seconds() >= stage.min_soak_s
-    if staging.should_advance(sc, stage.success_threshold_pct, soaked):
+    if staging.should_advance(sc, stage.success_threshold_pct, soaked, stage.min_installed):
         event = "complete" if r.current_stage + 1 >= len(stage_rows) else "advance"
         why = f"{sc.installed} of {sc.assigned} installed" if sc.assigned else "no device in this stage"
         _apply(session, r, event, "auto", reason=f"stage {r.current_stage}: {why}")
+    elif staging.should_advance(sc, stage.success_threshold_pct, soaked):  # only the minimum holds it back
+        _note_waiting(r, stage, sc)
     return r.state
+
+
+def _note_waiting(r: Rollout, stage: RolloutStage, sc: staging.StageCounts) -> None:
+    """Say on the rollout why a stage that would otherwise advance waits (issue 21: an empty canary); the
+    operator advances it by hand or widens the selection.  Not a transition: no audit row."""
+    reason = (f"stage {r.current_stage} waits: {sc.installed} installed of the {stage.min_installed} it needs "
+              f"before advancing ({sc.assigned} devices in the stage); advance by hand (`ota rollout advance "
+              f"{r.id}`) or select more cars")
+    if r.reason != reason:
+        r.reason, r.updated_at = reason, utcnow()
 
 
 def _evaluate_shadow(session: Session, r: Rollout, stage: RolloutStage, gates: list[Gate], now: datetime) -> str:
@@ -375,16 +410,18 @@ def show(session: Session, members: MembershipCache, rollout_id: int) -> schemas
     line = session.get(Line, r.line_id)
     assert line is not None  # foreign key
     stage_rows = store.stages(session, r.id)
-    counts = _tally(session, members, r, [s.percent for s in stage_rows], line).counts
+    counts = _tally(session, members, r, stage_rows, line).counts
     in_shadow = stage_rows[r.current_stage].mode == "shadow" if stage_rows else False
     return schemas.RolloutOut(
         id=r.id, line=line.name if line else "?", target_version=r.target_version, previous_stable=r.previous_stable,
         codec=r.codec, selector=r.selector, state=r.state, current_stage=r.current_stage, rollback=r.rollback,
         error_threshold_pct=r.error_threshold_pct, error_threshold_count=r.error_threshold_count, reason=r.reason,
+        in_progress_timeout_s=r.in_progress_timeout_s,
         created_by=r.created_by, created_at=r.created_at, updated_at=r.updated_at,
         quality=quality.describe(session, r, in_shadow, _counted_stages(stage_rows, r.current_stage)),
         stages=[schemas.StageOut(position=s.position, mode=s.mode, percent=s.percent, min_soak_s=s.min_soak_s,
-                                 success_threshold_pct=s.success_threshold_pct, assigned=c["assigned"],
+                                 success_threshold_pct=s.success_threshold_pct, min_installed=s.min_installed,
+                                 assigned=c["assigned"],
                                  counts={k: v for k, v in c.items() if k != "assigned"})
                 for s, c in zip(stage_rows, counts, strict=True)],
     )

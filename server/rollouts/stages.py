@@ -11,6 +11,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+
+from protocol.report import ACTIVE
+
+#: Latest update states of a car that has been offered the version and has not finished with it.
+IN_PROGRESS = frozenset(str(s) for s in ACTIVE)
 
 
 def bucket(rollout_id: int, device_id: str) -> float:
@@ -40,6 +46,12 @@ class StageCounts:
     failed: int
 
 
+def is_stuck(state: str, updated_at: datetime, now: datetime, timeout_s: float | None) -> bool:
+    """A car mid-update (offered, downloading, downloaded, verified) whose state has not moved for longer than
+    the rollout's in-progress timeout (issue 21): it counts toward the error threshold."""
+    return timeout_s is not None and state in IN_PROGRESS and (now - updated_at).total_seconds() > timeout_s
+
+
 def should_halt(counts: StageCounts, error_pct: float | None, error_count: int | None) -> bool:
     """hawkBit-style error threshold on the current stage: percent of assigned, or a count."""
     if error_count is not None and counts.failed >= error_count:
@@ -49,13 +61,15 @@ def should_halt(counts: StageCounts, error_pct: float | None, error_count: int |
     return False
 
 
-def should_advance(counts: StageCounts, success_pct: float | None, soaked: bool) -> bool:
-    """Auto-advance once the stage's success share reaches its threshold and the soak time is over.
+def should_advance(counts: StageCounts, success_pct: float | None, soaked: bool, min_installed: int = 0) -> bool:
+    """Auto-advance once the stage's success share reaches its threshold, the soak time is over, and at
+    least ``min_installed`` cars installed it (issue 21: a canary that drew no car is no evidence).
 
-    A stage that holds no device advances once soaked (an installed share of nobody would never be
-    reached, and the rollout would wait forever); a manual stage (``success_pct`` None) never does.
+    A stage that holds no device and needs no install advances once soaked (an installed share of nobody
+    would never be reached, and the rollout would wait forever); a manual stage (``success_pct`` None)
+    never does.
     """
-    if success_pct is None or not soaked:
+    if success_pct is None or not soaked or counts.installed < min_installed:
         return False
     if counts.assigned == 0:
         return True

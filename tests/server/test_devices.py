@@ -23,11 +23,11 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_enroll_with_wrong_or_missing_token_is_401_and_stores_nothing(server: LiveServer) -> None:
-    before = stored_state(server)
+    before = stored_state(server, audit=True)
     for client in (server.anonymous(), server.device("wrong"), server.admin()):
         r = client.post("/api/v1/devices/enroll", json={"device_id": "intruder", "tags": {}})
         assert r.status_code == 401, r.text
-    after = stored_state(server)
+    after = stored_state(server, audit=True)
     assert after["audit_log"] == before["audit_log"] + 3  # each refusal is audited, nothing else is stored
     assert {k: v for k, v in after.items() if k != "audit_log"} == {k: v for k, v in before.items() if k != "audit_log"}
 

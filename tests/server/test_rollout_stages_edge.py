@@ -44,9 +44,10 @@ def _next_rollout_id(server: LiveServer) -> int:
     return max((r["id"] for r in server.admin().get("/api/v1/rollouts").json()), default=0) + 1
 
 
-def test_a_rollout_whose_stages_hold_no_device_completes_after_the_soak(server: LiveServer) -> None:
+def test_a_rollout_whose_stages_hold_no_device_and_need_none_completes_after_the_soak(server: LiveServer) -> None:
+    # min_installed 0 on the canary too: by default an empty canary waits (tests/server/test_rollout_safety.py)
     line, cars = _line(server, 2, {"region": "eu"})
-    stages = [{"percent": p, "min_soak_s": 0.3, "success_threshold_pct": 90} for p in (10, 50, 100)]
+    stages = [{"percent": p, "min_soak_s": 0.3, "success_threshold_pct": 90, "min_installed": 0} for p in (10, 50, 100)]
     r = create_rollout(server, line=line, version=2, selector={"region": "mars"}, stages=stages)
     assert [s["assigned"] for s in r["stages"]] == [0, 0, 0]
     shown = _wait(server, r["id"], lambda x: x["state"] != "running")

@@ -125,7 +125,7 @@ def test_migration_0006_leaves_old_versions_needing_nothing_and_old_cars_unknown
 
 def test_migration_0009_adds_an_empty_webhook_outbox_keeps_devices_and_downgrades(tmp_path: Path) -> None:
     """Issue 21: 0009 adds the webhook tables (empty: no event is invented for the past) and the fleet-gauge
-    index on device_lines; its downgrade (to 0007) drops them and keeps the devices and their lines."""
+    index on device_lines; its downgrade (to 0008) drops them and keeps the devices and their lines."""
     from alembic import command
     from sqlalchemy import inspect, text
 
@@ -149,11 +149,54 @@ def test_migration_0009_adds_an_empty_webhook_outbox_keeps_devices_and_downgrade
             assert "ix_device_lines_line_running_version" in {
                 i["name"] for i in inspect(conn).get_indexes("device_lines")}
             assert conn.execute(text("SELECT line, running_version FROM device_lines")).one() == ("l", 3)
-        command.downgrade(alembic_config(url), "0007")
+        command.downgrade(alembic_config(url), "0008")
         with engine.connect() as conn:
             assert not {"webhook_subscriptions", "webhook_deliveries"} & set(inspect(conn).get_table_names())
             assert "ix_device_lines_line_running_version" not in {
                 i["name"] for i in inspect(conn).get_indexes("device_lines")}
             assert conn.execute(text("SELECT count(*) FROM devices")).scalar_one() == 1
             assert conn.execute(text("SELECT count(*) FROM device_lines")).scalar_one() == 1
+        engine.dispose()
+
+
+def test_migration_0008_keeps_old_stages_and_rollouts_as_they_were_fills_audit_targets_and_downgrades(
+        tmp_path: Path) -> None:
+    """Issue 21: stages from before 0008 need no install (min_installed 0), rollouts never time out (null), and
+    old audit rows get their target from their detail and their outcome from detail.outcome (a success: ok)."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from server.db import alembic_config, create_private_sqlite_file
+
+    with temporary_database() as pg:
+        url = _url(tmp_path, pg)
+        create_private_sqlite_file(url)
+        command.upgrade(alembic_config(url), "0006")
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO lines (id, name, created_at) VALUES (1, 'l', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO versions (id, line_id, number, source_sha256, source_bytes, labels, "
+                              "input_name, input_shape, contract, created_at) VALUES (1, 1, 1, 'x', 1, '[]', 'x', "
+                              "'[]', '{}', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO rollouts (id, line_id, version_id, target_version, codec, selector, state, "
+                              "current_stage, stage_started_at, rollback, created_at, updated_at) VALUES (1, 1, 1, 1, "
+                              "'lossless', '{}', 'running', 0, CURRENT_TIMESTAMP, false, CURRENT_TIMESTAMP, "
+                              "CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO rollout_stages (rollout_id, position, percent, min_soak_s) "
+                              "VALUES (1, 0, 100, 0)"))
+            for i, detail in enumerate(('{"rollout_id": 1, "state": "running"}',
+                                        '{"device_id": "car-1", "outcome": "refused"}',
+                                        '{"device_id": "car-2", "outcome": "created"}', '{"line": "l"}'), start=1):
+                conn.execute(text("INSERT INTO audit_log (id, at, actor, action, detail) VALUES "
+                                  f"({i}, CURRENT_TIMESTAMP, 'admin', 'x', '{detail}')"))
+        upgrade_to_head(url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT min_installed FROM rollout_stages")).scalar_one() == 0
+            assert conn.execute(text("SELECT in_progress_timeout_s FROM rollouts")).scalar_one() is None
+            assert conn.execute(text("SELECT target, outcome FROM audit_log ORDER BY id")).all() == [
+                ("rollout:1", "ok"), ("device:car-1", "refused"), ("device:car-2", "ok"), ("line:l", "ok")]
+        command.downgrade(alembic_config(url), "0006")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one() == 4
+            assert conn.execute(text("SELECT count(*) FROM rollout_stages")).scalar_one() == 1
         engine.dispose()
