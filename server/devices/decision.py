@@ -13,9 +13,11 @@ device, else the line's stable version (``lineview.desired_in``); its package
 is the rollout's codec, else the server's preferred codecs, else any.  No
 offer when there is no such package, the car runs the target, the target is a
 downgrade outside a rollback, the car cannot run the target (issue 20: its
-reported platform does not meet the version's requirements; a car that never
-reported a platform is treated as able to run anything), or the car already
-rolled this offer back.  An
+reported platform meets the requirements of no export of the version, its own
+or a variant's; a car that never reported a platform is treated as able to run
+anything), or the car already rolled this offer back.  The package offered is of
+the export the car can run: the version's own, else the variant at the newest
+opset (``export_for``).  An
 offer stored for the same (rollout, version) is sent again unchanged while it
 has the same codec and transfer delta, is fresh for more than half its time to
 live, and was signed by the online key; otherwise a new one is signed.

@@ -48,10 +48,6 @@ class VersionView:
     variant: int = 0  # issue 20: 0 for the version's own export, n for its n-th variant (same id and number)
     variants: tuple[VersionView, ...] = ()  # the other exports, each a view of its own packages and requirements
 
-    def exports(self) -> tuple[VersionView, ...]:
-        """The primary export, then its variants."""
-        return (self, *self.variants)
-
 
 @dataclass(frozen=True)
 class RolloutView:
@@ -92,7 +88,7 @@ class TargetView:
 
 
 def _version_view(session: Session, version: Version, gate: float | None) -> VersionView:
-    variants = tuple(_export_view(session, version, v.variant, _parse_requirements(v.requirements), gate)
+    variants = tuple(_export_view(session, version, v.variant, requirements_of(v), gate)
                      for v in registry_store.variants(session, version.id))
     return _export_view(session, version, 0, requirements_of(version), gate, variants)
 
@@ -105,18 +101,15 @@ def _export_view(session: Session, version: Version, variant: int, needs: Requir
     return VersionView(version.id, version.number, pkgs, shipping, needs, variant=variant, variants=variants)
 
 
-def _parse_requirements(stored: dict[str, Any] | None) -> Requirements | None:
-    if not stored:
+def requirements_of(version: Version | VersionVariant) -> Requirements | None:
+    """A stored version's (or variant's) requirements (None: published before issue 20, or unreadable: it needs
+    nothing)."""
+    if not version.requirements:
         return None
     try:
-        return Requirements.from_dict(stored)
+        return Requirements.from_dict(version.requirements)
     except MalformedMessage:
         return None
-
-
-def requirements_of(version: Version | VersionVariant) -> Requirements | None:
-    """A stored version's requirements (None: published before issue 20, or unreadable: it needs nothing)."""
-    return _parse_requirements(version.requirements)
 
 
 def load_line(session: Session, name: str) -> LineView | None:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 from itertools import count
+from pathlib import Path
 from typing import Any
 
 import onnx
+import pytest
 
+from cli.main import main
 from models import zoo
 from protocol.platform import Platform
 from tests.conftest import ZOO
@@ -152,3 +155,22 @@ def test_a_variant_car_gets_a_delta_from_the_same_variant_of_its_version(server:
     assert offer["delta"]["size"] < offer["package"]["size"]
     old.install(offer)
     assert old.poll(line) is None
+
+
+def test_ota_publish_variant_of_and_ota_versions_show_the_variant(server: LiveServer, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    line = f"variants-{next(_lines)}"
+    v1 = _publish(server, line, "v1.onnx", 21, _contract())
+    model = tmp_path / "v1-opset17.onnx"
+    model.write_bytes(_at_opset("v1.onnx", 17))
+    auth = [f"--server={server.url}", f"--token={server.admin_token}"]
+    code = main(["publish", str(model), f"--line={line}", "--variant-of", "1", "--codecs", "lossless",
+                 "--requires", '{"arch": ["aarch64", "x86_64"]}', *auth])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["versions", f"--line={line}", *auth]) == 0
+    out = capsys.readouterr().out
+    assert "needs: IR 8, ai.onnx opset 21" in out
+    assert "variant 1" in out and "ai.onnx opset 17" in out and "arch aarch64 or x86_64" in out, out
+    assert len(server.admin().get(f"/api/v1/lines/{line}/versions").json()) == 1  # still one version
+    assert v1["variants"] == []
