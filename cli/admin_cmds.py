@@ -166,6 +166,12 @@ def version_rows(v: dict[str, Any]) -> list[str]:
     for name, p in sorted(v["packages"].items()):
         rows.append(f"  {name:9s} package {_kb(p['bytes']):>14s}  delta from previous "
                     f"{_kb(p['delta_from_previous']):>12s}  {fidelity_text(p['fidelity'])}")
+    for var in v.get("variants") or []:  # issue 20: other exports, for the cars that cannot run this one
+        rows.append(f"  variant {var['variant']}  source {_kb(var['source_bytes'])}  sha256 "
+                    f"{var['source_sha256'][:12]}  needs: {requirements_text(var.get('requirements'))}")
+        for name, p in sorted(var["packages"].items()):
+            rows.append(f"    {name:9s} package {_kb(p['bytes']):>12s}  delta from previous "
+                        f"{_kb(p['delta_from_previous']):>12s}  {fidelity_text(p['fidelity'])}")
     return rows
 
 
@@ -175,7 +181,8 @@ def publish(args: argparse.Namespace) -> int:
         raise CliError(f"{path} is not a file")
     spec = contract_spec(args)
     form = {k: str(v) for k, v in {"notes": args.notes, "publisher": args.publisher or os.environ.get("USER"),
-                                   "codecs": args.codecs, "min_agreement": args.min_agreement}.items()
+                                   "codecs": args.codecs, "min_agreement": args.min_agreement,
+                                   "variant_of": args.variant_of}.items()
             if v is not None}
     if spec is not None:
         form["contract"] = json.dumps(spec)
@@ -518,6 +525,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "\"providers\": [\"CUDAExecutionProvider\"]}' (fields: min_ort_version, providers, arch, "
                         "hardware, min_memory_mb, ir_version, opsets); cars that do not meet it are never offered "
                         "the version")
+    p.add_argument("--variant-of", type=int, metavar="N",
+                   help="publish another export of version N instead of a new version (e.g. an opset-17 export "
+                        "for cars on an older ONNX Runtime); same version number and contract, its own "
+                        "requirements; each car is offered the export it can run")
     add_contract_arguments(p)
     _common(p)
     p.set_defaults(func=_run(publish))

@@ -8,7 +8,8 @@ the cars' health window on live frames so they roll it back; both rollouts halt
 by themselves at their canary stage.  Then shadow mode (issue 18): a build of v4
 that swaps two speed limits in fog is halted in its shadow stage by the agreement
 gate, and the real v4 is promoted from shadow by its gates; the summary says which
-gate stopped what.
+gate stopped what.  Last, mixed runtimes (issue 20): v5 re-exported at opset 21 goes out with
+an opset-17 variant, and the cars on ONNX Runtime 1.14 install the variant.
 The server keeps running (dashboards at ``/dashboard``) until Ctrl-C, unless
 ``--exit-when-done``.  ``running_server`` is reused by the tests and
 ``bench/fleet.py``.
@@ -73,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "window rolls it back.  Both rollouts halt by themselves at their canary stage.  Then shadow "
                     "mode: a v4 build that confuses two speed limits in fog runs beside the live model on the "
                     "shadow cars' own camera frames and is halted by its agreement gate without ever driving, "
-                    "while the real v4 is promoted by its gates.  Prints what happened (and which gate stopped "
+                    "while the real v4 is promoted by its gates.  Last, v5 re-exported at opset 21 goes out with an "
+                    "opset-17 variant for the quarter of the cars on ONNX Runtime 1.14.  Prints what happened (and which gate stopped "
                     "what) and leaves the server running until Ctrl-C.")
     p.add_argument("--data-dir", type=Path, default=Path(".ota-data"), help="server data and car state")
     p.add_argument("--cars", type=int, default=200, help="simulated cars (default 200)")

@@ -61,13 +61,31 @@ class Version(Base):
     requirements: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
+class VersionVariant(Base):
+    """Another export of a version for other cars (issue 20: e.g. an older opset); its packages have its number."""
+
+    __tablename__ = "version_variants"
+    __table_args__ = (UniqueConstraint("version_id", "variant", name="uq_version_variants_version_variant"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+    variant: Mapped[int] = mapped_column(Integer)  # 1, 2, ... in order of publication (0 is the version itself)
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    source_bytes: Mapped[int] = mapped_column(BigInteger)
+    requirements: Mapped[dict[str, Any]]  # protocol.platform.Requirements.to_dict()
+    publisher: Mapped[str | None] = mapped_column(String(200))
+    notes: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
 class Package(Base):
     """One codec's package of a version, stored either full or as a delta on its predecessor."""
 
     __tablename__ = "packages"
-    __table_args__ = (UniqueConstraint("version_id", "codec", name="uq_packages_version_codec"),)
+    __table_args__ = (UniqueConstraint("version_id", "variant", "codec", name="uq_packages_version_variant_codec"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
+    # issue 20: which export of the version it encodes (0: the version's own; n: ``VersionVariant.variant`` n)
+    variant: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     codec: Mapped[str] = mapped_column(String(20))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     bytes: Mapped[int] = mapped_column(BigInteger)

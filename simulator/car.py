@@ -39,6 +39,7 @@ from client.config import AgentConfig
 from client.hotswap import ModelSource, NoModel, default_session_factory
 from client.manifest import Offer
 from client.slots import MODEL_FILE, PACKAGE_FILE, SlotStore
+from protocol.platform import Platform
 from simulator.camera import Camera
 from simulator.fleet import CarSpec
 from simulator.link import PROFILES, LinkClock, LinkTransport
@@ -281,6 +282,13 @@ class GateTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+def modelled_platform(spec: CarSpec) -> Platform:
+    """What the car reports it can run (issue 20): its ONNX Runtime release's opsets and IR version
+    (``protocol.platform.ORT_SUPPORT``), not this machine's, which runs every car's sessions whatever it reports."""
+    return Platform.for_runtime(f"{spec.runtime}.0", ("CPUExecutionProvider",), "x86_64", 2048,
+                                (spec.hw,))
+
+
 def build_car(spec: CarSpec, *, server_url: str, enroll_token: str | None, root_public_key: bytes | None,
               state_root: Path, clock: LinkClock,
               sessions: SharedSessions, images: Camera | np.ndarray, line: str, poll_interval_s: float,
@@ -305,6 +313,7 @@ def build_car(spec: CarSpec, *, server_url: str, enroll_token: str | None, root_
         # The GIL switch-interval tweak protects one car's camera thread; thousands of cars in one process
         # installing in turn would keep this whole process at 0.1 ms switches and slow every car down.
         gil_switch_interval_s=None,
+        platform=modelled_platform(spec),
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)
 

@@ -1,8 +1,8 @@
 """Who is in a simulated fleet (pure): device ids, tags, link profiles and camera climates, from a seed.
 
 ``plan_fleet`` decides everything random about the cars up front, so the same
-``--seed`` gives the same fleet (ids, regions, hardware, networks, who parks
-for a long time) on every run; the asyncio side only executes the plan.
+``--seed`` gives the same fleet (ids, regions, hardware, networks, ONNX Runtime
+releases, who parks for a long time) on every run; the asyncio side only executes the plan.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from simulator.link import MIXED_SHARES, PROFILES
 
 REGIONS = {"eu": 0.45, "us": 0.35, "apac": 0.2}
 HARDWARE = {"gen1": 0.3, "gen2": 0.5, "gen3": 0.2}
+#: The ONNX Runtime releases a simulated fleet runs (issue 20): a quarter of the cars were built with 1.14, which
+#: loads models up to opset 18; the rest run a current release (protocol.platform.ORT_SUPPORT's newest row).
+RUNTIMES = {"1.14": 0.25, "1.23": 0.75}
 
 
 class FleetSpecError(ValueError):
@@ -35,6 +38,12 @@ class CarSpec:
     seed: int
     tags: dict[str, str] = field(default_factory=dict)
     climate: str = "clear"
+    runtime: str = "1.23"  # the ONNX Runtime release it reports (``RUNTIMES``; its modelled platform)
+
+
+def pick_runtime(seed: int) -> str:
+    """A car's ONNX Runtime release, from its own seed (an rng of its own: the fleet's other draws stay as they were)."""
+    return _pick(random.Random(seed ^ 0x0A7), RUNTIMES)
 
 
 def _pick(rng: random.Random, shares: dict[str, float]) -> str:
@@ -76,9 +85,10 @@ def plan_fleet(cars: int, networks: str = "mixed", seed: int = 0, prefix: str = 
     for i, net in enumerate(nets):
         region, hw = _pick(rng, REGIONS), _pick(rng, HARDWARE)
         seed = rng.getrandbits(32)
+        runtime = pick_runtime(seed)
         specs.append(CarSpec(device_id=f"{prefix}-{i + 1:0{width}d}", network=net, region=region, hw=hw,
-                             seed=seed, tags={"region": region, "hw": hw, "network": net},
-                             climate=pick_climate(seed)))
+                             seed=seed, tags={"region": region, "hw": hw, "network": net, "runtime": runtime},
+                             climate=pick_climate(seed), runtime=runtime))
     return specs
 
 

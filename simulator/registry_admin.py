@@ -50,15 +50,18 @@ class RegistryAdmin:
 
     def publish(self, model: bytes | Path, line: str, notes: str = "", publisher: str = "ota-demo", *,
                 contract: dict[str, Any] | None = None, probe: Path | None = None,
-                codecs: str | None = None) -> dict[str, Any]:
+                codecs: str | None = None, variant_of: int | None = None) -> dict[str, Any]:
         """Publish a version; ``contract`` (JSON object of contract fields) and ``probe`` (the line's calibration
-        images, an .npz) go as the form field and file part of the same names, as ``ota publish`` sends them."""
+        images, an .npz) go as the form field and file part of the same names, as ``ota publish`` sends them;
+        ``variant_of`` N publishes another export of version N instead (issue 20)."""
         data = model if isinstance(model, bytes) else Path(model).read_bytes()
         form = {"notes": notes, "publisher": publisher}
         if contract is not None:
             form["contract"] = json.dumps(contract)
         if codecs is not None:
             form["codecs"] = codecs
+        if variant_of is not None:
+            form["variant_of"] = str(variant_of)
         files = {"file": ("model.onnx", data)}
         if probe is not None:
             files["probe"] = ("probe.npz", Path(probe).read_bytes())

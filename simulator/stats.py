@@ -25,6 +25,8 @@ class CarResult:
     failed_inferences: int
     offline_now: bool = False
     failures: dict[int, str] = field(default_factory=dict)  # target version -> reported reason
+    runtime: str = ""  # the ONNX Runtime release it reports (issue 20)
+    end_model_sha256: str | None = None  # the model it runs: which export of its version (issue 20, variants)
 
 
 @dataclass

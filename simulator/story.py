@@ -20,7 +20,11 @@
    the rollout in shadow with the failing gate named, and no car ever drives on it.  Then the real v4 goes
    out the same way and its gates promote it from shadow to its live stages.
 5. Before v5 the parked cars come back, several versions behind.
-6. Transfer learning, as in the seed's MATLAB demo: a second line whose first version is the real
+6. Mixed runtimes (issue 20): a quarter of the cars run ONNX Runtime 1.14 (opset 18 at most).  v5 re-exported
+   at opset 21 (``new-opset``) is published with an opset-17 variant (``--variant-of``); the rollout completes
+   with every car on it, the old cars on the variant, and the summary says how many cars got which export and
+   how many would have been incompatible without the variant.
+7. Transfer learning, as in the seed's MATLAB demo: a second line whose first version is the real
    ImageNet SqueezeNet 1.0 (published with its own Caffe preprocessing, labels and calibration
    images) and whose second is that network with its classifier retrained for the road signs
    (``make train``): it inherits the line's contract (only the labels change, and the registry
@@ -44,6 +48,7 @@ from rich.console import Console
 
 from models.roadsigns import CLASSES
 from models.zoo import ZOO_DIR, contract, model_path
+from protocol.platform import Requirements
 from simulator.badmodel import (
     DESCRIPTION,
     FOG_DESCRIPTION,
@@ -55,13 +60,17 @@ from simulator.badmodel import (
     live_failure_variant,
     nondeterministic_variant,
 )
-from simulator.car import health_window_s
+from simulator.car import health_window_s, modelled_platform
 from simulator.display import LiveView, human_bytes, print_summary
 from simulator.fleet import auto_inference_interval, auto_poll_interval, plan_fleet
+from simulator.opset import at_opset
 from simulator.registry_admin import AdminError, RegistryAdmin
 from simulator.runner import Fleet
 
 FINAL_ROLLOUT_STATES = frozenset({"completed", "halted", "aborted"})
+#: The mixed-runtime phase (issue 20): v5 at an opset the fleet's ONNX Runtime 1.14 cars cannot load, with a
+#: variant at the zoo's own opset for them.
+NEW_OPSET, NEW_OPSET_BASE, NEW_OPSET_VERSION, OLD_OPSET = "new-opset", "v5", 21, 17
 
 
 class StoryError(RuntimeError):
@@ -85,7 +94,8 @@ class DemoOptions:
     phase_timeout_real_s: float = 180.0
     line: str | None = None  # default: "road-signs", or a fresh "road-signs-runN" if that line is taken
     detail: bool = False  # include every car's result in the report (tests)
-    versions: list[str] = field(default_factory=lambda: ["v2", "v3", "bad", "bad-live", "fog", "v4", "v5"])
+    versions: list[str] = field(default_factory=lambda: ["v2", "v3", "bad", "bad-live", "fog", "v4", "v5",
+                                                         NEW_OPSET])
     # Shadow mode: the versions that begin with a shadow stage, judged by ``gates`` (``protocol.quality``).
     shadowed: frozenset[str] = frozenset({"fog", "v4"})
     # Every car shadows: it costs a download and some CPU, never a wrong answer, and the verdict then rests
@@ -197,6 +207,7 @@ async def _tell(admin: RegistryAdmin, server_url: str, enroll_token: str, root_p
         await fleet.stop()
     transfer = await asyncio.to_thread(_transfer_line, admin, f"imagenet-{line}", state_root, say)
     gates = gate_summary(outcomes)
+    variants = next((o["variants"] for o in outcomes if "variants" in o), None)
     if console:
         print_summary(console, summary)
         _print_outcomes(console, outcomes)
@@ -204,9 +215,12 @@ async def _tell(admin: RegistryAdmin, server_url: str, enroll_token: str, root_p
             console.print("Quality gates (shadow mode):")
             for g in gates:
                 console.print(_gate_line(g))
+        if variants:
+            console.print("Variants (mixed runtimes): " + variant_line(variants))
     detail = {"cars_detail": [asdict(r) for r in fleet.results()]} if opts.detail else {}
     return {**summary, **detail, "parked": sorted(c.spec.device_id for c in parked), "line": line, "server": server_url, "dashboard": f"{server_url}/dashboard",
             "story_wall_s": round(time.monotonic() - started, 1), "rollouts": outcomes, "quality_gates": gates,
+            "variants": variants,
             "transfer": transfer}
 
 
@@ -270,11 +284,21 @@ async def _rollout_phase(admin: RegistryAdmin, fleet: Fleet, line: str, name: st
                                                                     CLASSES.index(FOG_SWAP[1])))
         note = FOG_DESCRIPTION.format(base=base, a=FOG_SWAP[0], b=FOG_SWAP[1], floor=FOG_MIN_FLOOR,
                                       contrast=FOG_MAX_STD)
+    elif name == NEW_OPSET:
+        base = NEW_OPSET_BASE
+        data = at_opset(model_path(base).read_bytes(), NEW_OPSET_VERSION, f"opset {NEW_OPSET_VERSION}")
+        note = f"{base} re-exported at opset {NEW_OPSET_VERSION} (ONNX Runtime 1.16 or newer loads it)"
     else:
         base = name
         data = model_path(name).read_bytes()
         note = f"{name} from the shipped zoo"
     v = await asyncio.to_thread(admin.publish, data, line, note, contract=contract(base).to_dict(), codecs=codecs)
+    if name == NEW_OPSET:  # the same weights at the zoo's opset, for the cars whose runtime stops at 18
+        old = at_opset(model_path(base).read_bytes(), OLD_OPSET, f"opset {OLD_OPSET} variant")
+        v = await asyncio.to_thread(admin.publish, old, line, f"{base} at opset {OLD_OPSET} for older runtimes",
+                                    contract=contract(base).to_dict(), codecs=codecs, variant_of=v["version"])
+        say(f"  variant 1 of version {v['version']}: opset {OLD_OPSET}, for cars whose ONNX Runtime cannot load "
+            f"opset {NEW_OPSET_VERSION}")
     bad = name.startswith("bad") or name == "fog"
     say(_published(name, v) + (f"\n  [yellow]bad version[/yellow]: {note}" if bad else ""))
     stages = stages_for(len(fleet.cars), opts)
@@ -336,8 +360,36 @@ async def _rollout_phase(admin: RegistryAdmin, fleet: Fleet, line: str, name: st
         "shadow": bool(quality), "installed": sum(s["counts"].get("installed", 0) for s in ro["stages"]),
         **gate,
     }
+    if name == NEW_OPSET:
+        outcome["variants"] = variant_outcome(v, fleet)
+        say("  " + variant_line(outcome["variants"]))
     say(_outcome_line(outcome))
     return outcome
+
+
+def variant_outcome(v: dict[str, Any], fleet: Fleet) -> dict[str, Any]:
+    """Which export of version ``v`` each car runs (by its model's SHA-256), and how many cars could not have
+    run the version without its variants (their modelled platform misses the version's own requirements)."""
+    exports = {p["model_sha256"]: "primary" for p in v["packages"].values()}
+    for var in v.get("variants") or []:
+        exports.update({p["model_sha256"]: f"variant {var['variant']}" for p in var["packages"].values()})
+    needs = Requirements.from_dict(v["requirements"]) if v.get("requirements") else Requirements()
+    got: dict[str, int] = {}
+    by_runtime: dict[str, dict[str, int]] = {}
+    for r in fleet.results():
+        which = exports.get(r.end_model_sha256 or "", "other") if r.end_version == v["version"] else "other"
+        got[which] = got.get(which, 0) + 1
+        by_runtime.setdefault(r.runtime, {}).setdefault(which, 0)
+        by_runtime[r.runtime][which] += 1
+    unfit = sum(1 for car in fleet.cars if needs.unmet(modelled_platform(car.spec)))
+    return {"version": v["version"], "cars_by_export": dict(sorted(got.items())), "by_runtime": by_runtime,
+            "incompatible_without_variants": unfit}
+
+
+def variant_line(o: dict[str, Any]) -> str:
+    got = ", ".join(f"{n} on the {k}" for k, n in o["cars_by_export"].items())
+    return (f"version {o['version']}: {got}; without the variant {o['incompatible_without_variants']} cars "
+            "could not have run it")
 
 
 def _stage_label(stage: dict[str, Any]) -> str:

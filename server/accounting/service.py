@@ -76,7 +76,8 @@ def rollout_accounting(session: Session, rollout_id: int, largest: int = 10) -> 
         raise NotFound(f"rollout {rollout_id} does not exist")
     line = session.get(Line, r.line_id)
     version = session.get(Version, r.version_id)
-    pkg = session.scalar(select(Package).where(Package.version_id == r.version_id, Package.codec == r.codec))
+    pkg = session.scalar(select(Package).where(Package.version_id == r.version_id, Package.codec == r.codec,
+                                               Package.variant == 0))  # the version's own export (issue 20)
     percents = [s.percent for s in rollout_store.stages(session, r.id)]
     per_device: dict[str, schemas.DeviceTransfer] = {}
     for t, device_id in store.for_rollout(session, r.id):

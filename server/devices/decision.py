@@ -13,9 +13,11 @@ device, else the line's stable version (``lineview.desired_in``); its package
 is the rollout's codec, else the server's preferred codecs, else any.  No
 offer when there is no such package, the car runs the target, the target is a
 downgrade outside a rollback, the car cannot run the target (issue 20: its
-reported platform does not meet the version's requirements; a car that never
-reported a platform is treated as able to run anything), or the car already
-rolled this offer back.  An
+reported platform meets the requirements of no export of the version, its own
+or a variant's; a car that never reported a platform is treated as able to run
+anything), or the car already rolled this offer back.  The package offered is of
+the export the car can run: the version's own, else the variant at the newest
+opset (``export_for``).  An
 offer stored for the same (rollout, version) is sent again unchanged while it
 has the same codec and transfer delta, is fresh for more than half its time to
 live, and was signed by the online key; otherwise a new one is signed.
@@ -29,6 +31,7 @@ again (``service.poll`` does, with the delta made outside its transaction).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -190,6 +193,24 @@ def can_run(version: VersionView, platform: Platform | None) -> bool:
     return fits
 
 
+def export_for(version: VersionView, platform: Platform | None) -> VersionView | None:
+    """The export of ``version`` this car can run (issue 20, variants): the primary when it can, else the variant
+    at the newest ai.onnx opset (a later variant breaking ties); None when it can run none of them."""
+    if can_run(version, platform):
+        return version
+    fitting = [v for v in version.variants if can_run(v, platform)]
+    return max(fitting, key=lambda v: ((v.requirements.opsets.get("ai.onnx", 0) if v.requirements else 0),
+                                       v.variant), default=None)
+
+
+def _offered_package(offer: OfferView) -> str | None:
+    """The package a stored offer names: with variants one (rollout, version) may ship more than one package."""
+    try:
+        return str(json.loads(offer.envelope_json)["signed"]["package"]["sha256"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _wanted_delta(poll: PollView, package: PackageView, offer: OfferView | None) -> str | None | object:
     """The delta an offer of ``package`` should carry for this car, or ``_UNKNOWN``."""
     base = poll.current_package_sha256
@@ -215,14 +236,19 @@ def decide(device: DeviceView, line: LineView, poll: PollView, now: datetime, po
     interval = device.poll_interval_s or policy.poll_interval_s
     running = running_change(device, line.name, poll)
     target = desired_in(line, device.device_id, device.tags)
-    package = choose_package(target.version, target.codec, policy.codecs) if target is not None else None
-    if target is None or package is None or not _offers(target, package, poll):
+    if target is None:
         return NoOffer(interval, running)
-    if not can_run(target.version, poll.platform or device.platform):
+    export = export_for(target.version, poll.platform or device.platform)
+    if export is None:
         return NoOffer(interval, running)  # the car keeps its version; the rollout counts it incompatible
+    package = choose_package(export, target.codec, policy.codecs)
+    if package is None or not _offers(target, package, poll):
+        return NoOffer(interval, running)
     offer = device.offers.get((target.rollout.id if target.rollout else 0, target.version.id))
     if offer is not None and offer.state == ROLLED_BACK:
         return NoOffer(interval, running)  # this device tried and fell back; wait for an operator
+    if offer is not None and target.version.variants and _offered_package(offer) != package.sha256:
+        offer = None  # it offered another export of the version (the car's platform changed): sign anew
     wanted = _wanted_delta(poll, package, offer)
     if wanted is _UNKNOWN:
         return NewOffer(interval, target, package, False, None, running)

@@ -130,13 +130,13 @@ def _delta_packages(session: Session, line: LineView, poll: decision.PollView, v
     if not poll.current_package_sha256 or poll.current_package_sha256 == target.sha256:
         return None
     base = registry_store.line_package_by_sha(session, line.id, poll.current_package_sha256)
-    if base is None or base.codec != target.codec:
-        return None
-    return base, _package_row(session, version_id, target.codec)
+    if base is None or base.codec != target.codec or base.variant != target.variant:
+        return None  # issue 20: a variant's delta base is the same variant of the car's version, else full package
+    return base, _package_row(session, version_id, target.codec, target.variant)
 
 
-def _package_row(session: Session, version_id: int, codec: str) -> Package:
-    row = next((p for p in registry_store.packages(session, version_id) if p.codec == codec), None)
+def _package_row(session: Session, version_id: int, codec: str, variant: int = 0) -> Package:
+    row = registry_store.package(session, version_id, codec, variant)
     assert row is not None  # the line view was read in this session
     return row
 
@@ -195,7 +195,7 @@ def _sign_offer(session: Session, settings: Settings, signer: Signer, device: De
     version = registry_store.version_by_id(session, made.target.version.id)
     line_row = session.get(Line, line.id)
     assert version is not None and line_row is not None  # the line view was read in this session
-    pkg = _package_row(session, version.id, made.package.codec)
+    pkg = _package_row(session, version.id, made.package.codec, made.package.variant)
     delta = registry_store.delta(session, car_package, pkg.sha256) if made.delta_sha256 and car_package else None
     base = delta.base_sha256 if delta is not None else None
     mv = _next_manifest_version(device, now)

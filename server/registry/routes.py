@@ -42,6 +42,9 @@ async def publish(line: str, ctx: Ctx, storage: Storage, actor: Admin,
                       "what a car must have beyond what the model says (a JSON object: min_ort_version, "
                       "providers, arch, hardware, min_memory_mb, ir_version, opsets); docs/PROTOCOL.md "
                       "'Compatibility'"))] = None,
+                  variant_of: Annotated[int | None, Form(ge=1, le=2**31 - 1, description=(
+                      "publish another export of this version number (issue 20: e.g. an older opset for old "
+                      "cars); its contract must be the version's"))] = None,
                   probe: Annotated[UploadFile | None, File(description=(
                       "calibration images for the line (an .npz of uint8 images; replaces the line's): the gate "
                       "measures lossy packages on them"))] = None) -> schemas.VersionOut:
@@ -52,7 +55,8 @@ async def publish(line: str, ctx: Ctx, storage: Storage, actor: Admin,
         images = await _read_limited(probe, ctx.settings.max_probe_bytes, "OTA_MAX_PROBE_BYTES") if probe else None
         return await run_in_threadpool(service.publish, ctx.db, storage, ctx.settings, line, data, notes=notes,
                                        publisher=publisher, codecs=codecs, min_agreement=min_agreement,
-                                       spec=contract, probe=images, requirements=requirements, actor=actor)
+                                       spec=contract, probe=images, requirements=requirements, actor=actor,
+                                       variant_of=variant_of)
     except RegistryError as e:  # a refused publish is audited too (issue 21), in a transaction of its own
         await ctx.db.run_write(audit.record, actor, "version.publish", target=f"line:{line[:100]}",
                                outcome="refused", line=line[:100], publisher=publisher, status=e.status_code,

@@ -30,6 +30,19 @@ class PackageOut(BaseModel):
     stored_bytes: int
 
 
+class VariantOut(BaseModel):
+    """Another export of a version (issue 20): cars that cannot run the version's own get the one they can."""
+
+    variant: int  # 1, 2, ... in order of publication
+    source_sha256: str
+    source_bytes: int
+    created_at: UtcDateTime
+    publisher: str | None
+    notes: str | None
+    requirements: dict[str, Any]
+    packages: dict[str, PackageOut]
+
+
 class VersionOut(BaseModel):
     line: str
     version: int
@@ -45,6 +58,7 @@ class VersionOut(BaseModel):
     # what a car must have to be offered it (protocol/platform.py Requirements.to_dict()); null: published
     # before issue 20, needs nothing
     requirements: dict[str, Any] | None = None
+    variants: list[VariantOut] = []  # its other exports, each offered to the cars that cannot run this one
 
 
 class LineOut(BaseModel):

@@ -34,12 +34,13 @@ from models.errors import InvalidModel as CodecInvalidModel
 from models.preprocess import preprocess
 from models.smoke import input_shape as smoke_shape
 from protocol.contract import InputContract
+from protocol.platform import Requirements
 from server import audit, webhooks
 from server.blobs import BlobStore
 from server.config import Settings
 from server.db import Database, utcnow
 from server.errors import BadRequest, Conflict, InvalidModel, NotFound, Unprocessable
-from server.orm import AuditEntry, Line, Package, Version
+from server.orm import AuditEntry, Line, Package, Version, VersionVariant
 from server.registry import contracts, fidelity, probes, schemas, store
 from server.registry import requirements as compat
 from server.registry.smoke import expected_outputs
@@ -127,14 +128,15 @@ def _pack_all(settings: Settings, data: bytes, contract: InputContract, shape: l
 
 
 def _store_packages(session: Session, blobs: BlobStore, settings: Settings, version: Version,
-                    packed: list[_Packed]) -> None:
-    keyframe_slot = (version.number - 1) % settings.keyframe_interval == 0
+                    packed: list[_Packed], variant: int = 0) -> None:
+    # a variant is stored on the version's own package of its codec: the same weights, a few bytes
+    keyframe_slot = variant == 0 and (version.number - 1) % settings.keyframe_interval == 0
     for p in packed:
         sha = blobs.put(p.package) if (p.delta is None or keyframe_slot) else hashlib.sha256(p.package).hexdigest()
         delta_sha = blobs.put(p.delta) if p.delta is not None else None
         as_delta = p.delta is not None and not keyframe_slot
         session.add(Package(
-            version_id=version.id, codec=p.codec, sha256=sha, bytes=len(p.package),
+            version_id=version.id, variant=variant, codec=p.codec, sha256=sha, bytes=len(p.package),
             model_sha256=p.header["model_sha256"],
             fidelity=p.fidelity,
             smoke=p.smoke, storage_kind="delta" if as_delta else "full",
@@ -150,9 +152,11 @@ def _store_packages(session: Session, blobs: BlobStore, settings: Settings, vers
 def publish(db: Database, storage: PackageStorage, settings: Settings, line_name: str, data: bytes, *,
             notes: str | None = None, publisher: str | None = None, codecs: str | None = None,
             min_agreement: float | None = None, spec: str | None = None,
-            probe: bytes | None = None, requirements: str | None = None, actor: str = "admin") -> schemas.VersionOut:
-    """Validate, pack and register a new version of ``line_name`` (audited as ``version.publish`` by ``actor``;
-    a refused publish is audited by the route, whose transaction this is not).
+            probe: bytes | None = None, requirements: str | None = None, variant_of: int | None = None,
+            actor: str = "admin") -> schemas.VersionOut:
+    """Validate, pack and register a new version of ``line_name`` (or, ``variant_of`` N, another export of
+    version N: :func:`publish_variant`), audited as ``version.publish`` by ``actor`` (a refused publish is
+    audited by the route, whose transaction this is not).
 
     ``spec`` is the publisher's input contract (JSON object of contract fields, ``--spec`` and flags
     merged); fields it leaves out come from the graph, then from the line's previous version.
@@ -176,6 +180,9 @@ def publish(db: Database, storage: PackageStorage, settings: Settings, line_name
     needs = compat.of_model(data).merged(compat.parse_publisher(requirements))
     spec_fields = _parse_spec_text(spec)
     codec_names = parse_codecs(codecs, settings)
+    if variant_of is not None:
+        return publish_variant(db, storage, settings, line_name, variant_of, data, needs, spec_fields, codec_names,
+                               notes=notes, publisher=publisher)
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise BadRequest(f"min_agreement must be between 0 and 1, got {min_agreement}; nothing was stored")
     upload = probes.read_probe(probe, settings.max_probe_bytes) if probe is not None else None
@@ -229,6 +236,64 @@ def publish(db: Database, storage: PackageStorage, settings: Settings, line_name
         return out
     raise Conflict(f"could not allocate a version number for {line_name!r} after {PUBLISH_ATTEMPTS} attempts "
                    "because of concurrent publishes; retry")
+
+
+def publish_variant(db: Database, storage: PackageStorage, settings: Settings, line_name: str, number: int,
+                    data: bytes, needs: Requirements, spec_fields: dict | None, codec_names: list[str], *,
+                    notes: str | None = None, publisher: str | None = None) -> schemas.VersionOut:
+    """Add another export of version ``number`` (issue 20, variants): e.g. the same weights at an older opset for
+    cars whose ONNX Runtime cannot load the version's own export.  It is the same version (same number, same
+    rollouts) with its own packages, requirements and model SHA-256; each car is offered the export it can run.
+
+    Its input contract must be the version's: cars on either export must see the same inputs and outputs.
+    Its packages are packed on the version's own ones (same weights: stored as a small delta) under the line's
+    gate on the line's images.
+
+    Raises:
+        NotFound: the line or version ``number`` does not exist (nothing is stored).
+        Unprocessable: (code ``contract``) the contract differs from version ``number``'s, or does not fit the
+            model; (code ``fidelity_gate``) no encoding meets the gate; nothing is stored.
+        Conflict: concurrent publishers kept taking the variant number.
+    """
+    for _attempt in range(PUBLISH_ATTEMPTS):
+        with db.read_scope() as session:
+            line = store.line_by_name(session, line_name)
+            version = store.version(session, line.id, number) if line is not None else None
+            if line is None or version is None:
+                raise NotFound(f"line {line_name!r} has no version {number} to publish a variant of; publish the "
+                               "version first (without --variant-of); nothing was stored")
+            taken = max((v.variant for v in store.variants(session, version.id)), default=0)
+            primary = InputContract.from_dict(version.contract)
+            bases = _bases(session, storage, version, codec_names)
+            images = _line_images(storage, line)
+            gate_value = line.min_agreement if line.min_agreement is not None else settings.default_min_agreement
+        contract, shape, _changed = _contract(data, spec_fields, primary)
+        differ = sorted(k for k, v in contract.to_dict().items() if primary.to_dict().get(k) != v)
+        if differ:
+            raise Unprocessable(f"a variant must have its version's input contract, and this one differs from version "
+                                f"{number}'s in {', '.join(differ)}; export the same inputs and outputs, or publish "
+                                "a new version; nothing was stored", code="contract")
+        packed = _pack_all(settings, data, contract, shape, codec_names, bases,
+                           _gate(images, contract, gate_value, codec_names))
+        try:
+            with db.session_scope() as session:
+                line_row = store.line_by_name(session, line_name)
+                version_row = store.version(session, line_row.id, number) if line_row is not None else None
+                assert line_row is not None and version_row is not None  # versions are never deleted
+                row = store.add_variant(session, VersionVariant(
+                    version_id=version_row.id, variant=taken + 1, source_sha256=hashlib.sha256(data).hexdigest(),
+                    source_bytes=len(data), requirements=needs.to_dict(), publisher=publisher, notes=notes,
+                    created_at=utcnow()))
+                _store_packages(session, storage.blobs, settings, version_row, packed, variant=row.variant)
+                session.add(AuditEntry(at=utcnow(), actor=publisher or "admin", action="version.variant_added",
+                                       detail={"line": line_name, "version": number, "variant": row.variant,
+                                               "requirements": needs.to_dict()}))
+                session.flush()
+                return version_out(session, line_row, version_row)
+        except IntegrityError:
+            continue  # a concurrent publisher took this variant number; re-read and re-pack
+    raise Conflict(f"could not allocate a variant number of {line_name!r} v{number} after {PUBLISH_ATTEMPTS} "
+                   "attempts because of concurrent publishes; retry")
 
 
 def _line_images(storage: PackageStorage, line: Line | None) -> list[np.ndarray] | None:
@@ -341,12 +406,30 @@ def _fleet_delta_pairs(session: Session, line_name: str, number: int, limit: int
 
 
 def version_out(session: Session, line: Line, version: Version) -> schemas.VersionOut:
+    previous = store.version(session, line.id, version.number - 1) if version.number > 1 else None
+    changed = [] if previous is None else [k for k, v in version.contract.items() if previous.contract.get(k) != v]
+    variants = [schemas.VariantOut(variant=v.variant, source_sha256=v.source_sha256, source_bytes=v.source_bytes,
+                                   created_at=v.created_at, publisher=v.publisher, notes=v.notes,
+                                   requirements=v.requirements,
+                                   packages=_packages_out(session, version, previous, v.variant))
+                for v in store.variants(session, version.id)]
+    return schemas.VersionOut(
+        line=line.name, version=version.number, source_sha256=version.source_sha256,
+        source_bytes=version.source_bytes, created_at=version.created_at, publisher=version.publisher,
+        notes=version.notes, labels=list(version.labels), contract=dict(version.contract),
+        contract_changed=changed, packages=_packages_out(session, version, previous, 0),
+        requirements=version.requirements, variants=variants,
+    )
+
+
+def _packages_out(session: Session, version: Version, previous: Version | None,
+                  variant: int) -> dict[str, schemas.PackageOut]:
+    """One export's packages, with the transfer delta from the same export of the previous version, if any."""
     pkgs = {}
-    for p in store.packages(session, version.id):
-        delta = store.delta(session, p.storage_base_sha256, p.sha256) if p.storage_base_sha256 else None
-        if delta is None and version.number > 1:
-            prev = store.version(session, line.id, version.number - 1)
-            prev_pkg = store.package(session, prev.id, p.codec) if prev else None
+    for p in store.packages(session, version.id, variant):
+        delta = store.delta(session, p.storage_base_sha256, p.sha256) if p.storage_base_sha256 and not variant else None
+        if delta is None and previous is not None:
+            prev_pkg = store.package(session, previous.id, p.codec, variant)
             delta = store.delta(session, prev_pkg.sha256, p.sha256) if prev_pkg else None
         pkgs[p.codec] = schemas.PackageOut(
             sha256=p.sha256, bytes=p.bytes, model_sha256=p.model_sha256,
@@ -357,14 +440,7 @@ def version_out(session: Session, line: Line, version: Version) -> schemas.Versi
             delta_from_previous=delta.bytes if delta else None,
             stored_as=p.storage_kind, stored_bytes=p.storage_bytes,
         )
-    previous = store.version(session, line.id, version.number - 1) if version.number > 1 else None
-    changed = [] if previous is None else [k for k, v in version.contract.items() if previous.contract.get(k) != v]
-    return schemas.VersionOut(
-        line=line.name, version=version.number, source_sha256=version.source_sha256,
-        source_bytes=version.source_bytes, created_at=version.created_at, publisher=version.publisher,
-        notes=version.notes, labels=list(version.labels), contract=dict(version.contract),
-        contract_changed=changed, packages=pkgs, requirements=version.requirements,
-    )
+    return pkgs
 
 
 def get_line(session: Session, name: str) -> Line:

@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from server.db import utcnow
-from server.orm import Delta, DeviceLine, Line, Package, Version
+from server.orm import Delta, DeviceLine, Line, Package, Version, VersionVariant
 
 
 def line_by_name(session: Session, name: str) -> Line | None:
@@ -44,12 +44,28 @@ def version_count(session: Session, line_id: int) -> int:
     return int(session.scalar(select(func.count()).select_from(Version).where(Version.line_id == line_id)) or 0)
 
 
-def packages(session: Session, version_id: int) -> list[Package]:
-    return list(session.scalars(select(Package).where(Package.version_id == version_id).order_by(Package.codec)))
+def packages(session: Session, version_id: int, variant: int = 0) -> list[Package]:
+    """The packages of one export of a version (``variant`` 0: the version's own)."""
+    return list(session.scalars(select(Package).where(Package.version_id == version_id, Package.variant == variant)
+                                .order_by(Package.codec)))
 
 
-def package(session: Session, version_id: int, codec: str) -> Package | None:
-    return session.scalar(select(Package).where(Package.version_id == version_id, Package.codec == codec))
+def package(session: Session, version_id: int, codec: str, variant: int = 0) -> Package | None:
+    return session.scalar(select(Package).where(Package.version_id == version_id, Package.codec == codec,
+                                                Package.variant == variant))
+
+
+def variants(session: Session, version_id: int) -> list[VersionVariant]:
+    """A version's other exports (issue 20), in order of publication."""
+    return list(session.scalars(select(VersionVariant).where(VersionVariant.version_id == version_id)
+                                .order_by(VersionVariant.variant)))
+
+
+def add_variant(session: Session, row: VersionVariant) -> VersionVariant:
+    """Insert a variant; its number must be free (a unique constraint: concurrent publishers retry)."""
+    session.add(row)
+    session.flush()
+    return row
 
 
 def package_by_sha(session: Session, sha256: str) -> Package | None:

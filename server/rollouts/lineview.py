@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from protocol.errors import MalformedMessage
 from protocol.platform import Requirements
 from protocol.quality import QualityPlan, parse_gate
-from server.orm import Version
+from server.orm import Version, VersionVariant
 from server.registry import fidelity
 from server.registry import store as registry_store
 from server.rollouts import stages as staging
@@ -33,6 +33,7 @@ class PackageView:
     codec: str
     sha256: str
     model_sha256: str
+    variant: int = 0  # which export of the version it encodes (issue 20; 0: the version's own)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class VersionView:
     requirements: Requirements | None = None  # what a car needs to run it (issue 20); None: nothing
     # platform digest -> whether that platform meets ``requirements`` (decision.can_run fills it)
     fits: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    variant: int = 0  # issue 20: 0 for the version's own export, n for its n-th variant (same id and number)
+    variants: tuple[VersionView, ...] = ()  # the other exports, each a view of its own packages and requirements
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,22 @@ class TargetView:
 
 
 def _version_view(session: Session, version: Version, gate: float | None) -> VersionView:
-    rows = registry_store.packages(session, version.id)
-    pkgs = {p.codec: PackageView(p.codec, p.sha256, p.model_sha256) for p in rows}
+    variants = tuple(_export_view(session, version, v.variant, requirements_of(v), gate)
+                     for v in registry_store.variants(session, version.id))
+    return _export_view(session, version, 0, requirements_of(version), gate, variants)
+
+
+def _export_view(session: Session, version: Version, variant: int, needs: Requirements | None,
+                 gate: float | None, variants: tuple[VersionView, ...] = ()) -> VersionView:
+    rows = registry_store.packages(session, version.id, variant)
+    pkgs = {p.codec: PackageView(p.codec, p.sha256, p.model_sha256, variant) for p in rows}
     shipping = fidelity.shipping_codec(((p.codec, p.bytes, p.fidelity) for p in rows), gate)
-    return VersionView(version.id, version.number, pkgs, shipping, requirements_of(version))
+    return VersionView(version.id, version.number, pkgs, shipping, needs, variant=variant, variants=variants)
 
 
-def requirements_of(version: Version) -> Requirements | None:
-    """A stored version's requirements (None: published before issue 20, or unreadable: it needs nothing)."""
+def requirements_of(version: Version | VersionVariant) -> Requirements | None:
+    """A stored version's (or variant's) requirements (None: published before issue 20, or unreadable: it needs
+    nothing)."""
     if not version.requirements:
         return None
     try:

@@ -132,18 +132,18 @@ def _check_some_car_fits(session: Session, line: Line, version: Version, selecto
     Raises:
         Unprocessable: (code ``incompatible``) naming the requirement the cars miss most.
     """
-    needs = requirements_of(version)
-    digests = store.selected_platforms(session, line.name, selector) if needs is not None else []
-    if needs is None or not digests or None in digests:
+    exports = _exports_needs(session, version)
+    digests = store.selected_platforms(session, line.name, selector) if exports is not None else []
+    if exports is None or not digests or None in digests:
         return
     platforms = parse_platforms(store.platforms(session, set(d for d in digests if d is not None)))
     reasons: Counter[str] = Counter()
     for digest in digests:
         p = platforms.get(digest or "")
-        unmet = needs.unmet(p) if p is not None else []
-        if not unmet:
+        unmet = [n.unmet(p) for n in exports] if p is not None else [[]]
+        if not all(unmet):
             return
-        reasons.update(unmet)
+        reasons.update(unmet[0])  # why it cannot run the version's own export
     why, n = reasons.most_common(1)[0]
     raise Unprocessable(f"no car this rollout selects can run version {version.number} of {line.name!r}: {why} "
                         f"({n} of {len(digests)} cars); publish a variant they can run (for example an older "
@@ -255,7 +255,7 @@ def _tally(session: Session, members: MembershipCache, r: Rollout, stage_rows: l
     unproven = {pk for pk, (state, _at, evidence) in latest.items() if state == "installed" and evidence is None}
     unproven -= store.fully_downloaded(session, r.id, unproven & set(m.stage_of_pk))
     version = session.get(Version, r.version_id)
-    unfit = _unfit_platforms(m.platforms, requirements_of(version) if version is not None else None)
+    unfit = _unfit_platforms(m.platforms, _exports_needs(session, version))
     for pk, stage in m.stage_of_pk.items():
         # a car never offered the version because it cannot run it is "incompatible", not "pending" (issue 20)
         waiting = "incompatible" if m.platform_of_pk.get(pk) in unfit else "pending"
@@ -279,11 +279,19 @@ def _tally(session: Session, members: MembershipCache, r: Rollout, stage_rows: l
     return Tally(counts, errors, last_install)
 
 
-def _unfit_platforms(platforms: dict[str, Platform], needs: Requirements | None) -> set[str]:
-    """The digests of the platforms that do not meet ``needs`` (none when the version needs nothing)."""
+def _exports_needs(session: Session, version: Version | None) -> list[Requirements] | None:
+    """What each export of the version needs (its own, then its variants'); None when one of them needs nothing."""
+    if version is None:
+        return None
+    needs = [requirements_of(version), *(requirements_of(v) for v in registry_store.variants(session, version.id))]
+    return None if any(n is None for n in needs) else [n for n in needs if n is not None]
+
+
+def _unfit_platforms(platforms: dict[str, Platform], needs: list[Requirements] | None) -> set[str]:
+    """The digests of the platforms that can run no export of the version (none when one needs nothing)."""
     if needs is None:
         return set()
-    return {digest for digest, p in platforms.items() if needs.unmet(p)}
+    return {digest for digest, p in platforms.items() if all(n.unmet(p) for n in needs)}
 
 
 def _counted_stages(stage_rows: list[RolloutStage], current: int) -> set[int]:

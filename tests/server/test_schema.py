@@ -200,3 +200,40 @@ def test_migration_0008_keeps_old_stages_and_rollouts_as_they_were_fills_audit_t
             assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one() == 4
             assert conn.execute(text("SELECT count(*) FROM rollout_stages")).scalar_one() == 1
         engine.dispose()
+
+
+def test_migration_0010_makes_existing_packages_their_versions_own_export_and_downgrades(tmp_path: Path) -> None:
+    """Issue 20, variants: packages stored before 0010 are variant 0 (the version's own export); a second package
+    of the same codec is allowed only for another variant; a downgrade drops the variants and keeps the rest."""
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from server.db import alembic_config, create_private_sqlite_file
+
+    package = ("INSERT INTO packages (id, version_id, {col}codec, sha256, bytes, model_sha256, fidelity, smoke, "
+               "storage_kind, storage_blob, storage_bytes) VALUES ({id}, 1, {val}'lossless', 's{id}', 1, 'm', '{{}}', "
+               "'{{}}', 'full', 'b', 1)")
+    with temporary_database() as pg:
+        url = _url(tmp_path, pg)
+        create_private_sqlite_file(url)
+        command.upgrade(alembic_config(url), "0006")
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO lines (id, name, created_at) VALUES (1, 'l', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO versions (id, line_id, number, source_sha256, source_bytes, labels, "
+                              "input_name, input_shape, contract, created_at) VALUES (1, 1, 1, 'x', 1, '[]', 'x', "
+                              "'[]', '{}', CURRENT_TIMESTAMP)"))
+            conn.execute(text(package.format(col="", id=1, val="")))
+        command.upgrade(alembic_config(url), "0010")
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT variant FROM packages")).scalar_one() == 0
+            conn.execute(text("INSERT INTO version_variants (id, version_id, variant, source_sha256, source_bytes, "
+                              "requirements, created_at) VALUES (1, 1, 1, 'y', 1, '{}', CURRENT_TIMESTAMP)"))
+            conn.execute(text(package.format(col="variant, ", id=2, val="1, ")))
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text(package.format(col="variant, ", id=3, val="1, ")))  # one package per variant and codec
+        command.downgrade(alembic_config(url), "0006")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT id FROM packages")).scalars().all() == [1]
+        engine.dispose()

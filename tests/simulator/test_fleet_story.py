@@ -1,7 +1,8 @@
 """The demo's story on a small fleet, end to end: ``ota serve`` in a child process, 20 real agents behind
-simulated 2G/3G/LTE/Wi-Fi links (drops, dead zones, parked cars), v1 then seven staged rollouts including a
-version no car can reproduce, one that installs and then fails on live camera frames, and, in shadow mode with
-quality gates, a build that confuses two speed limits in fog (halted in shadow) and the real v4 (promoted).  One run per module; each test asks one question of it."""
+simulated 2G/3G/LTE/Wi-Fi links (drops, dead zones, parked cars), v1 then eight staged rollouts including a
+version no car can reproduce, one that installs and then fails on live camera frames, in shadow mode with
+quality gates a build that confuses two speed limits in fog (halted in shadow) and the real v4 (promoted), and
+v5 re-exported at opset 21 with an opset-17 variant for the cars on ONNX Runtime 1.14.  One run per module; each test asks one question of it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from client.trust import read_root_key
 from simulator.story import DemoOptions, run_story
 
 CARS = 20
+OLD_RUNTIME = "1.14"  # simulator.fleet.RUNTIMES: the cars whose ONNX Runtime stops at opset 18
 PROMISED_KEYS = {"cars", "updated", "failed", "rolled_back", "bytes_sent", "bytes_full_fp32", "bytes_full_package",
                  "failed_inferences", "wall_s"}
 
@@ -53,9 +55,10 @@ def test_story_json_has_the_promised_figures(story: dict[str, Any]) -> None:
     assert r["cars"] == CARS and r["updated"] == CARS
     assert r["failed_inferences"] == 0 and r["inferences"] > CARS
     assert 0 < r["bytes_sent"] < r["bytes_full_package"] < r["bytes_full_fp32"]
-    assert [o["name"] for o in r["rollouts"]] == ["v1", "v2", "v3", "bad", "bad-live", "fog", "v4", "v5"]
+    assert [o["name"] for o in r["rollouts"]] == ["v1", "v2", "v3", "bad", "bad-live", "fog", "v4", "v5",
+                                                  "new-opset"]
     assert [o["state"] for o in r["rollouts"][1:]] == ["completed", "completed", "halted", "halted", "halted",
-                                                       "completed", "completed"]
+                                                       "completed", "completed", "completed"]
     assert r["rolled_back"] >= 2 and r["failed"] == 0
     json.dumps(r)  # one JSON object, as --json prints it
 
@@ -99,22 +102,56 @@ def test_server_bytes_equal_what_the_cars_received(story: dict[str, Any]) -> Non
     assert sum(c["artifact_bytes"] for c in clean) == sum(sent.get(c["device_id"], 0) for c in clean)
 
 
+def _on_variant(car: dict[str, Any], install: dict[str, Any], report: dict[str, Any]) -> bool:
+    """An old-runtime car's install of the opset-21 version: the variant, a full package (its version had none)."""
+    return car["runtime"] == OLD_RUNTIME and install["target_version"] == _outcome(report, "new-opset")["version"]
+
+
 def test_delta_updates_were_used_wherever_the_car_had_a_base(story: dict[str, Any]) -> None:
-    for car in story["report"]["cars_detail"]:
+    report = story["report"]
+    for car in report["cars_detail"]:
         kinds = [i["artifact"] for i in car["installs"]]
         assert kinds[0] == "full", car  # nothing on disk yet
         # "staged": a version the car shadowed goes live from the package it fetched (by delta) to shadow it
-        assert set(kinds[1:]) <= {"delta", "staged"} and "delta" in kinds[1:], car
-        shadowed = {o["version"] for o in story["report"]["rollouts"] if o.get("shadow")}
+        later = [i["artifact"] for i in car["installs"][1:] if not _on_variant(car, i, report)]
+        assert set(later) <= {"delta", "staged"}, car
+        shadowed = {o["version"] for o in report["rollouts"] if o.get("shadow")}
         for i in car["installs"][1:]:
+            if _on_variant(car, i, report):
+                assert i["artifact"] == "full", i
+                continue
             assert i["bytes_received"] < i["package_bytes"], i  # offered only when smaller than the package
             assert i["artifact"] == "delta" or i["target_version"] in shadowed, i
-    parked = [c for c in story["report"]["cars_detail"] if c["device_id"] in story["report"]["parked"]]
+    parked = [c for c in report["cars_detail"] if c["device_id"] in report["parked"]]
     assert parked
-    for car in parked:  # back after missing v2, v3 (and the bad one): one delta from v1 straight to v4 or v5
+    for car in parked:  # back after missing v2..v5: one update from v1 straight to a later version
         first, second = car["installs"][:2]
-        assert first["target_version"] == 1 and second["artifact"] in ("delta", "staged"), car
-        assert second["target_version"] >= _outcome(story["report"], "v4")["version"], car
+        assert first["target_version"] == 1, car
+        assert second["artifact"] in ("delta", "staged") or _on_variant(car, second, report), car
+        assert second["target_version"] >= _outcome(report, "v4")["version"], car
+
+
+def test_old_runtime_cars_run_the_opset_17_variant_and_every_other_car_the_opset_21_export(
+        story: dict[str, Any]) -> None:
+    report = story["report"]
+    phase = _outcome(report, "new-opset")
+    old = [c for c in report["cars_detail"] if c["runtime"] == OLD_RUNTIME]
+    assert 0 < len(old) < CARS
+    with story["server"].admin() as admin:
+        v = admin.get(f"/api/v1/lines/{report['line']}/versions/{phase['version']}").json()
+    assert v["requirements"]["opsets"]["ai.onnx"] == 21
+    [variant] = v["variants"]
+    assert variant["requirements"]["opsets"]["ai.onnx"] == 17
+    variant_models = {p["model_sha256"] for p in variant["packages"].values()}
+    for car in report["cars_detail"]:
+        assert car["end_version"] == phase["version"], car
+        assert (car["end_model_sha256"] in variant_models) == (car["runtime"] == OLD_RUNTIME), car
+    assert report["variants"] == phase["variants"]
+    assert report["variants"]["cars_by_export"] == {"primary": CARS - len(old), "variant 1": len(old)}
+    assert report["variants"]["incompatible_without_variants"] == len(old)
+    rollout = story["rollouts"][phase["rollout"]]
+    assert rollout["state"] == "completed"
+    assert not any(s["counts"].get("incompatible") for s in rollout["stages"])  # the variant fits them all
 
 
 def test_halted_rollout_never_reached_later_stages(story: dict[str, Any]) -> None:
