@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from protocol.contract import InputContract
 from protocol.offer import Artifact, Delta, Offer, Smoke, artifact_url
 from protocol.quality import QualityPlan
-from server import audit
+from server import audit, webhooks
 from server.config import Settings
 from server.db import as_utc, utcnow
 from server.devices import decision, device_keys, schemas, states, store
@@ -72,6 +72,9 @@ def _note_running(session: Session, device: Device, running: decision.Running | 
     if row is None:
         row = _new_device_line(session, device, running.line)
     row.running_version, row.running_model_sha256 = running.running_version, running.running_model_sha256
+    if running.drift and not row.drift:  # issue 21: drift is an event operators subscribe to
+        webhooks.emit(session, "device.drift", device_id=device.device_id, line=running.line,
+                      running_version=running.running_version, detail=running.drift_detail)
     row.drift, row.drift_detail = running.drift, running.drift_detail
     if running.platform is not None:  # the car reported a new platform (issue 20)
         device.platform, device.platform_sha256 = running.platform.to_dict(), running.platform.digest()

@@ -160,6 +160,25 @@ def test_a_published_version_reaches_the_receiver_signed_with_its_event_and_deli
     assert headers["x-ota-signature"] != "sha256=" + hmac.new(SECRET.encode(), raw + b" ", hashlib.sha256).hexdigest()
 
 
+def test_a_car_that_drifts_sends_one_device_drift_event(
+        live_server_factory: Callable[..., LiveServer], receiver: Receiver, zoo: Path) -> None:
+    server = live_server_factory(**FAST)
+    add_webhook(server, receiver.url, ["device.drift"])
+    server.publish(zoo / "v1.onnx")
+    car = Car(server, "car-drifts")
+    car.install(car.poll())
+    car.poll()
+    car.version, car.model_sha256, car.package_sha256 = 0, None, None  # it silently runs nothing new
+    car.poll()
+    car.poll()  # still drifting: no second event
+    wait_until(lambda: len(receiver.got) >= 1, "the drift event")
+    time.sleep(0.5)
+    assert len(receiver.got) == 1
+    body = json.loads(receiver.got[0][1])
+    assert body["event"] == "device.drift" and body["data"]["device_id"] == "car-drifts"
+    assert body["data"]["line"] == "road-signs" and "reported installed version 1" in body["data"]["detail"]
+
+
 def test_a_receiver_that_is_down_gets_every_event_once_it_is_back_in_order_each_once(
         live_server_factory: Callable[..., LiveServer], zoo: Path) -> None:
     server = live_server_factory(**FAST)
