@@ -127,12 +127,12 @@ def test_sigkill_at_random_points_of_a_download_resumes_fetching_only_the_missin
     state = tmp_path / "car"
     install_first(live_server, state)
     target = release(live_server, zoo_model(5))  # retrained from scratch: the delta is as big as the package
-    rate = 1_200_000  # bytes/s: the ~2 MB artifact takes ~2 s, long enough to cut it a dozen times
+    rate = 1_200_000  # bytes/s: the ~2 MB artifact takes ~2 s, long enough to cut it eight times
     starts = []  # bytes on the car's disk when each process started its download
     requested: list[int] = []  # every Range start the car asked for, as its log says
     kills = 0
     artifact: Path | None = None
-    for _ in range(12):
+    for _ in range(8):
         agent = AgentProcess(live_server, state, "--max-rate", str(rate))
         try:
             agent.expect(r"booted v1 ")
@@ -161,7 +161,7 @@ def test_sigkill_at_random_points_of_a_download_resumes_fetching_only_the_missin
     assert run_requests[0] == starts[-1]
     requested += run_requests
     assert assert_boots_verified(state) == target["version"]
-    assert kills == 12
+    assert kills == 8
 
     # Every request the server saw is one the car made, and each process began exactly where its partial
     # file ended: only missing bytes were asked for.  (A process may also resume itself after a stalled read.)
@@ -169,7 +169,7 @@ def test_sigkill_at_random_points_of_a_download_resumes_fetching_only_the_missin
     assert sorted(r["range_start"] for r in rows) == sorted(requested)
     size = rows[0]["artifact_bytes"]
     assert set(starts) <= set(requested)
-    assert len(set(starts)) > 8 and starts == sorted(starts)  # the cuts landed at different, advancing points
+    assert len(set(starts)) > 5 and starts == sorted(starts)  # the cuts landed at different, advancing points
     # The last run read exactly the rest.  (The server counts what it wrote into its socket; on loopback the
     # kernel buffers take the whole remainder at once, so after a kill that over-counts what the car got.)
     assert int(m.group(1)) == size - starts[-1]
@@ -191,7 +191,7 @@ def test_sigkill_at_random_points_of_an_install_always_restarts_on_a_verified_mo
     kills = 0
     install_s = 0.15  # learnt from each completed install: cuts fall uniformly over a whole install
     landed_after_commit = 0
-    for version in (2, 3, 4, 5):
+    for version in (2, 3, 4):
         release(live_server, zoo_model(version))
         for _ in range(4):
             agent = AgentProcess(live_server, state)
@@ -222,9 +222,9 @@ def test_sigkill_at_random_points_of_an_install_always_restarts_on_a_verified_mo
         assert assert_boots_verified(state) == version
         rows = wait_transfers(live_server, version, 1)
         assert len(rows) == 1, "a restart fetched the artifact again"
-    assert kills >= 10, f"only {kills} cuts ({landed_after_commit} landed after the commit)"
+    assert kills >= 6, f"only {kills} cuts ({landed_after_commit} landed after the commit)"
     final = AgentProcess(live_server, state)
     try:
-        final.expect(r"booted v5 ")
+        final.expect(r"booted v4 ")
     finally:
         final.kill()
