@@ -152,25 +152,12 @@ def deep_options(w: np.ndarray, base: Coded | None, sens: float, moments: np.nda
     if palette is not None:
         options.append(palette)
     if base is not None and base.kind == "deep" and base.shape == w.shape:
-        options += _reuse_options(w, base, sens, moments, upper, weigh, dead)
+        options += _reuse_options(w, base, sens, upper, weigh)
     return options
 
 
-def _reuse_options(w: np.ndarray, base: Coded, sens: float, moments: np.ndarray | None,
-                   upper: quantize.Compensation | None, weigh: np.ndarray | None,
-                   dead: np.ndarray | None) -> list[Option]:
-    """Stay on the base's codebook/grid: plain compensated rounding, and rate-distortion rounding against the base.
-
-    Costed at the entropy of the code differences against the base (what a car
-    pays).  ``reuse`` is plain compensated rounding on the base's grid; each
-    ``reuse~p`` keeps a code at the base's value where that raises the layer's
-    output error by at most ``p`` squared steps (``quantize.Prior``), fewer
-    changed codes for a little more error.  The error of ``reuse`` is the
-    round-to-nearest estimate every fresh option uses; a ``reuse~p`` option's
-    is that estimate times the ratio of its real output error (through the
-    input moments) to plain compensated rounding's, so the menu compares like
-    with like.
-    """
+def _on_base(w: np.ndarray, base: Coded) -> Callable[[quantize.Compensation | None, float], Coded]:
+    """Codes of ``w`` on the base's codebook/grid (and masks), leaning toward its codes by a penalty."""
     scaled = bool(base.meta.get("scaled"))
     thr, grid, book = float(base.meta.get("threshold", 0.0)), bool(base.meta.get("grid")), base.params
 
@@ -180,23 +167,63 @@ def _reuse_options(w: np.ndarray, base: Coded, sens: float, moments: np.ndarray 
         prior = quantize.Prior(base.symbols, penalty) if penalty > 0 else None
         return tensors.deep_on_book(w, book, thr, grid, comp, prior)
 
-    # error estimated with round-to-nearest, like the fresh options it competes with
-    nsr = _nsr(w, tensors.values(on_book(None)), weigh) * sens
-    plain = on_book(upper)
-    options = [Option("reuse", _delta_bytes(plain, base), nsr, lambda: _with(plain, sens))]
-    if upper is None or moments is None or np.array_equal(plain.symbols, base.symbols):
-        return options
+    return on_book
+
+
+def _reuse_options(w: np.ndarray, base: Coded, sens: float, upper: quantize.Compensation | None,
+                   weigh: np.ndarray | None) -> list[Option]:
+    """Stay on the base's codebook/grid, with plain compensated rounding.
+
+    Costed at the entropy of the code differences against the base (what a car
+    pays); its error is estimated with round-to-nearest, like the fresh options
+    it competes with.
+    """
+    on_book = _on_base(w, base)
+    nsr = _nsr(w, tensors.values(on_book(None, 0.0)), weigh) * sens
+    plain = on_book(upper, 0.0)
+    return [Option("reuse", _delta_bytes(plain, base), nsr, lambda: _with(plain, sens))]
+
+
+def rd_options(w: np.ndarray, base: Coded, reuse: Option, moments: np.ndarray | None,
+               dead: np.ndarray | None) -> list[Option]:
+    """Rate-distortion rounding against the base: ``reuse~p`` keeps a code at the base's value where that
+    raises the layer's output error by at most ``p`` squared steps (``quantize.Prior``).
+
+    Fewer changed codes for a little more error.  A ``reuse~p`` option's error
+    is the plain ``reuse`` estimate times the ratio of its real output error
+    (through the input moments) to plain compensated rounding's, so the menu
+    still compares like with like.  Offered only for a successor of the base
+    (see ``choose_deep``), and only for a layer whose codes changed.
+    """
+    plain = reuse.build()
+    if moments is None or np.array_equal(plain.symbols, base.symbols):
+        return []
+    upper = quantize.compensation(moments)
+    if upper is None:
+        return []
+    sens = float(plain.meta.get("sensitivity", 1.0))
+    on_book = _on_base(w, base)
     plain_err = _output_error(w, tensors.values(plain), moments, dead)
+    options = []
     for penalty in REUSE_PENALTIES:
         coded = on_book(upper, penalty)
         ratio = _output_error(w, tensors.values(coded), moments, dead) / max(plain_err, 1e-300)
-        options.append(Option(f"reuse~{penalty:g}", _delta_bytes(coded, base), nsr * ratio,
+        options.append(Option(f"reuse~{penalty:g}", _delta_bytes(coded, base), reuse.nsr * ratio,
                               functools.partial(_with, coded, sens)))
     return options
 
 
+SUCCESSOR_CHANGE = 1.0  # |w - base|^2 / |w|^2 up to which a layer counts as a successor of the base's (unrelated: ~2)
+
+
+def _change(w: np.ndarray, base: Coded) -> float:
+    """Relative squared change of a layer from the base's decoded weights (about 2 for an unrelated layer)."""
+    old = tensors.values(base).astype(np.float64)
+    return float(np.sum((w - old) ** 2)) / (float(np.sum(w.astype(np.float64) ** 2)) or 1.0)
+
+
 # Rate-distortion rounding against the base: how many squared steps of output error a kept base code may cost
-REUSE_PENALTIES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+REUSE_PENALTIES = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def _delta_bytes(coded: Coded, base: Coded) -> float:
@@ -385,11 +412,17 @@ def choose_deep(weights: dict[str, np.ndarray], base: dict[str, Coded], probe: P
             weigh = weighting(w, moments.get(n), dead.get(n))
             sens = sensitivity(n, w, base.get(n), probe, weigh)
             menus[n] = deep_options(w, base.get(n), sens, moments.get(n), dead.get(n), dead_inputs.get(n))
-    fixed = _fixed(weights, probe.biases, base)
+    for n, menu in menus.items():
+        reuse = next((o for o in menu if o.label == "reuse"), None)
+        # only where the layer is a successor of the base's: rounding a layer retrained from scratch toward the
+        # base's codes would keep another model's codes, a small delta but a bigger package for new cars
+        if reuse is not None and _change(weights[n], base[n]) <= SUCCESSOR_CHANGE:
+            menu += rd_options(weights[n], base[n], reuse, moments.get(n), dead.get(n))
+    on_base = bool(base) and _base_pays(menus)
+    fixed = _fixed(weights, probe.biases, base if on_base else None)
     if min_agreement is None:
         coded = _assemble(pick(menus, DEFAULT_LAMBDA), fixed, weights)
         return coded, _measure(probe, coded), {"lambda": DEFAULT_LAMBDA, "trials": 1}
-    on_base = bool(base) and _base_pays(menus)
     if on_base:
         # first try: unchanged layers keep the base's grids, only changed layers are chosen anew
         try:
