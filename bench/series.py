@@ -13,7 +13,7 @@ other seeds, data, weather mixes and schedules:
 - ``c``: v3 = full fine-tune at half the shipped learning rate (5e-5), 4 epochs, night-heavy data;
   v4 = new class at 4e-4, 2 epochs, its new filters drawn with another seed;
 - ``chain``: a 10-version line for the server's keyframe storage: v1, v2 shipped, then eight
-  successive small updates (full fine-tunes at 1e-4 of one epoch on 3,000 new images each, the
+  successive small updates (full fine-tunes at 1e-4 of one epoch on 1,500 new images each, the
   class added at v6).
 
 The road-sign generator draws 11 classes, so every new-class step adds ``general_danger`` (the
@@ -67,7 +67,7 @@ def _chain() -> list[Step]:
     steps = []
     for k in range(3, 11):
         classes = ALL_CLASSES if k >= 6 else 10
-        step = _fine(f"v{k}", f"v{k - 1}", 300 + k, 1e-4, 1, 3000, MIXED, 7000 + k, classes)
+        step = _fine(f"v{k}", f"v{k - 1}", 300 + k, 1e-4, 1, 1500, MIXED, 7000 + k, classes)
         if k != 6:
             step.recipe.scenario = "full fine-tune, small learning rate"
         steps.append(step)
