@@ -151,20 +151,96 @@ def deep_options(w: np.ndarray, base: Coded | None, sens: float, moments: np.nda
     palette = _palette_option(w, sens)
     if palette is not None:
         options.append(palette)
-    if base is not None and base.kind == "deep" and base.shape == w.shape and base.meta.get("scaled"):
-        coded = tensors.masked_on_book(w, base, upper)
-        cost = entropy.estimate_bytes(coded.symbols - base.symbols) if not np.array_equal(coded.symbols, base.symbols) else 0.0
-        approx = tensors.values(tensors.masked_on_book(w, base))
-        options.append(Option("reuse", cost, _nsr(w, approx, weigh) * sens, lambda: _with(coded, sens)))
-    elif base is not None and base.kind == "deep" and base.shape == w.shape:
-        thr, grid, book = float(base.meta.get("threshold", 0.0)), bool(base.meta.get("grid")), base.params
-        coded = tensors.deep_on_book(w, book, thr, grid, upper)
-        codes = coded.symbols
-        cost = entropy.estimate_bytes(codes - base.symbols) if not np.array_equal(codes, base.symbols) else 0.0
-        # error estimated with round-to-nearest, like the fresh options it competes with
-        approx = tensors.values(tensors.deep_on_book(w, book, thr, grid))
-        options.append(Option("reuse", cost, _nsr(w, approx, weigh) * sens, lambda: _with(coded, sens)))
+    if base is not None and base.kind == "deep" and base.shape == w.shape:
+        options += _reuse_options(w, base, sens, upper, weigh)
     return options
+
+
+def _on_base(w: np.ndarray, base: Coded) -> Callable[[quantize.Compensation | None, float], Coded]:
+    """Codes of ``w`` on the base's codebook/grid (and masks), leaning toward its codes by a penalty."""
+    scaled = bool(base.meta.get("scaled"))
+    thr, grid, book = float(base.meta.get("threshold", 0.0)), bool(base.meta.get("grid")), base.params
+
+    def on_book(comp: quantize.Compensation | None, penalty: float = 0.0) -> Coded:
+        if scaled:
+            return tensors.masked_on_book(w, base, comp, penalty)
+        prior = quantize.Prior(base.symbols, penalty) if penalty > 0 else None
+        return tensors.deep_on_book(w, book, thr, grid, comp, prior)
+
+    return on_book
+
+
+def _reuse_options(w: np.ndarray, base: Coded, sens: float, upper: quantize.Compensation | None,
+                   weigh: np.ndarray | None) -> list[Option]:
+    """Stay on the base's codebook/grid, with plain compensated rounding.
+
+    Costed at the entropy of the code differences against the base (what a car
+    pays); its error is estimated with round-to-nearest, like the fresh options
+    it competes with.
+    """
+    on_book = _on_base(w, base)
+    nsr = _nsr(w, tensors.values(on_book(None, 0.0)), weigh) * sens
+    plain = on_book(upper, 0.0)
+    return [Option("reuse", _delta_bytes(plain, base), nsr, lambda: _with(plain, sens))]
+
+
+def rd_options(w: np.ndarray, base: Coded, reuse: Option, moments: np.ndarray | None,
+               dead: np.ndarray | None) -> list[Option]:
+    """Rate-distortion rounding against the base: ``reuse~p`` keeps a code at the base's value where that
+    raises the layer's output error by at most ``p`` squared steps (``quantize.Prior``).
+
+    Fewer changed codes for a little more error.  A ``reuse~p`` option's error
+    is the plain ``reuse`` estimate times the ratio of its real output error
+    (through the input moments) to plain compensated rounding's, so the menu
+    still compares like with like.  Offered only for a successor of the base
+    (see ``choose_deep``), and only for a layer whose codes changed.
+    """
+    plain = reuse.build()
+    if moments is None or np.array_equal(plain.symbols, base.symbols):
+        return []
+    upper = quantize.compensation(moments)
+    if upper is None:
+        return []
+    sens = float(plain.meta.get("sensitivity", 1.0))
+    on_book = _on_base(w, base)
+    plain_err = _output_error(w, tensors.values(plain), moments, dead)
+    options = []
+    for penalty in REUSE_PENALTIES:
+        coded = on_book(upper, penalty)
+        ratio = _output_error(w, tensors.values(coded), moments, dead) / max(plain_err, 1e-300)
+        options.append(Option(f"reuse~{penalty:g}", _delta_bytes(coded, base), reuse.nsr * ratio,
+                              functools.partial(_with, coded, sens)))
+    return options
+
+
+SUCCESSOR_CHANGE = 1.0  # |w - base|^2 / |w|^2 up to which a layer counts as a successor of the base's (unrelated: ~2)
+
+
+def _change(w: np.ndarray, base: Coded) -> float:
+    """Relative squared change of a layer from the base's decoded weights (about 2 for an unrelated layer)."""
+    old = tensors.values(base).astype(np.float64)
+    return float(np.sum((w - old) ** 2)) / (float(np.sum(w.astype(np.float64) ** 2)) or 1.0)
+
+
+# Rate-distortion rounding against the base: how many squared steps of output error a kept base code may cost
+REUSE_PENALTIES = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def _delta_bytes(coded: Coded, base: Coded) -> float:
+    """Estimated bytes of the ``codes`` delta op from ``base`` (0 when nothing changed)."""
+    if np.array_equal(coded.symbols, base.symbols):
+        return 0.0
+    return entropy.estimate_bytes(coded.symbols - base.symbols)
+
+
+def _output_error(w: np.ndarray, approx: np.ndarray, moments: np.ndarray, dead: np.ndarray | None) -> float:
+    """sum over live output channels of e H e^T: the layer's output error on the probe's input statistics."""
+    e = w.astype(np.float64).reshape(w.shape[0], -1) - np.asarray(approx, dtype=np.float64).reshape(w.shape[0], -1)
+    if dead is not None and dead.size == e.shape[0]:
+        e = e[~dead.astype(bool)]
+    if e.shape[1] != moments.shape[0]:
+        return float(np.sum(e**2))
+    return float(np.einsum("ij,jk,ik->", e, moments.astype(np.float64), e))
 
 
 def _palette_option(w: np.ndarray, sens: float) -> Option | None:
@@ -235,12 +311,16 @@ def pick(menus: dict[str, list[Option]], lam: float) -> dict[str, Option]:
     return {name: min(menu, key=lambda o: o.nbytes + lam * o.nsr) for name, menu in menus.items()}
 
 
-def _fixed(weights: dict[str, np.ndarray], biases: set[str] | None = None) -> dict[str, Coded]:
+def _fixed(weights: dict[str, np.ndarray], biases: set[str] | None = None,
+           base: dict[str, Coded] | None = None) -> dict[str, Coded]:
     """Tensors outside the allocation: exact float32, except ``biases`` on a fine grid.
 
     A bias error adds a constant to one output channel; at 1/256 of the
     biases' RMS it is far below the weights' quantization noise, and it takes
-    the biases from 33 bits each (exact float32) to about 10.
+    the biases from 33 bits each (exact float32) to about 10.  On a ``base``
+    whose bias grid is within a factor of 2 of that step, the base's step is
+    kept: a fine-tune moves biases by a few steps at most, so the delta holds
+    small code differences instead of a whole re-gridded vector.
     """
     out = {}
     for name, w in weights.items():
@@ -248,6 +328,10 @@ def _fixed(weights: dict[str, np.ndarray], biases: set[str] | None = None) -> di
             continue
         if biases and name in biases and w.ndim == 1 and np.any(w):
             step = np.float32(BIAS_STEP * _rms(w))
+            old = (base or {}).get(name)
+            if (old is not None and old.kind == "deep" and old.meta.get("grid") and old.shape == w.shape
+                    and old.params.size == 1 and 0.5 * step <= old.params[0] <= 2 * step):
+                step = np.float32(old.params[0])
             out[name] = tensors.deep_on_book(w, np.array([step], dtype=np.float32), 0.0, grid=True)
         else:
             out[name] = tensors.encode_float(w)
@@ -328,11 +412,17 @@ def choose_deep(weights: dict[str, np.ndarray], base: dict[str, Coded], probe: P
             weigh = weighting(w, moments.get(n), dead.get(n))
             sens = sensitivity(n, w, base.get(n), probe, weigh)
             menus[n] = deep_options(w, base.get(n), sens, moments.get(n), dead.get(n), dead_inputs.get(n))
-    fixed = _fixed(weights, probe.biases)
+    for n, menu in menus.items():
+        reuse = next((o for o in menu if o.label == "reuse"), None)
+        # only where the layer is a successor of the base's: rounding a layer retrained from scratch toward the
+        # base's codes would keep another model's codes, a small delta but a bigger package for new cars
+        if reuse is not None and _change(weights[n], base[n]) <= SUCCESSOR_CHANGE:
+            menu += rd_options(weights[n], base[n], reuse, moments.get(n), dead.get(n))
+    on_base = bool(base) and _base_pays(menus)
+    fixed = _fixed(weights, probe.biases, base if on_base else None)
     if min_agreement is None:
         coded = _assemble(pick(menus, DEFAULT_LAMBDA), fixed, weights)
         return coded, _measure(probe, coded), {"lambda": DEFAULT_LAMBDA, "trials": 1}
-    on_base = bool(base) and _base_pays(menus)
     if on_base:
         # first try: unchanged layers keep the base's grids, only changed layers are chosen anew
         try:
@@ -393,7 +483,7 @@ def _base_pays(menus: dict[str, list[Option]]) -> bool:
     A model retrained from scratch is cheaper sent afresh than as code
     differences on grids fitted to another model.
     """
-    fresh = [min((o for o in menu if o.label != "reuse"), key=lambda o: o.nbytes + DEFAULT_LAMBDA * o.nsr)
+    fresh = [min((o for o in menu if not o.label.startswith("reuse")), key=lambda o: o.nbytes + DEFAULT_LAMBDA * o.nsr)
              for menu in menus.values()]
     kept = _pinned(menus, DEFAULT_LAMBDA)
     return sum(o.nbytes for o in kept.values()) < 0.5 * sum(o.nbytes for o in fresh)

@@ -114,11 +114,56 @@ def compensation(moments: np.ndarray) -> Compensation | None:
         return None
 
 
+@dataclass(frozen=True)
+class Prior:
+    """Codes a version packed on a base should keep: rate-distortion rounding against the base.
+
+    Packing version n+1 on version n's grid, every code that differs from the
+    base's costs a car bytes (the ``codes`` delta op entropy-codes ``new - old``),
+    while a code left at the base's value costs almost nothing.  Plain
+    compensated rounding ignores that: each column's rounding error moves all
+    the columns after it, so a small fine-tune re-rounds codes all through a
+    layer and the differences look like noise.  With a prior, a weight keeps
+    its base code whenever that raises its column's output error by at most
+    ``penalty`` times the squared step of its column (times the column's share
+    of output error: a column whose input is strong weighs more), and the
+    error it keeps is compensated like any rounding error.  ``penalty`` 0 is
+    plain compensated rounding.
+    """
+
+    codes: np.ndarray  # the base's codes, in the layer's own (flat) order
+    penalty: float
+
+
+def _column_weights(comp: Compensation | None, ncols: int) -> np.ndarray:
+    """Output-error weight of each original column's rounding error, normalized to mean 1.
+
+    In the OBQ/GPTQ update a column rounded at position k with error e adds
+    e^2 / upper[k, k]^2 to the layer's output error.
+    """
+    if comp is None:
+        return np.ones(ncols)
+    g = np.empty(ncols)
+    g[comp.order] = 1.0 / np.maximum(np.diag(comp.upper) ** 2, 1e-300)
+    return g / (float(np.mean(g)) or 1.0)
+
+
+def _toward_prior(col: np.ndarray, c: np.ndarray, q: np.ndarray, pc: np.ndarray, pq: np.ndarray,
+                  allowance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the prior code (value ``pq``) wherever its squared error exceeds the chosen one's by <= ``allowance``."""
+    keep = (col - pq) ** 2 - (col - q) ** 2 <= allowance
+    return np.where(keep, pc, c), np.where(keep, pq, q)
+
+
 def _compensated(w: np.ndarray, comp: Compensation,
-                 rounding: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+                 rounding: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                 prior: Callable[[int, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+                 ) -> np.ndarray:
     """Round column by column in ``comp.order``, pushing each column's output error onto the ones not rounded yet.
 
-    ``rounding(j, column)`` returns (codes, values) of original column ``j``.
+    ``rounding(j, column)`` returns (codes, values) of original column ``j``;
+    ``prior(j, column, codes, values)``, when given, may move them back toward
+    the base's codes (:class:`Prior`) before the error is pushed on.
     """
     rows = w.reshape(w.shape[0], -1).astype(np.float64)
     upper, order = comp.upper, comp.order
@@ -129,6 +174,8 @@ def _compensated(w: np.ndarray, comp: Compensation,
     for k in range(rows.shape[1]):
         col = rows[:, k]
         c, q = rounding(int(order[k]), col)
+        if prior is not None:
+            c, q = prior(int(order[k]), col, c, q)
         codes[:, order[k]] = c
         err = (col - q) / upper[k, k]
         rows[:, k + 1 :] -= np.outer(err, upper[k, k + 1 :])
@@ -136,16 +183,20 @@ def _compensated(w: np.ndarray, comp: Compensation,
 
 
 def compensated_codes(w: np.ndarray, book: np.ndarray, threshold: float, grid: bool,
-                      comp: Compensation) -> np.ndarray:
+                      comp: Compensation | None, prior: Prior | None = None) -> np.ndarray:
     """Codes on a codebook/grid chosen so the layer's outputs, not its weights, stay close.
 
     Rounds one input column at a time and spreads its output error over the
     columns not yet rounded, weighted by the inverse of the input second
     moments (the OBQ/GPTQ update, Frantar et al. 2022; ``comp`` comes from
-    :func:`compensation`).  Pruned weights stay 0.  Same codebook, same bits,
-    often several times less output error than rounding to nearest.
+    :func:`compensation`; without it, each weight rounds on its own).  Pruned
+    weights stay 0.  Same codebook, same bits, often several times less output
+    error than rounding to nearest.  With ``prior`` (a base package's codes on
+    this same codebook) a code stays at the base's where that costs little
+    output error (:class:`Prior`), so the delta to the base stays small.
     """
-    pruned = np.abs(w.reshape(w.shape[0], -1)) <= threshold
+    matrix = w.reshape(w.shape[0], -1)
+    pruned = np.abs(matrix) <= threshold
     step = float(np.float32(book[0])) if grid else 0.0
     table = book.astype(np.float64)
     mids = (table[1:] + table[:-1]) / 2
@@ -160,7 +211,25 @@ def compensated_codes(w: np.ndarray, book: np.ndarray, threshold: float, grid: b
         c[pruned[:, j]] = zero
         return c, table[c]
 
-    return _compensated(w, comp, rounding)
+    toward = None
+    if prior is not None and prior.penalty > 0:
+        pcodes = prior.codes.reshape(matrix.shape)
+        pvalues = pcodes * step if grid else table[pcodes]
+        # the squared spacing of the codes around each base value (uniform on a grid)
+        spacing = step**2 if grid else float(np.median(np.diff(table))) ** 2 if table.size > 1 else 0.0
+        allowance = prior.penalty * spacing / _column_weights(comp, matrix.shape[1])
+
+        def toward(j: int, col: np.ndarray, c: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return _toward_prior(col, c, q, pcodes[:, j], pvalues[:, j], float(allowance[j]))
+
+    if comp is None:
+        out = np.empty(matrix.shape, dtype=np.int64)
+        for j in range(matrix.shape[1]):
+            col = matrix[:, j].astype(np.float64)
+            c, q = rounding(j, col)
+            out[:, j] = toward(j, col, c, q)[0] if toward is not None else c
+        return out.ravel()
+    return _compensated(w, comp, rounding, toward)
 
 
 def grid_values(codes: np.ndarray, step: np.float32) -> np.ndarray:
@@ -280,11 +349,13 @@ def scaled_mask(shape: tuple[int, ...], rows: np.ndarray, cols: np.ndarray) -> n
 
 
 def scaled_codes(w: np.ndarray, step: np.float32, rows: np.ndarray, cols: np.ndarray,
-                 comp: Compensation | None = None) -> np.ndarray:
+                 comp: Compensation | None = None, prior: Prior | None = None) -> np.ndarray:
     """Codes of ``w`` on a scaled grid (per-input-channel steps, masked rows/channels at 0).
 
     With ``comp`` (:func:`compensation`) each column's output error is pushed
-    onto the columns not rounded yet, as in :func:`compensated_codes`.
+    onto the columns not rounded yet, as in :func:`compensated_codes`, and
+    with ``prior`` (the base's codes on this grid) codes stay at the base's
+    where that costs little output error (:class:`Prior`).
     """
     cout, cin, taps = scaled_layout(w.shape)
     col_steps = np.repeat(level_steps(step)[cols].astype(np.float64), taps)
@@ -301,7 +372,17 @@ def scaled_codes(w: np.ndarray, step: np.float32, rows: np.ndarray, cols: np.nda
             c = np.clip(np.rint(col / s), -GRID_MAX_CODE, GRID_MAX_CODE).astype(np.int64)
             return c, c * s
 
-        codes = _compensated(w, comp, rounding).reshape(cout, -1)
+        toward = None
+        if prior is not None and prior.penalty > 0:
+            pcodes = prior.codes.reshape(cout, -1)
+            allowance = prior.penalty * col_steps**2 / _column_weights(comp, col_steps.size)
+
+            def toward(j: int, col: np.ndarray, c: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                if col_steps[j] == 0:
+                    return c, q
+                return _toward_prior(col, c, q, pcodes[:, j], pcodes[:, j] * col_steps[j], float(allowance[j]))
+
+        codes = _compensated(w, comp, rounding, toward).reshape(cout, -1)
     codes[rows.astype(bool)] = 0
     return codes.ravel()
 

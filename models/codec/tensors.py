@@ -60,14 +60,16 @@ def encode_deep(w: np.ndarray, step: float, sparsity: float, upper: quantize.Com
 
 
 def deep_on_book(w: np.ndarray, book: np.ndarray, threshold: float, grid: bool = False,
-                 upper: quantize.Compensation | None = None) -> Coded:
+                 upper: quantize.Compensation | None = None, prior: quantize.Prior | None = None) -> Coded:
     """Codes of ``w`` on an existing codebook or grid (fresh, or reused from the base package).
 
     With the layer's input compensation factor (``quantize.compensation``) the
     rounding compensates its output error; without, it rounds to nearest.
+    With ``prior`` (the base package's codes on this book) codes lean toward
+    the base's, trading a little output error for a smaller delta.
     """
-    if upper is not None:
-        codes = quantize.compensated_codes(w, book, threshold, grid, upper)
+    if upper is not None or (prior is not None and prior.penalty > 0):
+        codes = quantize.compensated_codes(w, book, threshold, grid, upper, prior)
     elif grid:
         codes = quantize.grid_codes(w, float(book[0]), threshold)
     else:
@@ -103,20 +105,25 @@ def encode_scaled(w: np.ndarray, step: float, rows: np.ndarray, cols: np.ndarray
     return _masked(w, book, False, rows, cols, upper)
 
 
-def masked_on_book(w: np.ndarray, base: Coded, upper: quantize.Compensation | None = None) -> Coded:
-    """Codes of ``w`` on a masked-layout base tensor's codebook/grid and masks (a reused grid)."""
-    rows, cols, _ = scaled_parts(base)
-    return _masked(w, base.params, bool(base.meta.get("grid")), rows, cols, upper)
+def masked_on_book(w: np.ndarray, base: Coded, upper: quantize.Compensation | None = None,
+                   penalty: float = 0.0) -> Coded:
+    """Codes of ``w`` on a masked-layout base tensor's codebook/grid and masks (a reused grid).
+
+    ``penalty`` > 0 leans the codes toward the base's (``quantize.Prior``).
+    """
+    rows, cols, base_codes = scaled_parts(base)
+    prior = quantize.Prior(base_codes, penalty) if penalty > 0 else None
+    return _masked(w, base.params, bool(base.meta.get("grid")), rows, cols, upper, prior)
 
 
 def _masked(w: np.ndarray, book: np.ndarray, grid: bool, rows: np.ndarray, cols: np.ndarray,
-            upper: quantize.Compensation | None) -> Coded:
+            upper: quantize.Compensation | None, prior: quantize.Prior | None = None) -> Coded:
     mask = quantize.scaled_mask(tuple(w.shape), rows, cols)
     if grid:
-        codes = quantize.scaled_codes(w, book[0], rows, cols, upper)
+        codes = quantize.scaled_codes(w, book[0], rows, cols, upper, prior)
         zero = 0
     else:
-        codes = deep_on_book(w, book, 0.0, False, upper).symbols
+        codes = deep_on_book(w, book, 0.0, False, upper, prior).symbols
         zero = int(np.searchsorted(book, 0.0))
         codes[mask] = zero
     live = codes[~mask]
