@@ -327,7 +327,7 @@ async def _rollout_phase(admin: RegistryAdmin, fleet: Fleet, line: str, name: st
             stage = ro["current_stage"]
             if stage != seen_stage:
                 seen_stage, stage_since = stage, time.monotonic()
-            elif (ro["state"] == "running" and ro["stages"][stage]["assigned"] == 0
+            elif (ro["state"] == "running" and _holds(ro["stages"], stage) == 0
                   and ro["stages"][stage].get("mode") != "shadow"  # only its gates may end a shadow stage
                   and time.monotonic() - stage_since > opts.min_soak_s + 2):
                 # The registry waits for an installed share of an empty stage forever; an operator would advance.
@@ -441,6 +441,15 @@ def _gate_line(g: dict[str, Any]) -> str:
     if g["stopped_by"]:
         return f"  {g['name']} (version {g['version']}): [red]{g['outcome']}[/red] by gate {g['stopped_by']}{seen}"
     return f"  {g['name']} (version {g['version']}): [green]{g['outcome']}[/green]: {g['verdict'] or '-'}{seen}"
+
+
+def _holds(stages: list[dict[str, Any]], stage: int) -> int:
+    """Cars the registry counts for ``stage``: its own, and the shadow stage's when it is the first live stage
+    (the shadow cars go live with it)."""
+    held = int(stages[stage]["assigned"])
+    if stage == 1 and stages[0].get("mode") == "shadow":
+        held += int(stages[0]["assigned"])
+    return held
 
 
 def _outcome_line(o: dict[str, Any]) -> str:
