@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -140,8 +140,8 @@ def _starts(w: Window, around: date) -> Iterable[tuple[datetime, datetime]]:
         day = around + timedelta(days=i)
         if day.weekday() not in w.days:
             continue
-        a = datetime.combine(day, w.start, tzinfo=w.tz).astimezone(timezone.utc)
-        b = datetime.combine(day, w.start, tzinfo=w.tz).replace(fold=1).astimezone(timezone.utc)
+        a = datetime.combine(day, w.start, tzinfo=w.tz).astimezone(UTC)
+        b = datetime.combine(day, w.start, tzinfo=w.tz).replace(fold=1).astimezone(UTC)
         yield min(a, b), max(a, b)
 
 

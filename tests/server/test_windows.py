@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from server.devices.decision import NewOffer, NoOffer, Resend, decide
 from server.rollouts import windows as w
+from tests.server.test_decision import KEY, POLICY, V1, V2, device, line, offer, poll, rollout
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NIGHTS = [w.parse({"days": "mon-fri", "start": "01:00", "end": "05:00", "tz": "Europe/Berlin"})]
@@ -101,3 +104,25 @@ def test_day_ranges_wrap_and_lists_combine() -> None:
         "days": "mon-fri", "start": "01:00", "end": "05:00", "tz": "Europe/Berlin"}
     with pytest.raises(w.WindowError):
         w.parse_text("mon-fri 01:00 Europe/Berlin")
+
+
+# -- the poll decision on a closed rollout (pure) -------------------------------------------------------------
+def _decide_at(now: datetime, *, offered: bool) -> object:
+    closed = replace(rollout(V2), windows=tuple(NIGHTS))
+    dev = device(offers={KEY: offer(expires_at=now + timedelta(hours=1))} if offered else None)
+    return decide(dev, line(V1, closed), poll(), now, POLICY)
+
+
+def test_a_closed_rollout_makes_no_new_offer_but_resends_the_one_a_car_already_has() -> None:
+    saturday = _berlin(2026, 12, 12, 12, 0).astimezone(UTC)
+    assert isinstance(_decide_at(saturday, offered=False), NoOffer)
+    assert isinstance(_decide_at(saturday, offered=True), Resend)  # a car already downloading goes on
+    monday_night = _berlin(2026, 12, 14, 2, 0).astimezone(UTC)
+    assert isinstance(_decide_at(monday_night, offered=False), NewOffer)
+
+
+def test_a_rollout_before_its_start_makes_no_new_offer() -> None:
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    later = replace(rollout(V2), starts_at=now + timedelta(seconds=1))
+    assert isinstance(decide(device(), line(V1, later), poll(), now, POLICY), NoOffer)
+    assert isinstance(decide(device(), line(V1, later), poll(), now + timedelta(seconds=1), POLICY), NewOffer)
