@@ -247,6 +247,32 @@ def _shadow(text: str) -> dict[str, Any]:
     return shadow
 
 
+def _window(text: str) -> dict[str, str]:
+    """'DAYS HH:MM-HH:MM ZONE' e.g. 'mon-fri 01:00-05:00 Europe/Berlin' (issue 21); the registry checks the parts."""
+    parts = text.split()
+    if len(parts) != 3 or parts[1].count("-") != 1:
+        raise CliError(f"--window {text!r} must be 'DAYS HH:MM-HH:MM ZONE', e.g. 'mon-fri 01:00-05:00 Europe/Berlin' "
+                       "(an end at or before the start closes the next day)")
+    start, end = parts[1].split("-")
+    return {"days": parts[0], "start": start, "end": end, "tz": parts[2]}
+
+
+def _schedule_rows(r: dict[str, Any]) -> list[str]:
+    """The start and windows, and when the rollout next opens (``ota rollout show``)."""
+    if not r.get("starts_at") and not r.get("windows"):
+        return []
+    rows = []
+    if r.get("starts_at"):
+        rows.append(f"  starts at {r['starts_at']}")
+    for w in r.get("windows") or []:
+        rows.append(f"  window {w['days']} {w['start']}-{w['end']} {w['tz']}")
+    if r["state"] in ("running", "paused"):
+        nxt = r.get("next_open")
+        rows.append("  open now" if r.get("open") else
+                    f"  closed: next opens {nxt}" if nxt else "  closed: opens in none of the next two weeks")
+    return rows
+
+
 def _value(v: Any) -> str:
     return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -294,7 +320,7 @@ def _rollout_table(r: dict[str, Any]) -> list[str]:
         need = f"  needs {s['min_installed']} installed" if s.get("min_installed") else ""
         rows.append(f" {marker} stage {s['position'] + 1}: {s['percent']:g}%{mode}  soak {s['min_soak_s']:g}s  {auto}"
                     f"{need}  assigned {s['assigned']}  {counts}")
-    return rows + _quality_rows(r.get("quality"))
+    return rows + _schedule_rows(r) + _quality_rows(r.get("quality"))
 
 
 def rollout_create(args: argparse.Namespace) -> int:
@@ -314,6 +340,10 @@ def rollout_create(args: argparse.Namespace) -> int:
         body["gates"] = list(args.gate)
     if args.in_progress_timeout is not None:  # 0: never (a car mid-update is never counted as stuck)
         body["in_progress_timeout_s"] = args.in_progress_timeout or None
+    if args.starts_at:
+        body["starts_at"] = args.starts_at
+    if args.window:
+        body["windows"] = [_window(w) for w in args.window]
     r = _call(args, "POST", "/rollouts", json=body)
     return _emit(args, r, _rollout_table(r))
 
@@ -560,6 +590,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "compare for at least SECONDS, on 1 frame in SAMPLE_EVERY (default 10)")
     c.add_argument("--gate", action="append", metavar="EXPR",
                    help="quality gate, e.g. agreement>=0.97, latency_p99_ratio<=1.3, min_frames=5000 (repeatable)")
+    c.add_argument("--starts-at", metavar="ISO8601",
+                   help="make no offers before this time, e.g. 2026-12-24T01:00:00+01:00 (a zone is required)")
+    c.add_argument("--window", action="append", metavar="'DAYS HH:MM-HH:MM ZONE'",
+                   help="maintenance window, e.g. 'mon-fri 01:00-05:00 Europe/Berlin' (repeatable): stages advance "
+                        "and new offers are made only inside one; DAYS: mon..sun, ranges, lists (sat,sun) or daily")
     _common(c)
     c.set_defaults(func=_run(rollout_create))
     ls = ro.add_parser("list", help="list rollouts")

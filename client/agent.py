@@ -33,6 +33,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,17 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@dataclass
+class _Held:
+    """A verified update waiting for the application's ``safe_to_swap``: what ``_commit`` needs."""
+
+    offer: Offer
+    slot: str
+    loaded: Any
+    received: int
+    artifact: str
+
+
 class Agent:
     """One car.  Build it, ``await start()``, then ``await run_forever()`` (or ``run()`` to block)."""
 
@@ -114,10 +126,16 @@ class Agent:
         api: RegistryClient | None = None,
         trust: TrustKeeper | None = None,
         seq: reports.SeqCounter | None = None,
+        safe_to_swap: Callable[[], bool] | None = None,
     ) -> None:
         """``api``, ``trust`` and ``seq`` are shared by the lines of a car on several (``client.multiagent``):
         one HTTP client and token, one delegation, and one report ``seq`` counter (the registry knows one per
-        device).  By default the agent makes its own."""
+        device).  By default the agent makes its own.
+
+        ``safe_to_swap`` (issue 21): the car application's rule for when a new model may go live (parked,
+        ignition off, its own test); None: always.  A verified update waits at ``verified``, loaded, until it
+        returns True; the agent asks on its wait loop (every ``swap_check_s``) and on each poll.  A car with no
+        model yet installs its first at once (there is nothing to keep serving)."""
         if config.gil_switch_interval_s is not None and not config.gil_switch_interval_s > 0:
             raise ValueError(f"gil_switch_interval_s must be > 0 or None, got {config.gil_switch_interval_s}")
         self.config = config
@@ -172,6 +190,9 @@ class Agent:
         #: Artifact bytes read from the wire by this agent object (all downloads, retries included).
         self.bytes_received_total = 0
         self._stop = asyncio.Event()
+        self.safe_to_swap: Callable[[], bool] | None = safe_to_swap
+        #: A verified update the application did not allow to swap yet (see ``safe_to_swap``).
+        self._held: _Held | None = None
 
     # -- the application's API ---------------------------------------------
 
@@ -191,6 +212,11 @@ class Agent:
     @property
     def running_version(self) -> int:
         return self.journal.active.version if self.journal.active else 0
+
+    @property
+    def swap_waiting(self) -> int | None:
+        """The version verified and loaded but waiting for ``safe_to_swap``, or None."""
+        return self._held.offer.target_version if self._held is not None else None
 
     @property
     def health_window_open(self) -> bool:
@@ -307,6 +333,8 @@ class Agent:
 
     #: Seconds between two looks at an open health window while waiting (the simulator looks less often).
     health_check_s: float = 0.05
+    #: Seconds between two calls of ``safe_to_swap`` while an update waits for it.
+    swap_check_s: float = 0.2
 
     async def _wait(self, delay: float) -> None:
         """Sleep ``delay`` (on the injected clock), judging an open health window meanwhile; stop wakes it."""
@@ -319,6 +347,10 @@ class Agent:
             if self._health_deadline is not None:
                 await self.check_health()
                 step = min(left, self.health_check_s)
+            if self._held is not None:
+                self.swap_if_allowed()
+                if self._held is not None:
+                    step = min(step, self.swap_check_s)
             if self._quality_due is not None:
                 await self.report_quality()
                 if self._quality_due is not None:  # still comparing: wake for the next summary
@@ -400,6 +432,8 @@ class Agent:
             self.status = check_status(signed, device_id=self.identity.device_id, now=self._wall_clock())
             if self.journal.shadow is not None:
                 self._end_shadow("no offer: the rollout was halted, aborted or moved on")
+            if self._held is not None:
+                self._drop_held("no offer: the rollout was halted, aborted or moved on")
         await self.flush_reports()
 
     async def verified(self, envelope: Any, what: str) -> dict[str, Any]:
@@ -476,6 +510,14 @@ class Agent:
         j = self.journal
         j.highest_manifest_version = offer.manifest_version
         shadow = offer.quality is not None and offer.quality.mode == "shadow"
+        if self._held is not None:
+            held = self._held
+            if (not shadow and held.offer.model_sha256 == offer.model_sha256
+                    and held.offer.package.sha256 == offer.package.sha256 and held.offer.contract == offer.contract):
+                held.offer = offer  # the same update offered again (maybe re-signed): keep waiting with it
+                self.swap_if_allowed()
+                return
+            self._drop_held(f"v{offer.target_version} offered instead")
         if j.shadow is not None and not self._is_staged(offer):
             self._end_shadow(f"v{offer.target_version} offered instead")
         if j.active is not None and j.active.model_sha256 == offer.model_sha256 and j.active.contract == offer.contract:
@@ -599,6 +641,8 @@ class Agent:
             slot, loaded = built
             if shadow:
                 self._stage_shadow(offer, slot, loaded)
+            elif self.journal.active is not None and not self._swap_allowed():  # (no model: nothing to keep)
+                self._hold(offer, slot, loaded, received, artifact)
             else:
                 self._commit(offer, slot, loaded, received, artifact)
         except (DownloadError, Unauthorized):
@@ -755,6 +799,47 @@ class Agent:
         except StorageError as e:  # the update is in; the next install overwrites these files anyway
             log.warning("%s", e)
         log.info("installed v%d in slot %s (%s, %d bytes)", offer.target_version, slot, artifact, received)
+
+    # -- waiting for the application's permission to swap (issue 21) --------
+
+    def _swap_allowed(self) -> bool:
+        """The application's ``safe_to_swap`` (True without one); an exception in it counts as 'not now'."""
+        rule = self.safe_to_swap
+        if rule is None:
+            return True
+        try:
+            return bool(rule())
+        except Exception as e:  # the application's code: its bug must not install or fail an update
+            log.warning("safe_to_swap raised %s: %s; not swapping now", type(e).__name__, e)
+            return False
+
+    def _hold(self, offer: Offer, slot: str, loaded: Any, received: int, artifact: str) -> None:
+        """Keep the verified, loaded update (the car stays at ``verified`` and serves its model) until
+        ``safe_to_swap`` allows it.  Its slot is written but unnamed: a restart verifies it again from the
+        kept download when the registry offers it next."""
+        self._held = _Held(offer, slot, loaded, received, artifact)
+        self.store.save(self.journal)  # the downloaded and verified reports with the pending state
+        log.info("v%d verified; waiting for the application to allow the swap", offer.target_version)
+
+    def swap_if_allowed(self) -> bool:
+        """Swap the waiting update in if ``safe_to_swap`` now says yes; True if it did."""
+        held = self._held
+        if held is None or not self._swap_allowed():
+            return False
+        self._held = None
+        self._commit(held.offer, held.slot, held.loaded, held.received, held.artifact)
+        return True
+
+    def _drop_held(self, reason: str) -> None:
+        """Forget the waiting update (another offer, or none): free its model and its unnamed slot."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        try:
+            self.store.clear_unnamed(self.journal)
+        except StorageError as e:
+            log.warning("%s", e)
+        log.info("dropped v%d waiting to swap: %s", held.offer.target_version, reason)
 
     def _forget_downloads(self, offer: Offer) -> None:
         for art in (offer.package, offer.delta):

@@ -134,6 +134,14 @@ class RemoteSwapper:
         self._fallback = old if health_window else None
         return old
 
+    def safe_to_swap(self) -> bool:
+        """The application's ``safe_to_swap`` rule, asked in its process (issue 21); True without one.
+
+        Raises:
+            HostGone, AgentError: the application is gone or its rule raised (the agent takes it as 'not now').
+        """
+        return bool(self._call("safe_to_swap"))
+
     def health(self) -> tuple[int, int]:
         calls, errors = self._call("health")
         return int(calls), int(errors)
@@ -178,6 +186,7 @@ def _rss_mb() -> float:
 
 def status(agent: Agent) -> dict[str, Any]:
     return {"running_version": agent.running_version, "agent_state": agent.agent_state,
+            "swap_waiting": agent.swap_waiting,
             "last_install": dict(agent.last_install), "pid": os.getpid(), "peak_rss_mb": round(_rss_mb(), 1)}
 
 
@@ -191,8 +200,10 @@ async def serve(agent: Agent, ctl: Connection, *, poll: bool) -> None:
         while True:
             try:
                 if not poll and not await loop.run_in_executor(None, ctl.poll, QUALITY_PULL_S):
-                    # no poller to pull a comparison's summary when due: do it between requests
+                    # no poller to pull a comparison's summary when due, or to swap a waiting update in once
+                    # the application allows it (issue 21): do both between requests
                     await agent.report_quality(flush=False)
+                    agent.swap_if_allowed()
                     continue
                 op, kw = await loop.run_in_executor(None, ctl.recv)
             except (EOFError, OSError, HostGone):
@@ -246,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     config.decode_in_subprocess = False
     config.gil_switch_interval_s = None
-    agent = Agent(config, swapper=RemoteSwapper(Connection(args.rpc_fd)))
+    swapper = RemoteSwapper(Connection(args.rpc_fd))
+    agent = Agent(config, swapper=swapper, safe_to_swap=swapper.safe_to_swap)
     ctl = Connection(args.ctl_fd)
     asyncio.run(serve(agent, ctl, poll=not args.no_poll))
     return 0

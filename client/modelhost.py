@@ -14,7 +14,7 @@ application it updates.
 
 The daemon drives the session through two socket pairs (pickled messages,
 ``multiprocessing.connection``): on ``rpc`` the daemon asks and this side's
-thread answers (``load``, ``swap``, ``health``, ``close_health_window``, and for
+thread answers (``load``, ``swap``, ``health``, ``close_health_window``, ``safe_to_swap``, and for
 shadow mode ``start_comparison``, ``comparison_snapshot``, ``stop_comparison``);
 on ``ctl`` this side asks and the daemon answers (``handle_offer`` for a
 standalone install, ``check_health``, ``status``, ``stop``).  If the daemon dies
@@ -105,7 +105,11 @@ class ModelHost:
     """
 
     def __init__(self, config: AgentConfig, *, poll: bool = True,
-                 session_factory: SessionFactory | None = None) -> None:
+                 session_factory: SessionFactory | None = None,
+                 safe_to_swap: Callable[[], bool] | None = None) -> None:
+        """``safe_to_swap`` (issue 21): the application's rule for when a new model may go live (parked,
+        ignition off, ...), called in this process on the daemon's request; None: always.  While it says no,
+        a verified update waits loaded at ``verified`` and the current model keeps answering."""
         # The platform is measured here, where ONNX Runtime is loaded anyway: the daemon never loads it.
         from client.platform_probe import current_platform
 
@@ -113,6 +117,7 @@ class ModelHost:
             config, platform=current_platform(config.hardware))
         self.poll = poll
         self.swapper = HotSwapper(session_factory or default_session_factory(config.inference_threads))
+        self.safe_to_swap = safe_to_swap
         # The daemon names models by handle: the live one, its fallback, and one loaded but not yet swapped in.
         self._pending: dict[int, LoadedModel] = {}
         self._current_handle: int | None = None
@@ -126,7 +131,7 @@ class ModelHost:
             "load": self._op_load, "swap": self._op_swap, "health": self.swapper.health,
             "close_health_window": self._op_close_health_window,
             "start_comparison": self._op_start_comparison, "comparison_snapshot": self._op_comparison_snapshot,
-            "stop_comparison": self._op_stop_comparison,
+            "stop_comparison": self._op_stop_comparison, "safe_to_swap": self._op_safe_to_swap,
         }
         #: What the daemon said when it booted or last answered ``status``.
         self.daemon_status: dict[str, Any] = {}
@@ -322,6 +327,11 @@ class ModelHost:
         self.swapper.swap(new, health_window=health_window)  # frees what it no longer needs, in this thread
         del new
         self._current_handle, self._fallback_handle = handle, (old_handle if health_window else None)
+
+    def _op_safe_to_swap(self) -> bool:
+        """The application's rule, asked by the daemon before it swaps a verified update in (an exception in it
+        goes back to the daemon, which takes it as 'not now')."""
+        return True if self.safe_to_swap is None else bool(self.safe_to_swap())
 
     def _op_close_health_window(self) -> None:
         self.swapper.close_health_window()  # frees the old session in this thread

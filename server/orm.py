@@ -232,6 +232,10 @@ class Rollout(Base):
     # Issue 21: a car whose latest state is offered/downloading/downloaded/verified for longer than this counts
     # as an error ("stuck"); None (rollouts from before 0008) never times out.
     in_progress_timeout_s: Mapped[float | None] = mapped_column(Float)
+    # Issue 21 item 2: no offers before ``starts_at`` (None: at once); ``windows`` ([{"days", "start", "end",
+    # "tz"}], server/rollouts/windows.py; None: always open) bound when stages advance and new offers are made.
+    starts_at: Mapped[datetime | None]
+    windows: Mapped[list[Any] | None] = mapped_column(JSON)
 
 
 class RolloutStage(Base):

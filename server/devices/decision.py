@@ -12,7 +12,9 @@ offering rollout whose selector matches and whose reached stages include the
 device, else the line's stable version (``lineview.desired_in``); its package
 is the rollout's codec, else the server's preferred codecs, else any.  No
 offer when there is no such package, the car runs the target, the target is a
-downgrade outside a rollback, the car cannot run the target (issue 20: its
+downgrade outside a rollback, the target's rollout is closed (before its
+start or outside its maintenance windows, issue 21) and has not offered the car
+the version yet, the car cannot run the target (issue 20: its
 reported platform meets the requirements of no export of the version, its own
 or a variant's; a car that never reported a platform is treated as able to run
 anything), or the car already rolled this offer back.  The package offered is of
@@ -235,7 +237,7 @@ def decide(device: DeviceView, line: LineView, poll: PollView, now: datetime, po
     """What to answer this poll, and what (if anything) to write (see the module docstring)."""
     interval = device.poll_interval_s or policy.poll_interval_s
     running = running_change(device, line.name, poll)
-    target = desired_in(line, device.device_id, device.tags)
+    target = desired_in(line, device.device_id, device.tags, now)
     if target is None:
         return NoOffer(interval, running)
     export = export_for(target.version, poll.platform or device.platform)
@@ -247,6 +249,8 @@ def decide(device: DeviceView, line: LineView, poll: PollView, now: datetime, po
     offer = device.offers.get((target.rollout.id if target.rollout else 0, target.version.id))
     if offer is not None and offer.state == ROLLED_BACK:
         return NoOffer(interval, running)  # this device tried and fell back; wait for an operator
+    if offer is None and not target.open:
+        return NoOffer(interval, running)  # issue 21: before its start or outside its windows, no new offer
     if offer is not None and target.version.variants and _offered_package(offer) != package.sha256:
         offer = None  # it offered another export of the version (the car's platform changed): sign anew
     wanted = _wanted_delta(poll, package, offer)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -21,11 +22,16 @@ from sqlalchemy.orm import Session
 from protocol.errors import MalformedMessage
 from protocol.platform import Requirements
 from protocol.quality import QualityPlan, parse_gate
+from server.db import as_utc
 from server.orm import Version, VersionVariant
 from server.registry import fidelity
 from server.registry import store as registry_store
 from server.rollouts import stages as staging
 from server.rollouts import store
+from server.rollouts import windows as windowing
+
+#: The start of a rollout whose stored windows no longer parse: it stays closed rather than open.
+NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,13 @@ class RolloutView:
     # no shadow stage), and the plan of every offer once it is past it (None: no gates, no comparison).
     shadow_plan: QualityPlan | None = None
     live_plan: QualityPlan | None = None
+    # Issue 21 item 2: no new offers before ``starts_at`` or outside ``windows`` (none: always open)
+    starts_at: datetime | None = None
+    windows: tuple[windowing.Window, ...] = ()
+
+    def is_open(self, now: datetime) -> bool:
+        """Whether the rollout may make new offers at ``now`` (cars it already offered go on regardless)."""
+        return (self.starts_at is None or now >= self.starts_at) and windowing.is_open(self.windows, now)
 
     def plan(self) -> QualityPlan | None:
         """The quality plan of this rollout's offers now (the same for every car it has reached)."""
@@ -85,6 +98,7 @@ class TargetView:
     codec: str | None
     rollback: bool
     quality: QualityPlan | None = None  # signed into the offer (protocol.offer.Offer.quality)
+    open: bool = True  # False: the rollout is before its start or outside its windows: no NEW offer
 
 
 def _version_view(session: Session, version: Version, gate: float | None) -> VersionView:
@@ -124,9 +138,14 @@ def load_line(session: Session, name: str) -> LineView | None:
             continue
         percents = tuple(s.percent for s in store.stages(session, r.id))
         shadow_plan, live_plan = plans(r.shadow, r.gates)
+        starts_at = as_utc(r.starts_at) if r.starts_at is not None else None
+        try:
+            ws = windowing.parse_all(r.windows)
+        except windowing.WindowError:
+            ws, starts_at = (), NEVER
         rollouts.append(RolloutView(r.id, dict(r.selector), percents, r.current_stage,
                                     _version_view(session, version, line.min_agreement), r.codec, r.rollback,
-                                    shadow_plan, live_plan))
+                                    shadow_plan, live_plan, starts_at, ws))
     stable = None
     if line.stable_version is not None:
         version = registry_store.version(session, line.id, line.stable_version)
@@ -158,14 +177,20 @@ def plans(shadow: dict[str, Any] | None, gates: list[Any] | None) -> tuple[Quali
     return shadow_plan, live
 
 
-def desired_in(line: LineView, device_id: str, tags: dict[str, Any]) -> TargetView | None:
-    """Newest offering rollout that has reached the device, else the stable version (pure)."""
+def desired_in(line: LineView, device_id: str, tags: dict[str, Any], now: datetime | None = None) -> TargetView | None:
+    """Newest offering rollout that has reached the device, else the stable version (pure).
+
+    A rollout that reached the device but is closed at ``now`` (before its start, outside its windows) is
+    still the device's target, with ``open`` False: the caller resends an offer it already made and makes no
+    new one; the device does not fall through to an older rollout meanwhile.
+    """
     for r in line.rollouts:
         if not staging.selector_matches(r.selector, tags):
             continue
         stage = staging.stage_of(r.id, device_id, r.percents)
         if stage is not None and stage <= r.current_stage:
-            return TargetView(r.version, r, r.codec, r.rollback, r.plan())
+            is_open = now is None or r.is_open(now)
+            return TargetView(r.version, r, r.codec, r.rollback, r.plan(), open=is_open)
     # a car outside every rollout gets what a rollout without --codec would ship (issue 17)
     return TargetView(line.stable, None, line.stable.shipping, False) if line.stable is not None else None
 

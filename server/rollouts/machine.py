@@ -8,6 +8,14 @@
 
 ``completed`` and ``aborted`` are final.  Every other pair raises
 ``IllegalTransition`` and nothing changes.
+
+A schedule is not a state (issue 21 item 2): a rollout with ``starts_at`` or maintenance windows is
+``running`` from its creation, and is *open* or *closed* at any instant (``service.schedule``, a pure
+function of its start, its windows and the time, ``windows.py``).  Closed, it makes no new offers and
+the automatic ``advance``/``complete`` (and a shadow stage's promotion) wait; ``halt`` still happens,
+cars already offered go on, and operator events (pause, resume, advance, abort) are unchanged.  A
+``scheduled`` state would need a timed ``start`` event for every rollout and still could not say
+"between windows"; one predicate covers both.
 """
 
 from __future__ import annotations

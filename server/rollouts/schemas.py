@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from protocol.errors import MalformedMessage
 from protocol.quality import parse_gate
 from server.db import UtcDateTime
+from server.rollouts import windows as windowing
 
 INT32 = 2**31 - 1  # INTEGER columns on PostgreSQL: a larger number is a 422, not a 500
 
@@ -38,6 +40,25 @@ class ShadowIn(BaseModel):
     max_cpu_share: float = Field(default=0.25, gt=0, le=1, description="the comparison's share of one core")
 
 
+class WindowIn(BaseModel):
+    """A recurring maintenance window (issue 21): ``days`` it opens on, local ``start``-``end`` (an end at or
+    before the start crosses midnight) in the IANA zone ``tz`` (server/rollouts/windows.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    days: str = Field(max_length=64, description="mon..sun, ranges (mon-fri), lists (sat,sun) or daily")
+    start: str = Field(max_length=5, description="HH:MM local time")
+    end: str = Field(max_length=5, description="HH:MM local time, or 24:00; at or before start: next day")
+    tz: str = Field(max_length=64, description="IANA time zone, e.g. Europe/Berlin")
+
+    @model_validator(mode="after")
+    def _parses(self) -> WindowIn:
+        try:
+            windowing.parse(self.model_dump())
+        except windowing.WindowError as e:
+            raise ValueError(str(e)) from e
+        return self
+
+
 class RolloutIn(BaseModel):
     line: str = Field(max_length=100)
     version: int = Field(ge=1, le=INT32)
@@ -56,6 +77,24 @@ class RolloutIn(BaseModel):
         "a car offered/downloading/downloaded/verified for longer counts as an error (stuck); null: never"))
     gates: list[str] = Field(default_factory=list, max_length=MAX_GATES, description=(
         "quality gates, e.g. agreement>=0.97, latency_p99_ratio<=1.3, min_frames=5000"))
+    starts_at: datetime | None = Field(default=None, description=(
+        "ISO 8601 with a zone: no offers and no advancing before it (default: at once)"))
+    windows: list[WindowIn] | None = Field(default=None, max_length=windowing.MAX_WINDOWS, description=(
+        "maintenance windows: stages advance and new offers are made only inside one (default: always)"))
+
+    @field_validator("starts_at")
+    @classmethod
+    def _zoned(cls, at: datetime | None) -> datetime | None:
+        if at is not None and (at.tzinfo is None or at.utcoffset() is None):
+            raise ValueError("starts_at needs a time zone (ISO 8601 with Z or +HH:MM)")
+        return at
+
+    @field_validator("windows")
+    @classmethod
+    def _some(cls, ws: list[WindowIn] | None) -> list[WindowIn] | None:
+        if ws is not None and not ws:
+            raise ValueError("an empty window list would never open; leave windows out for always open")
+        return ws
 
     @field_validator("gates")
     @classmethod
@@ -112,6 +151,12 @@ class RolloutOut(BaseModel):
     error_threshold_pct: float | None
     error_threshold_count: int | None
     in_progress_timeout_s: float | None = None
+    # issue 21 item 2: schedule and windows; ``open``: stages may advance and new offers be made now;
+    # ``next_open``: when that is next true (now when open; null: never within two weeks)
+    starts_at: UtcDateTime | None = None
+    windows: list[dict[str, str]] | None = None
+    open: bool = True
+    next_open: UtcDateTime | None = None
     reason: str | None
     created_by: str | None
     created_at: UtcDateTime

@@ -27,6 +27,7 @@ from server.registry import fidelity
 from server.registry import store as registry_store
 from server.rollouts import machine, quality, schemas, store
 from server.rollouts import stages as staging
+from server.rollouts import windows as windowing
 from server.rollouts.lineview import requirements_of
 from server.rollouts.membership import MembershipCache, parse_platforms
 
@@ -94,13 +95,15 @@ def create(session: Session, members: MembershipCache, body: schemas.RolloutIn,
     if not body.rollback:  # a rollback goes back to what the cars ran
         _check_some_car_fits(session, line, version, body.selector)
     now = utcnow()
+    starts_at = as_utc(body.starts_at) if body.starts_at is not None else None
     r = Rollout(line_id=line.id, version_id=version.id, target_version=version.number,
                 previous_stable=line.stable_version, codec=codec, selector=dict(body.selector), state="running",
-                current_stage=0, stage_started_at=now, rollback=body.rollback,
+                current_stage=0, stage_started_at=max(now, starts_at) if starts_at else now, rollback=body.rollback,
                 error_threshold_pct=body.error_threshold_pct, error_threshold_count=body.error_threshold_count,
                 created_by=actor, created_at=now, updated_at=now, gates=list(body.gates) or None,
                 shadow=body.shadow.model_dump() if body.shadow is not None else None,
-                in_progress_timeout_s=body.in_progress_timeout_s)
+                in_progress_timeout_s=body.in_progress_timeout_s, starts_at=starts_at,
+                windows=[w.model_dump() for w in body.windows] if body.windows else None)
     session.add(r)
     session.flush()
     first = 0
@@ -117,7 +120,8 @@ def create(session: Session, members: MembershipCache, body: schemas.RolloutIn,
     audit.record(session, actor, "rollout.create", rollout_id=r.id, line=line.name, version=version.number,
                  rollback=body.rollback, codec=codec, allow_unmeasured=body.allow_unmeasured,
                  gates=list(body.gates), shadow=r.shadow, in_progress_timeout_s=body.in_progress_timeout_s,
-                 min_installed=[s.min_installed for s in body.stages])
+                 min_installed=[s.min_installed for s in body.stages],
+                 starts_at=starts_at.isoformat() if starts_at else None, windows=r.windows)
     webhooks.emit(session, "rollout.rolled_back" if body.rollback else "rollout.started", rollout_id=r.id,
                   line=line.name, version=version.number, previous_stable=r.previous_stable, actor=actor)
     session.flush()
@@ -303,6 +307,42 @@ def _counted_stages(stage_rows: list[RolloutStage], current: int) -> set[int]:
     return counted
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Whether the rollout may advance and make new offers at ``now`` (issue 21 item 2), and when it next may."""
+
+    open: bool
+    next_open: datetime | None
+
+
+def schedule(r: Rollout, now: datetime) -> Schedule:
+    """The rollout's schedule at ``now``: open from ``starts_at`` on, inside its windows (none: always).
+
+    A window that no longer parses (a zone this machine lacks) keeps the rollout closed rather than open.
+    """
+    try:
+        ws = windowing.parse_all(r.windows)
+    except windowing.WindowError:
+        return Schedule(False, None)
+    start = as_utc(r.starts_at) if r.starts_at is not None else None
+    nxt = windowing.next_open(ws, max(now, start) if start is not None else now)
+    return Schedule(nxt == now, nxt)
+
+
+_WAITING = "scheduled: "  # the prefix of a reason that says the rollout waits for its start or a window
+
+
+def _note_closed(r: Rollout, sched: Schedule, now: datetime) -> None:
+    """Say on the rollout why it does not advance (not a transition: no audit row)."""
+    when = sched.next_open.isoformat(timespec="seconds") if sched.next_open else "never within two weeks"
+    if r.starts_at is not None and as_utc(r.starts_at) > now:
+        reason = f"{_WAITING}waits for its start at {as_utc(r.starts_at).isoformat(timespec='seconds')}"
+    else:
+        reason = f"{_WAITING}outside its maintenance windows; next opens {when}"
+    if r.reason != reason:
+        r.reason, r.updated_at = reason, utcnow()
+
+
 def _has_quality(r: Rollout) -> bool:
     return bool(r.gates) or r.shadow is not None
 
@@ -324,6 +364,9 @@ def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: d
     stage_rows = store.stages(session, r.id)
     stage = stage_rows[r.current_stage]
     counted = _counted_stages(stage_rows, r.current_stage)
+    sched = schedule(r, now)
+    if sched.open and r.reason and r.reason.startswith(_WAITING):
+        r.reason, r.updated_at = None, now
     tally = _tally(session, members, r, stage_rows, line, errors_since=r.stage_started_at, now=now)
     counts: dict[str, int] = {}
     for i in counted:
@@ -345,7 +388,7 @@ def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: d
         return r.state
     gates = quality.gates_of(r)
     if stage.mode == "shadow":
-        return _evaluate_shadow(session, r, stage, gates, now)
+        return _evaluate_shadow(session, r, stage, gates, now, sched)
     if gates:  # live gates on the current stage's cars: a failure halts, a pass does not hold advancing back
         verdict = judge(gates, quality.merged(session, r, "live", counted).summary)
         if verdict.passed is False:
@@ -353,6 +396,9 @@ def evaluate(session: Session, members: MembershipCache, rollout_id: int, now: d
             _apply(session, r, "halt", "auto", gate=str(verdict.failing),
                    reason=quality.failed_reason(f"stage {r.current_stage} live", verdict))
             return r.state
+    if not sched.open:  # issue 21 item 2: halting still works outside the windows; advancing waits for them
+        _note_closed(r, sched, now)
+        return r.state
     # The soak runs from the stage's last install, not from its start: a car that installed a second before
     # the threshold was met has not yet run the version (its health window is still open, and a rollback
     # from it must still be able to halt this stage).
@@ -378,7 +424,8 @@ def _note_waiting(r: Rollout, stage: RolloutStage, sc: staging.StageCounts) -> N
         r.reason, r.updated_at = reason, utcnow()
 
 
-def _evaluate_shadow(session: Session, r: Rollout, stage: RolloutStage, gates: list[Gate], now: datetime) -> str:
+def _evaluate_shadow(session: Session, r: Rollout, stage: RolloutStage, gates: list[Gate], now: datetime,
+                     sched: Schedule) -> str:
     """The shadow stage: halt as soon as a gate fails on enough frames; promote to the first live stage when
     every gate passes (none: at once) and the stage's minimum time has elapsed."""
     v = judge(gates, quality.merged(session, r, "shadow", {0}).summary)
@@ -387,6 +434,9 @@ def _evaluate_shadow(session: Session, r: Rollout, stage: RolloutStage, gates: l
         _apply(session, r, "halt", "auto", reason=quality.failed_reason("shadow", v), gate=str(v.failing))
         return r.state
     if (now - as_utc(r.stage_started_at)).total_seconds() < stage.min_soak_s or not v.passed:
+        return r.state
+    if not sched.open:
+        _note_closed(r, sched, now)
         return r.state
     why = quality.passed_reason(gates, v) if gates else f"shadow stage: no gates, {stage.min_soak_s:g} s elapsed"
     _apply(session, r, "advance", "auto", reason=why)
@@ -420,11 +470,13 @@ def show(session: Session, members: MembershipCache, rollout_id: int) -> schemas
     stage_rows = store.stages(session, r.id)
     counts = _tally(session, members, r, stage_rows, line).counts
     in_shadow = stage_rows[r.current_stage].mode == "shadow" if stage_rows else False
+    sched = schedule(r, utcnow())
     return schemas.RolloutOut(
         id=r.id, line=line.name if line else "?", target_version=r.target_version, previous_stable=r.previous_stable,
         codec=r.codec, selector=r.selector, state=r.state, current_stage=r.current_stage, rollback=r.rollback,
         error_threshold_pct=r.error_threshold_pct, error_threshold_count=r.error_threshold_count, reason=r.reason,
         in_progress_timeout_s=r.in_progress_timeout_s,
+        starts_at=r.starts_at, windows=r.windows, open=sched.open, next_open=sched.next_open,
         created_by=r.created_by, created_at=r.created_at, updated_at=r.updated_at,
         quality=quality.describe(session, r, in_shadow, _counted_stages(stage_rows, r.current_stage)),
         stages=[schemas.StageOut(position=s.position, mode=s.mode, percent=s.percent, min_soak_s=s.min_soak_s,

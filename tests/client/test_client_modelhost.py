@@ -300,3 +300,26 @@ def test_the_daemon_hands_the_offers_contract_to_this_process_which_applies_it(
     assert (got.version, got.index, got.label) == (1, int(want.argmax()), original.label(int(want.argmax())))
     assert got.probability == pytest.approx(float(want.max()), abs=1e-4)
     assert h.swapper.current is not None and h.swapper.current.contract == contract
+
+
+def test_an_application_that_says_not_now_keeps_its_model_until_it_allows_the_swap(tmp_path: Path) -> None:
+    """Issue 21: ``ModelHost(safe_to_swap=...)`` is asked in this process; the daemon verifies and loads the
+    update, waits at ``verified`` while the rule says no, and swaps it in when it says yes."""
+    offers = OfflineOffers(SlotStore(tmp_path).downloads_dir)
+    save_identity(tmp_path / "identity.json", Identity("car-1", "token", offers.pub, sha(offers.pub)))
+    parked = threading.Event()
+    h = ModelHost(config(tmp_path), poll=False, safe_to_swap=parked.is_set)
+    h.start()
+    try:
+        assert h.handle_offer(offers.offer(zoo_model(1), 1))["running_version"] == 1  # no model: at once
+        after = h.handle_offer(offers.offer(zoo_model(2), 2))
+        assert after["running_version"] == 1 and after["swap_waiting"] == 2
+        assert h.predict(IMAGE).version == 1
+        parked.set()
+        deadline = time.monotonic() + 10
+        while h.running_version != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert h.running_version == 2 and h.predict(IMAGE).version == 2
+        assert h.status()["swap_waiting"] is None
+    finally:
+        h.close()

@@ -72,6 +72,25 @@ def test_rollout_create_with_shadow_and_gates_and_show_prints_them(live_server: 
     assert "verdict: pending (waiting for enough frames)" in out
 
 
+def test_rollout_create_with_a_start_and_windows_and_show_says_when_it_opens(
+        live_server: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
+    live_server.publish(ZOO / "v1.onnx")
+    live_server.publish(ZOO / "v2.onnx")
+    code, _, err = _ota(capsys, live_server, "rollout", "create", "--version", "2", "--window", "mon-fri 01:00")
+    assert code == 1 and "DAYS HH:MM-HH:MM ZONE" in err
+    code, _, err = _ota(capsys, live_server, "rollout", "create", "--version", "2",
+                        "--window", "mon-fri 01:00-05:00 Europe/Atlantis")
+    assert code == 1 and "tz" in err and "Europe/Atlantis" in err
+    code, out, _ = _ota(capsys, live_server, "rollout", "create", "--version", "2",
+                        "--starts-at", "2099-01-05T00:30:00+00:00", "--window", "mon-fri 01:00-05:00 Europe/Berlin",
+                        "--json")
+    rollout = json.loads(out)
+    assert code == 0 and rollout["open"] is False and rollout["next_open"] == "2099-01-05T00:30:00Z"
+    code, out, _ = _ota(capsys, live_server, "rollout", "show", str(rollout["id"]))
+    assert code == 0 and "window mon-fri 01:00-05:00 Europe/Berlin" in out
+    assert "starts at 2099-01-05T00:30:00Z" in out and "closed: next opens 2099-01-05T00:30:00Z" in out
+
+
 def test_operator_cli_reports_bad_input_clearly(live_server: LiveServer, capsys: pytest.CaptureFixture[str],
                                                 tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"

@@ -237,3 +237,39 @@ def test_migration_0010_makes_existing_packages_their_versions_own_export_and_do
         with engine.connect() as conn:
             assert conn.execute(text("SELECT id FROM packages")).scalars().all() == [1]
         engine.dispose()
+
+
+def test_migration_0012_leaves_existing_rollouts_unscheduled_and_always_open_and_downgrades(tmp_path: Path) -> None:
+    """Issue 21 item 2: a rollout from before 0012 has no start and no windows (it offers and advances as it
+    did); a window stored after it survives a round trip; a downgrade keeps the rollout and drops both."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from server.db import alembic_config, create_private_sqlite_file
+
+    with temporary_database() as pg:
+        url = _url(tmp_path, pg)
+        create_private_sqlite_file(url)
+        command.upgrade(alembic_config(url), "0010")
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO lines (id, name, created_at) VALUES (1, 'l', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO versions (id, line_id, number, source_sha256, source_bytes, labels, "
+                              "input_name, input_shape, contract, created_at) VALUES (1, 1, 1, 'x', 1, '[]', 'x', "
+                              "'[]', '{}', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO rollouts (id, line_id, version_id, target_version, codec, selector, state, "
+                              "current_stage, stage_started_at, rollback, created_at, updated_at) VALUES (1, 1, 1, 1, "
+                              "'lossless', '{}', 'running', 0, CURRENT_TIMESTAMP, false, CURRENT_TIMESTAMP, "
+                              "CURRENT_TIMESTAMP)"))
+        command.upgrade(alembic_config(url), "0012")
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT starts_at, windows FROM rollouts")).one() == (None, None)
+            conn.execute(text("UPDATE rollouts SET windows = :w, starts_at = CURRENT_TIMESTAMP"),
+                         {"w": '[{"days": "mon-fri", "start": "01:00", "end": "05:00", "tz": "Europe/Berlin"}]'})
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT windows FROM rollouts")).scalar_one()
+            assert "Europe/Berlin" in str(stored)
+        command.downgrade(alembic_config(url), "0010")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT state FROM rollouts")).scalar_one() == "running"
+        engine.dispose()
