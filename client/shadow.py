@@ -128,7 +128,7 @@ class Comparator:
 
     def _fits(self, prepared: np.ndarray) -> bool:
         beside = self._beside
-        return (beside is not None and beside.contract == self._live_contract and beside.batch == self._live_batch
+        return (beside is not None and beside.contract.same_input(self._live_contract) and beside.batch == self._live_batch
                 and prepared.shape[0] == beside.batch)
 
     def _drop(self) -> None:

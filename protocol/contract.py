@@ -105,6 +105,13 @@ class InputContract:
             raise ContractError(f"contract is not valid JSON: {e}") from e
         return cls.from_dict(data)
 
+    def same_input(self, other: InputContract) -> bool:
+        """Whether an image becomes the same input array under both contracts (layout, size, resize, channel
+        order, scale, mean, std): a second model may then reuse the first one's prepared input."""
+        return (self.layout, self.height, self.width, self.resize, self.channel_order, self.scale, self.mean,
+                self.std) == (other.layout, other.height, other.width, other.resize, other.channel_order,
+                              other.scale, other.mean, other.std)
+
     def label(self, index: int) -> str:
         """The name of class ``index`` (``class_<index>`` when the contract has no labels)."""
         return self.labels[index] if 0 <= index < len(self.labels) else f"class_{index}"
