@@ -23,7 +23,10 @@ from server.dashboard import format as fmt
 from server.dashboard import service, session, session_store
 from server.db import utcnow
 from server.deps import AppContext, Ctx, ReadSession
+from server.devices import service as devices_service
+from server.devices import store as device_store
 from server.devices.deps import Presence
+from server.devices.schemas import DEVICE_ID
 from server.rollouts.deps import Members
 from server.security import tokens_equal
 
@@ -171,8 +174,20 @@ def bandwidth(request: Request, ctx: Ctx, db: ReadSession, members: Members) -> 
 
 
 @router.get("/fleet", dependencies=[Login])
-def fleet(request: Request, ctx: Ctx, db: ReadSession, presence: Presence) -> Response:
-    data = service.fleet_page(db, presence, ctx.settings)
+def fleet(request: Request, ctx: Ctx, db: ReadSession, presence: Presence,
+          line: Annotated[str | None, Query(max_length=100)] = None,
+          version: Annotated[str | None, Query(max_length=10, pattern="^[0-9]*$")] = None,
+          tag: Annotated[str | None, Query(max_length=400)] = None,
+          drift: bool = False,
+          q: Annotated[str | None, Query(max_length=200)] = None,
+          after: Annotated[str | None, Query(pattern=DEVICE_ID)] = None,
+          before: Annotated[str | None, Query(pattern=DEVICE_ID)] = None) -> Response:
+    """One page of the fleet, filtered by a GET form (an empty field: any), paged by device id."""
+    f = device_store.InventoryFilter(line=line or None, version=int(version) if version else None,
+                                     tags=devices_service.parse_tag_filter([tag] if tag else None), drift=drift,
+                                     q=q or None)
+    data = service.fleet_page(db, presence, ctx.settings, service.FleetQuery(f, after=after, before=before))
+    data["filters"] = {"line": line or "", "version": version or "", "tag": tag or "", "drift": drift, "q": q or ""}
     return render(request, "fleet.html", "fleet", "Fleet", data)
 
 

@@ -200,17 +200,6 @@ async def reports(body: schemas.ReportsIn, request: Request, ctx: Ctx,
 UPDATE_STATES = "^(offered|downloading|downloaded|verified|installed|failed|rolled_back)$"
 
 
-def _tag_filter(tag: list[str] | None) -> dict[str, str]:
-    """``key=value`` pairs (at most ``MAX_TAGS``).  Raises Unprocessable naming ``tag`` for any other shape."""
-    pairs = tag or []
-    if len(pairs) > schemas.MAX_TAGS:
-        raise Unprocessable(f"tag: at most {schemas.MAX_TAGS} tag filters, got {len(pairs)}", code="bad_tag")
-    bad = [t for t in pairs if "=" not in t or not t.split("=", 1)[0] or len(t) > 400]
-    if bad:
-        raise Unprocessable(f"tag {bad[0][:60]!r} is not key=value (for example --tag region=eu)", code="bad_tag")
-    return dict(t.split("=", 1) for t in pairs)
-
-
 @router.get("/devices", response_model=list[schemas.DeviceOut])
 def list_devices(presence: Presence, session: ReadSession, _admin: Admin, response: Response,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -230,7 +219,7 @@ def list_devices(presence: Presence, session: ReadSession, _admin: Admin, respon
     if seen_since is not None and seen_since.tzinfo is None:
         raise Unprocessable(f"seen_since must carry a time zone (for example 2026-12-07T06:00:00Z), got "
                             f"{seen_since.isoformat()}", code="bad_time")
-    f = InventoryFilter(line=line, version=version, tags=_tag_filter(tag), drift=drift, state=state,
+    f = InventoryFilter(line=line, version=version, tags=service.parse_tag_filter(tag), drift=drift, state=state,
                         seen_since=seen_since, q=q)
     devices, next_cursor = service.inventory_page(session, presence, f, limit=limit, cursor=cursor)
     if next_cursor is not None:

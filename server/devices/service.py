@@ -382,21 +382,43 @@ def decode_cursor(cursor: str) -> str:
     return raw[2:]
 
 
-def inventory_page(session: Session, presence: LastSeen, f: store.InventoryFilter, *, limit: int,
-                   cursor: str | None = None) -> tuple[list[schemas.DeviceOut], str | None]:
-    """One page of the inventory (device id order) and the cursor of the next page (None: this was the last).
+def parse_tag_filter(tag: list[str] | None) -> dict[str, str]:
+    """``key=value`` pairs (at most ``MAX_TAGS``) of the inventory's ``tag`` filter.
+
+    Raises:
+        Unprocessable: another shape (422 naming ``tag``).
+    """
+    pairs = tag or []
+    if len(pairs) > schemas.MAX_TAGS:
+        raise Unprocessable(f"tag: at most {schemas.MAX_TAGS} tag filters, got {len(pairs)}", code="bad_tag")
+    bad = [t for t in pairs if "=" not in t or not t.split("=", 1)[0] or len(t) > 400]
+    if bad:
+        raise Unprocessable(f"tag {bad[0][:60]!r} is not key=value (for example region=eu)", code="bad_tag")
+    return dict(t.split("=", 1) for t in pairs)
+
+
+def inventory_window(session: Session, presence: LastSeen, f: store.InventoryFilter, *, limit: int,
+                     after: str | None = None, before: str | None = None) -> list[schemas.DeviceOut]:
+    """Up to ``limit`` devices in device id order after ``after`` (or the last ones before ``before``).
 
     Filters and paging run in SQL and only the page's devices and their lines are loaded, so the cost of a page
     does not grow with the fleet (issue 21).
+    """
+    rows = store.inventory_page(session, f, limit=limit, after=after, before=before)
+    lines = store.lines_of(session, [d.id for d in rows])
+    return [_device_out(session, d, presence, with_updates=False, lines=lines[d.id]) for d in rows]
+
+
+def inventory_page(session: Session, presence: LastSeen, f: store.InventoryFilter, *, limit: int,
+                   cursor: str | None = None) -> tuple[list[schemas.DeviceOut], str | None]:
+    """One page of the inventory (device id order) and the cursor of the next page (None: this was the last).
 
     Raises:
         Unprocessable: a malformed cursor.
     """
     after = decode_cursor(cursor) if cursor is not None else None
-    rows = store.inventory_page(session, f, limit=limit, after=after)
-    lines = store.lines_of(session, [d.id for d in rows])
-    out = [_device_out(session, d, presence, with_updates=False, lines=lines[d.id]) for d in rows]
-    return out, encode_cursor(rows[-1].device_id) if len(rows) == limit else None
+    out = inventory_window(session, presence, f, limit=limit, after=after)
+    return out, encode_cursor(out[-1].device_id) if len(out) == limit else None
 
 
 def inventory(session: Session, presence: LastSeen, tag_filter: dict[str, str] | None = None,
@@ -439,4 +461,5 @@ def update_device(session: Session, presence: LastSeen, device_id: str, body: sc
     return _device_out(session, d, presence, with_updates=True)
 
 
-__all__ = ["decode_cursor", "device_detail", "encode_cursor", "inventory", "inventory_page", "poll", "report", "update_device"]
+__all__ = ["decode_cursor", "device_detail", "encode_cursor", "inventory", "inventory_page", "inventory_window",
+           "parse_tag_filter", "poll", "report", "update_device"]

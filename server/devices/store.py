@@ -111,13 +111,19 @@ def _latest_state() -> ScalarSelect[str]:
             .order_by(DeviceUpdate.id.desc()).limit(1).correlate(Device).scalar_subquery())
 
 
-def inventory_page(session: Session, f: InventoryFilter, *, limit: int, after: str | None = None) -> list[Device]:
-    """Up to ``limit`` enrolled (not decommissioned) devices matching ``f``, by device id, all after ``after``.
+def inventory_page(session: Session, f: InventoryFilter, *, limit: int, after: str | None = None,
+                   before: str | None = None) -> list[Device]:
+    """Up to ``limit`` enrolled (not decommissioned) devices matching ``f``, by device id: the first ones after
+    ``after``, or (``before``, the Fleet page's "previous") the last ones before it, still in device id order.
 
     Keyset pagination on the unique device id: a device enrolled between two pages appears on a later page if its
     id sorts after the cursor, and no device is skipped or repeated.
     """
-    q = select(Device).where(Device.decommissioned_at.is_(None)).order_by(Device.device_id).limit(limit)
+    q = select(Device).where(Device.decommissioned_at.is_(None)).limit(limit)
+    if before is not None:
+        q = q.where(Device.device_id < before).order_by(Device.device_id.desc())
+    else:
+        q = q.order_by(Device.device_id)
     if after is not None:
         q = q.where(Device.device_id > after)
     if f.line is not None or f.version is not None or f.drift:
@@ -137,7 +143,8 @@ def inventory_page(session: Session, f: InventoryFilter, *, limit: int, after: s
         q = q.where(Device.last_seen_at >= f.seen_since)
     if f.q:
         q = q.where(func.lower(Device.device_id).contains(f.q.lower(), autoescape=True))
-    return list(session.scalars(q))
+    rows = list(session.scalars(q))
+    return rows[::-1] if before is not None else rows
 
 
 def lines_of(session: Session, device_pks: list[int]) -> dict[int, list[DeviceLine]]:
