@@ -22,6 +22,7 @@ from server.accounting import service as accounting
 from server.audit import store as audit_store
 from server.config import Settings
 from server.dashboard import queries
+from server.dashboard.fleetcache import Snapshot
 from server.dashboard.format import human_bytes, percent, share
 from server.dashboard.series import cumulative_by_group, quality_charts, state_counts_over_time
 from server.devices import service as devices
@@ -190,28 +191,36 @@ class FleetQuery:
     before: str | None = None
 
 
-def fleet_page(session: Session, presence: LastSeen, settings: Settings, fq: FleetQuery) -> dict[str, Any]:
-    """One page (``FLEET_PAGE`` cars, by id) of the filtered inventory, and the fleet's cards from SQL aggregates.
-
-    Nothing here loads every car (issue 21): the table is a keyset page of ``GET /api/v1/devices`` (same filters,
-    same order, the same ``devices.service`` function), the cards and bars are counts, the attention table lists
-    at most ``ATTENTION_ROWS`` of each problem.
-    """
+def fleet_snapshot(session: Session, settings: Settings) -> Snapshot:
+    """The Fleet figures over the whole fleet, read now: cards and bars (``FleetCounts``) and the attention rows."""
     now = datetime.now(UTC)
     stuck_before = now - timedelta(seconds=settings.dashboard_stuck_after_s)
+    return Snapshot(now, (queries.fleet_counts(session, now, stuck_before),
+                          queries.attention(session, stuck_before, ATTENTION_ROWS)))
+
+
+def fleet_page(session: Session, presence: LastSeen, settings: Settings, fq: FleetQuery,
+               figures: Snapshot) -> dict[str, Any]:
+    """One page (``FLEET_PAGE`` cars, by id) of the filtered inventory, and the fleet's figures (``figures``: from
+    ``fleet_snapshot``, at most ``dashboard_fleet_counts_s`` old, see ``fleetcache``).
+
+    Nothing here loads every car (issue 21): the table is a keyset page of ``GET /api/v1/devices`` (same filters,
+    same order, the same ``devices.service`` function), the cards and bars are SQL counts, the attention table
+    lists at most ``ATTENTION_ROWS`` of each problem.
+    """
     rows = devices.inventory_window(session, presence, fq.filter, limit=FLEET_PAGE + 1, after=fq.after,
                                     before=fq.before)
     if fq.before is not None:  # walking back: the extra row says whether there is a page before this one
         has_prev, has_next, rows = len(rows) > FLEET_PAGE, True, rows[-FLEET_PAGE:]
     else:
         has_prev, has_next, rows = fq.after is not None, len(rows) > FLEET_PAGE, rows[:FLEET_PAGE]
-    counts = queries.fleet_counts(session, now, stuck_before)
+    counts, attention = figures.figures
     return {"devices": rows, "latest": queries.latest_updates_of(session, [d.device_id for d in rows]),
-            "counts": counts, "by_version": counts.by_version,
-            "attention": queries.attention(session, stuck_before, ATTENTION_ROWS), "attention_limit": ATTENTION_ROWS,
+            "counts": counts, "by_version": counts.by_version, "figures_at": figures.at,
+            "attention": attention, "attention_limit": ATTENTION_ROWS,
             "next_after": rows[-1].device_id if has_next and rows else None,
             "prev_before": rows[0].device_id if has_prev and rows else None,
-            "page_size": FLEET_PAGE, "now": now, "stuck_after_s": settings.dashboard_stuck_after_s}
+            "page_size": FLEET_PAGE, "now": datetime.now(UTC), "stuck_after_s": settings.dashboard_stuck_after_s}
 
 
 def device_page(session: Session, presence: LastSeen, settings: Settings, device_id: str) -> dict[str, Any]:
@@ -236,8 +245,9 @@ def models_page(session: Session) -> dict[str, Any]:
     return {"lines": lines}
 
 
-def live_values(session: Session, members: MembershipCache, presence: LastSeen, settings: Settings) -> dict[str, dict[str, Any]]:
-    """The counts pages refresh in place: key -> {value (raw), text (what is shown), pct (for bars)}."""
+def live_values(session: Session, members: MembershipCache, figures: Snapshot) -> dict[str, dict[str, Any]]:
+    """The counts pages refresh in place: key -> {value (raw), text (what is shown), pct (for bars)}; the fleet's
+    from ``figures`` (``fleet_snapshot``, shared with the Fleet page)."""
     out: dict[str, dict[str, Any]] = {}
 
     def put(key: str, value: Any, text: str | None = None, pct: float | None = None) -> None:
@@ -260,8 +270,7 @@ def live_values(session: Session, members: MembershipCache, presence: LastSeen, 
             for state in STATES:
                 n = st.counts.get(state, 0)
                 put(f"{key}.stage{st.position}.{state}", n, pct=share(n, st.assigned) * 100)
-    now = datetime.now(UTC)
-    fleet = queries.fleet_counts(session, now, now - timedelta(seconds=settings.dashboard_stuck_after_s))
+    fleet: queries.FleetCounts = figures.figures[0]
     put("fleet.devices", fleet.devices)
     put("fleet.drifted", fleet.drifting)
     put("fleet.stuck", fleet.stuck)
