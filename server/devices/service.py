@@ -421,19 +421,6 @@ def inventory_page(session: Session, presence: LastSeen, f: store.InventoryFilte
     return out, encode_cursor(out[-1].device_id) if len(out) == limit else None
 
 
-def inventory(session: Session, presence: LastSeen, tag_filter: dict[str, str] | None = None,
-              drift_only: bool = False) -> list[schemas.DeviceOut]:
-    """The whole inventory (every page); for small fleets and tests: pages of ``inventory_page`` otherwise."""
-    f = store.InventoryFilter(tags=dict(tag_filter or {}), drift=drift_only)
-    out: list[schemas.DeviceOut] = []
-    cursor: str | None = None
-    while True:
-        page, cursor = inventory_page(session, presence, f, limit=1000, cursor=cursor)
-        out += page
-        if cursor is None:
-            return out
-
-
 def device_detail(session: Session, presence: LastSeen, device_id: str) -> schemas.DeviceOut:
     d = store.by_device_id(session, device_id)
     if d is None:
@@ -461,5 +448,5 @@ def update_device(session: Session, presence: LastSeen, device_id: str, body: sc
     return _device_out(session, d, presence, with_updates=True)
 
 
-__all__ = ["decode_cursor", "device_detail", "encode_cursor", "inventory", "inventory_page", "inventory_window",
+__all__ = ["decode_cursor", "device_detail", "encode_cursor", "inventory_page", "inventory_window",
            "parse_tag_filter", "poll", "report", "update_device"]
