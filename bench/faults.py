@@ -125,7 +125,7 @@ class WireCar:
 def snapshot(url: str, admin: str, rollout: int) -> dict[str, Any]:
     h = {"Authorization": f"Bearer {admin}"}
     ro = httpx.get(f"{url}/api/v1/rollouts/{rollout}", headers=h, timeout=30).json()
-    devices = httpx.get(f"{url}/api/v1/devices", headers=h, timeout=30).json()
+    devices = httpx.get(f"{url}/api/v1/devices", params={"limit": 1000}, headers=h, timeout=30).json()  # one page
     transfers = httpx.get(f"{url}/api/v1/accounting/transfers", params={"limit": 100000}, headers=h, timeout=30).json()
     audit = httpx.get(f"{url}/api/v1/audit", params={"limit": 100000}, headers=h, timeout=30).json()
     installed = sum(st["counts"].get("installed", 0) for st in ro["stages"])

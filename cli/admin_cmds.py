@@ -67,6 +67,11 @@ def _verify(args: argparse.Namespace) -> ssl.SSLContext | bool:
 
 
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    return _request(args, method, path, **kwargs).json()
+
+
+def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    """The registry's answer (an ``httpx.Response``, headers and all).  Raises CliError for 4xx/5xx or no answer."""
     import httpx
 
     try:
@@ -84,7 +89,7 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
         except ValueError:
             detail = r.text[:300]
         raise CliError(f"{method} {path} -> {r.status_code} {detail}")
-    return r.json()
+    return r
 
 
 def _emit(args: argparse.Namespace, data: Any, table: str | list[str]) -> int:
@@ -413,15 +418,32 @@ def release_show(args: argparse.Namespace) -> int:
 
 # ---- devices ------------------------------------------------------------------------------------
 
+DEVICES_PAGE = 1000  # the registry's largest page: ``--all`` fetches this many per request
+
+
 def devices_list(args: argparse.Namespace) -> int:
+    """One page of the inventory (``--limit``), or with ``--all`` every page, following ``X-Next-Cursor``."""
     params: list[tuple[str, str]] = [("tag", f"{k}={v}") for k, v in _pairs(args.tag, "tag").items()]
     if args.drift:
         params.append(("drift", "true"))
-    ds = _call(args, "GET", "/devices", params=params)
+    for name in ("line", "version", "state", "seen_since", "q"):
+        if getattr(args, name) is not None:
+            params.append((name, str(getattr(args, name))))
+    params.append(("limit", str(DEVICES_PAGE if args.all else args.limit)))
+    ds: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        r = _request(args, "GET", "/devices", params=params + ([("cursor", cursor)] if cursor else []))
+        ds.extend(r.json())
+        cursor = r.headers.get("X-Next-Cursor")
+        if not args.all or cursor is None:
+            break
     table = [
         f"{d['device_id']:24s} {_lines_text(d):28s}"
         f"  {'DRIFT ' if d['drift'] else ''}{','.join(f'{k}={v}' for k, v in d['tags'].items())}"
         f"  seen {d['last_seen_at'] or 'never'}" for d in ds] or ["no devices"]
+    if cursor is not None and not args.json:
+        table.append(f"(more: --all, or the next page starts after {ds[-1]['device_id']})")
     return _emit(args, ds, table)
 
 
@@ -637,6 +659,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dl = dv.add_parser("list", help="list enrolled devices")
     dl.add_argument("--tag", action="append", metavar="TAG=VALUE")
     dl.add_argument("--drift", action="store_true", help="only devices whose report and poll disagree")
+    dl.add_argument("--line", help="only cars running this line")
+    dl.add_argument("--version", type=int, help="only cars running this version (of --line if given)")
+    dl.add_argument("--state", help="only cars whose newest offer is in this state (installed, failed, ...)")
+    dl.add_argument("--seen-since", dest="seen_since", metavar="ISO8601", help="last seen at or after (with zone)")
+    dl.add_argument("--search", dest="q", metavar="TEXT", help="part of the device id")
+    dl.add_argument("--limit", type=int, default=100, help="devices per page (1..1000; default 100)")
+    dl.add_argument("--all", action="store_true", help="every matching device (follows the cursor)")
     _common(dl)
     dl.set_defaults(func=_run(devices_list))
     ds = dv.add_parser("show", help="one device and its recent updates")

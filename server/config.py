@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     chunk_bytes: int = 64 * 1024
     dashboard_refresh_s: float = Field(default=5.0, gt=0)  # how often dashboard pages refresh their counts
     dashboard_stuck_after_s: float = Field(default=1800.0, gt=0)  # an update with no progress this long is stuck
+    # the Fleet figures (SQL aggregates over the whole fleet) are recomputed at most this often per process (0: always)
+    dashboard_fleet_counts_s: float = Field(default=10.0, ge=0)
     dashboard_network_tag: str = "network"  # the device tag the bandwidth page groups transfers by
     dashboard_session_s: int = Field(default=12 * 3600, ge=1)  # a login lasts this long (or until logout)
     dashboard_login_max_failures: int = Field(default=5, ge=1)  # refused logins per client address per window,

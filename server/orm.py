@@ -113,6 +113,8 @@ class Delta(Base):
 
 class Device(Base):
     __tablename__ = "devices"
+    # issue 21: the Fleet page's "seen in the last hour" card and the inventory's ``seen_since`` filter
+    __table_args__ = (Index("ix_devices_last_seen_at", "last_seen_at"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_id: Mapped[str] = mapped_column(String(200), unique=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -146,8 +148,10 @@ class DeviceLine(Base):
 
     __tablename__ = "device_lines"
     # the /metrics fleet gauges group by (line, running_version) (issue 21): an index-only aggregate on the tick
+    # issue 21: the "drifting" card and the inventory's ``drift`` filter read only the drifting rows
     __table_args__ = (UniqueConstraint("device_pk", "line", name="uq_device_lines_device_line"),
-                      Index("ix_device_lines_line_running_version", "line", "running_version"))
+                      Index("ix_device_lines_line_running_version", "line", "running_version"),
+                      Index("ix_device_lines_drift_device_pk", "drift", "device_pk"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"))
     line: Mapped[str] = mapped_column(String(100), index=True)
@@ -165,7 +169,10 @@ class DeviceUpdate(Base):
     __tablename__ = "device_updates"
     # one offer row per (device, rollout or 0 for the stable version, version): two concurrent polls
     # of one device cannot both create it (a NULL rollout_id would not be unique, hence rollout_key)
-    __table_args__ = (UniqueConstraint("device_pk", "rollout_key", "version_id", name="uq_device_updates_offer"),)
+    # issue 21: a car's newest offer is one probe of (device_pk, id); the "stuck" card reads (state, updated_at)
+    __table_args__ = (UniqueConstraint("device_pk", "rollout_key", "version_id", name="uq_device_updates_offer"),
+                      Index("ix_device_updates_device_pk_id", "device_pk", "id"),
+                      Index("ix_device_updates_state_updated_at", "state", "updated_at"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
     rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"), index=True)

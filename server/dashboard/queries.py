@@ -9,13 +9,25 @@ come from the feature services instead, so page and API cannot disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session, aliased
 
 from server.db import as_utc
-from server.orm import AuditEntry, Delta, Device, DeviceReport, DeviceUpdate, Line, Package, Transfer, Version
+from server.devices.states import ACTIVE
+from server.orm import (
+    AuditEntry,
+    Delta,
+    Device,
+    DeviceLine,
+    DeviceReport,
+    DeviceUpdate,
+    Line,
+    Package,
+    Transfer,
+    Version,
+)
 
 
 @dataclass(frozen=True)
@@ -122,11 +134,90 @@ def delta_cells(session: Session) -> list[DeltaCell]:
     return cells
 
 
-def latest_updates(session: Session) -> list[UpdateRow]:
-    """Each device's most recent offer and where it stands."""
-    newest = (select(DeviceUpdate.device_pk, func.max(DeviceUpdate.id).label("uid"))
-              .group_by(DeviceUpdate.device_pk).subquery())
-    q = (select(Device.device_id, DeviceUpdate).join(newest, newest.c.uid == DeviceUpdate.id)
-         .join(Device, Device.id == DeviceUpdate.device_pk))
-    return [UpdateRow(did, u.rollout_id, u.target_version, u.state, u.reason, as_utc(u.updated_at))
-            for did, u in session.execute(q)]
+def bytes_sent(session: Session) -> int:
+    """Every byte sent to every car, summed in SQL (the live "bytes sent" figure every page refreshes)."""
+    return int(session.scalar(select(func.coalesce(func.sum(Transfer.bytes_sent), 0))) or 0)
+
+
+@dataclass(frozen=True)
+class FleetCounts:
+    """The Fleet page's cards, each one SQL aggregate over enrolled (not decommissioned) cars (issue 21)."""
+
+    devices: int
+    by_version: list[tuple[str, int | None, int]]  # (line, running version, cars), by line then version
+    drifting: int
+    seen_last_hour: int
+    stuck: int
+
+
+@dataclass(frozen=True)
+class AttentionRow:
+    device_id: str
+    kind: str  # "drift" | "stuck"
+    detail: str | None
+    state: str | None
+    target_version: int | None
+    since: datetime | None
+    last_seen_at: datetime | None
+
+
+def _stuck(stuck_before: datetime) -> Select[str, str, int, datetime, datetime | None]:
+    """Cars whose newest offer is in flight and unchanged since ``stuck_before`` (no newer offer: anti-join on the
+    (device_pk, id) index; the (state, updated_at) index finds the candidates)."""
+    newer = aliased(DeviceUpdate)
+    return (select(Device.device_id, DeviceUpdate.state, DeviceUpdate.target_version, DeviceUpdate.updated_at,
+                   Device.last_seen_at)
+            .join(Device, Device.id == DeviceUpdate.device_pk)
+            .where(DeviceUpdate.state.in_(sorted(ACTIVE)), DeviceUpdate.updated_at < stuck_before,
+                   Device.decommissioned_at.is_(None),
+                   ~select(newer.id).where(newer.device_pk == DeviceUpdate.device_pk, newer.id > DeviceUpdate.id)
+                   .exists()))
+
+
+def fleet_counts(session: Session, now: datetime, stuck_before: datetime) -> FleetCounts:
+    """The cards and the by-version bars.  The per-(line, version) counts read the (line, running_version) index
+    only, then take away the few decommissioned cars, instead of joining every row to ``devices``."""
+    enrolled = Device.decommissioned_at.is_(None)
+    devices = session.scalar(select(func.count()).select_from(Device).where(enrolled)) or 0
+    key = (DeviceLine.line, DeviceLine.running_version)
+    counts: dict[tuple[str, int | None], int] = {
+        (line, v): n for line, v, n in session.execute(select(*key, func.count()).group_by(*key))}
+    gone = (select(*key, func.count()).join(Device, Device.id == DeviceLine.device_pk)
+            .where(Device.decommissioned_at.is_not(None)).group_by(*key))
+    for line, v, n in session.execute(gone):
+        counts[(line, v)] -= n
+    drifting = session.scalar(select(func.count(func.distinct(DeviceLine.device_pk)))
+                              .join(Device, Device.id == DeviceLine.device_pk)
+                              .where(DeviceLine.drift.is_(True), enrolled)) or 0
+    seen = session.scalar(select(func.count()).select_from(Device)
+                          .where(Device.last_seen_at >= now - timedelta(hours=1), enrolled)) or 0
+    stuck = session.scalar(select(func.count()).select_from(_stuck(stuck_before).subquery())) or 0
+    by_version = sorted(((line, v, n) for (line, v), n in counts.items() if n > 0),
+                        key=lambda x: (x[0], -1 if x[1] is None else x[1]))
+    return FleetCounts(devices, by_version, drifting, seen, stuck)
+
+
+def attention(session: Session, stuck_before: datetime, limit: int) -> list[AttentionRow]:
+    """Up to ``limit`` drifting and up to ``limit`` stuck cars, by device id (the cards give the totals)."""
+    drift = (select(Device.device_id, DeviceLine.line, DeviceLine.drift_detail, Device.last_seen_at)
+             .join(Device, Device.id == DeviceLine.device_pk)
+             .where(DeviceLine.drift.is_(True), Device.decommissioned_at.is_(None))
+             .order_by(Device.device_id, DeviceLine.line).limit(limit))
+    rows = [AttentionRow(did, "drift", f"{line}: {detail or 'reported and polled versions differ'}", None, None,
+                         None, as_utc(seen)) for did, line, detail, seen in session.execute(drift)]
+    stuck = _stuck(stuck_before).order_by(Device.device_id).limit(limit)
+    rows += [AttentionRow(did, "stuck", None, state, target, as_utc(at), as_utc(seen))
+             for did, state, target, at, seen in session.execute(stuck)]
+    return rows
+
+
+def latest_updates_of(session: Session, device_ids: list[str]) -> dict[str, UpdateRow]:
+    """The newest offer of each of these cars (one page of the Fleet table), by device id."""
+    if not device_ids:
+        return {}
+    newest = (select(func.max(DeviceUpdate.id)).join(Device, Device.id == DeviceUpdate.device_pk)
+              .where(Device.device_id.in_(device_ids)).group_by(DeviceUpdate.device_pk))
+    q = (select(Device.device_id, DeviceUpdate).join(Device, Device.id == DeviceUpdate.device_pk)
+         .where(DeviceUpdate.id.in_(newest)))
+    return {did: UpdateRow(did, u.rollout_id, u.target_version, u.state, u.reason, as_utc(u.updated_at))
+            for did, u in session.execute(q)}

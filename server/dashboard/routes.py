@@ -21,9 +21,13 @@ from starlette.responses import Response
 from server.audit import store as audit_store
 from server.dashboard import format as fmt
 from server.dashboard import service, session, session_store
+from server.dashboard.fleetcache import FleetFiguresCache, Snapshot
 from server.db import utcnow
 from server.deps import AppContext, Ctx, ReadSession
+from server.devices import service as devices_service
+from server.devices import store as device_store
 from server.devices.deps import Presence
+from server.devices.schemas import DEVICE_ID
 from server.rollouts.deps import Members
 from server.security import tokens_equal
 
@@ -170,9 +174,37 @@ def bandwidth(request: Request, ctx: Ctx, db: ReadSession, members: Members) -> 
     return render(request, "bandwidth.html", "bandwidth", "Bandwidth", service.bandwidth_page(db, members, ctx.settings))
 
 
+def _fleet_figures(request: Request, ctx: Ctx) -> Snapshot:
+    """The Fleet figures from this process's cache (``fleetcache``), made on first use with the settings' period."""
+    cache = getattr(request.app.state, "fleet_figures", None)
+    if cache is None:
+        cache = request.app.state.fleet_figures = FleetFiguresCache(ctx.settings.dashboard_fleet_counts_s)
+
+    def compute() -> Snapshot:
+        with ctx.db.read_scope() as session:
+            return service.fleet_snapshot(session, ctx.settings)
+
+    return cache.get(compute)
+
+
+FleetFigures = Annotated[Snapshot, Depends(_fleet_figures)]
+
+
 @router.get("/fleet", dependencies=[Login])
-def fleet(request: Request, ctx: Ctx, db: ReadSession, presence: Presence) -> Response:
-    data = service.fleet_page(db, presence, ctx.settings)
+def fleet(request: Request, ctx: Ctx, db: ReadSession, presence: Presence, figures: FleetFigures,
+          line: Annotated[str | None, Query(max_length=100)] = None,
+          version: Annotated[str | None, Query(max_length=10, pattern="^[0-9]*$")] = None,
+          tag: Annotated[str | None, Query(max_length=400)] = None,
+          drift: bool = False,
+          q: Annotated[str | None, Query(max_length=200)] = None,
+          after: Annotated[str | None, Query(pattern=DEVICE_ID)] = None,
+          before: Annotated[str | None, Query(pattern=DEVICE_ID)] = None) -> Response:
+    """One page of the fleet, filtered by a GET form (an empty field: any), paged by device id."""
+    f = device_store.InventoryFilter(line=line or None, version=int(version) if version else None,
+                                     tags=devices_service.parse_tag_filter([tag] if tag else None), drift=drift,
+                                     q=q or None)
+    data = service.fleet_page(db, presence, ctx.settings, service.FleetQuery(f, after=after, before=before), figures)
+    data["filters"] = {"line": line or "", "version": version or "", "tag": tag or "", "drift": drift, "q": q or ""}
     return render(request, "fleet.html", "fleet", "Fleet", data)
 
 
@@ -206,6 +238,6 @@ def audit_log(request: Request, db: ReadSession,
 
 
 @router.get("/live.json", dependencies=[Depends(require_login_api)])
-def live(ctx: Ctx, db: ReadSession, members: Members, presence: Presence) -> dict[str, Any]:
+def live(db: ReadSession, members: Members, figures: FleetFigures) -> dict[str, Any]:
     """The counts every page refreshes in place (polled every ``dashboard_refresh_s``)."""
-    return {"values": service.live_values(db, members, presence, ctx.settings)}
+    return {"values": service.live_values(db, members, figures)}

@@ -10,7 +10,7 @@ Every function returns plain data for a template; nothing here renders HTML.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,11 +22,12 @@ from server.accounting import service as accounting
 from server.audit import store as audit_store
 from server.config import Settings
 from server.dashboard import queries
-from server.dashboard.format import ago, human_bytes, percent, share
+from server.dashboard.fleetcache import Snapshot
+from server.dashboard.format import human_bytes, percent, share
 from server.dashboard.series import cumulative_by_group, quality_charts, state_counts_over_time
 from server.devices import service as devices
+from server.devices import store as device_store
 from server.devices.presence import LastSeen
-from server.devices.states import ACTIVE
 from server.errors import NotFound
 from server.registry import service as registry
 from server.rollouts import schemas as ro_schemas
@@ -177,32 +178,49 @@ def bandwidth_page(session: Session, members: MembershipCache, settings: Setting
             "matrices": delta_matrices(session)}
 
 
-def _stuck(session: Session, settings: Settings, now: datetime) -> dict[str, queries.UpdateRow]:
-    limit = now - timedelta(seconds=settings.dashboard_stuck_after_s)
-    return {u.device_id: u for u in queries.latest_updates(session) if u.state in ACTIVE and u.updated_at < limit}
+FLEET_PAGE = 100
+ATTENTION_ROWS = 100
 
 
-def fleet_page(session: Session, presence: LastSeen, settings: Settings) -> dict[str, Any]:
-    """Devices by version and tag, when each was last seen, and which drifted or got stuck."""
+@dataclass(frozen=True)
+class FleetQuery:
+    """The Fleet page's filter form and where it is in the id order (``after``/``before``: a device id)."""
+
+    filter: device_store.InventoryFilter = field(default_factory=device_store.InventoryFilter)
+    after: str | None = None
+    before: str | None = None
+
+
+def fleet_snapshot(session: Session, settings: Settings) -> Snapshot:
+    """The Fleet figures over the whole fleet, read now: cards and bars (``FleetCounts``) and the attention rows."""
     now = datetime.now(UTC)
-    inventory = devices.inventory(session, presence)
-    latest = {u.device_id: u for u in queries.latest_updates(session)}
-    stuck = _stuck(session, settings, now)
-    # every line each car runs (issue 20); a car that never polled counts once, under "no line yet"
-    by_version = Counter(pair for d in inventory for pair in
-                         ([(r.line, r.running_version) for r in d.lines] or [("no line yet", None)]))
-    by_tag: dict[str, Counter[str]] = defaultdict(Counter)
-    for d in inventory:
-        for k, v in d.tags.items():
-            by_tag[k][v] += 1
-    attention = [(d, "drift", d.drift_detail or "reported and polled versions differ") for d in inventory if d.drift]
-    attention += [(d, "stuck", f"{stuck[d.device_id].state} for version {stuck[d.device_id].target_version} "
-                               f"since {ago(stuck[d.device_id].updated_at, now)}")
-                  for d in inventory if d.device_id in stuck]
-    return {"devices": inventory, "latest": latest, "by_version": sorted(by_version.items(), key=lambda x: str(x[0])),
-            "by_tag": {k: sorted(c.items(), key=lambda x: -x[1]) for k, c in sorted(by_tag.items())},
-            "attention": attention, "drifted": sum(1 for d in inventory if d.drift), "stuck": len(stuck),
-            "now": now, "stuck_after_s": settings.dashboard_stuck_after_s}
+    stuck_before = now - timedelta(seconds=settings.dashboard_stuck_after_s)
+    return Snapshot(now, (queries.fleet_counts(session, now, stuck_before),
+                          queries.attention(session, stuck_before, ATTENTION_ROWS)))
+
+
+def fleet_page(session: Session, presence: LastSeen, settings: Settings, fq: FleetQuery,
+               figures: Snapshot) -> dict[str, Any]:
+    """One page (``FLEET_PAGE`` cars, by id) of the filtered inventory, and the fleet's figures (``figures``: from
+    ``fleet_snapshot``, at most ``dashboard_fleet_counts_s`` old, see ``fleetcache``).
+
+    Nothing here loads every car (issue 21): the table is a keyset page of ``GET /api/v1/devices`` (same filters,
+    same order, the same ``devices.service`` function), the cards and bars are SQL counts, the attention table
+    lists at most ``ATTENTION_ROWS`` of each problem.
+    """
+    rows = devices.inventory_window(session, presence, fq.filter, limit=FLEET_PAGE + 1, after=fq.after,
+                                    before=fq.before)
+    if fq.before is not None:  # walking back: the extra row says whether there is a page before this one
+        has_prev, has_next, rows = len(rows) > FLEET_PAGE, True, rows[-FLEET_PAGE:]
+    else:
+        has_prev, has_next, rows = fq.after is not None, len(rows) > FLEET_PAGE, rows[:FLEET_PAGE]
+    counts, attention = figures.figures
+    return {"devices": rows, "latest": queries.latest_updates_of(session, [d.device_id for d in rows]),
+            "counts": counts, "by_version": counts.by_version, "figures_at": figures.at,
+            "attention": attention, "attention_limit": ATTENTION_ROWS,
+            "next_after": rows[-1].device_id if has_next and rows else None,
+            "prev_before": rows[0].device_id if has_prev and rows else None,
+            "page_size": FLEET_PAGE, "now": datetime.now(UTC), "stuck_after_s": settings.dashboard_stuck_after_s}
 
 
 def device_page(session: Session, presence: LastSeen, settings: Settings, device_id: str) -> dict[str, Any]:
@@ -227,8 +245,9 @@ def models_page(session: Session) -> dict[str, Any]:
     return {"lines": lines}
 
 
-def live_values(session: Session, members: MembershipCache, presence: LastSeen, settings: Settings) -> dict[str, dict[str, Any]]:
-    """The counts pages refresh in place: key -> {value (raw), text (what is shown), pct (for bars)}."""
+def live_values(session: Session, members: MembershipCache, figures: Snapshot) -> dict[str, dict[str, Any]]:
+    """The counts pages refresh in place: key -> {value (raw), text (what is shown), pct (for bars)}; the fleet's
+    from ``figures`` (``fleet_snapshot``, shared with the Fleet page)."""
     out: dict[str, dict[str, Any]] = {}
 
     def put(key: str, value: Any, text: str | None = None, pct: float | None = None) -> None:
@@ -251,11 +270,12 @@ def live_values(session: Session, members: MembershipCache, presence: LastSeen, 
             for state in STATES:
                 n = st.counts.get(state, 0)
                 put(f"{key}.stage{st.position}.{state}", n, pct=share(n, st.assigned) * 100)
-    inventory = devices.inventory(session, presence)
-    put("fleet.devices", len(inventory))
-    put("fleet.drifted", sum(1 for d in inventory if d.drift))
-    put("fleet.stuck", len(_stuck(session, settings, datetime.now(UTC))))
-    sent = sum(t.bytes_sent for t in queries.transfers(session, settings.dashboard_network_tag))
+    fleet: queries.FleetCounts = figures.figures[0]
+    put("fleet.devices", fleet.devices)
+    put("fleet.drifted", fleet.drifting)
+    put("fleet.stuck", fleet.stuck)
+    put("fleet.seen_hour", fleet.seen_last_hour)
+    sent = queries.bytes_sent(session)
     put("bytes.sent", sent, human_bytes(sent))
     return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 from anyio import to_thread
@@ -24,7 +25,8 @@ from server.devices import enrollment, fastpoll, pollcache, schemas, service, to
 from server.devices.auth import UNKNOWN_DEVICE, device_by_token, known_device
 from server.devices.deps import Presence
 from server.devices.pollcache import PollAnswer, PollCache
-from server.errors import Conflict, Unauthorized
+from server.devices.store import InventoryFilter
+from server.errors import Conflict, Unauthorized, Unprocessable
 from server.rollouts.lineview import LineView, load_line
 from server.rollouts.membership import MembershipCache
 from server.security import bearer, token_digest
@@ -195,12 +197,34 @@ async def reports(body: schemas.ReportsIn, request: Request, ctx: Ctx,
     return ack
 
 
+UPDATE_STATES = "^(offered|downloading|downloaded|verified|installed|failed|rolled_back)$"
+
+
 @router.get("/devices", response_model=list[schemas.DeviceOut])
-def list_devices(presence: Presence, session: ReadSession, _admin: Admin,
+def list_devices(presence: Presence, session: ReadSession, _admin: Admin, response: Response,
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                 cursor: Annotated[str | None, Query(min_length=1, max_length=400,
+                                                     description="X-Next-Cursor of the previous page")] = None,
+                 line: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+                 version: Annotated[int | None, Query(ge=0, le=schemas.INT32,
+                                                      description="running version (on ``line`` if given)")] = None,
                  tag: Annotated[list[str] | None, Query(description="key=value, repeatable")] = None,
-                 drift: bool = False) -> list[schemas.DeviceOut]:
-    tags = dict(t.split("=", 1) for t in (tag or []) if "=" in t)
-    return service.inventory(session, presence, tags, drift_only=drift)
+                 drift: bool = False,
+                 state: Annotated[str | None, Query(pattern=UPDATE_STATES,
+                                                    description="state of the newest offer")] = None,
+                 seen_since: Annotated[datetime | None, Query(description="ISO 8601 with a zone")] = None,
+                 q: Annotated[str | None, Query(min_length=1, max_length=200, description="part of the id")] = None,
+                 ) -> list[schemas.DeviceOut]:
+    """One page of the inventory by device id; a full page carries ``X-Next-Cursor`` (pass it as ``cursor``)."""
+    if seen_since is not None and seen_since.tzinfo is None:
+        raise Unprocessable(f"seen_since must carry a time zone (for example 2026-12-07T06:00:00Z), got "
+                            f"{seen_since.isoformat()}", code="bad_time")
+    f = InventoryFilter(line=line, version=version, tags=service.parse_tag_filter(tag), drift=drift, state=state,
+                        seen_since=seen_since, q=q)
+    devices, next_cursor = service.inventory_page(session, presence, f, limit=limit, cursor=cursor)
+    if next_cursor is not None:
+        response.headers["X-Next-Cursor"] = next_cursor
+    return devices
 
 
 @router.get("/devices/{device_id}", response_model=schemas.DeviceOut)

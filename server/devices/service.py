@@ -11,8 +11,10 @@ expire or the car's base package changed (a different delta applies).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import re
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +31,7 @@ from server.db import as_utc, utcnow
 from server.devices import decision, device_keys, schemas, states, store
 from server.devices.pollcache import load_device, policy, poll_view
 from server.devices.presence import LastSeen
-from server.errors import Conflict, IllegalTransition, NotFound, Unauthorized
+from server.errors import Conflict, IllegalTransition, NotFound, Unauthorized, Unprocessable
 from server.orm import Delta as DeltaRow
 from server.orm import Device, DeviceLine, DeviceReport, DeviceUpdate, Line, Package, Version
 from server.registry import store as registry_store
@@ -357,20 +359,66 @@ def _device_out(session: Session, device: Device, presence: LastSeen, with_updat
                              reauthorized_until=device.reauthorized_until, platform=device.platform)
 
 
-def inventory(session: Session, presence: LastSeen, tag_filter: dict[str, str] | None = None,
-              drift_only: bool = False) -> list[schemas.DeviceOut]:
-    out = []
-    lines = store.lines_by_device(session)
-    for d in store.all_devices(session):
-        if d.decommissioned_at is not None:
-            continue  # no longer part of the fleet (``device_detail`` still shows it)
-        if tag_filter and not all(str(d.tags.get(k)) == v for k, v in tag_filter.items()):
-            continue
-        shown = _device_out(session, d, presence, with_updates=False, lines=lines.get(d.id, []))
-        if drift_only and not shown.drift:
-            continue
-        out.append(shown)
-    return out
+def encode_cursor(device_id: str) -> str:
+    """The opaque ``X-Next-Cursor`` of a page that ends at ``device_id`` (base64url, no padding): callers pass it
+    back unchanged, so the key it holds may change without breaking them."""
+    return base64.urlsafe_b64encode(f"d:{device_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The device id a cursor continues after.
+
+    Raises:
+        Unprocessable: not a cursor this server made (422 naming the ``cursor`` parameter).
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Unprocessable(f"cursor {cursor[:40]!r} is not a cursor of GET /devices (pass X-Next-Cursor unchanged)",
+                            code="bad_cursor") from e
+    if not raw.startswith("d:") or not re.fullmatch(schemas.DEVICE_ID, raw[2:]):
+        raise Unprocessable(f"cursor {cursor[:40]!r} is not a cursor of GET /devices (pass X-Next-Cursor unchanged)",
+                            code="bad_cursor")
+    return raw[2:]
+
+
+def parse_tag_filter(tag: list[str] | None) -> dict[str, str]:
+    """``key=value`` pairs (at most ``MAX_TAGS``) of the inventory's ``tag`` filter.
+
+    Raises:
+        Unprocessable: another shape (422 naming ``tag``).
+    """
+    pairs = tag or []
+    if len(pairs) > schemas.MAX_TAGS:
+        raise Unprocessable(f"tag: at most {schemas.MAX_TAGS} tag filters, got {len(pairs)}", code="bad_tag")
+    bad = [t for t in pairs if "=" not in t or not t.split("=", 1)[0] or len(t) > 400]
+    if bad:
+        raise Unprocessable(f"tag {bad[0][:60]!r} is not key=value (for example region=eu)", code="bad_tag")
+    return dict(t.split("=", 1) for t in pairs)
+
+
+def inventory_window(session: Session, presence: LastSeen, f: store.InventoryFilter, *, limit: int,
+                     after: str | None = None, before: str | None = None) -> list[schemas.DeviceOut]:
+    """Up to ``limit`` devices in device id order after ``after`` (or the last ones before ``before``).
+
+    Filters and paging run in SQL and only the page's devices and their lines are loaded, so the cost of a page
+    does not grow with the fleet (issue 21).
+    """
+    rows = store.inventory_page(session, f, limit=limit, after=after, before=before)
+    lines = store.lines_of(session, [d.id for d in rows])
+    return [_device_out(session, d, presence, with_updates=False, lines=lines[d.id]) for d in rows]
+
+
+def inventory_page(session: Session, presence: LastSeen, f: store.InventoryFilter, *, limit: int,
+                   cursor: str | None = None) -> tuple[list[schemas.DeviceOut], str | None]:
+    """One page of the inventory (device id order) and the cursor of the next page (None: this was the last).
+
+    Raises:
+        Unprocessable: a malformed cursor.
+    """
+    after = decode_cursor(cursor) if cursor is not None else None
+    out = inventory_window(session, presence, f, limit=limit, after=after)
+    return out, encode_cursor(out[-1].device_id) if len(out) == limit else None
 
 
 def device_detail(session: Session, presence: LastSeen, device_id: str) -> schemas.DeviceOut:
@@ -400,4 +448,5 @@ def update_device(session: Session, presence: LastSeen, device_id: str, body: sc
     return _device_out(session, d, presence, with_updates=True)
 
 
-__all__ = ["device_detail", "inventory", "poll", "report", "update_device"]
+__all__ = ["decode_cursor", "device_detail", "encode_cursor", "inventory_page", "inventory_window",
+           "parse_tag_filter", "poll", "report", "update_device"]

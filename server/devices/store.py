@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import ScalarSelect, func, or_, select
 from sqlalchemy.orm import Session
 
 from server.orm import Device, DeviceLine, DeviceReport, DeviceUpdate, Line, Transfer, Version
@@ -16,10 +19,6 @@ def by_device_id(session: Session, device_id: str) -> Device | None:
     return session.scalar(select(Device).where(Device.device_id == device_id))
 
 
-def all_devices(session: Session) -> list[Device]:
-    return list(session.scalars(select(Device).order_by(Device.device_id)))
-
-
 def device_line(session: Session, device_pk: int, line: str) -> DeviceLine | None:
     return session.scalar(select(DeviceLine).where(DeviceLine.device_pk == device_pk, DeviceLine.line == line))
 
@@ -28,14 +27,6 @@ def device_lines(session: Session, device_pk: int) -> list[DeviceLine]:
     """What the device runs on each of its lines, by line name."""
     return list(session.scalars(select(DeviceLine).where(DeviceLine.device_pk == device_pk)
                                 .order_by(DeviceLine.line)))
-
-
-def lines_by_device(session: Session) -> dict[int, list[DeviceLine]]:
-    """device pk -> its lines by name, for the whole inventory in one query."""
-    out: dict[int, list[DeviceLine]] = {}
-    for row in session.scalars(select(DeviceLine).order_by(DeviceLine.device_pk, DeviceLine.line)):
-        out.setdefault(row.device_pk, []).append(row)
-    return out
 
 
 def line_of_update(session: Session, update: DeviceUpdate) -> str:
@@ -94,3 +85,73 @@ def downloaded_in_full(session: Session, device_pk: int, artifacts: set[str]) ->
         if int(start) + int(n) >= int(total):
             reached_end.add(sha)
     return any(sent[sha] >= size[sha] for sha in reached_end)
+
+
+@dataclass(frozen=True)
+class InventoryFilter:
+    """What ``GET /api/v1/devices`` and the Fleet page filter on (None: any); every filter runs in SQL.
+
+    ``line``/``version``: a line the car runs (at that version); ``drift``: a line drifts; ``state``: the state of
+    the car's newest offer; ``seen_since``: last seen at or after (as flushed by ``presence``); ``q``: part of the
+    device id (case-insensitive).
+    """
+
+    line: str | None = None
+    version: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    drift: bool = False
+    state: str | None = None
+    seen_since: datetime | None = None
+    q: str | None = None
+
+
+def _latest_state() -> ScalarSelect[str]:
+    """The state of the device's newest offer (one probe of the (device_pk, id) index per device)."""
+    return (select(DeviceUpdate.state).where(DeviceUpdate.device_pk == Device.id)
+            .order_by(DeviceUpdate.id.desc()).limit(1).correlate(Device).scalar_subquery())
+
+
+def inventory_page(session: Session, f: InventoryFilter, *, limit: int, after: str | None = None,
+                   before: str | None = None) -> list[Device]:
+    """Up to ``limit`` enrolled (not decommissioned) devices matching ``f``, by device id: the first ones after
+    ``after``, or (``before``, the Fleet page's "previous") the last ones before it, still in device id order.
+
+    Keyset pagination on the unique device id: a device enrolled between two pages appears on a later page if its
+    id sorts after the cursor, and no device is skipped or repeated.
+    """
+    q = select(Device).where(Device.decommissioned_at.is_(None)).limit(limit)
+    if before is not None:
+        q = q.where(Device.device_id < before).order_by(Device.device_id.desc())
+    else:
+        q = q.order_by(Device.device_id)
+    if after is not None:
+        q = q.where(Device.device_id > after)
+    if f.line is not None or f.version is not None or f.drift:
+        runs = select(DeviceLine.id).where(DeviceLine.device_pk == Device.id)
+        if f.line is not None:
+            runs = runs.where(DeviceLine.line == f.line)
+        if f.version is not None:
+            runs = runs.where(DeviceLine.running_version == f.version)
+        if f.drift:
+            runs = runs.where(DeviceLine.drift.is_(True))
+        q = q.where(runs.exists())
+    for k, v in f.tags.items():
+        q = q.where(Device.tags[k].as_string() == v)
+    if f.state is not None:
+        q = q.where(_latest_state() == f.state)
+    if f.seen_since is not None:
+        q = q.where(Device.last_seen_at >= f.seen_since)
+    if f.q:
+        q = q.where(func.lower(Device.device_id).contains(f.q.lower(), autoescape=True))
+    rows = list(session.scalars(q))
+    return rows[::-1] if before is not None else rows
+
+
+def lines_of(session: Session, device_pks: list[int]) -> dict[int, list[DeviceLine]]:
+    """device pk -> its lines by name, for one page of devices in one query."""
+    out: dict[int, list[DeviceLine]] = {pk: [] for pk in device_pks}
+    if device_pks:
+        for row in session.scalars(select(DeviceLine).where(DeviceLine.device_pk.in_(device_pks))
+                                   .order_by(DeviceLine.device_pk, DeviceLine.line)):
+            out[row.device_pk].append(row)
+    return out

@@ -28,7 +28,7 @@ STUCK_AFTER_S = 1.0
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with run_live_server(tmp_path_factory.mktemp("dashboard"), dashboard_refresh_s=0.5,
+    with run_live_server(tmp_path_factory.mktemp("dashboard"), dashboard_refresh_s=0.5, dashboard_fleet_counts_s=0,
                          dashboard_stuck_after_s=STUCK_AFTER_S) as srv:
         yield srv
 

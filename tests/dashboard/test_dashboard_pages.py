@@ -166,13 +166,17 @@ def test_fleet_page_counts_versions_tags_drift_and_stuck_devices_like_the_invent
     assert int(_value(page, "[data-live='fleet.drifted']")) == len(drifted) == 1
     attention = _text(page, "#attention-table")
     assert scenario.drifted in attention and scenario.stuck in attention
-    for line, version in {(d["line"], d["running_version"]) for d in devices}:
-        n = sum(1 for d in devices if (d["line"], d["running_version"]) == (line, version))
-        assert _text(page, f"#by-version [data-line='{line}'][data-version='{version}'] .hbar-value") == str(n)
-    lte = sum(1 for d in devices if d["tags"].get("network") == "lte")
-    assert _text(page, "[data-tag='network'] [data-tag-value='lte'] .hbar-value") == str(lte)
+    runs = [(r["line"], r["running_version"]) for d in devices for r in d["lines"]]
+    for line, version in set(runs):
+        assert _text(page, f"#by-version [data-line='{line}'][data-version='{version}'] .hbar-value") == str(
+            runs.count((line, version)))
     assert page.locator("#devices-table tbody tr").count() == len(devices)
     screenshot(page, "fleet")
+    lte = [d["device_id"] for d in devices if d["tags"].get("network") == "lte"]
+    page.fill("#fleet-filters input[name='tag']", "network=lte")  # the tag bars became a filter (issue 21)
+    page.click("#fleet-filters button[type='submit']")
+    page.wait_for_url("**/dashboard/fleet?*tag=network%3Dlte*")
+    assert [r.get_attribute("data-device") for r in page.locator("#devices-table tbody tr").all()] == lte
 
 
 def test_device_page_lists_its_update_history_and_transfers(server: LiveServer, scenario: Scenario,

@@ -273,3 +273,36 @@ def test_migration_0012_leaves_existing_rollouts_unscheduled_and_always_open_and
         with engine.connect() as conn:
             assert conn.execute(text("SELECT state FROM rollouts")).scalar_one() == "running"
         engine.dispose()
+
+
+def test_migration_0011_adds_the_inventory_indexes_keeps_devices_and_downgrades(tmp_path: Path) -> None:
+    """Issue 21: 0011 only adds indexes (the inventory's keyset pages and the Fleet page's aggregates); rows stay."""
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    from server.db import alembic_config, create_private_sqlite_file
+
+    added = {("devices", "ix_devices_last_seen_at"), ("device_lines", "ix_device_lines_drift_device_pk"),
+             ("device_updates", "ix_device_updates_device_pk_id"),
+             ("device_updates", "ix_device_updates_state_updated_at")}
+
+    def indexes(engine: object) -> set[tuple[str, str]]:
+        insp = inspect(engine)
+        return {(t, ix["name"]) for t in ("devices", "device_lines", "device_updates") for ix in insp.get_indexes(t)}
+
+    with temporary_database() as pg:
+        url = _url(tmp_path, pg)
+        create_private_sqlite_file(url)
+        command.upgrade(alembic_config(url), "0010")
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO devices (id, device_id, token_sha256, tags, created_at, manifest_version, "
+                              "last_seq, proof_ms) VALUES (1, 'car-1', 't', '{}', CURRENT_TIMESTAMP, 0, 0, 0)"))
+        assert not added & indexes(engine)
+        command.upgrade(alembic_config(url), "0011")
+        assert added <= indexes(engine)
+        command.downgrade(alembic_config(url), "0010")
+        assert not added & indexes(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT device_id FROM devices")).scalars().all() == ["car-1"]
+        engine.dispose()
