@@ -77,6 +77,7 @@ from client.identity import (
     save_identity,
 )
 from client.manifest import Artifact, Offer, check_offer
+from client.pollloop import PollLoop
 from client.ratelimit import TokenBucket
 from client.slots import PACKAGE_FILE, Journal, SlotRecord, SlotStore
 from client.tls import registry_transport
@@ -109,7 +110,7 @@ class _Held:
     artifact: str
 
 
-class Agent:
+class Agent(PollLoop):
     """One car.  Build it, ``await start()``, then ``await run_forever()`` (or ``run()`` to block)."""
 
     def __init__(
@@ -279,57 +280,11 @@ class Agent:
         """Ask ``run_forever`` to return after its current step."""
         self._stop.set()
 
-    async def poll_cycle(self) -> None:
-        """Start, enrol if needed, poll once (installing any offer), then close: one car wake-up."""
-        try:
-            await self.start()
-            await self.ensure_enrolled()
-            await self.poll_once()
-        finally:
-            await self.aclose()
+    def _server_interval(self) -> float:
+        return self.poll_interval_s
 
-    def run_once(self) -> None:
-        """Blocking ``poll_cycle`` for ``ota agent --once``, scripts and benchmarks."""
-        asyncio.run(self.poll_cycle())
-
-    def run(self) -> None:
-        """Blocking entry point for ``ota agent``: start, then poll until stopped (Ctrl-C)."""
-
-        async def main() -> None:
-            try:
-                await self.start()
-                await self.run_forever()
-            finally:
-                await self.aclose()
-
-        asyncio.run(main())
-
-    async def run_forever(self) -> None:
-        """Poll at the server's interval with jitter; back off exponentially (full jitter) on errors."""
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                await self.ensure_enrolled()
-                await self.poll_once()
-                failures = 0
-                base = self.config.poll_interval_s or self.poll_interval_s
-                j = self.config.poll_jitter_fraction
-                delay = base * self._rng.uniform(1 - j, 1 + j)
-            except Unauthorized as e:
-                # the device token was refused (rotated, lost): re-enrol by proving the car's key
-                log.warning("%s; re-enrolling", e)
-                self.identity = None
-                failures += 1
-                delay = self._backoff(failures)
-            except (ServerError, DownloadError, StorageError, VerificationError) as e:
-                failures += 1
-                delay = self._backoff(failures)
-                log.warning("poll failed (%s); retrying in %.1fs", e, delay)
-            await self._wait(delay)
-
-    def _backoff(self, failures: int) -> float:
-        cap = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (failures - 1))
-        return self._rng.uniform(0, cap)  # full jitter: a fleet that lost the server does not return in step
+    def _forget_identity(self) -> None:
+        self.identity = None  # re-enrol by proving the car's key
 
     #: Seconds between two looks at an open health window while waiting (the simulator looks less often).
     health_check_s: float = 0.05

@@ -36,8 +36,9 @@ from client.agent import Agent
 from client.api import RegistryClient
 from client.atomic import write_atomic
 from client.config import AgentConfig
-from client.errors import AgentError, DownloadError, ServerError, StorageError, Unauthorized, VerificationError
+from client.errors import AgentError
 from client.hotswap import Prediction, SessionFactory
+from client.pollloop import PollLoop
 from client.reports import SeqCounter
 from client.tls import registry_transport
 from client.trust import TrustKeeper
@@ -95,7 +96,7 @@ def line_dirs(state_dir: Path, lines: list[str], *, fsync: bool = True) -> dict[
     return {name: state_dir if name == root else state_dir / "lines" / name for name in lines}
 
 
-class MultiAgent:
+class MultiAgent(PollLoop):
     """One car on several lines.  Build it, ``await start()``, then ``await run_forever()`` (or ``run()``)."""
 
     def __init__(
@@ -181,56 +182,12 @@ class MultiAgent:
         for e in self.engines.values():
             e.stop()
 
-    async def poll_cycle(self) -> None:
-        """Start, enrol if needed, poll every line once, then close."""
-        try:
-            await self.start()
-            await self.ensure_enrolled()
-            await self.poll_once()
-        finally:
-            await self.aclose()
+    def _server_interval(self) -> float:
+        return min(e.poll_interval_s for e in self.engines.values())
 
-    def run_once(self) -> None:
-        asyncio.run(self.poll_cycle())
-
-    def run(self) -> None:
-        """Blocking entry point for ``ota agent --line a --line b``."""
-
-        async def main() -> None:
-            try:
-                await self.start()
-                await self.run_forever()
-            finally:
-                await self.aclose()
-
-        asyncio.run(main())
-
-    async def run_forever(self) -> None:
-        """Poll every line at the server's interval with jitter; back off (full jitter) on errors."""
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                await self.ensure_enrolled()
-                await self.poll_once()
-                failures = 0
-                base = self.config.poll_interval_s or min(e.poll_interval_s for e in self.engines.values())
-                j = self.config.poll_jitter_fraction
-                delay = base * self._rng.uniform(1 - j, 1 + j)
-            except Unauthorized as err:
-                log.warning("%s; re-enrolling", err)
-                for e in self.engines.values():
-                    e.identity = None
-                failures += 1
-                delay = self._backoff(failures)
-            except (ServerError, DownloadError, StorageError, VerificationError) as err:
-                failures += 1
-                delay = self._backoff(failures)
-                log.warning("poll failed (%s); retrying in %.1fs", err, delay)
-            await self._wait(delay)
-
-    def _backoff(self, failures: int) -> float:
-        cap = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (failures - 1))
-        return self._rng.uniform(0, cap)
+    def _forget_identity(self) -> None:
+        for e in self.engines.values():
+            e.identity = None
 
     async def _wait(self, delay: float) -> None:
         """Sleep ``delay``, judging every line's open health window and sending due quality summaries."""
