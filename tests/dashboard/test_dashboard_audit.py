@@ -48,9 +48,10 @@ def test_audit_page_lists_every_change_and_filters_by_outcome_and_action(live_se
 
         page.goto(f"{live_server.url}/dashboard/audit?actor=nobody")
         assert "No audit entries match" in page.locator(".empty").inner_text()
-        r = page.goto(f"{live_server.url}/dashboard/audit?outcome=maybe")
-        assert r is not None and r.status == 422
-        console.allow("status of 422")
+        # a bad filter is refused; asked without navigating (a JSON answer shown as a page has no icon link, and
+        # Chromium's own /favicon.ico request then logs a 404 now and then)
+        r = page.request.get(f"{live_server.url}/dashboard/audit?outcome=maybe")
+        assert r.status == 422
     finally:
         page.context.close()
     assert list(console) == []
