@@ -139,6 +139,11 @@ def bytes_sent(session: Session) -> int:
     return int(session.scalar(select(func.coalesce(func.sum(Transfer.bytes_sent), 0))) or 0)
 
 
+def transfer_count(session: Session) -> int:
+    """Every transfer record (download request), counted in SQL."""
+    return int(session.scalar(select(func.count()).select_from(Transfer)) or 0)
+
+
 @dataclass(frozen=True)
 class FleetCounts:
     """The Fleet page's cards, each one SQL aggregate over enrolled (not decommissioned) cars (issue 21)."""
