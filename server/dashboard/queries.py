@@ -94,8 +94,10 @@ def state_events(session: Session, rollout_id: int) -> list[StateEvent]:
 
 
 def rollout_audit(session: Session, rollout_id: int) -> list[AuditEvent]:
-    """Create, pause, resume, advance, halt, complete, abort of one rollout, oldest first."""
-    rows = session.scalars(select(AuditEntry).where(AuditEntry.action.like("rollout.%")).order_by(AuditEntry.id))
+    """Create, pause, resume, advance, halt, complete, abort of one rollout, oldest first: the rows whose
+    ``target`` is the rollout (indexed; migration 0008 filled it in for older rows), not every rollout's."""
+    rows = session.scalars(select(AuditEntry).where(AuditEntry.target == f"rollout:{rollout_id}",
+                                                    AuditEntry.action.like("rollout.%")).order_by(AuditEntry.id))
     return [AuditEvent(as_utc(a.at), a.actor, a.action, dict(a.detail)) for a in rows
             if a.detail.get("rollout_id") == rollout_id]
 
