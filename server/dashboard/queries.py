@@ -8,10 +8,11 @@ come from the feature services instead, so page and API cannot disagree.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, extract, func, select
 from sqlalchemy.orm import Session, aliased
 
 from server.db import as_utc
@@ -121,6 +122,29 @@ def transfers(session: Session, network_tag: str, device_id: str | None = None) 
                         t.kind, t.target_version, t.base_version, t.artifact_bytes, t.range_start, t.bytes_sent,
                         t.complete)
             for t, did, tags in session.execute(q)]
+
+
+#: At most this many points per chart line: the bucket widens with the span of the transfers.
+CHART_POINTS = 2000
+
+
+def transfer_buckets(session: Session, network_tag: str) -> list[tuple[datetime, int | None, str | None, int]]:
+    """Bytes sent per (time bucket, rollout, network tag value), oldest first, summed in SQL (issue 21): the
+    Bandwidth page's charts read at most ``CHART_POINTS`` buckets per group, not every transfer record.  A bucket
+    is a second while the transfers span fewer than ``CHART_POINTS`` seconds, wider after; each row's time is the
+    bucket's end, so a cumulative chart never shows bytes before they were sent."""
+    epoch = extract("epoch", Transfer.ended_at)
+    first, last = session.execute(select(func.min(epoch), func.max(epoch))).one()
+    if first is None or last is None:
+        return []
+    width = max(1, math.ceil((float(last) - float(first) + 1) / CHART_POINTS))
+    bucket = func.floor(epoch / width)
+    network = Device.tags[network_tag].as_string()
+    q = (select(bucket, Transfer.rollout_id, network, func.sum(Transfer.bytes_sent))
+         .outerjoin(Device, Device.id == Transfer.device_pk)
+         .group_by(bucket, Transfer.rollout_id, network).order_by(bucket))
+    return [(datetime.fromtimestamp(min((int(b) + 1) * width - 1, float(last)), UTC), rollout_id, net, int(n or 0))
+            for b, rollout_id, net, n in session.execute(q)]
 
 
 def delta_cells(session: Session) -> list[DeltaCell]:
