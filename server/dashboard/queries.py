@@ -137,13 +137,15 @@ def transfer_buckets(session: Session, network_tag: str) -> list[tuple[datetime,
     first, last = session.execute(select(func.min(epoch), func.max(epoch))).one()
     if first is None or last is None:
         return []
-    width = max(1, math.ceil((float(last) - float(first) + 1) / CHART_POINTS))
-    bucket = func.floor(epoch / width)
+    start = math.floor(float(first))  # buckets count from the first transfer: at most CHART_POINTS of them
+    width = max(1, math.ceil((float(last) - start + 1) / CHART_POINTS))
+    bucket = func.floor((epoch - start) / width)
     network = Device.tags[network_tag].as_string()
     q = (select(bucket, Transfer.rollout_id, network, func.sum(Transfer.bytes_sent))
          .outerjoin(Device, Device.id == Transfer.device_pk)
          .group_by(bucket, Transfer.rollout_id, network).order_by(bucket))
-    return [(datetime.fromtimestamp(min((int(b) + 1) * width - 1, float(last)), UTC), rollout_id, net, int(n or 0))
+    return [(datetime.fromtimestamp(min(start + (int(b) + 1) * width - 1, float(last)), UTC), rollout_id, net,
+             int(n or 0))
             for b, rollout_id, net, n in session.execute(q)]
 
 

@@ -234,3 +234,38 @@ def test_rollout_accounting_sums_each_car_and_lists_the_largest_first(server: Li
     assert [(d["device_id"], d["bytes_sent"], d["requests"]) for d in acc["largest"]] == [
         ("car-sum-2", 900, 3), ("car-sum-1", 400, 2)]
     assert {d["state"] for d in acc["largest"]} == {"offered"}
+
+
+@pytest.mark.parametrize("points", [2000, 1])
+def test_bandwidth_chart_buckets_sum_every_byte_per_rollout_and_network(
+        server: LiveServer, monkeypatch: pytest.MonkeyPatch, points: int) -> None:
+    from collections import Counter
+
+    from server.dashboard import queries
+
+    car = _on_v1(server, f"car-buckets-{points}")  # at least one record, whatever ran before
+    _rollout(server, car.device_id)
+    offer = car.poll()
+    assert offer is not None
+    _fetch_bytes(server, car, offer["package"]["url"], 0, 10)
+    monkeypatch.setattr(queries, "CHART_POINTS", points)  # 1: every group's bytes fall in a single bucket
+    with server.ctx.db.read_scope() as session:
+        buckets = queries.transfer_buckets(session, "t")  # these cars are tagged t=<their id>
+    records = server.admin().get("/api/v1/accounting/transfers", params={"limit": 10000}).json()
+    by_rollout: Counter[int | None] = Counter()
+    by_network: Counter[str | None] = Counter()
+    for _at, rid, net, n in buckets:
+        by_rollout[rid] += n
+        by_network[net] += n
+    assert +by_rollout == +Counter({rid: sum(r["bytes_sent"] for r in records if r["rollout_id"] == rid)
+                                    for rid in {r["rollout_id"] for r in records}})
+    expected: Counter[str | None] = Counter()
+    for r in records:  # the car-sum-* cars carry no "t" tag
+        d = r["device_id"]
+        expected[None if d is None or d.startswith("car-sum-") else d] += r["bytes_sent"]
+    assert +by_network == +expected
+    assert records and by_network[car.device_id] == 10
+    times = [at for at, *_ in buckets]
+    assert times == sorted(times) and len(buckets) <= len(records)
+    if points == 1:
+        assert len({at for at in times}) == 1  # one bucket, stamped at the last transfer's end
