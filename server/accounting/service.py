@@ -68,9 +68,10 @@ def _totals(rows: list[schemas.DeviceTransfer], fp32: int, package: int) -> dict
 
 def _device_rows(session: Session, r: Rollout, sums: list[store.DeviceSums], percents: list[float],
                  updates: list[tuple[int, str, str, int]], include_cached: bool) -> list[schemas.DeviceTransfer]:
-    """Per-car figures from per-car SQL sums (``store.DeviceSums``) and the rollout's offers; ``include_cached``
-    adds cars that installed without a download through us (zero bytes)."""
-    pks = [s.device_pk for s in sums if s.device_pk is not None]
+    """Per-car figures from per-car SQL sums (``store.DeviceSums``) and the rollout's offers.  ``include_cached``
+    (every car of the rollout, for the totals) adds cars that installed without a download through us (zero
+    bytes); without it ``sums`` is a short page and the per-car lookups name its cars."""
+    pks = None if include_cached else [s.device_pk for s in sums if s.device_pk is not None]  # all, or a page
     deltas = store.latest_delta(session, r.id, pks)
     first = store.first_full(session, r.id, pks)
     state: dict[int, tuple[str, int]] = {}

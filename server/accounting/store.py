@@ -72,17 +72,16 @@ def _per_device() -> Select:
     """Transfers grouped per (rollout, car): the sums a page of per-device figures shows."""
     delta = case((Transfer.kind == "delta", Transfer.bytes_sent), else_=0)
     resumed = case((Transfer.range_start > 0, 1), else_=0)
-    return (select(Transfer.rollout_id, Transfer.device_pk, func.sum(Transfer.bytes_sent).label("sent"),
+    return (select(Transfer.rollout_id, Transfer.device_pk, Device.device_id, func.sum(Transfer.bytes_sent),
                    func.sum(delta), func.count(), func.sum(resumed), func.min(Transfer.started_at),
                    func.max(Transfer.ended_at))
-            .group_by(Transfer.rollout_id, Transfer.device_pk))
+            .outerjoin(Device, Device.id == Transfer.device_pk)
+            .group_by(Transfer.rollout_id, Transfer.device_pk, Device.device_id))
 
 
 def _sums(session: Session, q: Select) -> list[DeviceSums]:
-    rows = list(session.execute(q))
-    ids = device_ids(session, [r[1] for r in rows if r[1] is not None])
-    return [DeviceSums(rid, pk, ids.get(pk) if pk is not None else None, int(sent or 0), int(delta or 0), int(n),
-                       int(res or 0), first, last) for rid, pk, sent, delta, n, res, first, last in rows]
+    return [DeviceSums(rid, pk, did, int(sent or 0), int(delta or 0), int(n), int(res or 0), first, last)
+            for rid, pk, did, sent, delta, n, res, first, last in session.execute(q)]
 
 
 def device_sums(session: Session, rollout_id: int) -> list[DeviceSums]:
@@ -100,30 +99,28 @@ def largest(session: Session, limit: int, rollout_id: int | None = None) -> list
     return _sums(session, q)
 
 
-def device_ids(session: Session, pks: list[int]) -> dict[int, str]:
-    if not pks:
+def latest_delta(session: Session, rollout_id: int | None, device_pks: list[int] | None
+                 ) -> dict[int, tuple[int | None, int]]:
+    """device pk -> (base version, artifact bytes) of its newest delta transfer on the rollout, of these cars
+    (a page) or, ``device_pks`` None, of every car (no parameter per car: a rollout may hold a million)."""
+    if device_pks is not None and not device_pks:
         return {}
-    return {pk: did for pk, did in session.execute(select(Device.id, Device.device_id).where(Device.id.in_(pks)))}
-
-
-def latest_delta(session: Session, rollout_id: int | None, device_pks: list[int]) -> dict[int, tuple[int | None, int]]:
-    """device pk -> (base version, artifact bytes) of its newest delta transfer on the rollout (for a page)."""
-    if not device_pks:
-        return {}
-    newest = (select(func.max(Transfer.id)).where(Transfer.rollout_id == rollout_id, Transfer.kind == "delta",
-                                                  Transfer.device_pk.in_(device_pks))
+    newest = (select(func.max(Transfer.id)).where(Transfer.rollout_id == rollout_id, Transfer.kind == "delta")
               .group_by(Transfer.device_pk))
+    if device_pks is not None:
+        newest = newest.where(Transfer.device_pk.in_(device_pks))
     q = select(Transfer.device_pk, Transfer.base_version, Transfer.artifact_bytes).where(Transfer.id.in_(newest))
     return {pk: (base, int(size)) for pk, base, size in session.execute(q) if pk is not None}
 
 
-def first_full(session: Session, rollout_id: int | None, device_pks: list[int]) -> dict[int, int]:
-    """device pk -> artifact bytes of its first transfer on the rollout (what a car that took no delta fetched)."""
-    if not device_pks:
+def first_full(session: Session, rollout_id: int | None, device_pks: list[int] | None) -> dict[int, int]:
+    """device pk -> artifact bytes of its first transfer on the rollout (what a car that took no delta fetched),
+    of these cars or, ``device_pks`` None, of every car."""
+    if device_pks is not None and not device_pks:
         return {}
-    first = (select(func.min(Transfer.id)).where(Transfer.rollout_id == rollout_id,
-                                                 Transfer.device_pk.in_(device_pks))
-             .group_by(Transfer.device_pk))
+    first = select(func.min(Transfer.id)).where(Transfer.rollout_id == rollout_id).group_by(Transfer.device_pk)
+    if device_pks is not None:
+        first = first.where(Transfer.device_pk.in_(device_pks))
     q = select(Transfer.device_pk, Transfer.artifact_bytes).where(Transfer.id.in_(first))
     return {pk: int(size) for pk, size in session.execute(q) if pk is not None}
 
@@ -141,5 +138,5 @@ def update_states(session: Session, rollout_id: int, device_pks: list[int] | Non
     return [(pk, did, state, int(rep or 0)) for pk, did, state, rep in session.execute(q)]
 
 
-__all__ = ["DeviceSums", "TransferFilter", "add", "device_ids", "device_sums", "first_full", "largest",
+__all__ = ["DeviceSums", "TransferFilter", "add", "device_sums", "first_full", "largest",
            "latest_delta", "page", "update_states"]
