@@ -122,11 +122,24 @@ class WireCar:
         return True
 
 
+def _every_transfer(url: str, h: dict[str, str]) -> list[dict[str, Any]]:
+    """Every transfer record: pages of 10,000, following ``X-Next-Cursor``."""
+    rows: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 10000}
+    while True:
+        r = httpx.get(f"{url}/api/v1/accounting/transfers", params=params, headers=h, timeout=30)
+        r.raise_for_status()
+        rows += r.json()
+        if "X-Next-Cursor" not in r.headers:
+            return rows
+        params["cursor"] = r.headers["X-Next-Cursor"]
+
+
 def snapshot(url: str, admin: str, rollout: int) -> dict[str, Any]:
     h = {"Authorization": f"Bearer {admin}"}
     ro = httpx.get(f"{url}/api/v1/rollouts/{rollout}", headers=h, timeout=30).json()
     devices = httpx.get(f"{url}/api/v1/devices", params={"limit": 1000}, headers=h, timeout=30).json()  # one page
-    transfers = httpx.get(f"{url}/api/v1/accounting/transfers", params={"limit": 100000}, headers=h, timeout=30).json()
+    transfers = _every_transfer(url, h)
     audit = httpx.get(f"{url}/api/v1/audit", params={"limit": 100000}, headers=h, timeout=30).json()
     installed = sum(st["counts"].get("installed", 0) for st in ro["stages"])
     return {"state": ro["state"], "stage": ro["current_stage"], "installed": installed, "devices": len(devices),

@@ -8,10 +8,11 @@ come from the feature services instead, so page and API cannot disagree.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, extract, func, select
 from sqlalchemy.orm import Session, aliased
 
 from server.db import as_utc
@@ -94,8 +95,10 @@ def state_events(session: Session, rollout_id: int) -> list[StateEvent]:
 
 
 def rollout_audit(session: Session, rollout_id: int) -> list[AuditEvent]:
-    """Create, pause, resume, advance, halt, complete, abort of one rollout, oldest first."""
-    rows = session.scalars(select(AuditEntry).where(AuditEntry.action.like("rollout.%")).order_by(AuditEntry.id))
+    """Create, pause, resume, advance, halt, complete, abort of one rollout, oldest first: the rows whose
+    ``target`` is the rollout (indexed; migration 0008 filled it in for older rows), not every rollout's."""
+    rows = session.scalars(select(AuditEntry).where(AuditEntry.target == f"rollout:{rollout_id}",
+                                                    AuditEntry.action.like("rollout.%")).order_by(AuditEntry.id))
     return [AuditEvent(as_utc(a.at), a.actor, a.action, dict(a.detail)) for a in rows
             if a.detail.get("rollout_id") == rollout_id]
 
@@ -121,6 +124,31 @@ def transfers(session: Session, network_tag: str, device_id: str | None = None) 
             for t, did, tags in session.execute(q)]
 
 
+#: At most this many points per chart line: the bucket widens with the span of the transfers.
+CHART_POINTS = 2000
+
+
+def transfer_buckets(session: Session, network_tag: str) -> list[tuple[datetime, int | None, str | None, int]]:
+    """Bytes sent per (time bucket, rollout, network tag value), oldest first, summed in SQL (issue 21): the
+    Bandwidth page's charts read at most ``CHART_POINTS`` buckets per group, not every transfer record.  A bucket
+    is a second while the transfers span fewer than ``CHART_POINTS`` seconds, wider after; each row's time is the
+    bucket's end, so a cumulative chart never shows bytes before they were sent."""
+    epoch = extract("epoch", Transfer.ended_at)
+    first, last = session.execute(select(func.min(epoch), func.max(epoch))).one()
+    if first is None or last is None:
+        return []
+    start = math.floor(float(first))  # buckets count from the first transfer: at most CHART_POINTS of them
+    width = max(1, math.ceil((float(last) - start + 1) / CHART_POINTS))
+    bucket = func.floor((epoch - start) / width)
+    network = Device.tags[network_tag].as_string()
+    q = (select(bucket, Transfer.rollout_id, network, func.sum(Transfer.bytes_sent))
+         .outerjoin(Device, Device.id == Transfer.device_pk)
+         .group_by(bucket, Transfer.rollout_id, network).order_by(bucket))
+    return [(datetime.fromtimestamp(min(start + (int(b) + 1) * width - 1, float(last)), UTC), rollout_id, net,
+             int(n or 0))
+            for b, rollout_id, net, n in session.execute(q)]
+
+
 def delta_cells(session: Session) -> list[DeltaCell]:
     """Every transfer delta computed so far, as (line, codec, from version, to version, bytes)."""
     pkgs = {sha: (line, codec, number) for sha, line, codec, number in session.execute(
@@ -137,6 +165,11 @@ def delta_cells(session: Session) -> list[DeltaCell]:
 def bytes_sent(session: Session) -> int:
     """Every byte sent to every car, summed in SQL (the live "bytes sent" figure every page refreshes)."""
     return int(session.scalar(select(func.coalesce(func.sum(Transfer.bytes_sent), 0))) or 0)
+
+
+def transfer_count(session: Session) -> int:
+    """Every transfer record (download request), counted in SQL."""
+    return int(session.scalar(select(func.count()).select_from(Transfer)) or 0)
 
 
 @dataclass(frozen=True)

@@ -160,19 +160,22 @@ def _sum_totals(totals: list[acc_schemas.Totals]) -> dict[str, Any]:
     return t
 
 
+LARGEST_ROWS = 10
+
+
 def bandwidth_page(session: Session, members: MembershipCache, settings: Settings) -> dict[str, Any]:
     """Bytes over time per rollout and per network tag, what they would have cost in full, the largest transfers."""
-    accs = [accounting.rollout_accounting(session, r.id, largest=10) for r in rollouts.list_rollouts(session, members)]
-    largest = sorted(((a.rollout_id, d) for a in accs for d in a.largest), key=lambda x: -x[1].bytes_sent)[:10]
+    accs = [accounting.rollout_accounting(session, r.id, largest=1) for r in rollouts.list_rollouts(session, members)]
+    largest = accounting.largest_transfers(session, LARGEST_ROWS)  # grouped, sorted and cut in SQL (issue 21)
     tag = settings.dashboard_network_tag
-    rows = queries.transfers(session, tag)
+    rows = queries.transfer_buckets(session, tag)  # summed per time bucket in SQL, not every record
     now = datetime.now(UTC)
-    per_rollout = cumulative_by_group(((t.ended_at, f"rollout {t.rollout_id}" if t.rollout_id else "outside rollouts",
-                                        t.bytes_sent) for t in rows), until=now)
-    per_network = cumulative_by_group(((t.ended_at, f"{tag}={t.network}" if t.network else f"no {tag} tag",
-                                        t.bytes_sent) for t in rows), until=now)
+    per_rollout = cumulative_by_group(((at, f"rollout {rid}" if rid else "outside rollouts", n)
+                                       for at, rid, _net, n in rows), until=now)
+    per_network = cumulative_by_group(((at, f"{tag}={net}" if net else f"no {tag} tag", n)
+                                       for at, _rid, net, n in rows), until=now)
     return {"accs": accs, "totals": _sum_totals([a.totals for a in accs]), "largest": largest,
-            "sent_all": sum(t.bytes_sent for t in rows), "transfers": len(rows), "tag": tag,
+            "sent_all": queries.bytes_sent(session), "transfers": queries.transfer_count(session), "tag": tag,
             "chart_rollout": per_rollout.as_chart("bytes") if per_rollout.xs else None,
             "chart_network": per_network.as_chart("bytes") if per_network.xs else None,
             "matrices": delta_matrices(session)}

@@ -164,3 +164,17 @@ class RolloutOut(BaseModel):
     stages: list[StageOut]
     # gates, shadow settings, merged summaries, verdict and history (docs/PROTOCOL.md "Quality summaries")
     quality: dict[str, Any] | None = None
+
+
+class RolloutDeviceOut(BaseModel):
+    """One car the rollout offered its version to (``GET /rollouts/{id}/devices``)."""
+
+    device_id: str
+    stage: int | None  # the stage the car's bucket falls in (stages.stage_of)
+    state: str
+    stuck: bool  # mid-update for longer than the rollout's in_progress_timeout_s
+    reason: str | None
+    target_version: int
+    bytes_reported: int
+    offered_at: UtcDateTime
+    updated_at: UtcDateTime

@@ -138,3 +138,21 @@ def trim_history(session: Session, rollout_id: int, keep: int) -> None:
                                .order_by(QualityHistory.id.desc()).offset(keep)))
     if ids:
         session.execute(delete(QualityHistory).where(QualityHistory.id.in_(ids)))
+
+
+def offers_after(session: Session, rollout_id: int, *, after: int | None, limit: int, state: str | None = None,
+                 q: str | None = None) -> list[tuple[str, DeviceUpdate]]:
+    """Up to ``limit`` of the rollout's offers with their device ids, in offer order (update id) after ``after``.
+
+    Keyset on the update id, which the ``rollout_id`` index already orders: no sort of the rollout's offers, and
+    an offer made while a caller pages is newer than the cursor, so it comes on a later page.
+    """
+    query = (select(Device.device_id, DeviceUpdate).join(Device, Device.id == DeviceUpdate.device_pk)
+             .where(DeviceUpdate.rollout_id == rollout_id).order_by(DeviceUpdate.id).limit(limit))
+    if after is not None:
+        query = query.where(DeviceUpdate.id > after)
+    if state is not None:
+        query = query.where(DeviceUpdate.state == state)
+    if q:
+        query = query.where(func.lower(Device.device_id).contains(q.lower(), autoescape=True))
+    return [(did, u) for did, u in session.execute(query)]

@@ -150,3 +150,122 @@ def test_head_gives_size_and_etag_and_counts_nothing(server: LiveServer) -> None
     assert r.headers["etag"] == f'"{offer["package"]["sha256"]}"'
     time.sleep(0.2)
     assert stored_state(server) == before
+
+
+def _fetch_bytes(server: LiveServer, car: Car, url: str, start: int, length: int = 1) -> None:
+    """One ranged request, waited for until its transfer record is written (so records are in request order)."""
+    before = len(_transfers(server, car.device_id))
+    r = car.http.get(url, headers={"Range": f"bytes={start}-{start + length - 1}"})
+    assert r.status_code == 206
+    _wait_for(server, car.device_id, before + 1)
+
+
+def _pages(server: LiveServer, params: dict[str, Any], between: Any = None) -> list[list[dict[str, Any]]]:
+    pages: list[list[dict[str, Any]]] = []
+    cursor: str | None = None
+    while True:
+        r = server.admin().get("/api/v1/accounting/transfers", params={**params, **({"cursor": cursor} if cursor else {})})
+        assert r.status_code == 200, r.text
+        assert isinstance(r.json(), list)  # the body stays a list: readers from before cursors still work
+        pages.append(r.json())
+        cursor = r.headers.get("X-Next-Cursor")
+        if cursor is None:
+            return pages
+        if between is not None and len(pages) == 1:
+            between()
+
+
+def test_transfer_pages_are_newest_first_every_record_once_while_cars_keep_downloading(server: LiveServer) -> None:
+    car = _on_v1(server, "car-pages")
+    rollout_id = _rollout(server, "car-pages")
+    url = car.poll()["package"]["url"]  # type: ignore[index]
+    for start in range(12):
+        _fetch_bytes(server, car, url, start)
+    params = {"rollout_id": rollout_id, "device_id": "car-pages", "limit": 5}
+
+    def more_downloads() -> None:  # written between the first and the second page: newer than the cursor
+        for start in (100, 101, 102):
+            _fetch_bytes(server, car, url, start)
+
+    pages = _pages(server, params, between=more_downloads)
+    assert [len(p) for p in pages] == [5, 5, 2]
+    assert [t["range_start"] for p in pages for t in p] == list(range(11, -1, -1))  # each once, newest first
+    everything = [t["range_start"] for p in _pages(server, {**params, "limit": 4}) for t in p]
+    assert everything == [102, 101, 100, *range(11, -1, -1)]
+    assert _pages(server, {**params, "kind": "delta"}) == [[]]  # the filters run in SQL: this car fetched no delta
+    assert _pages(server, {"device_id": "no-such-car"}) == [[]]
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"limit": 0}, "limit"), ({"limit": 10001}, "limit"), ({"limit": "many"}, "limit"),
+    ({"cursor": "!!not-base64!!"}, "cursor"), ({"cursor": "Zm9vYmFy"}, "cursor"), ({"cursor": "dDp4"}, "cursor"),
+    ({"cursor": "x" * 101}, "cursor"), ({"kind": "partial"}, "kind"), ({"rollout_id": 0}, "rollout_id"),
+    ({"device_id": "x" * 201}, "device_id"),
+])
+def test_bad_transfer_cursor_limit_or_filter_is_422_naming_the_field_and_stores_nothing(
+        server: LiveServer, params: dict[str, Any], field: str) -> None:
+    before = stored_state(server, audit=True)
+    r = server.admin().get("/api/v1/accounting/transfers", params=params)
+    assert r.status_code == 422, r.text
+    assert field in r.text
+    assert stored_state(server, audit=True) == before
+
+
+def test_rollout_accounting_sums_each_car_and_lists_the_largest_first(server: LiveServer) -> None:
+    cars = [Car(server, f"car-sum-{i}", {"group": "sum"}) for i in range(3)]
+    pkg = server.v1["packages"]["lossless"]  # type: ignore[attr-defined]
+    for car in cars:
+        car.version, car.model_sha256, car.package_sha256 = 1, pkg["model_sha256"], pkg["sha256"]
+    r = server.admin().post("/api/v1/rollouts", json={"line": "road-signs", "version": 2, "selector": {"group": "sum"}})
+    assert r.status_code == 201, r.text
+    rollout_id = r.json()["id"]
+    sent = {}
+    for i, car in enumerate(cars):
+        offer = car.poll()
+        assert offer is not None
+        url = (offer["delta"] or offer["package"])["url"]
+        for k in range(i + 1):  # car i makes i + 1 requests of 100 * (i + 1) bytes, the later ones resumed
+            _fetch_bytes(server, car, url, k * 100 * (i + 1), 100 * (i + 1))
+        sent[car.device_id] = 100 * (i + 1) ** 2
+    acc = server.admin().get(f"/api/v1/accounting/rollouts/{rollout_id}", params={"largest": 2}).json()
+    assert acc["totals"]["bytes_sent"] == sum(sent.values()) and acc["totals"]["devices"] == 3
+    assert acc["totals"]["requests"] == 6 and acc["totals"]["resumes"] == 3
+    assert sum(s["bytes_sent"] for s in acc["stages"]) == sum(sent.values())
+    assert [(d["device_id"], d["bytes_sent"], d["requests"]) for d in acc["largest"]] == [
+        ("car-sum-2", 900, 3), ("car-sum-1", 400, 2)]
+    assert {d["state"] for d in acc["largest"]} == {"offered"}
+
+
+@pytest.mark.parametrize("points", [2000, 1])
+def test_bandwidth_chart_buckets_sum_every_byte_per_rollout_and_network(
+        server: LiveServer, monkeypatch: pytest.MonkeyPatch, points: int) -> None:
+    from collections import Counter
+
+    from server.dashboard import queries
+
+    car = _on_v1(server, f"car-buckets-{points}")  # at least one record, whatever ran before
+    _rollout(server, car.device_id)
+    offer = car.poll()
+    assert offer is not None
+    _fetch_bytes(server, car, offer["package"]["url"], 0, 10)
+    monkeypatch.setattr(queries, "CHART_POINTS", points)  # 1: every group's bytes fall in a single bucket
+    with server.ctx.db.read_scope() as session:
+        buckets = queries.transfer_buckets(session, "t")  # these cars are tagged t=<their id>
+    records = server.admin().get("/api/v1/accounting/transfers", params={"limit": 10000}).json()
+    by_rollout: Counter[int | None] = Counter()
+    by_network: Counter[str | None] = Counter()
+    for _at, rid, net, n in buckets:
+        by_rollout[rid] += n
+        by_network[net] += n
+    assert +by_rollout == +Counter({rid: sum(r["bytes_sent"] for r in records if r["rollout_id"] == rid)
+                                    for rid in {r["rollout_id"] for r in records}})
+    expected: Counter[str | None] = Counter()
+    for r in records:  # the car-sum-* cars carry no "t" tag
+        d = r["device_id"]
+        expected[None if d is None or d.startswith("car-sum-") else d] += r["bytes_sent"]
+    assert +by_network == +expected
+    assert records and by_network[car.device_id] == 10
+    times = [at for at, *_ in buckets]
+    assert times == sorted(times) and len(buckets) <= len(records)
+    if points == 1:
+        assert len({at for at in times}) == 1  # one bucket, stamped at the last transfer's end
