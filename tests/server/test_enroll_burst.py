@@ -61,7 +61,7 @@ def _post(path: str, token: str, body: dict) -> Callable[[httpx.AsyncClient], Aw
 
 
 def _enrolled_ids(server: LiveServer) -> set[str]:
-    r = server.admin().get("/api/v1/devices", params={"tag": "fleet=burst"})
+    r = server.admin().get("/api/v1/devices", params={"tag": "fleet=burst", "limit": 1000})
     assert r.status_code == 200, r.text
     return {d["device_id"] for d in r.json()}
 
