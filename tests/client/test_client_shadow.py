@@ -306,3 +306,36 @@ def test_summaries_stay_bounded_one_per_comparison(tmp_path: Path, mode: str) ->
     before = agent.journal.next_seq
     reports.queue_quality(agent.journal, QualitySummary.from_dict({**agent.journal.quality[-1], "seq": 0}))
     assert agent.journal.next_seq == before  # nothing new: no seq spent, nothing re-queued
+
+
+# -- a model we did not train ------------------------------------------------------------------------------
+
+
+def test_the_real_imagenet_squeezenet_shadowed_by_a_class_swapping_copy_disagrees_only_on_those_classes() -> None:
+    """The real ImageNet SqueezeNet 1.0 (Caffe BGR preprocessing, 227 px, a Softmax output) beside a copy
+    that swaps its top class on natural photos with another: the comparison uses the line's own contract and
+    counts exactly the frames the live model puts in the swapped class as disagreements."""
+    from models.imagenet_line import imagenet_contract, imagenet_path
+    from models.probes import natural_crops
+
+    contract = imagenet_contract()
+    source = imagenet_path().read_bytes()
+    photos = list(natural_crops(24, seed=5))
+    swapper = HotSwapper()
+    live = swapper.load_sync(source, version=1, model_sha256=sha(source), contract=contract)
+    swapper.swap(live, health_window=False)
+    answers = [swapper.predict(p).index for p in photos]
+    top = max(set(answers), key=answers.count)
+    other = (top + 1) % 1000
+    candidate_bytes = swapped_classes(source, top, other, classes=1000)
+    candidate = swapper.load_sync(candidate_bytes, version=2, model_sha256=sha(candidate_bytes), contract=contract)
+    comparator = swapper.start_comparison(candidate, QualityPlan("shadow", sample_every=1, max_cpu_share=1.0),
+                                          kind="shadow", line="imagenet", rollout_id=3)
+    for p in photos:
+        assert swapper.predict(p).version == 1  # the camera only ever sees the live model
+        settle(comparator.snapshot)  # one at a time: the queue never drops a photo
+    s = swapper.stop_comparison()
+    assert s is not None and s.frames == len(photos) and s.dropped == 0
+    assert s.frames - s.agree == answers.count(top) > 0
+    assert len(s.candidate.class_counts) == len(s.baseline.class_counts) == 1000
+    assert s.candidate.class_counts[other] == s.baseline.class_counts[top] == answers.count(top)
