@@ -36,6 +36,10 @@ LATENCY_EDGES_MS: tuple[float, ...] = tuple(0.05 * 1.3 ** k for k in range(48))
 LATENCY_BINS = len(LATENCY_EDGES_MS) + 1
 #: Class-count vectors longer than this are refused (a line with more classes folds the rest into the last).
 MAX_CLASSES = 1024
+#: A summary on the wire names at most this many classes per side (the most answered); the rest travel as one
+#: ``other`` count.  A 1000-class model's dense counts alone were 4 KB a summary; this keeps a whole summary
+#: under 2 KB (issue 18's telemetry figure) for any class count.
+WIRE_CLASSES = 24
 #: Live plans: the new version is also rolled back when its mean top-1 confidence on the compared frames falls
 #: below this share of the previous version's on the same frames (a confidence collapse that keeps the top-1).
 CONFIDENCE_COLLAPSE_RATIO = 0.5
@@ -100,6 +104,7 @@ class ModelStats:
     latency: list[int] = field(default_factory=lambda: [0] * LATENCY_BINS)
     errors: int = 0  # the model raised
     nonfinite: int = 0  # the model answered NaN or infinity
+    other: int = 0  # top-1 answers in classes a folded summary no longer names (see WIRE_CLASSES)
 
     def record(self, top1: int, confidence: float, latency_ms: float) -> None:
         """Count one answer: its top-1 class, the top-1 probability and how long it took."""
@@ -115,11 +120,11 @@ class ModelStats:
     def merge(self, other: ModelStats) -> ModelStats:
         return ModelStats(_add(self.class_counts, other.class_counts), _add(self.confidence, other.confidence),
                           _add(self.latency, other.latency), self.errors + other.errors,
-                          self.nonfinite + other.nonfinite)
+                          self.nonfinite + other.nonfinite, self.other + other.other)
 
     @property
     def answered(self) -> int:
-        return sum(self.class_counts)
+        return sum(self.class_counts) + self.other
 
     def p(self, q: float) -> float | None:
         """Latency quantile in ms (bin upper edge)."""
@@ -131,18 +136,53 @@ class ModelStats:
             return None
         return sum((i + 0.5) / CONFIDENCE_BINS * c for i, c in enumerate(self.confidence)) / n
 
+    def top_classes(self, k: int = WIRE_CLASSES) -> tuple[list[list[int]], int]:
+        """The ``k`` most answered classes as ``[index, count]`` pairs (most first, then by index) and the
+        answers of every other class summed."""
+        named = sorted(((n, i) for i, n in enumerate(self.class_counts) if n), key=lambda t: (-t[0], t[1]))
+        kept, rest = named[:k], named[k:]
+        return [[i, n] for n, i in kept], self.other + sum(n for n, _ in rest)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"class_counts": self.class_counts, "confidence": self.confidence, "latency": self.latency,
+        classes, other = self.top_classes()
+        return {"classes": classes, "other": other, "confidence": self.confidence, "latency": self.latency,
                 "errors": self.errors, "nonfinite": self.nonfinite}
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> ModelStats:
+        """Read one side; ``classes`` pairs (this format) or a dense ``class_counts`` list (cars and stored
+        summaries from before the folded format)."""
         if not isinstance(d, dict):
             raise MalformedMessage(f"{where} is not an object")
-        return cls(class_counts=_counts(d.get("class_counts"), f"{where}.class_counts"),
+        if "classes" in d:
+            counts, other = _pairs(d.get("classes"), f"{where}.classes"), _count(d, "other", where)
+        else:
+            counts, other = _counts(d.get("class_counts"), f"{where}.class_counts"), 0
+        return cls(class_counts=counts,
                    confidence=_counts(d.get("confidence"), f"{where}.confidence", CONFIDENCE_BINS),
                    latency=_counts(d.get("latency"), f"{where}.latency", LATENCY_BINS),
-                   errors=_count(d, "errors", where), nonfinite=_count(d, "nonfinite", where))
+                   errors=_count(d, "errors", where), nonfinite=_count(d, "nonfinite", where), other=other)
+
+
+def _pairs(value: Any, where: str) -> list[int]:
+    """``[[index, count], ...]`` (distinct indexes below MAX_CLASSES, at most WIRE_CLASSES pairs) as dense counts."""
+    if not isinstance(value, list) or len(value) > WIRE_CLASSES:
+        raise MalformedMessage(f"{where} must be a list of at most {WIRE_CLASSES} [class index, count] pairs")
+    dense: list[int] = []
+    for pair in value:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise MalformedMessage(f"{where} holds {pair!r}: each entry is a [class index, count] pair")
+        i, n = pair
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < MAX_CLASSES:
+            raise MalformedMessage(f"{where} names class {i!r}: indexes are 0..{MAX_CLASSES - 1}")
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < MAX_COUNT:
+            raise MalformedMessage(f"{where} holds count {n!r}: counts are non-negative integers")
+        if i >= len(dense):
+            dense.extend([0] * (i + 1 - len(dense)))
+        elif dense[i]:
+            raise MalformedMessage(f"{where} names class {i} twice")
+        dense[i] = n
+    return dense
 
 
 @dataclass
@@ -189,7 +229,8 @@ class QualitySummary:
         return {
             "frames": float(self.frames),
             "agreement": self.agree / self.frames if self.frames else None,
-            "class_shift": class_shift(self.candidate.class_counts, self.baseline.class_counts),
+            "class_shift": class_shift(self.candidate.class_counts, self.baseline.class_counts,
+                                       self.candidate.other, self.baseline.other),
             "latency_p50_ms": cand_p50, "latency_p99_ms": cand_p99,
             "baseline_latency_p50_ms": base_p50, "baseline_latency_p99_ms": base_p99,
             "latency_p99_ratio": cand_p99 / base_p99 if cand_p99 and base_p99 else None,
@@ -233,13 +274,18 @@ class QualitySummary:
         return s
 
 
-def class_shift(a: list[int], b: list[int]) -> float | None:
-    """Total variation distance between two class distributions (0: the same, 1: disjoint); None if empty."""
-    ta, tb = sum(a), sum(b)
+def class_shift(a: list[int], b: list[int], other_a: int = 0, other_b: int = 0) -> float | None:
+    """Total variation distance between two class distributions (0: the same, 1: disjoint); None if empty.
+
+    Folded answers (``other_*``) count as one more class: a shift inside the folded tail is not seen, so a
+    folded figure is at most the true one.
+    """
+    ta, tb = sum(a) + other_a, sum(b) + other_b
     if not ta or not tb:
         return None
     n = max(len(a), len(b))
-    return 0.5 * sum(abs((a[i] if i < len(a) else 0) / ta - (b[i] if i < len(b) else 0) / tb) for i in range(n))
+    named = sum(abs((a[i] if i < len(a) else 0) / ta - (b[i] if i < len(b) else 0) / tb) for i in range(n))
+    return 0.5 * (named + abs(other_a / ta - other_b / tb))
 
 
 # -- plans (in the signed offer) ----------------------------------------------------------------------------

@@ -150,8 +150,15 @@ def quality_charts(quality: dict, labels: Sequence[str]) -> dict:
     counts = (summary or {}).get("class_counts") or {}
     cand, base = list(counts.get("candidate") or []), list(counts.get("baseline") or [])
     n = max(len(cand), len(base))
+    names = [labels[i] if i < len(labels) else f"class {i}" for i in range(n)]
+    other = (summary or {}).get("class_other") or {}
+    if other.get("candidate") or other.get("baseline"):  # the classes folded out of the cars' summaries
+        cand, base = cand + [0] * (n - len(cand)), base + [0] * (n - len(base))
+        cand.append(int(other.get("candidate") or 0))
+        base.append(int(other.get("baseline") or 0))
+        names.append("other classes")
+        n += 1
     if n:
-        names = [labels[i] if i < len(labels) else f"class {i}" for i in range(n)]
         pad = lambda v: [float(v[i]) if i < len(v) else 0.0 for i in range(n)]  # noqa: E731
         out["classes"] = {"series": {"unit": "frames", "names": ["candidate", "baseline"],
                                      "data": [[float(i) for i in range(n)], pad(cand), pad(base)],

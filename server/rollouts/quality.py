@@ -128,7 +128,9 @@ def _figures(m: Merged) -> dict[str, Any] | None:
             "confidence_mean": f["confidence_mean"], "baseline_confidence_mean": f["baseline_confidence_mean"],
             "confidence_ratio": f["confidence_ratio"], "error_rate": f["error_rate"], "cars": m.cars,
             "class_counts": {"candidate": m.summary.candidate.class_counts,
-                             "baseline": m.summary.baseline.class_counts}}
+                             "baseline": m.summary.baseline.class_counts},
+            # answers in classes the cars' folded summaries did not name (protocol.quality.WIRE_CLASSES)
+            "class_other": {"candidate": m.summary.candidate.other, "baseline": m.summary.baseline.other}}
 
 
 def note_history(session: Session, r: Rollout, now: datetime | None = None) -> None:

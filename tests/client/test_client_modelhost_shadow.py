@@ -151,7 +151,7 @@ def test_a_shadow_candidate_runs_beside_the_live_model_here_and_goes_live_only_b
         first = wait_for(lambda: pulled(tmp_path, "shadow", at_least=20), what="a pulled summary")
         assert (first["candidate_version"], first["baseline_version"], first["rollout_id"]) == (2, 1, 9)
         assert first["agree"] == first["frames"]  # the same network: agreement 1.0
-        assert first["candidate"]["class_counts"] == first["baseline"]["class_counts"]
+        assert first["candidate"]["classes"] == first["baseline"]["classes"] and first["candidate"]["other"] == 0
         shadowing = len(cam.versions)
         # the rollout promotes: the same version, no shadow plan, no package to download (offline anyway)
         st = h.handle_offer(offers.offer(m2, 2, rollout_id=9, place_package=False))

@@ -12,6 +12,7 @@ from protocol.quality import (
     CONFIDENCE_BINS,
     LATENCY_BINS,
     MAX_CLASSES,
+    WIRE_CLASSES,
     ModelStats,
     QualityPlan,
     QualitySummary,
@@ -45,7 +46,13 @@ def test_a_summary_survives_the_wire_and_merges_by_adding() -> None:
     lambda d: d.update(agree=d["frames"] + 1),
     lambda d: d.update(frames=-1),
     lambda d: d.update(seq=True),
-    lambda d: d["candidate"].update(class_counts=[1] * (MAX_CLASSES + 1)),
+    lambda d: d["candidate"].update(classes=[[i, 1] for i in range(WIRE_CLASSES + 1)]),
+    lambda d: d["candidate"].update(classes=[[MAX_CLASSES, 1]]),
+    lambda d: d["candidate"].update(classes=[[2, 1], [2, 3]]),
+    lambda d: d["candidate"].update(classes=[[2, -1]]),
+    lambda d: d["candidate"].update(classes=[[2]]),
+    lambda d: d["candidate"].update(other=-3),
+    lambda d: d["candidate"].pop("classes") and d["candidate"].update(class_counts=[1] * (MAX_CLASSES + 1)),
     lambda d: d["candidate"].update(confidence=[0] * (CONFIDENCE_BINS + 1)),
     lambda d: d["baseline"].update(latency=[0.5] * LATENCY_BINS),
     lambda d: d.update(line=""),
@@ -56,6 +63,51 @@ def test_a_malformed_or_unbounded_summary_is_refused(mutate: Any) -> None:
     mutate(d)
     with pytest.raises(MalformedMessage):
         QualitySummary.from_dict(d)
+
+
+def test_the_earlier_dense_class_counts_are_still_read() -> None:
+    a = _summary(9, 10)
+    d = a.to_dict()
+    for side in ("candidate", "baseline"):
+        d[side].pop("classes"), d[side].pop("other")
+        d[side]["class_counts"] = getattr(a, side).class_counts
+    assert QualitySummary.from_dict(d) == a
+
+
+def _imagenet_summary(frames: int) -> QualitySummary:
+    """A 1000-class comparison where every class is answered and every latency bin is hit (the worst shape)."""
+    s = QualitySummary("shadow", "imagenet-squeezenet-with-a-long-line-name", 2**31, 2**31, 2**31 - 1, seq=2**40)
+    for side in (s.candidate, s.baseline):
+        side.class_counts = [frames // 1000 + i for i in range(1000)]
+        side.confidence = [frames // CONFIDENCE_BINS] * CONFIDENCE_BINS
+        side.latency = [frames // LATENCY_BINS] * LATENCY_BINS
+        side.errors = side.nonfinite = frames // 100
+    s.frames, s.agree, s.sampled, s.dropped = frames, frames - 1, frames, frames // 3
+    return s
+
+
+@pytest.mark.parametrize("frames", [1_000, 100_000, 9_999_999])
+def test_a_summary_of_a_thousand_class_model_stays_under_2_kb_and_keeps_its_totals(frames: int) -> None:
+    s = _imagenet_summary(frames)
+    wire = json.dumps(s.to_dict(), separators=(",", ":"))
+    assert len(wire.encode()) <= 2048, len(wire)
+    back = QualitySummary.from_dict(json.loads(wire))
+    for side in ("candidate", "baseline"):
+        was, now = getattr(s, side), getattr(back, side)
+        assert now.answered == was.answered  # nothing lost: the tail is one count
+        kept = sorted(range(1000), key=lambda i: -was.class_counts[i])[:WIRE_CLASSES]
+        assert all(now.class_counts[i] == was.class_counts[i] for i in kept)
+        assert now.other == sum(was.class_counts) - sum(was.class_counts[i] for i in kept)
+    assert back.metrics()["agreement"] == s.metrics()["agreement"]
+    assert back.merge(back).candidate.other == 2 * back.candidate.other
+
+
+def test_class_shift_counts_the_folded_tail_as_one_class() -> None:
+    a, b = ModelStats(), ModelStats()
+    a.class_counts, a.other = [10, 0], 10
+    b.class_counts, b.other = [0, 10], 10
+    s = QualitySummary("shadow", "signs", 1, 2, 1, candidate=a, baseline=b)
+    assert s.metrics()["class_shift"] == pytest.approx(0.5)  # half of each side moved; the tails look alike
 
 
 def test_latency_quantiles_come_from_the_log_bins_within_one_bin() -> None:
