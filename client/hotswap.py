@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,6 +41,7 @@ import numpy as np
 from client.errors import AgentError, BadImage, SmokeTestFailed
 from client.manifest import Smoke
 from client.shadow import Comparator
+from client.shadowproc import ProcessComparator
 from models.errors import ContractError
 from models.preprocess import postprocess, preprocess
 from models.smoke import golden_inputs
@@ -88,6 +89,9 @@ class LoadedModel:
     contract: InputContract
     #: The model's batch size when its input fixes one (an image is repeated to fill it), else 1.
     batch: int = 1
+    #: The model's bytes, kept only by a ``HotSwapper(comparisons="process")``: a comparison's child
+    #: process builds its own session from them.
+    source: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -182,7 +186,13 @@ class HotSwapper:
     #: so that this thread, not the camera's, frees it (see ``_release``).
     release_wait_s: float = 0.05
 
-    def __init__(self, session_factory: SessionFactory | None = None) -> None:
+    def __init__(self, session_factory: SessionFactory | None = None, *, comparisons: str = "thread") -> None:
+        """``comparisons``: where a comparison's beside model runs: ``thread`` (a thread of this process) or
+        ``process`` (``client.shadowproc``: a child process, so the camera never waits for its GIL; every
+        loaded model then keeps its bytes)."""
+        if comparisons not in ("thread", "process"):
+            raise ValueError(f"comparisons must be 'thread' or 'process', got {comparisons!r}")
+        self.comparisons = comparisons
         self._factory = session_factory or default_session_factory()
         self._live: _Live | None = None
         self._count_lock = threading.Lock()  # only guards the health counters, never held during a load
@@ -190,7 +200,7 @@ class HotSwapper:
         self._window_errors = 0
         #: The comparison running beside the live model (shadow or health-window), if any: ``predict``
         #: hands it a frame after answering.
-        self._comparator: Comparator | None = None
+        self._comparator: Comparator | ProcessComparator | None = None
 
     # -- the inference path -------------------------------------------------
 
@@ -249,11 +259,12 @@ class HotSwapper:
     # -- comparisons (issue 18) ---------------------------------------------
 
     @property
-    def comparator(self) -> Comparator | None:
+    def comparator(self) -> Comparator | ProcessComparator | None:
         return self._comparator
 
     def start_comparison(self, beside: LoadedModel, plan: QualityPlan, *, kind: str, line: str,
-                         rollout_id: int | None, resume: QualitySummary | None = None) -> Comparator:
+                         rollout_id: int | None, resume: QualitySummary | None = None
+                         ) -> Comparator | ProcessComparator:
         """Run ``beside`` next to the live model on sampled frames (stopping any comparison running).
 
         ``kind`` ``shadow``: ``beside`` is a candidate that never answers.  ``kind`` ``live``: ``beside`` is
@@ -266,8 +277,13 @@ class HotSwapper:
         if live is None:
             raise NoModel("no live model to compare a candidate against")
         self.stop_comparison()
-        comparator = Comparator(beside, live.current, plan, kind=kind, line=line, rollout_id=rollout_id,
-                                resume=resume)
+        comparator: Comparator | ProcessComparator
+        if self.comparisons == "process" and beside.source is not None:
+            comparator = ProcessComparator(beside, live.current, plan, kind=kind, line=line, rollout_id=rollout_id,
+                                           resume=resume)
+        else:
+            comparator = Comparator(beside, live.current, plan, kind=kind, line=line, rollout_id=rollout_id,
+                                    resume=resume)
         self._comparator = comparator
         return comparator
 
@@ -286,11 +302,14 @@ class HotSwapper:
             SmokeTestFailed: ONNX Runtime cannot load the model, or the contract does not fit it
                 (input or output name, input rank, a fixed size or channel count, the class count).
         """
+        source = None
+        if self.comparisons == "process":  # read before the session: a staged file is renamed after the load
+            source = model if isinstance(model, bytes) else Path(model).read_bytes()
         try:
             session = self._factory(model, model_sha256)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise SmokeTestFailed(f"ONNX Runtime cannot load model {model_sha256[:12]}: {e}") from e
-        return LoadedModel(session, version, model_sha256, contract, _check_fits(session, contract))
+        return LoadedModel(session, version, model_sha256, contract, _check_fits(session, contract), source)
 
     def load_and_smoke_sync(self, model: ModelSource, *, version: int, model_sha256: str,
                             contract: InputContract, smoke: Smoke) -> LoadedModel:

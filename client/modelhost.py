@@ -106,17 +106,22 @@ class ModelHost:
 
     def __init__(self, config: AgentConfig, *, poll: bool = True,
                  session_factory: SessionFactory | None = None,
-                 safe_to_swap: Callable[[], bool] | None = None) -> None:
+                 safe_to_swap: Callable[[], bool] | None = None, comparisons: str = "process") -> None:
         """``safe_to_swap`` (issue 21): the application's rule for when a new model may go live (parked,
         ignition off, ...), called in this process on the daemon's request; None: always.  While it says no,
-        a verified update waits loaded at ``verified`` and the current model keeps answering."""
+        a verified update waits loaded at ``verified`` and the current model keeps answering.
+
+        ``comparisons`` (issue 18): where a shadow or health-window comparison runs its beside model:
+        ``process`` (a child process, ``client.shadowproc``: the camera never waits for its GIL; costs that
+        process's memory and the models' bytes kept here) or ``thread`` (in this process)."""
         # The platform is measured here, where ONNX Runtime is loaded anyway: the daemon never loads it.
         from client.platform_probe import current_platform
 
         self.config = config if config.platform is not None else dataclasses.replace(
             config, platform=current_platform(config.hardware))
         self.poll = poll
-        self.swapper = HotSwapper(session_factory or default_session_factory(config.inference_threads))
+        self.swapper = HotSwapper(session_factory or default_session_factory(config.inference_threads),
+                                  comparisons=comparisons)
         self.safe_to_swap = safe_to_swap
         # The daemon names models by handle: the live one, its fallback, and one loaded but not yet swapped in.
         self._pending: dict[int, LoadedModel] = {}

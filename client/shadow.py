@@ -43,6 +43,21 @@ CPU_WINDOW_S = 5.0
 BUSY_BUCKET_S = 0.1
 
 
+def initial_summary(beside: LoadedModel, live: LoadedModel, *, kind: str, line: str, rollout_id: int | None,
+                    resume: QualitySummary | None) -> QualitySummary:
+    """A comparison's summary before its first frame: ``resume`` when it is this comparison's, else empty."""
+    candidate, baseline = (beside.version, live.version) if kind == "shadow" else (live.version, beside.version)
+    fresh = QualitySummary(kind=kind, line=line, rollout_id=rollout_id, candidate_version=candidate,
+                           baseline_version=baseline)
+    # class counts as long as each side's label list from the start (the wire names the most answered only)
+    cand_model, base_model = (beside, live) if kind == "shadow" else (live, beside)
+    fresh.candidate.class_counts = [0] * min(len(cand_model.contract.labels), MAX_CLASSES)
+    fresh.baseline.class_counts = [0] * min(len(base_model.contract.labels), MAX_CLASSES)
+    same = resume is not None and (resume.kind, resume.rollout_id, resume.candidate_version,
+                                   resume.baseline_version) == (kind, rollout_id, candidate, baseline)
+    return copy.deepcopy(resume) if same and resume is not None else fresh
+
+
 class Comparator:
     """One comparison: ``beside`` runs on sampled frames next to whatever the live model answered.
 
@@ -53,7 +68,8 @@ class Comparator:
 
     def __init__(self, beside: LoadedModel, live: LoadedModel, plan: QualityPlan, *, kind: str, line: str,
                  rollout_id: int | None, resume: QualitySummary | None = None,
-                 clock: Callable[[], float] = time.perf_counter, cpu_window_s: float = CPU_WINDOW_S) -> None:
+                 clock: Callable[[], float] = time.perf_counter, cpu_window_s: float = CPU_WINDOW_S,
+                 threaded: bool = True) -> None:
         if kind not in ("shadow", "live"):
             raise ValueError(f"comparison kind must be shadow or live, got {kind!r}")
         self._beside: LoadedModel | None = beside  # None once closed: the session goes with its last reference
@@ -63,16 +79,7 @@ class Comparator:
         # only what the live model is, never its session (a retired live session must not outlive its swap)
         live_version, self._live_contract, self._live_batch = live.version, live.contract, live.batch
         self.live_version = live_version
-        candidate, baseline = (beside.version, live_version) if kind == "shadow" else (live_version, beside.version)
-        fresh = QualitySummary(kind=kind, line=line, rollout_id=rollout_id, candidate_version=candidate,
-                               baseline_version=baseline)
-        # class counts as long as each side's label list from the start: a summary's size is fixed by the line
-        cand_model, base_model = (beside, live) if kind == "shadow" else (live, beside)
-        fresh.candidate.class_counts = [0] * min(len(cand_model.contract.labels), MAX_CLASSES)
-        fresh.baseline.class_counts = [0] * min(len(base_model.contract.labels), MAX_CLASSES)
-        same = resume is not None and (resume.kind, resume.rollout_id, resume.candidate_version,
-                                       resume.baseline_version) == (kind, rollout_id, candidate, baseline)
-        self._summary = copy.deepcopy(resume) if same and resume is not None else fresh
+        self._summary = initial_summary(beside, live, kind=kind, line=line, rollout_id=rollout_id, resume=resume)
         self._lock = threading.Lock()  # guards _summary; never held while a model runs
         self._clock = clock
         self._window_s = cpu_window_s
@@ -83,7 +90,8 @@ class Comparator:
         self._queue: queue.Queue[tuple[np.ndarray, bool, Prediction, float] | None] = queue.Queue(QUEUE_FRAMES)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"ota-compare-v{beside.version}", daemon=True)
-        self._thread.start()
+        if threaded:  # else the owner calls compare_now (client.shadowproc's child process)
+            self._thread.start()
 
     # -- the camera thread ---------------------------------------------------------------------------------
 
@@ -151,6 +159,15 @@ class Comparator:
         else:
             busy.append([end, seconds])
         self._busy_sum += seconds
+
+    def compare_now(self, frame: np.ndarray, prepared: bool, live: Prediction, live_ms: float) -> None:
+        """Compare one frame the owner already sampled, in the caller's thread (``threaded=False``): dropped
+        when over the CPU budget, like a queued frame would be."""
+        with self._lock:
+            if self._over_budget():
+                self._summary.dropped += 1
+                return
+        self._compare(frame, prepared, live, live_ms)
 
     # -- the comparison thread -----------------------------------------------------------------------------
 
@@ -223,7 +240,7 @@ class Comparator:
             self._queue.put_nowait(None)
         except queue.Full:
             pass
-        if self._thread is not threading.current_thread():
+        if self._thread.ident is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
         if not self._thread.is_alive():
             self._beside = None  # frees the session here, unless the swapper still holds it (live mode)

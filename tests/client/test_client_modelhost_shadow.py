@@ -145,6 +145,7 @@ def test_a_shadow_candidate_runs_beside_the_live_model_here_and_goes_live_only_b
         assert st["running_version"] == 1 and h.running_version == 1
         comparator = h.swapper.comparator  # in this process: the camera's frames are here
         assert comparator is not None and (comparator.kind, comparator.beside_version) == ("shadow", 2)
+        assert type(comparator).__name__ == "ProcessComparator"  # ModelHost's default: the camera's GIL is its own
         assert not h._pending  # the candidate is no handle the daemon could swap in
         assert states(tmp_path, 2) == ["downloading", "downloaded", "verified"]
         # the daemon pulls the cumulative summary every report_every_s into its journal
