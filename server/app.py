@@ -54,6 +54,7 @@ from server.releases.routes import router as releases_router
 from server.rollouts import service as rollouts
 from server.rollouts.gauges import fleet_figures
 from server.rollouts.membership import MembershipCache
+from server.rollouts.quality import JudgeThrottle
 from server.rollouts.routes import router as rollouts_router
 from server.status import StatusCache
 from server.webhooks import worker as webhook_worker
@@ -89,7 +90,8 @@ def build_context(settings: Settings, metrics: Metrics | None = None) -> AppCont
                       statuses=StatusCache(keys.signer, settings.status_ttl_s),
                       storage=PackageStorage(blobs, settings.package_cache_items), presence=LastSeen(),
                       pollcache=cache.attach(db.sessions),  # poll path, issue 8
-                      membership=MembershipCache(), metrics=metrics or Metrics(),
+                      membership=MembershipCache(), quality_judge=JudgeThrottle(settings.quality_judge_s),
+                      metrics=metrics or Metrics(),
                       enroll_limiter=RateLimiter(settings.enroll_rate_per_s, settings.enroll_burst),
                       poll_loaders=CapacityLimiter(POLL_LOADERS))
 

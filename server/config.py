@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     smoke_atol: float = 1e-3
     last_seen_flush_s: float = 5.0
     rollout_tick_s: float = 5.0
+    # a rollout touched only by quality summaries is judged on ingest at most this often per process (0: on every
+    # summary); the rollout tick judges it whatever arrives (server/rollouts/quality.py JudgeThrottle)
+    quality_judge_s: float = Field(default=5.0, ge=0)
     chunk_bytes: int = 64 * 1024
     dashboard_refresh_s: float = Field(default=5.0, gt=0)  # how often dashboard pages refresh their counts
     dashboard_stuck_after_s: float = Field(default=1800.0, gt=0)  # an update with no progress this long is stuck

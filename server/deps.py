@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the features' types, for the fields; the features import th
     from server.metrics import Metrics
     from server.registry.storage import PackageStorage
     from server.rollouts.membership import MembershipCache
+    from server.rollouts.quality import JudgeThrottle
 
 
 @dataclass
@@ -58,6 +59,7 @@ class AppContext:
     presence: LastSeen  # last-seen times, flushed in batches
     pollcache: PollCache  # the poll path's per-process views (issue 8)
     membership: MembershipCache  # which devices each rollout's stages hold
+    quality_judge: JudgeThrottle  # when a rollout only quality summaries touched is judged on ingest
     metrics: Metrics
     enroll_limiter: RateLimiter  # enrolments per address and credential
     poll_loaders: CapacityLimiter  # cache misses read in at most this many threads

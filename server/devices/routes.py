@@ -28,7 +28,6 @@ from server.devices.pollcache import PollAnswer, PollCache
 from server.devices.store import InventoryFilter
 from server.errors import Conflict, Unauthorized, Unprocessable
 from server.rollouts.lineview import LineView, load_line
-from server.rollouts.membership import MembershipCache
 from server.security import bearer, token_digest
 
 router = APIRouter(prefix="/api/v1")
@@ -176,10 +175,11 @@ async def poll(body: schemas.PollIn, request: Request,
     return Response(answer.content, media_type="application/json")
 
 
-def _report_in_transaction(session: Session, members: MembershipCache, token: str | None, body: schemas.ReportsIn,
+def _report_in_transaction(session: Session, ctx: AppContext, token: str | None, body: schemas.ReportsIn,
                            raw: list[dict[str, Any]] | None) -> schemas.ReportsOut:
     """Raises Unauthorized for a missing or unknown token (looked up in the write transaction: no extra hop)."""
-    return service.report(session, members, known_device(session, token), body, raw)
+    return service.report(session, ctx.membership, known_device(session, token), body, raw,
+                          judge_quality=ctx.quality_judge.due)
 
 
 @router.post("/device/reports", response_model=schemas.ReportsOut)
@@ -187,7 +187,7 @@ async def reports(body: schemas.ReportsIn, request: Request, ctx: Ctx,
                   authorization: Annotated[str | None, Header()] = None) -> schemas.ReportsOut:
     sent = await request.json()  # already parsed for ``body``; signatures cover the reports exactly as sent
     raw = sent.get("reports") if isinstance(sent, dict) else None  # (quality summaries are not signed)
-    ack = await ctx.db.run_write(_report_in_transaction, ctx.membership, bearer(authorization), body,
+    ack = await ctx.db.run_write(_report_in_transaction, ctx, bearer(authorization), body,
                                  raw if isinstance(raw, list) else None)
     states = {r.seq: r.state for r in body.reports}
     for seq in ack.accepted:

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -269,10 +270,13 @@ def _install_evidence(session: Session, device: Device, update: DeviceUpdate, si
 
 
 def report(session: Session, members: MembershipCache, device: Device, body: schemas.ReportsIn,
-           raw: list[dict[str, Any]] | None = None) -> schemas.ReportsOut:
+           raw: list[dict[str, Any]] | None = None,
+           judge_quality: Callable[[int], bool] | None = None) -> schemas.ReportsOut:
     """Apply queued reports in seq order; re-sent seqs are acknowledged without effect.
 
-    ``raw`` is the reports as the car sent them (their signatures cover those exact fields).
+    ``raw`` is the reports as the car sent them (their signatures cover those exact fields).  A rollout that
+    an accepted report touched is judged now; one that only quality summaries touched, when ``judge_quality``
+    says so (``JudgeThrottle.due``; None: always), else on the rollout tick.
 
     Raises:
         Unauthorized: a report's signature does not verify (nothing changes).
@@ -307,7 +311,9 @@ def report(session: Session, members: MembershipCache, device: Device, body: sch
         accepted.append(r.seq)
         if update.rollout_id is not None:
             touched.add(update.rollout_id)
-    quality_accepted, quality_rejected = _record_quality(session, device, body, touched)
+    by_quality: set[int] = set()
+    quality_accepted, quality_rejected = _record_quality(session, device, body, by_quality)
+    touched |= {r for r in by_quality - touched if judge_quality is None or judge_quality(r)}
     for rollout_id in sorted(touched):
         rollouts.evaluate(session, members, rollout_id)
     return schemas.ReportsOut(accepted=accepted, rejected=rejected, quality_accepted=quality_accepted,

@@ -10,6 +10,10 @@ the merge of its cars' summaries (:func:`merged`), judged by its gates (:func:`p
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +30,40 @@ from server.rollouts import stages as staging
 from server.rollouts import store
 
 HISTORY_MAX = 500  # points per rollout
+
+
+class JudgeThrottle:
+    """How often a rollout that only quality summaries touched is judged on ingest, per server process.
+
+    Judging merges every car's summary of the rollout (and tallies its cars): at 10,000 cars each reporting
+    every 30 s, judging on every summary was hundreds of whole-rollout merges a second.  A summary is stored
+    at once; the rollout is judged on the first summary, then at most every ``every_s`` on ingest, and on
+    every rollout tick whatever arrives.  Install reports are still judged at once (error thresholds).
+    """
+
+    #: Rollouts remembered at most (the oldest forgotten first: a forgotten one is simply judged again).
+    MAX_ROLLOUTS = 10_000
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self._clock = clock
+        self._last: OrderedDict[int, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def due(self, rollout_id: int) -> bool:
+        """True (and noted) when the rollout was not judged on ingest in the last ``every_s``."""
+        if self.every_s <= 0:
+            return True
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(rollout_id)
+            if last is not None and now - last < self.every_s:
+                return False
+            self._last[rollout_id] = now
+            self._last.move_to_end(rollout_id)
+            while len(self._last) > self.MAX_ROLLOUTS:
+                self._last.popitem(last=False)
+            return True
 
 
 def gates_of(r: Rollout) -> list[Gate]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from itertools import count
+from pathlib import Path
 from typing import Any
 
 from server.rollouts.stages import stage_of
 from tests.conftest import ZOO
 from tests.server.factories import Car, create_rollout, show_rollout, stored_state, summary
-from tests.support.live_server import LiveServer
+from tests.support.live_server import LiveServer, run_live_server
 
 _lines = count(1)
 
@@ -233,8 +234,9 @@ def test_a_failing_live_gate_halts_the_rollout(server: LiveServer) -> None:
     assert car.send_quality(summary(offer, seq=1, frames=60, agree=59, kind="live")).status_code == 200
     assert show_rollout(server, r["id"])["state"] == "running"
     assert car.send_quality(summary(offer, seq=2, frames=120, agree=100, kind="live")).status_code == 200
+    # judged on the first summary at once, then at most every quality_judge_s on ingest and on every tick
+    _wait("the halt", lambda: show_rollout(server, r["id"])["state"] == "halted")
     shown = show_rollout(server, r["id"])
-    assert shown["state"] == "halted"
     assert shown["reason"].startswith("stage 0 live gate agreement>=0.95 failed: agreement 0.8333 on 120 frames")
     assert shown["quality"]["summaries"]["live"]["frames"] == 120
 
@@ -251,3 +253,26 @@ def test_a_live_comparison_rollback_counts_toward_the_error_threshold(server: Li
                running_version=1, running_model_sha256=v1["packages"]["lossless"]["model_sha256"])
     shown = show_rollout(server, r["id"])
     assert shown["state"] == "halted" and "error threshold" in shown["reason"]
+
+
+def test_summaries_are_stored_at_once_and_judged_at_most_every_quality_judge_s(tmp_path: Path) -> None:
+    """10,000 cars reporting every 30 s must not make every summary a whole-rollout merge: after the first
+    summary, a rollout only summaries touched is judged on ingest at most every ``quality_judge_s`` (and on
+    the rollout tick, here two minutes away), while each summary is stored and shown at once."""
+    with run_live_server(tmp_path, rollout_tick_s=120.0, quality_judge_s=60.0) as slow:
+        line, v1 = _line(slow)
+        (car,) = _fleet(slow, line, v1, 1)
+        r = create_rollout(slow, line=line, version=2, stages=[{"percent": 100}],
+                           gates=["agreement>=0.95", "min_frames=50"])
+        offer = car.poll(line)
+        assert offer is not None
+        car.install(offer, download=False)
+        assert car.send_quality(summary(offer, seq=1, frames=60, agree=59, kind="live")).status_code == 200
+        assert car.send_quality(summary(offer, seq=2, frames=120, agree=100, kind="live")).status_code == 200
+        shown = show_rollout(slow, r["id"])
+        assert shown["quality"]["summaries"]["live"]["frames"] == 120  # stored at once
+        assert shown["state"] == "running"  # a failing figure, not judged yet: the next judgement halts it
+        back = car.report(offer, "rolled_back", reason="an install report is judged at once, throttle or not")
+        assert back.status_code == 200, back.text
+        shown = show_rollout(slow, r["id"])
+        assert shown["state"] == "halted", shown["reason"]
