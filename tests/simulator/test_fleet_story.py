@@ -98,7 +98,9 @@ def test_server_bytes_equal_what_the_cars_received(story: dict[str, Any]) -> Non
             # a cut connection loses what was in flight: the server counted it, the car never saw it
             assert sent.get(car["device_id"], 0) >= got, car["device_id"]
     clean = [c for c in cars if c["drops"] == 0]
-    assert len(clean) >= CARS // 4  # enough cars never lost a connection for the equality to mean something
+    # enough cars never lost a connection for the equality to mean something: how many do is chance (each
+    # link's drops are drawn per chunk, and which chunks a car reads depends on timing); 4 to 8 of 20 seen
+    assert len(clean) >= 3
     assert sum(c["artifact_bytes"] for c in clean) == sum(sent.get(c["device_id"], 0) for c in clean)
 
 
