@@ -4,6 +4,7 @@
     .venv/bin/python bench/load.py --json               # one JSON object per configuration
     .venv/bin/python bench/load.py --configs sqlite:1 --devices 500 --duration 5
     .venv/bin/python bench/load.py --lines 3            # issue 20: every car polls three lines
+    .venv/bin/python bench/load.py --devices 10000 --quality-cars 10000   # issue 18: summary ingest
 
 For each configuration it starts the real server (``ota serve``, N uvicorn
 workers, through ``server.process.serve`` with the
@@ -40,6 +41,14 @@ and the server's CPU:
   fleet polling every 60 s no longer takes this path, see
   server/devices/changefeed.py).  ``--no-uncached`` skips it.
 
+With ``--quality-cars N`` (issue 18: "server ingest of summaries from 10,000 cars does not lower the poll
+benchmark by more than 10%"), v2 goes out in a shadow stage to every car first (its gates cannot pass
+during the run, so it stays in shadow), each car polls once to take the offer, and then the ``rate`` and
+``saturation`` runs are made twice: alone, and while a second wrk sends the first N cars' cumulative quality
+summaries (one report request per car per ``--report-every`` seconds, 30 by default as ``QualityPlan``'s,
+each with the car's next ``seq``; a 10-class summary of a few thousand frames).  ``quality`` in the result
+gives both pairs and the change.
+
 The target on this 2-core machine is >= 2,000 polls/s at p99 <= 50 ms (a
 120,000-car fleet at 60 s polls).  Needs ``wrk`` (Debian package;
 ``make bench-tools``) and, for the PostgreSQL configurations, a server at
@@ -57,6 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +142,57 @@ done = function(summary, latency, requests)
     "\"p50_us\": %%d, \"p90_us\": %%d, \"p99_us\": %%d, \"max_us\": %%d}\n",
     summary.requests, summary.duration, summary.errors.status, summary.errors.connect,
     summary.errors.read, summary.errors.timeout, late_total,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+REPORT_LUA = r"""
+local tokens = {}
+local bodies = {}
+local seqs = {}
+local n = 0
+local i = 0
+for line in io.lines("%(reports)s") do
+  local tab = line:find("\t")
+  n = n + 1
+  tokens[n] = line:sub(1, tab - 1)
+  bodies[n] = line:sub(tab + 1)
+  seqs[n] = %(first_seq)d
+end
+function init(args)
+  i = 0
+end
+request = function()
+  i = i %% n + 1
+  seqs[i] = seqs[i] + 1
+  local body = bodies[i]:gsub("987654321", tostring(seqs[i]))
+  return wrk.format("POST", "/api/v1/device/reports",
+    {["Authorization"] = "Bearer " .. tokens[i], ["Content-Type"] = "application/json"}, body)
+end
+local interval_ms = %(interval_ms)s
+local ffi = require("ffi")
+ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } ota_ts; int clock_gettime(int clk, ota_ts *tp); ]]
+local ts = ffi.new("ota_ts")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local next_ms = nil
+delay = function()
+  local t = now_ms()
+  if next_ms == nil then next_ms = t end
+  local wait = next_ms - t
+  next_ms = next_ms + interval_ms
+  if wait <= 0 then return 0 end
+  return wait
+end
+done = function(summary, latency, requests)
+  io.write(string.format("WRKJSON {\"requests\": %%d, \"duration_us\": %%d, \"errors_status\": %%d, " ..
+    "\"errors_connect\": %%d, \"errors_read\": %%d, \"errors_timeout\": %%d, \"late_sends\": 0, " ..
+    "\"p50_us\": %%d, \"p90_us\": %%d, \"p99_us\": %%d, \"max_us\": %%d}\n",
+    summary.requests, summary.duration, summary.errors.status, summary.errors.connect,
+    summary.errors.read, summary.errors.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
 """
@@ -231,6 +292,85 @@ def _wrk(reg: ServedRegistry, work: Path, connections: int, seconds: float, rate
     return result
 
 
+def _summary_body(line: str, rollout_id: int) -> str:
+    """One car's report request: no state report, its cumulative shadow summary (``seq`` set by the Lua script)."""
+    from protocol.quality import ModelStats, QualitySummary
+
+    cand, base = ModelStats(), ModelStats()
+    for i in range(3000):  # ~100 s of a 30 fps camera sampled 1 in 10, or so
+        base.record(i % 10, 0.55 + (i % 40) / 100, 2.0 + (i % 7) / 10)
+        cand.record(i % 10 if i % 33 else (i + 1) % 10, 0.5 + (i % 45) / 100, 2.1 + (i % 9) / 10)
+    s = QualitySummary(kind="shadow", line=line, rollout_id=rollout_id, candidate_version=2, baseline_version=1,
+                       seq=987654321, frames=3000, agree=2910, sampled=3050, dropped=50, candidate=cand, baseline=base)
+    return json.dumps({"reports": [], "quality": [s.to_dict()]}, separators=(",", ":"))
+
+
+def _shadow_rollout(reg: ServedRegistry, lines: list[str], cars: int) -> tuple[list[str], int]:
+    """v2 in a shadow stage to every car (gates that cannot pass during the run), each car's poll taking it;
+    the report lines (token TAB body) of the first ``cars`` cars running v1."""
+    admin = {"Authorization": f"Bearer {reg.admin_token}"}
+    line = MODEL_LINES[0]
+    r = httpx.post(f"{reg.url}/api/v1/lines/{line}/versions", headers=admin,
+                   files={"file": ("v2.onnx", (ZOO / "v2.onnx").read_bytes())}, timeout=120)
+    r.raise_for_status()
+    r = httpx.post(f"{reg.url}/api/v1/rollouts", headers=admin, timeout=60,
+                   json={"line": line, "version": 2, "shadow": {"percent": 100, "min_s": 86400},
+                         "stages": [{"percent": 100}], "gates": ["agreement>=0.9", "min_frames=1000000000"]})
+    r.raise_for_status()
+    rollout_id = r.json()["id"]
+    asyncio.run(_poll_each(reg.url, lines))  # every car takes its shadow offer: its summaries are then accepted
+    body = _summary_body(line, rollout_id)
+    on_v1 = [ln.partition("\t")[0] for ln in lines if '"current_version":1' in ln and f'"line":"{line}"' in ln]
+    return [f"{token}\t{body}" for token in on_v1[:cars]], rollout_id
+
+
+def _with_reports(reg: ServedRegistry, work: Path, seconds: float, per_s: float, first_seq: int,
+                  measure: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run ``measure`` (a poll wrk run of ``seconds``) while a second wrk sends ``per_s`` summary reports."""
+    script = work / "reports.lua"
+    script.write_text(REPORT_LUA % {"reports": work / "reports.tsv", "interval_ms": 1000.0 / per_s,
+                                    "first_seq": first_seq})
+    proc = subprocess.Popen(["wrk", "-t1", "-c16", f"-d{seconds + 1:.0f}s", "--timeout", "5s", "-s", str(script),
+                             reg.url], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # the reports are flowing when the polls start
+    polls = measure()
+    out, _ = proc.communicate(timeout=seconds + 60)
+    stats = json.loads(next(line for line in out.splitlines() if line.startswith("WRKJSON "))[8:])
+    errors = stats["errors_status"] + stats["errors_connect"] + stats["errors_read"] + stats["errors_timeout"]
+    reports = {"reports_per_s": round(stats["requests"] / (stats["duration_us"] / 1e6), 1), "errors": errors, "p50_ms": round(stats["p50_us"] / 1000, 2), "p99_ms": round(stats["p99_us"] / 1000, 2)}
+    return polls, reports
+
+
+def _quality_runs(reg: ServedRegistry, work: Path, args: argparse.Namespace, lines: list[str]) -> dict[str, Any]:
+    report_lines, rollout_id = _shadow_rollout(reg, lines, args.quality_cars)
+    (work / "reports.tsv").write_text("\n".join(report_lines) + "\n")
+    per_s = len(report_lines) / args.report_every
+    _wrk(reg, work, args.rate_connections, args.warmup, args.rate)  # the new offers' answers cached
+    alone = {"rate": _wrk(reg, work, args.rate_connections, args.duration, args.rate),
+             "saturation": _wrk(reg, work, args.connections, args.duration, 0)}
+    seq = 0
+    with_reports: dict[str, Any] = {}
+    ingest: dict[str, Any] = {}
+    for name, conns, rate in (("rate", args.rate_connections, args.rate), ("saturation", args.connections, 0.0)):
+        run, rep = _with_reports(reg, work, args.duration, per_s, seq,
+                                 lambda c=conns, r=rate: _wrk(reg, work, c, args.duration, r))
+        seq += 10_000  # above any seq the last run reached for any car
+        with_reports[name], ingest[name] = run, rep
+
+    shown = httpx.get(f"{reg.url}/api/v1/rollouts/{rollout_id}", headers={"Authorization": f"Bearer {reg.admin_token}"},
+                      timeout=60).json()
+    stored = ((shown.get("quality") or {}).get("summaries") or {}).get("shadow") or {}
+
+    def change(name: str, key: str) -> float:
+        return round(100.0 * (with_reports[name][key] - alone[name][key]) / alone[name][key], 1)
+
+    return {"cars": len(report_lines), "rollout_id": rollout_id, "offered_reports_per_s": round(per_s, 1),
+            "summary_bytes": len(report_lines[0].partition("\t")[2]) if report_lines else 0,
+            "cars_with_summaries": stored.get("cars"), "alone": alone, "with_reports": with_reports, "ingest": ingest,
+            "saturation_polls_change_pct": change("saturation", "polls_per_s"),
+            "rate_p99_change_pct": change("rate", "p99_ms")}
+
+
 def _meets(run: dict[str, Any]) -> bool:
     return (run["polls_per_s"] >= TARGET_POLLS_PER_S and run["p99_ms"] <= TARGET_P99_MS and not run["errors"]
             and not run.get("late_sends"))
@@ -257,6 +397,7 @@ def run_config(backend: str, workers: int, args: argparse.Namespace) -> dict[str
             reg.stop()
             reg.start()
             cold = _wrk(reg, work, args.rate_connections, args.duration, args.rate)
+            quality = _quality_runs(reg, work, args, lines) if args.quality_cars else None
             uncached = None
             if args.uncached:
                 reg.stop()
@@ -280,6 +421,7 @@ def run_config(backend: str, workers: int, args: argparse.Namespace) -> dict[str
         "saturation": saturation,
         "cold": cold,
         "uncached": uncached,
+        "quality": quality,
         "target": {"polls_per_s": TARGET_POLLS_PER_S, "p99_ms": TARGET_P99_MS, "judged_on": "rate"},
     }
 
@@ -297,6 +439,9 @@ def main() -> int:
     ap.add_argument("--rate-connections", type=int, default=64, help="connections the fixed rate is spread over")
     ap.add_argument("--connections", type=int, default=32, help="connections of the closed-loop saturation run")
     ap.add_argument("--no-uncached", dest="uncached", action="store_false", help="skip the OTA_POLL_CACHE_S=0 run")
+    ap.add_argument("--quality-cars", type=int, default=0,
+                    help="issue 18: this many cars send quality summaries beside the polls (0: not measured)")
+    ap.add_argument("--report-every", type=float, default=30.0, help="seconds between one car's summary reports")
     ap.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--json", action="store_true", help="print one JSON object per configuration")
     args = ap.parse_args()
@@ -327,6 +472,18 @@ def main() -> int:
                 print(f"{r['backend']:<10}{r['workers']:>8}  {name:<11}{run['polls_per_s']:>9.0f}{run['p50_ms']:>9.1f}"
                       f"{run['p99_ms']:>9.1f}{run['max_ms']:>9.1f}{run['errors']:>8}{late!s:>6}"
                       f"{run['server_cpu_cores']:>10.2f} c  {verdict}")
+            q = r.get("quality")
+            if q:
+                print(f"  quality ingest: {q['cars']} cars, {q['offered_reports_per_s']:.0f} summary reports/s offered "
+                      f"({q['summary_bytes']} B each); the rollout holds summaries of {q['cars_with_summaries']} cars")
+                for name in ("rate", "saturation"):
+                    a, w, ing = q["alone"][name], q["with_reports"][name], q["ingest"][name]
+                    print(f"    {name:<11} alone {a['polls_per_s']:>7.0f} polls/s p99 {a['p99_ms']:>6.1f} ms | with reports "
+                          f"{w['polls_per_s']:>7.0f} polls/s p99 {w['p99_ms']:>6.1f} ms, server CPU {w['server_cpu_cores']:.2f} c"
+                          f" | reports {ing['reports_per_s']:.0f}/s ({ing['errors']} errors), "
+                          f"p99 {ing['p99_ms']:.1f} ms")
+                print(f"    saturation polls/s change {q['saturation_polls_change_pct']:+.1f}% (issue 18: no worse than "
+                      f"-10%); fixed-rate p99 change {q['rate_p99_change_pct']:+.1f}%")
     return 0
 
 
