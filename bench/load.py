@@ -86,33 +86,7 @@ TARGET_P99_MS = 50.0
 # The production background periods (FAST_ENV's are the tests' fast ones).
 SERVER_ENV = {"OTA_ROLLOUT_TICK_S": "5", "OTA_LAST_SEEN_FLUSH_S": "5"}
 
-LUA = r"""
-local tokens = {}
-local bodies = {}
-local n = 0
-local i = 0
-for line in io.lines("%(requests)s") do
-  local tab = line:find("\t")
-  n = n + 1
-  tokens[n] = line:sub(1, tab - 1)
-  bodies[n] = line:sub(tab + 1)
-end
-local threads = {}
-local thread_count = 0
-function setup(thread)
-  thread_count = thread_count + 1
-  thread:set("start", thread_count * 7919)
-  table.insert(threads, thread)
-end
-function init(args)
-  i = start %% n
-  late = 0
-end
-request = function()
-  i = i %% n + 1
-  return wrk.format("POST", "/api/v1/device/poll",
-    {["Authorization"] = "Bearer " .. tokens[i], ["Content-Type"] = "application/json"}, bodies[i])
-end
+LUA_RATE_AND_DONE = r"""
 -- Fixed offered rate: one schedule per wrk thread, a slot every interval_ms whichever connection is free.
 local interval_ms = %(interval_ms)s
 if interval_ms > 0 then
@@ -146,6 +120,36 @@ done = function(summary, latency, requests)
 end
 """
 
+LUA = r"""
+local tokens = {}
+local bodies = {}
+local n = 0
+local i = 0
+for line in io.lines("%(requests)s") do
+  local tab = line:find("\t")
+  n = n + 1
+  tokens[n] = line:sub(1, tab - 1)
+  bodies[n] = line:sub(tab + 1)
+end
+local threads = {}
+local thread_count = 0
+function setup(thread)
+  thread_count = thread_count + 1
+  thread:set("start", thread_count * 7919)
+  table.insert(threads, thread)
+end
+function init(args)
+  i = start %% n
+  late = 0
+end
+request = function()
+  i = i %% n + 1
+  return wrk.format("POST", "/api/v1/device/poll",
+    {["Authorization"] = "Bearer " .. tokens[i], ["Content-Type"] = "application/json"}, bodies[i])
+end
+""" + LUA_RATE_AND_DONE
+
+
 
 REPORT_LUA = r"""
 local tokens = {}
@@ -160,8 +164,13 @@ for line in io.lines("%(reports)s") do
   bodies[n] = line:sub(tab + 1)
   seqs[n] = %(first_seq)d
 end
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+end
 function init(args)
   i = 0
+  late = 0
 end
 request = function()
   i = i %% n + 1
@@ -170,32 +179,8 @@ request = function()
   return wrk.format("POST", "/api/v1/device/reports",
     {["Authorization"] = "Bearer " .. tokens[i], ["Content-Type"] = "application/json"}, body)
 end
-local interval_ms = %(interval_ms)s
-local ffi = require("ffi")
-ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } ota_ts; int clock_gettime(int clk, ota_ts *tp); ]]
-local ts = ffi.new("ota_ts")
-local function now_ms()
-  ffi.C.clock_gettime(1, ts)
-  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
-end
-local next_ms = nil
-delay = function()
-  local t = now_ms()
-  if next_ms == nil then next_ms = t end
-  local wait = next_ms - t
-  next_ms = next_ms + interval_ms
-  if wait <= 0 then return 0 end
-  return wait
-end
-done = function(summary, latency, requests)
-  io.write(string.format("WRKJSON {\"requests\": %%d, \"duration_us\": %%d, \"errors_status\": %%d, " ..
-    "\"errors_connect\": %%d, \"errors_read\": %%d, \"errors_timeout\": %%d, \"late_sends\": 0, " ..
-    "\"p50_us\": %%d, \"p90_us\": %%d, \"p99_us\": %%d, \"max_us\": %%d}\n",
-    summary.requests, summary.duration, summary.errors.status, summary.errors.connect,
-    summary.errors.read, summary.errors.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
-end
-"""
+""" + LUA_RATE_AND_DONE
+
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
