@@ -250,12 +250,22 @@ def _fleet(reg: ServedRegistry, devices: int, model_lines: int = 1) -> list[str]
     return lines
 
 
+def _cache_loads(reg: ServedRegistry) -> int:
+    """ota_poll_cache_loads_total{kind="device"} as /metrics shows it now (0 before the first miss)."""
+    text = httpx.get(f"{reg.url}/metrics", headers={"Authorization": f"Bearer {reg.admin_token}"}, timeout=30).text
+    for line in text.splitlines():
+        if line.startswith('ota_poll_cache_loads_total{kind="device"}'):
+            return int(float(line.rpartition(" ")[2]))
+    return 0
+
+
 def _wrk(reg: ServedRegistry, work: Path, connections: int, seconds: float, rate: float) -> dict[str, Any]:
     """One wrk run (closed loop when ``rate`` is 0, else a fixed offered rate); wrk's figures and server CPU."""
     script = work / f"poll-{int(rate)}.lua"
     script.write_text(LUA % {"requests": work / "requests.tsv", "interval_ms": 1000.0 / rate if rate else 0})
     assert reg.proc is not None
     proc = psutil.Process(reg.proc.pid)
+    loads0 = _cache_loads(reg)
     cpu0, t0 = _cpu_seconds(proc), time.monotonic()
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script),
                           reg.url], capture_output=True, text=True, check=True).stdout
@@ -271,6 +281,8 @@ def _wrk(reg: ServedRegistry, work: Path, connections: int, seconds: float, rate
         "max_ms": round(stats["max_us"] / 1000, 2),
         "errors": errors,
         "server_cpu_cores": round((cpu1 - cpu0) / (t1 - t0), 2),
+        # polls whose device was not cached (one worker's count: /metrics is answered by whichever worker)
+        "device_cache_loads": _cache_loads(reg) - loads0,
     }
     if rate:
         result["late_sends"] = stats["late_sends"]

@@ -43,6 +43,7 @@ from server.devices.pollcache import PollCache
 from server.devices.presence import LastSeen
 from server.devices.ratelimit import RateLimiter
 from server.devices.routes import router as devices_router
+from server.devices.summaries import SummaryIngest
 from server.errors import RegistryError, Unauthorized
 from server.keys import keys_stamp, load_keyring
 from server.limits import RateLimits, limit_requests
@@ -86,11 +87,12 @@ def build_context(settings: Settings, metrics: Metrics | None = None) -> AppCont
     keys = load_keyring(settings)
     cache = PollCache(settings.poll_cache_s, max_age_s=settings.poll_cache_max_s,
                       feed=changefeed.for_database(settings.sqlalchemy_url))
+    members, judge = MembershipCache(), JudgeThrottle(settings.quality_judge_s)
     return AppContext(settings=settings, db=db, blobs=blobs, signer=keys.signer, keys=keys,
                       statuses=StatusCache(keys.signer, settings.status_ttl_s),
                       storage=PackageStorage(blobs, settings.package_cache_items), presence=LastSeen(),
                       pollcache=cache.attach(db.sessions),  # poll path, issue 8
-                      membership=MembershipCache(), quality_judge=JudgeThrottle(settings.quality_judge_s),
+                      membership=members, quality_judge=judge, summaries=SummaryIngest(db, members, judge.due),
                       metrics=metrics or Metrics(),
                       enroll_limiter=RateLimiter(settings.enroll_rate_per_s, settings.enroll_burst),
                       poll_loaders=CapacityLimiter(POLL_LOADERS))
@@ -179,6 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await ctx.summaries.close()
             await run_in_threadpool(cache.stop)
             await run_in_threadpool(presence.flush, ctx.db)
             hooks.close()

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # the features' types, for the fields; the features import th
     from server.devices.pollcache import PollCache
     from server.devices.presence import LastSeen
     from server.devices.ratelimit import RateLimiter
+    from server.devices.summaries import SummaryIngest
     from server.metrics import Metrics
     from server.registry.storage import PackageStorage
     from server.rollouts.membership import MembershipCache
@@ -60,6 +61,7 @@ class AppContext:
     pollcache: PollCache  # the poll path's per-process views (issue 8)
     membership: MembershipCache  # which devices each rollout's stages hold
     quality_judge: JudgeThrottle  # when a rollout only quality summaries touched is judged on ingest
+    summaries: SummaryIngest  # summary-only reports, stored in group commits
     metrics: Metrics
     enroll_limiter: RateLimiter  # enrolments per address and credential
     poll_loaders: CapacityLimiter  # cache misses read in at most this many threads

@@ -33,6 +33,10 @@ class Metrics:
                                  registry=self.registry)
         self.polls = Counter("ota_polls_total", "Device polls by whether they carried an offer", ["offer"],
                              registry=self.registry)
+        # A poll whose device or line was not in this process's cache reads it (server/devices/pollcache.py):
+        # after a restart every car's first poll does; in a steady fleet this should stay flat.
+        self.poll_cache_loads = Counter("ota_poll_cache_loads_total", "Poll cache misses that read the database",
+                                        ["kind"], registry=self.registry)
         self.bytes_sent = Counter("ota_artifact_bytes_sent_total", "Artifact bytes written to sockets", ["kind"],
                                   registry=self.registry)
         self.reports = Counter("ota_reports_total", "Device reports by outcome and state", ["outcome", "state"],

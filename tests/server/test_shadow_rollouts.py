@@ -3,12 +3,21 @@ stage promoted by its gates or halted naming the failing one; a live gate that f
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from itertools import count
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
+from protocol.quality import QualitySummary
+from server.db import Database
+from server.devices.summaries import SummaryIngest, SummaryWrite
+from server.orm import Device
+from server.rollouts.membership import MembershipCache
 from server.rollouts.stages import stage_of
 from tests.conftest import ZOO
 from tests.server.factories import Car, create_rollout, show_rollout, stored_state, summary
@@ -276,3 +285,56 @@ def test_summaries_are_stored_at_once_and_judged_at_most_every_quality_judge_s(t
         assert back.status_code == 200, back.text
         shown = show_rollout(slow, r["id"])
         assert shown["state"] == "halted", shown["reason"]
+
+
+def test_summary_only_requests_from_many_cars_are_stored_through_the_group_commit(server: LiveServer) -> None:
+    """Summary-only requests take the cached path (server/devices/summaries.py): each is acknowledged after its
+    batch committed, a stale seq changes nothing, and every car's summary is merged."""
+    line, v1 = _line(server)
+    cars = _fleet(server, line, v1, 16)
+    r = create_rollout(server, line=line, version=2, shadow={"percent": 100, "min_s": 3600},
+                       gates=["min_frames=100000"])
+    offers = {c.device_id: c.poll(line) for c in cars}
+    assert all(offers.values())
+    batches = server.ctx.summaries.batches
+    with ThreadPoolExecutor(8) as pool:
+        acks = list(pool.map(lambda c: c.send_quality(summary(offers[c.device_id], seq=3, frames=10, agree=9)),
+                             cars))
+    assert [a.json()["quality_accepted"] for a in acks] == [[3]] * len(cars), acks[0].text
+    assert server.ctx.summaries.batches > batches  # went through the group commit, not the general path
+    stale = cars[0].send_quality(summary(offers[cars[0].device_id], seq=2, frames=999, agree=0))
+    assert stale.json()["quality_accepted"] == [2]
+    shadow = show_rollout(server, r["id"])["quality"]["summaries"]["shadow"]
+    assert shadow["cars"] == 16 and shadow["frames"] == 160 and abs(shadow["agreement"] - 0.9) < 1e-9
+
+
+def test_concurrent_summaries_are_written_in_one_transaction_keeping_each_cars_highest_seq(server: LiveServer) -> None:
+    """What makes ingest scale: summaries queued while no batch is being written go in one transaction (here
+    all 40 submitted before the writer first runs), and two of one car in the same batch keep the higher seq."""
+    line, v1 = _line(server)
+    cars = _fleet(server, line, v1, 20)
+    r = create_rollout(server, line=line, version=2, shadow={"percent": 100, "min_s": 3600},
+                       gates=["min_frames=100000"])
+    offers = {c.device_id: c.poll(line) for c in cars}
+    with server.ctx.db.read_scope() as session:
+        pks = {c.device_id: session.scalar(select(Device.id).where(Device.device_id == c.device_id)) for c in cars}
+    rows = []
+    for c in cars:
+        for seq, agree in ((7, 10), (5, 0)):  # the older summary queued second must not replace the newer
+            s = QualitySummary.from_dict(summary(offers[c.device_id], seq=seq, frames=10, agree=agree))
+            rows.append(SummaryWrite(pks[c.device_id], r["id"], 2, "shadow", s.seq, 0, s.frames, s.agree,
+                                     s.to_dict()))
+    db = Database(server.ctx.settings.sqlalchemy_url)  # its own write limiter, for this test's event loop
+    ingest = SummaryIngest(db, MembershipCache(), lambda _rollout: False)
+
+    async def submit_all() -> None:
+        await asyncio.gather(*(ingest.submit([row]) for row in rows))
+        await ingest.close()
+
+    try:
+        asyncio.run(submit_all())
+    finally:
+        db.dispose()
+    assert ingest.batches == 1
+    shadow = show_rollout(server, r["id"])["quality"]["summaries"]["shadow"]
+    assert shadow["cars"] == 20 and shadow["frames"] == 200 and shadow["agreement"] == 1.0
