@@ -30,6 +30,7 @@ dies (even by SIGKILL) its child follows as soon as it next reads or writes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -40,9 +41,9 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from client.children import ONE_BLAS_THREAD, child_env, module_command
 from models import errors as model_errors
 
 log = logging.getLogger("client.decode_worker")
@@ -55,7 +56,6 @@ _OP_ERROR: dict[str, type[model_errors.ModelError]] = {
     "patch": model_errors.DeltaError,
     "unpack": model_errors.CorruptPackage,
 }
-_ROOT = Path(__file__).resolve().parents[1]  # the folder holding ``client`` and ``models``
 
 
 class Decoder(Protocol):
@@ -167,13 +167,10 @@ class DecodeWorker:
         self._stop()
         if self._fallback is not None:
             return None
-        code = (f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
-                f"from client.decode_worker import main; sys.exit(main({self.idle_s!r}, {self.nice!r}))")
-        # One BLAS thread: the child's matrix products must not take the camera's core as well.
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         try:
-            self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, env=env)
+            self._proc = subprocess.Popen(
+                module_command("client.decode_worker", "--idle-s", repr(self.idle_s), "--nice", str(self.nice)),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env(ONE_BLAS_THREAD))
         except OSError as e:
             log.warning("cannot start the decode worker process (%s); decoding in the agent process", e)
             self._fallback = InProcessDecoder()
@@ -309,4 +306,15 @@ def main(idle_s: float = 30.0, nice: int = 10) -> int:
         return 0  # the agent went away mid-request
 
 
+def _cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="client.decode_worker", description="the car's decode worker (started by the agent)")
+    p.add_argument("--idle-s", type=float, default=30.0, help="leave after this long without a request")
+    p.add_argument("--nice", type=int, default=10, help="niceness to add (the camera keeps the CPU)")
+    args = p.parse_args(argv)
+    return main(args.idle_s, args.nice)
+
+
 __all__ = ["DecodeWorker", "Decoder", "InProcessDecoder", "shared_worker"]
+
+if __name__ == "__main__":
+    sys.exit(_cli())

@@ -43,7 +43,6 @@ import json
 import logging
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -52,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from client.children import child_env, module_command
 from client.config import AgentConfig
 from client.errors import AgentError
 from client.hotswap import (
@@ -68,7 +68,6 @@ from protocol.quality import QualityPlan, QualitySummary
 
 log = logging.getLogger("client.modelhost")
 
-_ROOT = Path(__file__).resolve().parents[1]  # the folder holding ``client`` and ``models``
 
 
 class DaemonGone(AgentError):
@@ -178,14 +177,13 @@ class ModelHost:
         self._kill()
         rpc_here, rpc_there = socket.socketpair()
         ctl_here, ctl_there = socket.socketpair()
-        code = (f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
-                "from client.agentd import main; sys.exit(main(sys.argv[1:]))")
         # The config (it holds the enrolment token) goes through a pipe: argv is readable by every user (`ps`).
-        args = [sys.executable, "-c", code, "--config", "-",
-                "--rpc-fd", str(rpc_there.fileno()), "--ctl-fd", str(ctl_there.fileno())]
+        args = module_command("client.agentd", "--config", "-",
+                              "--rpc-fd", str(rpc_there.fileno()), "--ctl-fd", str(ctl_there.fileno()))
         if not self.poll:
             args.append("--no-poll")
-        self._proc = subprocess.Popen(args, pass_fds=(rpc_there.fileno(), ctl_there.fileno()), stdin=subprocess.PIPE)
+        self._proc = subprocess.Popen(args, pass_fds=(rpc_there.fileno(), ctl_there.fileno()), stdin=subprocess.PIPE,
+                                      env=child_env())
         assert self._proc.stdin is not None
         with self._proc.stdin:  # a few hundred bytes: fits the pipe, never blocks
             self._proc.stdin.write(config_to_json(self.config).encode())

@@ -25,15 +25,15 @@ import os
 import select
 import struct
 import subprocess
-import sys
 import threading
 import time
 from multiprocessing import shared_memory
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from client.children import child_env, module_command
+from client.shadow import initial_summary
 from protocol.quality import MAX_CLASSES, QualityPlan, QualitySummary
 
 if TYPE_CHECKING:
@@ -73,7 +73,6 @@ class ProcessComparator:
 
     def __init__(self, beside: LoadedModel, live: LoadedModel, plan: QualityPlan, *, kind: str, line: str,
                  rollout_id: int | None, resume: QualitySummary | None = None, threads: int = 1) -> None:
-        from client.shadow import initial_summary
 
         if kind not in ("shadow", "live"):
             raise ValueError(f"comparison kind must be shadow or live, got {kind!r}")
@@ -106,11 +105,9 @@ class ProcessComparator:
                   "plan": plan.to_dict(), "kind": kind, "line": line, "rollout_id": rollout_id,
                   "resume": None if resume is None else resume.to_dict(), "threads": threads,
                   "model_bytes": len(beside.source)}
-        root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         try:
-            self._proc = subprocess.Popen([sys.executable, "-m", "client.shadowchild"], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, pass_fds=(notify_r,), env=env, close_fds=True)
+            self._proc = subprocess.Popen(module_command("client.shadowchild"), stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, pass_fds=(notify_r,), env=child_env(), close_fds=True)
         except OSError:
             os.close(notify_r)
             self._release_ipc()
