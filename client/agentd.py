@@ -1,6 +1,6 @@
 """The agent daemon: the whole agent, in a process of its own, driving a ``ModelHost``'s live session.
 
-``client.modelhost.ModelHost`` starts it (``python -c ... main()``) with two
+``client.modelhost.ModelHost`` starts it (``python -m client.agentd``) with two
 socket pairs: ``rpc`` (this side asks the application's process to load, smoke
 test, swap or free a session, or run, read and stop a comparison:
 ``RemoteSwapper``) and ``ctl`` (the application asks: a standalone install, a

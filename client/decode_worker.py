@@ -19,7 +19,7 @@ Pieces:
                        gone after ``idle_s`` without work (its memory with it).
 - ``shared_worker``    the one ``DecodeWorker`` of this process: a simulator
                        running thousands of agents must not start thousands of children.
-- ``main``             the child's loop (``python -c ... main()``), reading requests on stdin.
+- ``main``             the child's loop (``python -m client.decode_worker``), reading requests on stdin.
 
 Wire format, both directions on the child's stdin/stdout: a request is
 ``op`` (1 byte), ``n`` (u32), ``n`` lengths (u64) then the payloads; a reply is a
