@@ -58,6 +58,7 @@ from client.errors import (
     UnknownKey,
     VerificationError,
 )
+from client.events import AgentEvents
 from client.hotswap import (
     Comparison,
     HotSwapper,
@@ -128,6 +129,7 @@ class Agent(PollLoop):
         trust: TrustKeeper | None = None,
         seq: reports.SeqCounter | None = None,
         safe_to_swap: Callable[[], bool] | None = None,
+        events: AgentEvents | None = None,
     ) -> None:
         """``api``, ``trust`` and ``seq`` are shared by the lines of a car on several (``client.multiagent``):
         one HTTP client and token, one delegation, and one report ``seq`` counter (the registry knows one per
@@ -136,10 +138,13 @@ class Agent(PollLoop):
         ``safe_to_swap`` (issue 21): the car application's rule for when a new model may go live (parked,
         ignition off, its own test); None: always.  A verified update waits at ``verified``, loaded, until it
         returns True; the agent asks on its wait loop (every ``swap_check_s``) and on each poll.  A car with no
-        model yet installs its first at once (there is nothing to keep serving)."""
+        model yet installs its first at once (there is nothing to keep serving).
+
+        ``events``: an observer told of polls, reports, installs and rollbacks (``client.events``)."""
         if config.gil_switch_interval_s is not None and not config.gil_switch_interval_s > 0:
             raise ValueError(f"gil_switch_interval_s must be > 0 or None, got {config.gil_switch_interval_s}")
         self.config = config
+        self.events = events or AgentEvents()
         self.store = SlotStore(config.slots_dir or config.state_dir, fsync=config.fsync)
         #: The live session's owner: here, or (``client.agentd``) in the car application's process.
         self.swapper: Swapper = swapper or HotSwapper(
@@ -378,6 +383,7 @@ class Agent(PollLoop):
             platform=self.platform.to_dict() if self.platform and not self._platform_sent else None,
         )
         self._platform_sent = True
+        self.events.polled(result.offer)
         self.poll_interval_s = clamp_server_poll_interval(self.config, result.poll_interval_s)
         if result.offer is not None:
             await self.handle_offer(result.offer)
@@ -448,6 +454,7 @@ class Agent(PollLoop):
         )
         if self.journal.pending is not None:
             self.journal.pending["state"] = state
+        self.events.reported(offer, state, kw.get("reason"))
 
     async def handle_offer(self, envelope: dict[str, Any]) -> None:
         """Verify a signed offer and act on it.  Never raises for a bad offer: it is refused and reported."""
@@ -742,6 +749,7 @@ class Agent(PollLoop):
         self.swapper.swap(loaded, health_window=old is not None)
         self.last_install["commit_ms"] = self.last_install.get("commit_ms", 0.0) + (t1 - t) * 1000
         self.last_install["swap_ms"] = (self._clock() - t1) * 1000
+        self.events.installed(offer, artifact, received, self.last_install)
         if old is not None:
             self._health_deadline = self._clock() + self.config.health_window_max_s
             plan = offer.quality
@@ -853,6 +861,7 @@ class Agent(PollLoop):
         j = self.journal
         bad, good = j.active, j.previous
         assert bad is not None and good is not None
+        self.events.rolled_back(bad.version, reason)
         self._stop_comparison()
         fallback = self.swapper.fallback
         if fallback is None:
@@ -875,6 +884,7 @@ class Agent(PollLoop):
         j = self.journal
         prev, cur = j.previous, j.active
         assert prev is not None
+        self.events.rolled_back(cur.version if cur is not None else 0, reason)
         self._stop_comparison()
         try:
             if not await asyncio.to_thread(self.store.verify, prev):

@@ -1,6 +1,6 @@
 """One simulated car: the real ``Agent`` behind a ``LinkTransport``, plus a camera that keeps asking it.
 
-``SimAgent`` is the real agent with a few observation points added (which
+``SimAgent`` is the real agent observing itself through ``client.events`` (which
 offers it saw and when, what each install moved, failures and rollbacks); it
 downloads, resumes, verifies, decodes, smoke-tests and hot-swaps exactly as
 the agent on a car does.  Two things are shared between the cars of one
@@ -25,6 +25,7 @@ import os
 import random
 import ssl
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import onnxruntime as ort
 from client.agent import Agent
 from client.atomic import write_atomic
 from client.config import AgentConfig
+from client.events import AgentEvents
 from client.hotswap import ModelSource, NoModel, default_session_factory
 from client.manifest import Offer
 from client.slots import MODEL_FILE, PACKAGE_FILE, SlotStore
@@ -109,62 +111,52 @@ class InstallRecord:
         return self.installed_at_s - self.offered_at_s
 
 
-class SimAgent(Agent):
-    """The real agent, with observation points for the simulator (no behaviour changed)."""
+class SimAgent(Agent, AgentEvents):
+    """The real agent, observing itself through ``client.events`` (no behaviour changed, nothing private
+    overridden): which offers it saw and when, what each install moved, failures and rollbacks."""
 
     def __init__(self, config: AgentConfig, *, sim_clock: LinkClock, **kw: Any) -> None:
-        super().__init__(config, clock=sim_clock.now, **kw)
         self.sim_clock = sim_clock
         self.offered_at: dict[int, float] = {}
         self.last_state: dict[int, str] = {}
         self.failures: dict[int, str] = {}  # target version -> the reason the car reported
         self.installs: list[InstallRecord] = []
-        self.rolled_back = 0
+        self.rolled_back_count = 0
         self.polls = 0
         self.last_poll_at = -1.0
         self.last_offer: tuple[int, str] | None = None  # (target_version, model_sha256) of the latest poll
-        real_poll = self.api.poll
-
-        async def observed_poll(*args: Any, **kwargs: Any) -> Any:
-            result = await real_poll(*args, **kwargs)
-            self.polls += 1
-            self.last_poll_at = sim_clock.now()
-            signed = (result.offer or {}).get("signed") or {}
-            if result.offer is None or not isinstance(signed.get("target_version"), int):
-                self.last_offer = None
-            else:
-                self.last_offer = (signed["target_version"], str(signed.get("model_sha256")))
-                self.offered_at.setdefault(signed["target_version"], sim_clock.now())
-            return result
-
-        self.api.poll = observed_poll  # type: ignore[method-assign]
+        super().__init__(config, clock=sim_clock.now, events=self, **kw)
         # The agent on a car judges an open health window every 0.05 s while it waits: nothing for one car,
         # but 20 wake-ups per simulated second for each of thousands of cars in one process.  Nothing is lost
         # by looking less often: the verdict changes only when an inference arrives (``build_car`` sets it
         # from the camera's interval).
         self.health_check_s = 1.0
 
-    def _report(self, offer: Offer, state: str, **kw: Any) -> None:
-        super()._report(offer, state, **kw)
+    # -- client.events.AgentEvents ------------------------------------------
+
+    def polled(self, offer: Mapping[str, Any] | None) -> None:
+        self.polls += 1
+        self.last_poll_at = self.sim_clock.now()
+        signed = (offer or {}).get("signed") or {}
+        if offer is None or not isinstance(signed.get("target_version"), int):
+            self.last_offer = None
+        else:
+            self.last_offer = (signed["target_version"], str(signed.get("model_sha256")))
+            self.offered_at.setdefault(signed["target_version"], self.sim_clock.now())
+
+    def reported(self, offer: Offer, state: str, reason: str | None) -> None:
         self.last_state[offer.target_version] = state
         if state == "failed":
-            self.failures[offer.target_version] = str(kw.get("reason"))
+            self.failures[offer.target_version] = str(reason)
 
-    def _commit(self, offer: Offer, slot: str, loaded: Any, received: int, artifact: str) -> None:
-        super()._commit(offer, slot, loaded, received, artifact)
+    def installed(self, offer: Offer, artifact: str, received: int, timings: Mapping[str, float]) -> None:
         now = self.sim_clock.now()
-        sizes = self.last_install
-        self.installs.append(InstallRecord(offer.target_version, artifact, received, int(sizes["package_bytes"]),
-                                           int(sizes["model_bytes"]), self.offered_at.get(offer.target_version, now),
+        self.installs.append(InstallRecord(offer.target_version, artifact, received, int(timings["package_bytes"]),
+                                           int(timings["model_bytes"]), self.offered_at.get(offer.target_version, now),
                                            now))
 
-    async def _health_rollback(self, reason: str) -> None:
-        self.rolled_back += 1
-        await super()._health_rollback(reason)
-
-    async def _rollback_to_previous(self, offer: Offer, reason: str) -> None:
-        self.rolled_back += 1
-        await super()._rollback_to_previous(offer, reason)
+    def rolled_back(self, version: int, reason: str) -> None:
+        self.rolled_back_count += 1
 
     @property
     def quiet(self) -> bool:

@@ -147,7 +147,7 @@ class Fleet:
                 device_id=c.spec.device_id, network=c.spec.network,
                 start_version=self.start_versions.get(c.spec.device_id, 0), end_version=a.running_version,
                 installs=installs, failed=latest is not None and a.last_state[latest] == "failed",
-                rolled_back=a.rolled_back, artifact_bytes=c.link.artifact_bytes, drops=c.link.drops,
+                rolled_back=a.rolled_back_count, artifact_bytes=c.link.artifact_bytes, drops=c.link.drops,
                 inferences=c.inferences, failed_inferences=c.failed_inferences, offline_now=c.link.offline(),
                 failures=dict(a.failures), runtime=c.spec.runtime,
                 end_model_sha256=a.journal.active.model_sha256 if a.journal.active else None,

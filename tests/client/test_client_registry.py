@@ -4,6 +4,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from agent_factories import nan_on_dark_model, zoo_model
 from client_links import BadLink
 
 from client import Agent, AgentConfig
+from client.events import AgentEvents
+from client.manifest import Offer
 from client.hotswap import NoModel
 from models import zoo
 from models.roadsigns import render
@@ -277,3 +280,62 @@ def test_camera_thread_sees_no_error_through_several_updates_from_the_server(
     assert errors == []
     assert {1, 2, 3, 4} <= set(seen)
     assert seen == sorted(seen)  # never an answer from an older model after a newer one
+
+
+class Recorder(AgentEvents):
+    """An observer as a car application or the simulator writes one (client.events)."""
+
+    def __init__(self) -> None:
+        self.polls: list[int | None] = []
+        self.reports: list[tuple[int, str]] = []
+        self.installs: list[tuple[int, str, int]] = []
+        self.rollbacks: list[tuple[int, str]] = []
+
+    def polled(self, offer: Mapping[str, Any] | None) -> None:
+        self.polls.append(None if offer is None else offer["signed"]["target_version"])
+
+    def reported(self, offer: Offer, state: str, reason: str | None) -> None:
+        self.reports.append((offer.target_version, state))
+
+    def installed(self, offer: Offer, artifact: str, received: int, timings: Mapping[str, float]) -> None:
+        assert timings["package_bytes"] > 0 and "swap_ms" in timings
+        self.installs.append((offer.target_version, artifact, received))
+
+    def rolled_back(self, version: int, reason: str) -> None:
+        self.rollbacks.append((version, reason))
+
+
+def test_an_observer_hears_every_poll_report_install_and_rollback_of_a_real_agent(
+        live_server: LiveServer, tmp_path: Path) -> None:
+    seen = Recorder()
+
+    def observed(**kw: Any) -> Agent:
+        cfg = AgentConfig(server_url=live_server.url, device_id="car-1", state_dir=tmp_path,
+                          enroll_token=live_server.enrollment_token, root_public_key=live_server.root_public_key,
+                          tags={"region": "eu"}, **kw)
+        return Agent(cfg, events=seen)
+
+    release(live_server, zoo_model(1))
+    run(observed(), polls=2)
+    release(live_server, zoo_model(2))
+    run(observed())
+    sent = {t["target_version"]: t["bytes_sent"] for t in transfers(live_server, "car-1")}
+    assert seen.polls == [1, None, 2]
+    assert seen.installs == [(1, "full", sent[1]), (2, "delta", sent[2])]
+    assert [s for v, s in seen.reports if v == 2] == ["downloading", "downloaded", "verified", "installed"]
+
+    release(live_server, nan_on_dark_model())  # v3: passes the smoke test, NaN on dark frames
+    agent = observed(health_window_inferences=10)
+
+    async def go() -> None:
+        try:
+            await cycle(agent)
+            for _ in range(10):
+                agent.predict(np.zeros_like(IMAGE))
+            assert await agent.check_health() is False
+        finally:
+            await agent.aclose()
+
+    asyncio.run(go())
+    assert [v for v, _ in seen.rollbacks] == [3] and "live inferences failed" in seen.rollbacks[0][1]
+    assert seen.installs[-1][:2] == (3, "delta") and seen.reports[-1] == (3, "installed")
