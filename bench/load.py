@@ -23,8 +23,9 @@ and the server's CPU:
 - ``rate`` (the target is judged on this one): a fixed offered rate
   (``--rate``, default 2,200 polls/s, 10% over the target) scheduled by wrk's Lua ``delay()`` hook
   over ``--rate-connections`` connections, as a fleet sends polls whether or
-  not the last one was slow.  It follows an unreported ``--warmup`` (10 s
-  at the same rate, ~10 polls per car), so it measures a fleet in steady
+  not the last one was slow.  It follows unreported ``--warmup`` runs (10 s
+  each at the same rate, repeated until one reads no device from the database, at most
+  ``MAX_WARMUPS``: at 10,000 cars one is not enough), so it measures a fleet in steady
   state; a server's first minute after a restart, when each car's first poll
   reads it from the database, is ``cold``.  ``late_sends`` counts requests sent more than
   10 ms after their slot because every connection was busy (then the
@@ -250,13 +251,16 @@ def _fleet(reg: ServedRegistry, devices: int, model_lines: int = 1) -> list[str]
     return lines
 
 
-def _cache_loads(reg: ServedRegistry) -> int:
-    """ota_poll_cache_loads_total{kind="device"} as /metrics shows it now (0 before the first miss)."""
+def _counters(reg: ServedRegistry) -> tuple[int, int]:
+    """(device cache loads, polls that took the database path) as /metrics shows them now."""
     text = httpx.get(f"{reg.url}/metrics", headers={"Authorization": f"Bearer {reg.admin_token}"}, timeout=30).text
+    found = {"loads": 0, "writes": 0}
     for line in text.splitlines():
         if line.startswith('ota_poll_cache_loads_total{kind="device"}'):
-            return int(float(line.rpartition(" ")[2]))
-    return 0
+            found["loads"] = int(float(line.rpartition(" ")[2]))
+        elif line.startswith("ota_poll_writes_total "):
+            found["writes"] = int(float(line.rpartition(" ")[2]))
+    return found["loads"], found["writes"]
 
 
 def _wrk(reg: ServedRegistry, work: Path, connections: int, seconds: float, rate: float) -> dict[str, Any]:
@@ -265,7 +269,7 @@ def _wrk(reg: ServedRegistry, work: Path, connections: int, seconds: float, rate
     script.write_text(LUA % {"requests": work / "requests.tsv", "interval_ms": 1000.0 / rate if rate else 0})
     assert reg.proc is not None
     proc = psutil.Process(reg.proc.pid)
-    loads0 = _cache_loads(reg)
+    counted0 = _counters(reg)
     cpu0, t0 = _cpu_seconds(proc), time.monotonic()
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script),
                           reg.url], capture_output=True, text=True, check=True).stdout
@@ -281,12 +285,25 @@ def _wrk(reg: ServedRegistry, work: Path, connections: int, seconds: float, rate
         "max_ms": round(stats["max_us"] / 1000, 2),
         "errors": errors,
         "server_cpu_cores": round((cpu1 - cpu0) / (t1 - t0), 2),
-        # polls whose device was not cached (one worker's count: /metrics is answered by whichever worker)
-        "device_cache_loads": _cache_loads(reg) - loads0,
+        # polls whose device was not cached, and polls that wrote (one worker's counts: /metrics is answered by
+        # whichever worker)
+        **{k: now - before for k, now, before in zip(("device_cache_loads", "poll_writes"), _counters(reg), counted0,
+                                                     strict=True)},
     }
     if rate:
         result["late_sends"] = stats["late_sends"]
     return result
+
+
+MAX_WARMUPS = 6
+
+
+def _warm(reg: ServedRegistry, work: Path, args: argparse.Namespace) -> int:
+    """Warm-up runs at the offered rate until one reads no device from the database; how many ran."""
+    for n in range(1, MAX_WARMUPS + 1):
+        if _wrk(reg, work, args.rate_connections, args.warmup, args.rate)["device_cache_loads"] == 0:
+            return n
+    return MAX_WARMUPS
 
 
 def _summary_body(line: str, rollout_id: int) -> str:
@@ -342,7 +359,7 @@ def _quality_runs(reg: ServedRegistry, work: Path, args: argparse.Namespace, lin
     report_lines, rollout_id = _shadow_rollout(reg, lines, args.quality_cars)
     (work / "reports.tsv").write_text("\n".join(report_lines) + "\n")
     per_s = len(report_lines) / args.report_every
-    _wrk(reg, work, args.rate_connections, args.warmup, args.rate)  # the new offers' answers cached
+    _warm(reg, work, args)  # the new offers' answers cached
     alone = {"rate": _wrk(reg, work, args.rate_connections, args.duration, args.rate),
              "saturation": _wrk(reg, work, args.connections, args.duration, 0)}
     seq = 0
@@ -387,7 +404,7 @@ def run_config(backend: str, workers: int, args: argparse.Namespace) -> dict[str
             # Warm-up, not reported: imports, connection pools, and every car's first poll on every worker (a
             # cache miss that reads the device: ~0.4 ms each, the cold start measured by the uncached run).
             # At the offered rate each car polls ~10 times in it, so each of 2 workers has seen it.
-            _wrk(reg, work, args.rate_connections, args.warmup, args.rate)
+            warmups = _warm(reg, work, args)
             rate = _wrk(reg, work, args.rate_connections, args.duration, args.rate)
             saturation = _wrk(reg, work, args.connections, args.duration, 0)
             # A restart under a polling fleet: empty caches, every car's first poll per worker is a miss.
@@ -414,6 +431,7 @@ def run_config(backend: str, workers: int, args: argparse.Namespace) -> dict[str
         "p50_ms": rate["p50_ms"],
         "p99_ms": rate["p99_ms"],
         "meets_target": _meets(rate),
+        "warmup_runs": warmups,
         "rate": rate,
         "saturation": saturation,
         "cold": cold,

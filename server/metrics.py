@@ -37,6 +37,8 @@ class Metrics:
         # after a restart every car's first poll does; in a steady fleet this should stay flat.
         self.poll_cache_loads = Counter("ota_poll_cache_loads_total", "Poll cache misses that read the database",
                                         ["kind"], registry=self.registry)
+        self.poll_writes = Counter("ota_poll_writes_total", "Polls the caches could not answer: the database path "
+                                   "(a new or re-signed offer, a changed running version)", registry=self.registry)
         self.bytes_sent = Counter("ota_artifact_bytes_sent_total", "Artifact bytes written to sockets", ["kind"],
                                   registry=self.registry)
         self.reports = Counter("ota_reports_total", "Device reports by outcome and state", ["outcome", "state"],

@@ -30,7 +30,11 @@ is not listening (connection lost, file emptied) entries answer only for
 ``OTA_POLL_CACHE_S`` seconds after they were read (default 5), as a plain
 time-to-live cache; a background ``refresh`` re-reads cached lines every
 ``OTA_POLL_CACHE_S / 2``.  A loader that raced a commit does not store what it
-read (epoch check: every drop bumps it).
+read (epoch check: every drop bumps it).  For devices the check is per device:
+a load is refused only when that device (or everything) was dropped after the
+load began, so that a fleet's cold start is not undone by other cars' offers
+being written meanwhile (at 10,000 cars, 1,800 devices were still uncached
+after a 10 s warm-up when any drop refused every load in flight).
 """
 
 from __future__ import annotations
@@ -197,9 +201,10 @@ class _Expiring:
             return None
         return hit[0]
 
-    def put(self, key: Any, value: Any, epoch: int, verified_at: float, trust: Trust) -> bool:
-        """Store unless something was dropped since ``epoch`` was read (the value may predate that commit)."""
-        if epoch != self.epoch or self.ttl_s <= 0:
+    def put(self, key: Any, value: Any, epoch: int | None, verified_at: float, trust: Trust) -> bool:
+        """Store unless something was dropped since ``epoch`` was read (the value may predate that commit);
+        ``epoch`` None: the caller checked what was dropped."""
+        if (epoch is not None and epoch != self.epoch) or self.ttl_s <= 0:
             return False
         now = self.clock()
         if now - self._swept > max(self.ttl_s, 60.0):  # drop entries that can no longer answer, now and then
@@ -235,6 +240,9 @@ class PollCache:
         self._lock = threading.Lock()
         self._devices = _Expiring(ttl_s, max_age_s, clock)  # token digest -> DeviceView
         self._device_digest: dict[int, str] = {}  # device pk -> token digest, to drop by pk
+        # device pk -> the devices' epoch its latest drop made; a load that began before it is not stored.
+        self._device_drops: dict[int, int] = {}
+        self._devices_cleared = 0  # the devices' epoch of the latest drop of every device
         self._lines = _Expiring(ttl_s, max_age_s, clock)  # line name -> LineView
         self._policy: PollPolicy | None = None
 
@@ -271,7 +279,8 @@ class PollCache:
               line: LineView | None) -> None:
         trusted = self._trust()
         with self._lock:
-            if device is not None and self._devices.put(token_sha256, device, epochs[0], epochs[2], trusted):
+            if device is not None and self._may_store(device.pk, epochs[0]) and self._devices.put(
+                    token_sha256, device, None, epochs[2], trusted):
                 old = self._device_digest.get(device.pk)
                 if old is not None and old != token_sha256:
                     self._devices.drop([old])  # a rotated token: the old digest must not answer
@@ -279,12 +288,23 @@ class PollCache:
             if line is not None:
                 self._lines.put(line.name, line, epochs[1], epochs[2], trusted)
 
+    MAX_DROPS_KEPT = 100_000  # past this many devices dropped, the record starts over (refusing loads in flight)
+
+    def _may_store(self, pk: int, epoch: int) -> bool:
+        """Whether a device load that began at devices' epoch ``epoch`` is still as fresh as the database."""
+        return epoch >= self._devices_cleared and self._device_drops.get(pk, -1) <= epoch
+
     def invalidate(self, device_pks: Iterable[int] = (), lines: bool = False) -> None:
         """Drop the entries of these devices (and every line when ``lines``)."""
         with self._lock:
             pks = list(device_pks)
             if pks:
                 self._devices.drop([self._device_digest.pop(pk) for pk in pks if pk in self._device_digest])
+                if len(self._device_drops) > self.MAX_DROPS_KEPT:
+                    self._device_drops.clear()
+                    self._devices_cleared = self._devices.epoch
+                for pk in pks:  # also devices not cached here: a load of one may be in flight
+                    self._device_drops[pk] = self._devices.epoch
             if lines:
                 self._lines.drop()
 
@@ -293,6 +313,8 @@ class PollCache:
         with self._lock:
             self._devices.drop()
             self._device_digest.clear()
+            self._device_drops.clear()
+            self._devices_cleared = self._devices.epoch
             self._lines.drop()
 
     def start(self) -> None:

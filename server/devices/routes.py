@@ -24,10 +24,9 @@ from server.deps import Admin, AppContext, Ctx, ReadSession, WriteSession
 from server.devices import enrollment, fastpoll, pollcache, schemas, service, summaries, tokens
 from server.devices.auth import UNKNOWN_DEVICE, device_by_token, known_device
 from server.devices.deps import Presence
-from server.devices.pollcache import PollAnswer, PollCache
+from server.devices.pollcache import PollAnswer
 from server.devices.store import InventoryFilter
 from server.errors import Conflict, Unauthorized, Unprocessable
-from server.rollouts.lineview import LineView, load_line
 from server.security import bearer, token_digest
 
 router = APIRouter(prefix="/api/v1")
@@ -106,24 +105,6 @@ def revoke_enrollment_token(token_id: int, session: WriteSession, actor: Admin) 
 # caches (server/devices/pollcache.py) on the event loop, with no threadpool hop and no SQL.  Anything
 # else (a cache miss, a first or re-signed offer, a changed running version) runs in a worker thread.
 
-def _load_device(ctx: AppContext, cache: PollCache, digest: str) -> pollcache.DeviceView | None:
-    ctx.metrics.poll_cache_loads.labels("device").inc()
-    epochs = cache.epochs()  # before reading: a commit racing the read keeps the result out of the cache
-    with ctx.db.read_scope() as session:
-        device = pollcache.load_device(session, digest)
-    cache.store(epochs, digest, device, None)
-    return device
-
-
-def _load_line(ctx: AppContext, cache: PollCache, name: str) -> LineView | None:
-    ctx.metrics.poll_cache_loads.labels("line").inc()
-    epochs = cache.epochs()
-    with ctx.db.read_scope() as session:
-        view = load_line(session, name)
-    cache.store(epochs, "", None, view)
-    return view
-
-
 def _poll_in_transaction(session: Session, ctx: AppContext, token: str, body: schemas.PollIn) -> PollAnswer:
     """The database path (may sign and store an offer); run by ``run_write``, so committed before the answer is sent."""
     device = known_device(session, token)
@@ -155,7 +136,7 @@ async def _polling_device(request: Request, authorization: Annotated[str | None,
     digest = token_digest(token)
     device = cache.device(digest)
     if device is None:
-        device = await to_thread.run_sync(_load_device, ctx, cache, digest, limiter=ctx.poll_loaders)
+        device = await to_thread.run_sync(fastpoll.load_device, ctx, digest, limiter=ctx.poll_loaders)
         if device is None:
             raise Unauthorized(UNKNOWN_DEVICE)
     return _Caller(token, device)
@@ -166,11 +147,12 @@ async def poll(body: schemas.PollIn, request: Request,
                caller: Annotated[_Caller, Depends(_polling_device)]) -> Response:
     ctx: AppContext = request.app.state.ctx
     cache = ctx.pollcache
-    line = cache.line(body.line) or await to_thread.run_sync(_load_line, ctx, cache, body.line,
+    line = cache.line(body.line) or await to_thread.run_sync(fastpoll.load_line, ctx, body.line,
                                                              limiter=ctx.poll_loaders)
     answer = fastpoll.cached_answer(ctx, caller.device, line, body) if line is not None else None
     if answer is None:  # the decision asks for a write (an unknown line: the database path raises NotFound)
         # A delta to make is made first, holding no write slot (issue 15); the transaction only writes rows.
+        ctx.metrics.poll_writes.inc()
         await to_thread.run_sync(_prepare_poll, ctx, caller.token, body)
         answer = await ctx.db.run_write(_poll_in_transaction, ctx, caller.token, body)
         fastpoll.count_poll(ctx, answer)
@@ -192,14 +174,14 @@ async def _cached_summary_rows(ctx: AppContext, authorization: str | None,
     if token is None:
         return None
     cache, digest = ctx.pollcache, token_digest(token)
-    device = cache.device(digest) or await to_thread.run_sync(_load_device, ctx, cache, digest,
+    device = cache.device(digest) or await to_thread.run_sync(fastpoll.load_device, ctx, digest,
                                                               limiter=ctx.poll_loaders)
     if device is None:
         return None
     parsed = body.summaries()
     lines = {}
     for name in {s.line for s in parsed}:
-        lines[name] = cache.line(name) or await to_thread.run_sync(_load_line, ctx, cache, name,
+        lines[name] = cache.line(name) or await to_thread.run_sync(fastpoll.load_line, ctx, name,
                                                                    limiter=ctx.poll_loaders)
     return summaries.fast_rows(device, parsed, lines.get)
 

@@ -248,7 +248,16 @@ def test_cache_entries_expire_after_the_interval_and_loads_racing_a_commit_are_n
     now[0] += 0.2
     assert cache.device("digest-a") is None  # older than the interval: the next poll reloads
     epochs = cache.epochs()
-    cache.invalidate([42])  # a commit in this process while a load was reading
+    cache.invalidate([1])  # a commit that changed this device in this process while a load was reading it
+    cache.store(epochs, "digest-a", _view(), None)
+    assert cache.device("digest-a") is None
+    epochs = cache.epochs()
+    cache.invalidate([42])  # another car's commit: this device's load is as fresh as before, and kept
+    cache.store(epochs, "digest-a", _view(), None)
+    assert cache.device("digest-a") is not None
+    cache.invalidate([1])
+    epochs = cache.epochs()
+    cache.clear()  # a gap in the change feed: every load in flight is refused
     cache.store(epochs, "digest-a", _view(), None)
     assert cache.device("digest-a") is None
     cache.store(cache.epochs(), "digest-a", _view(), None)
