@@ -38,7 +38,7 @@ from server.dashboard.app import create_dashboard
 from server.db import Database, check_schema, current_revision, head_revision
 from server.deps import AppContext, require_admin
 from server.devices import changefeed
-from server.devices.fastpoll import POLL_LOADERS, POLL_PATH, poll_fast_path
+from server.devices.fastpoll import POLL_LOADERS, POLL_PATH, REPORTS_PATH, poll_fast_path
 from server.devices.pollcache import PollCache
 from server.devices.presence import LastSeen
 from server.devices.ratelimit import RateLimiter
@@ -230,8 +230,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Middleware, innermost first: cached polls answered below FastAPI's routing (issue 8); the limits before
     # work around them, so an oversized or unauthenticated poll is refused before the fast path reads it
     # (issue 15); the metrics around everything, fast answers and refusals included.
-    poll_route = next(r for r in devices_router.routes if getattr(r, "path", None) == POLL_PATH)
-    app.add_middleware(poll_fast_path, get_ctx=lambda: app.state.ctx, route=poll_route)  # type: ignore[arg-type]
+    fast_routes = {path: next(r for r in devices_router.routes if getattr(r, "path", None) == path)
+                   for path in (POLL_PATH, REPORTS_PATH)}
+    app.add_middleware(poll_fast_path, get_ctx=lambda: app.state.ctx, routes=fast_routes)  # type: ignore[arg-type]
     app.add_middleware(limit_requests, get_settings=lambda: app.state.ctx.settings,  # type: ignore[arg-type]
                        limits=limits)
     app.add_middleware(metrics.asgi)  # type: ignore[arg-type]  # a middleware factory: app -> app

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from server.db import utcnow
 from server.deps import Admin, AppContext, Ctx, ReadSession, WriteSession
-from server.devices import enrollment, fastpoll, pollcache, schemas, service, summaries, tokens
+from server.devices import enrollment, fastpoll, pollcache, schemas, service, tokens
 from server.devices.auth import UNKNOWN_DEVICE, device_by_token, known_device
 from server.devices.deps import Presence
 from server.devices.pollcache import PollAnswer
@@ -166,35 +166,9 @@ def _report_in_transaction(session: Session, ctx: AppContext, token: str | None,
                           judge_quality=ctx.quality_judge.due)
 
 
-async def _cached_summary_rows(ctx: AppContext, authorization: str | None,
-                               body: schemas.ReportsIn) -> list[summaries.SummaryWrite] | None:
-    """The summaries' rows when the device and its lines are cached (or read like a poll's) and vouch for every
-    summary; None sends the request down the general path (which also answers an unknown token)."""
-    token = bearer(authorization)
-    if token is None:
-        return None
-    cache, digest = ctx.pollcache, token_digest(token)
-    device = cache.device(digest) or await to_thread.run_sync(fastpoll.load_device, ctx, digest,
-                                                              limiter=ctx.poll_loaders)
-    if device is None:
-        return None
-    parsed = body.summaries()
-    lines = {}
-    for name in {s.line for s in parsed}:
-        lines[name] = cache.line(name) or await to_thread.run_sync(fastpoll.load_line, ctx, name,
-                                                                   limiter=ctx.poll_loaders)
-    return summaries.fast_rows(device, parsed, lines.get)
-
-
 @router.post("/device/reports", response_model=schemas.ReportsOut)
 async def reports(body: schemas.ReportsIn, request: Request, ctx: Ctx,
                   authorization: Annotated[str | None, Header()] = None) -> schemas.ReportsOut:
-    if not body.reports:  # quality summaries only: the group-committed path when the caches vouch for them
-        rows = await _cached_summary_rows(ctx, authorization, body)
-        if rows is not None:
-            await ctx.summaries.submit(rows)
-            return schemas.ReportsOut(accepted=[], rejected=[], quality_accepted=sorted(r.seq for r in rows),
-                                      quality_rejected=[])
     sent = await request.json()  # already parsed for ``body``; signatures cover the reports exactly as sent
     raw = sent.get("reports") if isinstance(sent, dict) else None  # (quality summaries are not signed)
     ack = await ctx.db.run_write(_report_in_transaction, ctx, bearer(authorization), body,

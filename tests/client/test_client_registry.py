@@ -15,8 +15,8 @@ from client_links import BadLink
 
 from client import Agent, AgentConfig
 from client.events import AgentEvents
-from client.manifest import Offer
 from client.hotswap import NoModel
+from client.manifest import Offer
 from models import zoo
 from models.roadsigns import render
 from tests.support.live_server import LiveServer

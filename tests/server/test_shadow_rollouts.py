@@ -306,6 +306,15 @@ def test_summary_only_requests_from_many_cars_are_stored_through_the_group_commi
     assert stale.json()["quality_accepted"] == [2]
     shadow = show_rollout(server, r["id"])["quality"]["summaries"]["shadow"]
     assert shadow["cars"] == 16 and shadow["frames"] == 160 and abs(shadow["agreement"] - 0.9) < 1e-9
+    # what the group-committed path does not vouch for is answered by the route, as before
+    good = summary(offers[cars[0].device_id], seq=9, frames=10, agree=9)
+    torn = {k: v for k, v in good.items() if k != "candidate"}
+    for body in ({"reports": [], "quality": [torn]}, {"reports": None, "quality": [good]}, {"quality": [7]}):
+        bad = cars[0].http.post("/api/v1/device/reports", json=body)
+        assert bad.status_code == 422 and ("quality" in bad.text or "reports" in bad.text), (body, bad.text)
+    stranger = server.device("not-a-token").post("/api/v1/device/reports", json={"quality": [good]})
+    assert stranger.status_code == 401
+    assert show_rollout(server, r["id"])["quality"]["summaries"]["shadow"]["frames"] == 160
 
 
 def test_concurrent_summaries_are_written_in_one_transaction_keeping_each_cars_highest_seq(server: LiveServer) -> None:
