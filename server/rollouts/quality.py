@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from protocol.quality import KINDS, Gate, QualitySummary, Verdict, judge, parse_gate
@@ -117,14 +119,70 @@ class Merged:
     cars: int
 
 
+class ParsedSummaries:
+    """Stored summaries already parsed, per database, keyed by row id and ``seq``.
+
+    Judging a rollout merges every car's summary; reading and parsing each stored JSON was ~0.1 ms, so at
+    9,000 cars a judgement (on every rollout tick, and on ingest every ``OTA_QUALITY_JUDGE_S``) held the GIL for
+    over a second (bench/load.py --quality-cars).  A row's summary changes only with a higher ``seq``
+    (``record`` and the group commit both keep the highest), so (id, seq) names its content: a judgement reads
+    the ids and seqs, and the JSON of the rows that changed since.
+    """
+
+    MAX_ROWS = 200_000  # past this the cache starts over (a bound on memory: ~2 KB each parsed)
+    FETCH = 500  # rows whose JSON is read per statement
+
+    def __init__(self) -> None:
+        self._rows: dict[int, tuple[int, QualitySummary]] = {}
+        self._lock = threading.Lock()
+
+    def rows(self, session: Session, rollout_id: int, kind: str, candidate_version: int
+             ) -> list[tuple[int | None, QualitySummary]]:
+        """(stage, summary) of each car's stored summary of this rollout, kind and version."""
+        keys = store.quality_keys(session, rollout_id, kind, candidate_version)
+        with self._lock:
+            stale = [row_id for row_id, seq, _stage in keys if self._rows.get(row_id, (None,))[0] != seq]
+        fresh: dict[int, tuple[int, QualitySummary]] = {}
+        for i in range(0, len(stale), self.FETCH):
+            for row_id, seq, summary in store.quality_summaries(session, stale[i:i + self.FETCH]):
+                fresh[row_id] = (seq, QualitySummary.from_dict(summary))
+        with self._lock:
+            if len(self._rows) + len(fresh) > self.MAX_ROWS:
+                self._rows.clear()
+            self._rows.update(fresh)
+            held = self._rows
+            out = []
+            for row_id, seq, stage in keys:
+                got = fresh.get(row_id)  # (read after ``keys``: may be newer still, never older)
+                if got is None:
+                    got = held.get(row_id)
+                    if got is None or got[0] != seq:
+                        continue  # deleted since
+                out.append((stage, got[1]))
+        return out
+
+
+_PARSED: weakref.WeakKeyDictionary[Engine, ParsedSummaries] = weakref.WeakKeyDictionary()
+_PARSED_LOCK = threading.Lock()
+
+
+def _parsed(session: Session) -> ParsedSummaries:
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    with _PARSED_LOCK:
+        cache = _PARSED.get(engine)
+        if cache is None:
+            cache = _PARSED[engine] = ParsedSummaries()
+        return cache
+
+
 def merged(session: Session, r: Rollout, kind: str, stages: set[int] | None = None) -> Merged:
     """Merge the rollout's stored summaries of ``kind`` for its version (of cars in ``stages``; None: all)."""
     total: QualitySummary | None = None
     cars = 0
-    for row in store.quality_rows(session, r.id, kind, r.target_version):
-        if stages is not None and row.stage not in stages:
+    for stage, s in _parsed(session).rows(session, r.id, kind, r.target_version):
+        if stages is not None and stage not in stages:
             continue
-        s = QualitySummary.from_dict(row.summary)
         total = s if total is None else total.merge(s)
         cars += 1
     return Merged(total, cars)

@@ -115,10 +115,19 @@ def quality_row(session: Session, device_pk: int, rollout_id: int, candidate_ver
         QualitySummary.candidate_version == candidate_version, QualitySummary.kind == kind))
 
 
-def quality_rows(session: Session, rollout_id: int, kind: str, candidate_version: int) -> list[QualitySummary]:
-    return list(session.scalars(select(QualitySummary).where(
-        QualitySummary.rollout_id == rollout_id, QualitySummary.kind == kind,
-        QualitySummary.candidate_version == candidate_version)))
+def quality_keys(session: Session, rollout_id: int, kind: str, candidate_version: int
+                 ) -> list[tuple[int, int, int | None]]:
+    """(id, seq, stage) of each stored summary of this rollout, kind and candidate version (no JSON read)."""
+    return [(i, q, st) for i, q, st in session.execute(
+        select(QualitySummary.id, QualitySummary.seq, QualitySummary.stage).where(
+            QualitySummary.rollout_id == rollout_id, QualitySummary.kind == kind,
+            QualitySummary.candidate_version == candidate_version))]
+
+
+def quality_summaries(session: Session, ids: list[int]) -> list[tuple[int, int, dict[str, Any]]]:
+    """(id, seq, summary) of these stored summaries."""
+    return [(i, q, d) for i, q, d in session.execute(
+        select(QualitySummary.id, QualitySummary.seq, QualitySummary.summary).where(QualitySummary.id.in_(ids)))]
 
 
 def was_offered(session: Session, device_pk: int, rollout_id: int) -> bool:

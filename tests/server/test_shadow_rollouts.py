@@ -347,3 +347,20 @@ def test_concurrent_summaries_are_written_in_one_transaction_keeping_each_cars_h
     assert ingest.batches == 1
     shadow = show_rollout(server, r["id"])["quality"]["summaries"]["shadow"]
     assert shadow["cars"] == 20 and shadow["frames"] == 200 and shadow["agreement"] == 1.0
+
+
+def test_two_registries_in_one_process_never_mix_their_parsed_summaries(tmp_path: Path) -> None:
+    """Judging reuses parsed summaries by row id and seq (rollouts/quality.py ParsedSummaries): per database,
+    so two registries whose first summary rows share id 1 and seq 1 each merge their own."""
+    figures = []
+    with run_live_server(tmp_path / "a") as a, run_live_server(tmp_path / "b") as b:
+        for srv, frames in ((a, 40), (b, 70)):
+            line, v1 = _line(srv)
+            (car,) = _fleet(srv, line, v1, 1)
+            r = create_rollout(srv, line=line, version=2, shadow={"percent": 100, "min_s": 3600},
+                               gates=["min_frames=100000"])
+            offer = car.poll(line)
+            assert offer is not None
+            assert car.send_quality(summary(offer, seq=1, frames=frames, agree=frames)).status_code == 200
+            figures.append((srv, r["id"]))
+        assert [show_rollout(srv, rid)["quality"]["summaries"]["shadow"]["frames"] for srv, rid in figures] == [40, 70]
