@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -115,7 +116,7 @@ class SummaryIngest:
 
     def __init__(self, db: Database, members: MembershipCache, judge_due: Callable[[int], bool]) -> None:
         self.db, self.members, self.judge_due = db, members, judge_due
-        self._queue: list[tuple[list[SummaryWrite], asyncio.Future[None]]] = []
+        self._queue: deque[tuple[list[SummaryWrite], asyncio.Future[None]]] = deque()
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0  # transactions written (tests and bench read it)
@@ -137,7 +138,7 @@ class SummaryIngest:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
-        queued, self._queue = self._queue, []
+        queued, self._queue = list(self._queue), deque()
         _settle(queued, Unavailable("the server is shutting down; send the summaries again"))
 
     async def _write_forever(self, wake: asyncio.Event) -> None:
@@ -147,7 +148,7 @@ class SummaryIngest:
             while self._queue:
                 batch, taken = [], 0
                 while self._queue and taken < MAX_BATCH:
-                    rows, future = self._queue.pop(0)
+                    rows, future = self._queue.popleft()
                     batch.append((rows, future))
                     taken += len(rows)
                 await self._write(batch)
@@ -156,7 +157,9 @@ class SummaryIngest:
         try:
             await self.db.run_write(self._store, [row for rows, _ in batch for row in rows])
         except Exception as e:  # noqa: BLE001 - answered to each request below
-            if len(batch) > 1:  # one bad request must not fail the others: write each on its own
+            if len(batch) > 1 and not isinstance(e, Unavailable):
+                # one bad request must not fail the others: write each on its own (not when the database is
+                # down: every one would wait out the busy timeout in turn)
                 for one in batch:
                     await self._write([one])
                 return
