@@ -227,7 +227,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    accounting_router, audit_router, webhooks_router):
         app.include_router(router)
     app.mount("/dashboard", create_dashboard(lambda: app.state.ctx))  # issue 7: server-rendered pages
-    # Middleware, innermost first: cached polls answered below FastAPI's routing (issue 8); the limits before
+    # Middleware, innermost first: cached polls and summary-only reports answered below FastAPI's routing
+    # (issues 8 and 18); the limits before
     # work around them, so an oversized or unauthenticated poll is refused before the fast path reads it
     # (issue 15); the metrics around everything, fast answers and refusals included.
     fast_routes = {path: next(r for r in devices_router.routes if getattr(r, "path", None) == path)

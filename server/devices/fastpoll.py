@@ -88,6 +88,22 @@ def load_line(ctx: AppContext, name: str) -> LineView | None:
     return view
 
 
+async def cached_device(ctx: AppContext, digest: str) -> DeviceView | None:
+    """The device holding this token digest, from the cache or read into it; None if no device holds it."""
+    device = ctx.pollcache.device(digest)
+    if device is None:  # a miss: read it in a loader thread, without FastAPI around the read
+        device = await to_thread.run_sync(load_device, ctx, digest, limiter=ctx.poll_loaders)
+    return device
+
+
+async def cached_line(ctx: AppContext, name: str) -> LineView | None:
+    """The line's view, from the cache or read into it; None if there is no such line."""
+    line = ctx.pollcache.line(name)
+    if line is None:
+        line = await to_thread.run_sync(load_line, ctx, name, limiter=ctx.poll_loaders)
+    return line
+
+
 async def answer_from_cache(ctx: AppContext, authorization: str | None, raw: bytes) -> PollAnswer | None:
     """The poll's answer if the caches (filled on a miss, as the route would) can give it, else None (the route
     then answers: an unknown token, a malformed body, a write to make)."""
@@ -98,15 +114,10 @@ async def answer_from_cache(ctx: AppContext, authorization: str | None, raw: byt
         body = schemas.PollIn.model_validate_json(raw)
     except ValidationError:
         return None
-    digest = token_digest(token)
-    device = ctx.pollcache.device(digest)
-    if device is None:  # a cold start: read it here, without FastAPI's routing and validation around the read
-        device = await to_thread.run_sync(load_device, ctx, digest, limiter=ctx.poll_loaders)
-        if device is None:
-            return None
-    line = ctx.pollcache.line(body.line)
-    if line is None:
-        line = await to_thread.run_sync(load_line, ctx, body.line, limiter=ctx.poll_loaders)
+    device = await cached_device(ctx, token_digest(token))
+    if device is None:
+        return None
+    line = await cached_line(ctx, body.line)
     return cached_answer(ctx, device, line, body) if line is not None else None
 
 
@@ -141,15 +152,10 @@ async def answer_summaries(ctx: AppContext, authorization: str | None, raw: byte
         parsed = [QualitySummary.from_dict(d) for d in quality]
     except (MalformedMessage, ValueError, TypeError):  # the route answers 422, naming the field
         return None
-    digest = token_digest(token)
-    device = ctx.pollcache.device(digest) or await to_thread.run_sync(load_device, ctx, digest,
-                                                                      limiter=ctx.poll_loaders)
+    device = await cached_device(ctx, token_digest(token))
     if device is None:
         return None
-    lines: dict[str, LineView | None] = {}
-    for name in {s.line for s in parsed}:
-        lines[name] = ctx.pollcache.line(name) or await to_thread.run_sync(load_line, ctx, name,
-                                                                           limiter=ctx.poll_loaders)
+    lines = {name: await cached_line(ctx, name) for name in {s.line for s in parsed}}
     rows = summaries.fast_rows(device, parsed, lines.get)
     if rows is None:
         return None

@@ -129,16 +129,12 @@ class _Caller:
 async def _polling_device(request: Request, authorization: Annotated[str | None, Header()] = None) -> _Caller:
     """The calling device from the cache (or one read).  Raises Unauthorized for a missing or unknown token."""
     ctx: AppContext = request.app.state.ctx
-    cache = ctx.pollcache
     token = bearer(authorization)
     if token is None:
         raise Unauthorized(UNKNOWN_DEVICE)
-    digest = token_digest(token)
-    device = cache.device(digest)
+    device = await fastpoll.cached_device(ctx, token_digest(token))
     if device is None:
-        device = await to_thread.run_sync(fastpoll.load_device, ctx, digest, limiter=ctx.poll_loaders)
-        if device is None:
-            raise Unauthorized(UNKNOWN_DEVICE)
+        raise Unauthorized(UNKNOWN_DEVICE)
     return _Caller(token, device)
 
 
@@ -146,9 +142,7 @@ async def _polling_device(request: Request, authorization: Annotated[str | None,
 async def poll(body: schemas.PollIn, request: Request,
                caller: Annotated[_Caller, Depends(_polling_device)]) -> Response:
     ctx: AppContext = request.app.state.ctx
-    cache = ctx.pollcache
-    line = cache.line(body.line) or await to_thread.run_sync(fastpoll.load_line, ctx, body.line,
-                                                             limiter=ctx.poll_loaders)
+    line = await fastpoll.cached_line(ctx, body.line)
     answer = fastpoll.cached_answer(ctx, caller.device, line, body) if line is not None else None
     if answer is None:  # the decision asks for a write (an unknown line: the database path raises NotFound)
         # A delta to make is made first, holding no write slot (issue 15); the transaction only writes rows.
