@@ -15,7 +15,9 @@ from server.rollouts.machine import OFFERING
 def rollout(session: Session, rollout_id: int, *, lock: bool = False) -> Rollout | None:
     q = select(Rollout).where(Rollout.id == rollout_id)
     if lock:
-        q = q.with_for_update()  # serialises transitions between workers on PostgreSQL
+        # serialises transitions between workers on PostgreSQL; populate_existing: a rollout this session read
+        # before the lock (the tick lists running rollouts first) takes the locked row's state, not the stale one
+        q = q.with_for_update().execution_options(populate_existing=True)
     return session.scalar(q)
 
 
