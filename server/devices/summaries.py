@@ -119,7 +119,7 @@ class SummaryIngest:
         self._queue: deque[tuple[list[SummaryWrite], asyncio.Future[None]]] = deque()
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
-        self.batches = 0  # transactions written (tests and bench read it)
+        self.batches = 0  # transactions committed (tests read it)
 
     async def submit(self, rows: list[SummaryWrite]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -165,6 +165,7 @@ class SummaryIngest:
                 return
             _settle(batch, e)
             return
+        self.batches += 1
         _settle(batch, None)
 
     def _store(self, session: Session, rows: list[SummaryWrite]) -> None:
@@ -172,7 +173,6 @@ class SummaryIngest:
         for rollout_id in sorted({row.rollout_id for row in rows}):
             if self.judge_due(rollout_id):
                 rollouts.evaluate(session, self.members, rollout_id)
-        self.batches += 1
 
 
 def _settle(batch: list[tuple[list[SummaryWrite], asyncio.Future[None]]], error: BaseException | None) -> None:
