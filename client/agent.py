@@ -79,12 +79,14 @@ from client.identity import (
 )
 from client.manifest import Artifact, Offer, check_offer
 from client.pollloop import PollLoop
+from client.progress import IllegalStep, PendingUpdate
 from client.ratelimit import TokenBucket
 from client.slots import PACKAGE_FILE, Journal, SlotRecord, SlotStore
 from client.tls import registry_transport
 from client.trust import Status, TrustKeeper, check_status, verify_by_any
 from models.errors import BaseMismatch, CorruptPackage, DeltaError
 from protocol.quality import CONFIDENCE_COLLAPSE_RATIO, QualityPlan
+from protocol.report import UpdateState
 
 log = logging.getLogger("client.agent")
 
@@ -445,15 +447,23 @@ class Agent(PollLoop):
             return reports.queue_quality(self.journal, summary)
 
     def _report(self, offer: Offer, state: str, **kw: Any) -> None:
-        pending = self.journal.pending or {}
-        started = pending.get("started_at", self._wall_clock().timestamp())
+        """Queue the report of ``state`` for this offer, stepping the pending update through the protocol's table.
+
+        A step the table forbids is a bug of this agent: the registry would refuse the report, so it is logged
+        and not queued (the car keeps serving; its update continues from the state it was in)."""
+        pending = self.journal.pending
+        started = pending.started_at if pending is not None else self._wall_clock().timestamp()
+        if pending is not None:
+            try:
+                pending.step(state)
+            except IllegalStep as e:
+                log.error("not reporting %s for v%d: %s", state, offer.target_version, e)
+                return
         self._enqueue(
             self.journal, state=state, rollout_id=offer.rollout_id, manifest_version=offer.manifest_version,
             target_version=offer.target_version, elapsed_s=self._wall_clock().timestamp() - started,
             now=self._wall_clock(), queue_max=self.config.report_queue_max, **kw,
         )
-        if self.journal.pending is not None:
-            self.journal.pending["state"] = state
         self.events.reported(offer, state, kw.get("reason"))
 
     async def handle_offer(self, envelope: dict[str, Any]) -> None:
@@ -493,8 +503,8 @@ class Agent(PollLoop):
             self.store.save(j)
             return
         if offer.model_sha256 in j.bad_models and not offer.rollback:
-            if (j.pending or {}).get("mv") != offer.manifest_version:
-                j.pending = {"mv": offer.manifest_version, "started_at": self._wall_clock().timestamp(), "state": "failed"}
+            if j.pending is None or j.pending.manifest_version != offer.manifest_version:
+                j.pending = PendingUpdate(offer.manifest_version, offer.model_sha256, self._wall_clock().timestamp())
                 self._report(offer, "failed", reason="model failed its smoke test or health window on this car before")
             self.store.save(j)
             return
@@ -514,8 +524,8 @@ class Agent(PollLoop):
 
     def _walk_to_installed(self, offer: Offer, reason: str) -> None:
         """Report an offer installed without a transfer (the model is already on the car), 0 bytes."""
-        self.journal.pending = {"mv": offer.manifest_version, "model_sha256": offer.model_sha256,
-                                "started_at": self._wall_clock().timestamp(), "state": "offered"}
+        self.journal.pending = PendingUpdate(offer.manifest_version, offer.model_sha256,
+                                             self._wall_clock().timestamp())
         for state in ("downloading", "downloaded", "verified", "installed"):
             self._report(offer, state, reason=reason if state == "installed" else None)
         self.journal.pending = None
@@ -524,17 +534,12 @@ class Agent(PollLoop):
         """Record the update in the journal; a restart resumes it without repeating its reports."""
         j = self.journal
         p = j.pending
-        same = p is not None and p.get("model_sha256") == offer.model_sha256 and p.get("state") != "failed"
-        if not same:
-            j.pending = {"mv": offer.manifest_version, "model_sha256": offer.model_sha256,
-                         "started_at": self._wall_clock().timestamp(), "state": "offered"}
-        assert j.pending is not None
-        j.pending["mv"] = offer.manifest_version
-        if j.pending["state"] in ("offered", "failed"):
+        if p is None or p.model_sha256 != offer.model_sha256 or p.state is UpdateState.FAILED:
+            p = j.pending = PendingUpdate(offer.manifest_version, offer.model_sha256, self._wall_clock().timestamp())
+        p.manifest_version = offer.manifest_version
+        if p.retrying:
             self._report(offer, "downloading")
         self.store.save(j)
-
-    _ORDER = ("offered", "downloading", "downloaded", "verified")
 
     def _advance(self, offer: Offer, state: str, **kw: Any) -> None:
         """Queue the ``state`` report unless this update already reported it before a restart.
@@ -546,8 +551,8 @@ class Agent(PollLoop):
         agent's Python beside the camera thread, and the GIL makes the camera
         wait for it (``bench/hotswap.py``).
         """
-        p = self.journal.pending or {}
-        if self._ORDER.index(p.get("state", "offered")) < self._ORDER.index(state):
+        p = self.journal.pending
+        if p is None or not p.reported(state):
             self._report(offer, state, **kw)
 
     async def _install(self, offer: Offer, *, shadow: bool = False) -> None:
@@ -631,14 +636,14 @@ class Agent(PollLoop):
         """True if the offer's delta was made for the package this car runs (and has not failed here)."""
         active, delta = self.journal.active, offer.delta
         return (delta is not None and active is not None and active.package_sha256 == delta.base_package_sha256
-                and not (self.journal.pending or {}).get("delta_failed"))
+                and not (self.journal.pending is not None and self.journal.pending.delta_failed))
 
     def _delta_failed(self, offer: Offer, e: Exception) -> None:
         """Drop the delta for this update (its files too); the full package comes next."""
         assert offer.delta is not None
         log.warning("delta unusable (%s); falling back to the full package", e)
         if self.journal.pending is not None:
-            self.journal.pending["delta_failed"] = True
+            self.journal.pending.delta_failed = True
         remove_partial(self.store.downloads_dir, offer.delta.sha256)
         (self.store.downloads_dir / offer.delta.sha256).unlink(missing_ok=True)
         self.store.save(self.journal)

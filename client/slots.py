@@ -53,6 +53,7 @@ from typing import Any
 from client.atomic import commit_file, storage_error, write_atomic, write_file
 from client.download import sha256_file
 from client.errors import StorageError
+from client.progress import PendingUpdate
 from protocol.contract import InputContract
 from protocol.errors import ContractError
 
@@ -144,7 +145,7 @@ class Journal:
     #: Models that failed their smoke test or health window: never installed again unless a rollback names them.
     bad_models: list[str] = field(default_factory=list)
     #: The update in progress (manifest_version, artifact, bytes so far), for reports after a restart.
-    pending: dict[str, Any] | None = None
+    pending: PendingUpdate | None = None
     #: A shadow candidate's slot: verified and staged, never booted (see the module docstring).
     shadow: SlotRecord | None = None
     #: Latest cumulative quality summary per (kind, rollout, candidate version), as sent, until acknowledged.
@@ -166,7 +167,7 @@ class Journal:
             "next_seq": self.next_seq,
             "outbox": self.outbox,
             "bad_models": self.bad_models,
-            "pending": self.pending,
+            "pending": self.pending.to_dict() if self.pending else None,
             "shadow": self.shadow.to_dict() if self.shadow else None,
             "quality": self.quality,
         }
@@ -183,7 +184,7 @@ class Journal:
             next_seq=int(d.get("next_seq", 1)),
             outbox=list(d.get("outbox", [])),
             bad_models=list(d.get("bad_models", [])),
-            pending=d.get("pending"),
+            pending=PendingUpdate.from_dict(d.get("pending")),
             shadow=rec(d.get("shadow")),
             quality=[q for q in d.get("quality", []) if isinstance(q, dict)],
         )

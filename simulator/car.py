@@ -235,7 +235,7 @@ class SimCar:
             return "enrolling"
         pending = self.agent.journal.pending
         if self.agent.agent_state == "downloading" and pending:
-            return {"downloaded": "installing", "verified": "installing"}.get(pending.get("state", ""), "downloading")
+            return "installing" if pending.state in ("downloaded", "verified") else "downloading"
         if self.agent.last_offer is not None and self.agent.quiet and not self._installed_latest():
             return "failed"
         return "idle"
