@@ -119,47 +119,101 @@ class Merged:
     cars: int
 
 
-class ParsedSummaries:
-    """Stored summaries already parsed, per database, keyed by row id and ``seq``.
+@dataclass
+class _Total:
+    """Running sum of the summaries of one stage's cars, and how many cars it holds."""
 
-    Judging a rollout merges every car's summary; reading and parsing each stored JSON was ~0.1 ms, so at
-    9,000 cars a judgement (on every rollout tick, and on ingest every ``OTA_QUALITY_JUDGE_S``) held the GIL for
-    over a second (bench/load.py --quality-cars).  A row's summary changes only with a higher ``seq``
-    (``record`` and the group commit both keep the highest), so (id, seq) names its content: a judgement reads
-    the ids and seqs, and the JSON of the rows that changed since.
+    summary: QualitySummary
+    cars: int
+
+
+class _Totals:
+    """One (rollout, kind, candidate version)'s summaries as they stood when last read, and their sums by stage."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, tuple[int, int | None, QualitySummary]] = {}  # row id -> (seq, stage, summary)
+        self.by_stage: dict[int | None, _Total] = {}
+
+    def take(self, row_id: int) -> None:
+        seq, stage, s = self.rows.pop(row_id)
+        t = self.by_stage[stage]
+        t.cars -= 1
+        if t.cars == 0:
+            del self.by_stage[stage]
+        else:
+            t.summary.add(s, -1)
+
+    def put(self, row_id: int, seq: int, stage: int | None, s: QualitySummary) -> None:
+        self.rows[row_id] = (seq, stage, s)
+        t = self.by_stage.get(stage)
+        if t is None:
+            self.by_stage[stage] = _Total(s.copy(), 1)
+        else:
+            t.summary.add(s)
+            t.cars += 1
+
+
+class ParsedSummaries:
+    """Per database, every judged rollout's cars' summaries parsed, and their running sums by stage.
+
+    Judging a rollout merges every car's summary: reading and parsing each stored JSON was ~0.1 ms, and merging
+    one more ~20 µs (more for a 1000-class model), so at 10,000 cars a judgement (on every rollout tick, and on
+    ingest every ``OTA_QUALITY_JUDGE_S``) held the GIL for a large part of a second and the poll path's p99
+    paid for it (bench/load.py --quality-cars).  A row's summary changes only with a higher ``seq`` (``record``
+    and the group commit both keep the highest), so (id, seq) names its content: a judgement reads the ids,
+    seqs and stages, the JSON of only the rows that changed since, and moves each changed car's summary out of
+    its stage's sum and the new one in (integer counts: the sums stay exact).
     """
 
     MAX_ROWS = 200_000  # past this the cache starts over (a bound on memory: ~2 KB each parsed)
     FETCH = 500  # rows whose JSON is read per statement
 
     def __init__(self) -> None:
-        self._rows: dict[int, tuple[int, QualitySummary]] = {}
+        self._totals: dict[tuple[int, str, int], _Totals] = {}
+        self._held = 0
         self._lock = threading.Lock()
 
-    def rows(self, session: Session, rollout_id: int, kind: str, candidate_version: int
-             ) -> list[tuple[int | None, QualitySummary]]:
-        """(stage, summary) of each car's stored summary of this rollout, kind and version."""
+    def by_stage(self, session: Session, rollout_id: int, kind: str, candidate_version: int
+                 ) -> dict[int | None, Merged]:
+        """Per stage, the sum of its cars' stored summaries of this rollout, kind and version (copies)."""
         keys = store.quality_keys(session, rollout_id, kind, candidate_version)
+        at = (rollout_id, kind, candidate_version)
         with self._lock:
-            stale = [row_id for row_id, seq, _stage in keys if self._rows.get(row_id, (None,))[0] != seq]
+            held = self._totals.get(at)
+            rows = held.rows if held is not None else {}
+            stale = [row_id for row_id, seq, _stage in keys if rows.get(row_id, (None,))[0] != seq]
         fresh: dict[int, tuple[int, QualitySummary]] = {}
         for i in range(0, len(stale), self.FETCH):
             for row_id, seq, summary in store.quality_summaries(session, stale[i:i + self.FETCH]):
                 fresh[row_id] = (seq, QualitySummary.from_dict(summary))
         with self._lock:
-            if len(self._rows) + len(fresh) > self.MAX_ROWS:
-                self._rows.clear()
-            self._rows.update(fresh)
-            held = self._rows
-            out = []
+            if self._held + len(fresh) > self.MAX_ROWS:
+                self._totals.clear()
+                self._held = 0
+            totals = self._totals.get(at)
+            if totals is None:
+                totals = self._totals[at] = _Totals()
+            before = len(totals.rows)
+            seen: set[int] = set()
             for row_id, seq, stage in keys:
+                seen.add(row_id)
+                cur = totals.rows.get(row_id)
+                if cur is not None and cur[0] == seq and cur[1] == stage:
+                    continue
                 got = fresh.get(row_id)  # (read after ``keys``: may be newer still, never older)
-                if got is None:
-                    got = held.get(row_id)
-                    if got is None or got[0] != seq:
-                        continue  # deleted since
-                out.append((stage, got[1]))
-        return out
+                if got is not None and (cur is None or got[0] > cur[0]):
+                    new = got
+                elif cur is not None and cur[0] == seq:
+                    new = (cur[0], cur[2])  # the same summary, another stage
+                else:
+                    continue  # another judgement holds a newer one, or it changed again since: the next reads it
+                if cur is not None:
+                    totals.take(row_id)
+                totals.put(row_id, new[0], stage, new[1])
+            for row_id in [r for r in totals.rows if r not in seen]:  # deleted since
+                totals.take(row_id)
+            self._held += len(totals.rows) - before
+            return {stage: Merged(t.summary.copy(), t.cars) for stage, t in totals.by_stage.items()}
 
 
 _PARSED: weakref.WeakKeyDictionary[Engine, ParsedSummaries] = weakref.WeakKeyDictionary()
@@ -180,11 +234,11 @@ def merged(session: Session, r: Rollout, kind: str, stages: set[int] | None = No
     """Merge the rollout's stored summaries of ``kind`` for its version (of cars in ``stages``; None: all)."""
     total: QualitySummary | None = None
     cars = 0
-    for stage, s in _parsed(session).rows(session, r.id, kind, r.target_version):
-        if stages is not None and stage not in stages:
+    for stage, m in _parsed(session).by_stage(session, r.id, kind, r.target_version).items():
+        if m.summary is None or (stages is not None and stage not in stages):
             continue
-        total = s if total is None else total.merge(s)
-        cars += 1
+        total = m.summary if total is None else total.merge(m.summary)
+        cars += m.cars
     return Merged(total, cars)
 
 

@@ -364,3 +364,54 @@ def test_two_registries_in_one_process_never_mix_their_parsed_summaries(tmp_path
             assert car.send_quality(summary(offer, seq=1, frames=frames, agree=frames)).status_code == 200
             figures.append((srv, r["id"]))
         assert [show_rollout(srv, rid)["quality"]["summaries"]["shadow"]["frames"] for srv, rid in figures] == [40, 70]
+
+
+def test_running_totals_follow_every_new_seq_stage_move_and_deleted_row(server: LiveServer) -> None:
+    """A judgement moves only the cars whose summary changed in or out of its stage's running sum
+    (rollouts/quality.py ParsedSummaries); after each kind of change the sums equal a merge of every stored row."""
+    from functools import reduce
+
+    from sqlalchemy import delete, update
+
+    from server.orm import QualitySummary as SummaryRow
+    from server.orm import Rollout
+    from server.rollouts import quality
+
+    line, v1 = _line(server)
+    cars = _fleet(server, line, v1, 6)
+    r = create_rollout(server, line=line, version=2, shadow={"percent": 100, "min_s": 3600},
+                       gates=["min_frames=100000"])
+    offers = {c.device_id: c.poll(line) for c in cars}
+
+    def send(c: Car, seq: int, frames: int, agree: int, classes: int) -> None:
+        ack = c.send_quality(summary(offers[c.device_id], seq=seq, frames=frames, agree=agree, classes=classes))
+        assert ack.json()["quality_accepted"] == [seq], ack.text
+
+    def check(stages: set[int] | None = None) -> None:
+        with server.ctx.db.read_scope() as session:
+            rollout = session.get(Rollout, r["id"])
+            got = quality.merged(session, rollout, "shadow", stages)
+            rows = [QualitySummary.from_dict(row.summary) for row in session.scalars(
+                select(SummaryRow).where(SummaryRow.rollout_id == r["id"]))
+                if stages is None or row.stage in stages]
+        want = reduce(QualitySummary.merge, rows) if rows else None
+        assert got.cars == len(rows)
+        strip = lambda s: {k: v for k, v in s.to_dict().items() if k != "seq"}  # noqa: E731
+        assert (got.summary and strip(got.summary)) == (want and strip(want))
+
+    for i, c in enumerate(cars):
+        send(c, 1, 10 * (i + 1), 9 * (i + 1), classes=3 + i)
+    check()
+    send(cars[0], 2, 500, 100, classes=40)  # a new seq with more classes than any other car named
+    send(cars[3], 4, 70, 70, classes=2)  # fewer frames and classes than it said before (a car restarted)
+    check()
+    with server.ctx.db.session_scope() as session:
+        ids = sorted(session.scalars(select(SummaryRow.id).where(SummaryRow.rollout_id == r["id"])))
+        session.execute(update(SummaryRow).where(SummaryRow.id == ids[1]).values(stage=1))
+        session.execute(delete(SummaryRow).where(SummaryRow.id == ids[2]))
+    check()
+    check({0})
+    check({1})
+    with server.ctx.db.session_scope() as session:
+        session.execute(delete(SummaryRow).where(SummaryRow.rollout_id == r["id"]))
+    check()
