@@ -17,6 +17,7 @@ import errno
 import gc
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 
 from anyio import CapacityLimiter
@@ -158,6 +159,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # collector's reach so a full collection under load walks only request garbage (poll tail, issue 8).
         gc.collect()
         gc.freeze()
+        switch_before = sys.getswitchinterval()
+        sys.setswitchinterval(ctx.settings.gil_switch_interval_s)
         presence = ctx.presence
         stop = asyncio.Event()
         tasks = [asyncio.create_task(_every(ctx.settings.last_seen_flush_s, lambda: presence.flush(ctx.db), "flush",
@@ -188,6 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ctx.db.dispose()
             if stop_metrics is not None:
                 stop_metrics()
+            sys.setswitchinterval(switch_before)  # (a registry inside another program: its own setting back)
 
     app = FastAPI(title="OTA model registry", version="1", lifespan=lifespan)
 

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     smoke_atol: float = 1e-3
     last_seen_flush_s: float = 5.0
     rollout_tick_s: float = 5.0
+    # The interpreter's GIL switch interval in a serving process (Python's default is 0.005).  The rollout
+    # tick, judgements and group commits are Python running in threads beside the event loop; at the default a
+    # poll waits up to 5 ms at each of its hand-overs of the GIL while one of them runs, which made the poll
+    # p99 beside a 10,000-car rollout 25 ms instead of 5 (docs/BENCHMARKS.md, bench/load.py --quality-cars).
+    gil_switch_interval_s: float = Field(default=0.0005, gt=0, le=0.1)
     # a rollout touched only by quality summaries is judged on ingest at most this often per process (0: on every
     # summary); the rollout tick judges it whatever arrives (server/rollouts/quality.py JudgeThrottle)
     quality_judge_s: float = Field(default=5.0, ge=0)

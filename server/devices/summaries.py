@@ -35,6 +35,7 @@ from server.db import Database, utcnow
 from server.devices.decision import DeviceView
 from server.errors import Unavailable
 from server.orm import QualitySummary as SummaryRow
+from server.rollouts import quality
 from server.rollouts import service as rollouts
 from server.rollouts import stages as staging
 from server.rollouts.lineview import LineView
@@ -57,6 +58,7 @@ class SummaryWrite:
     frames: int
     agree: int
     summary: dict
+    parsed: QualitySummary | None = None  # the summary itself, handed to this process's judgements once stored
 
     def key(self) -> tuple[int, int, int, str]:
         return self.device_pk, self.rollout_id, self.candidate_version, self.kind
@@ -82,7 +84,7 @@ def fast_rows(device: DeviceView, summaries: Sequence[QualitySummary],
             return None
         rows.append(SummaryWrite(device.pk, r.id, s.candidate_version, s.kind, s.seq,
                                  staging.stage_of(r.id, device.device_id, r.percents), s.frames, s.agree,
-                                 s.to_dict()))
+                                 s.to_dict(), s))
     return rows
 
 
@@ -170,6 +172,11 @@ class SummaryIngest:
 
     def _store(self, session: Session, rows: list[SummaryWrite]) -> None:
         _upsert(session, rows)
+        # before the judgements below, which see these rows already; should the transaction roll back, a
+        # primed summary matches no stored seq and is never used
+        quality.parsed_for(self.db.engine).prime(
+            (row.device_pk, row.rollout_id, row.kind, row.candidate_version, row.parsed)
+            for row in rows if row.parsed is not None)
         for rollout_id in sorted({row.rollout_id for row in rows}):
             if self.judge_due(rollout_id):
                 rollouts.evaluate(session, self.members, rollout_id)

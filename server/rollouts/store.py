@@ -118,10 +118,11 @@ def quality_row(session: Session, device_pk: int, rollout_id: int, candidate_ver
 
 
 def quality_keys(session: Session, rollout_id: int, kind: str, candidate_version: int
-                 ) -> list[tuple[int, int, int | None]]:
-    """(id, seq, stage) of each stored summary of this rollout, kind and candidate version (no JSON read)."""
-    return [(i, q, st) for i, q, st in session.execute(
-        select(QualitySummary.id, QualitySummary.seq, QualitySummary.stage).where(
+                 ) -> list[tuple[int, int, int, int | None]]:
+    """(id, device_pk, seq, stage) of each stored summary of this rollout, kind and candidate version (no JSON
+    read)."""
+    return [(i, d, q, st) for i, d, q, st in session.execute(
+        select(QualitySummary.id, QualitySummary.device_pk, QualitySummary.seq, QualitySummary.stage).where(
             QualitySummary.rollout_id == rollout_id, QualitySummary.kind == kind,
             QualitySummary.candidate_version == candidate_version))]
 

@@ -415,3 +415,35 @@ def test_running_totals_follow_every_new_seq_stage_move_and_deleted_row(server: 
     with server.ctx.db.session_scope() as session:
         session.execute(delete(SummaryRow).where(SummaryRow.rollout_id == r["id"]))
     check()
+
+
+def test_a_judgement_takes_the_summaries_the_group_commit_just_stored_without_reading_their_json(
+        server: LiveServer) -> None:
+    """The group commit hands its parsed summaries to the judgements of its process (ParsedSummaries.prime):
+    none of them is read back from the database; a summary stored by another path is read, and a primed one
+    whose seq is not the stored row's is never used."""
+    from server.rollouts import quality
+
+    line, v1 = _line(server)
+    cars = _fleet(server, line, v1, 8)
+    r = create_rollout(server, line=line, version=2, shadow={"percent": 100, "min_s": 3600},
+                       gates=["min_frames=100000"])
+    offers = {c.device_id: c.poll(line) for c in cars}
+    parsed = quality.parsed_for(server.ctx.db.engine)
+    show_rollout(server, r["id"])
+    read = parsed.rows_read
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda c: c.send_quality(summary(offers[c.device_id], seq=3, frames=10, agree=9)), cars))
+    shadow = show_rollout(server, r["id"])["quality"]["summaries"]["shadow"]
+    assert shadow["cars"] == 8 and shadow["frames"] == 80
+    assert parsed.rows_read == read  # every one came primed
+    # primed with a seq the database does not hold (as if another worker stored a newer one): read instead
+    with server.ctx.db.read_scope() as session:
+        pk = session.scalar(select(Device.id).where(Device.device_id == cars[0].device_id))
+    fake = QualitySummary.from_dict(summary(offers[cars[0].device_id], seq=99, frames=1000, agree=0))
+    parsed.prime([(pk, r["id"], "shadow", 2, fake)])
+    with_reports = cars[0].http.post("/api/v1/device/reports", json={
+        "reports": [], "quality": [summary(offers[cars[0].device_id], seq=4, frames=20, agree=20)]})
+    assert with_reports.status_code == 200, with_reports.text
+    shadow = show_rollout(server, r["id"])["quality"]["summaries"]["shadow"]
+    assert shadow["frames"] == 90 and parsed.rows_read == read + 1
