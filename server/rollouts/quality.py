@@ -206,8 +206,7 @@ class ParsedSummaries:
         with self._lock:
             held = self._totals.get(at)
             rows = held.rows if held is not None else {}
-            primed = self._primed.pop(at, {})
-            self._primed_count -= len(primed)
+            primed = dict(self._primed.get(at, {}))
         fresh: dict[int, tuple[int, QualitySummary]] = {}
         stale = []
         for row_id, device_pk, seq, _stage in keys:
@@ -230,6 +229,13 @@ class ParsedSummaries:
             if totals is None:
                 totals = self._totals[at] = _Totals()
             before = len(totals.rows)
+            per = self._primed.get(at)
+            if per:  # what the stored rows hold now or newer is of no more use (a newer one waits its turn)
+                for _row_id, device_pk, seq, _stage in keys:
+                    got = per.get(device_pk)
+                    if got is not None and got[0] <= seq:
+                        del per[device_pk]
+                        self._primed_count -= 1
             seen: set[int] = set()
             for row_id, _device_pk, seq, stage in keys:
                 seen.add(row_id)

@@ -420,8 +420,8 @@ def test_running_totals_follow_every_new_seq_stage_move_and_deleted_row(server: 
 def test_a_judgement_takes_the_summaries_the_group_commit_just_stored_without_reading_their_json(
         server: LiveServer) -> None:
     """The group commit hands its parsed summaries to the judgements of its process (ParsedSummaries.prime):
-    none of them is read back from the database; a summary stored by another path is read, and a primed one
-    whose seq is not the stored row's is never used."""
+    none of them is read back from the database, and a primed one whose seq is not the stored row's (as if
+    another worker had stored a newer one) is never used: the row is read instead."""
     from server.rollouts import quality
 
     line, v1 = _line(server)
