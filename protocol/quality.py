@@ -122,24 +122,6 @@ class ModelStats:
                           _add(self.latency, other.latency), self.errors + other.errors,
                           self.nonfinite + other.nonfinite, self.other + other.other)
 
-    def add(self, other: ModelStats, sign: int = 1) -> None:
-        """Add ``other`` into this one in place (``sign`` -1: take it out again; counts stay exact integers).
-
-        A rollout's running totals (server/rollouts/quality.py) move one car's summary at a time this way
-        instead of re-merging every car's on each judgement."""
-        if len(other.class_counts) > len(self.class_counts):
-            self.class_counts.extend([0] * (len(other.class_counts) - len(self.class_counts)))
-        counts = self.class_counts
-        for i, n in enumerate(other.class_counts):
-            if n:
-                counts[i] += sign * n
-        for mine, theirs in ((self.confidence, other.confidence), (self.latency, other.latency)):
-            for i, n in enumerate(theirs):
-                mine[i] += sign * n
-        self.errors += sign * other.errors
-        self.nonfinite += sign * other.nonfinite
-        self.other += sign * other.other
-
     @property
     def answered(self) -> int:
         return sum(self.class_counts) + self.other
@@ -237,15 +219,6 @@ class QualitySummary:
             agree=self.agree + other.agree, sampled=self.sampled + other.sampled,
             dropped=self.dropped + other.dropped, candidate=self.candidate.merge(other.candidate),
             baseline=self.baseline.merge(other.baseline))
-
-    def add(self, other: QualitySummary, sign: int = 1) -> None:
-        """Add ``other``'s counts into this summary in place (``sign`` -1: take them out); see ModelStats.add."""
-        self.frames += sign * other.frames
-        self.agree += sign * other.agree
-        self.sampled += sign * other.sampled
-        self.dropped += sign * other.dropped
-        self.candidate.add(other.candidate, sign)
-        self.baseline.add(other.baseline, sign)
 
     def copy(self) -> QualitySummary:
         """An independent copy (its counts can be added to without touching this one)."""

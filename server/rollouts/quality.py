@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 
-from protocol.quality import KINDS, Gate, QualitySummary, Verdict, judge, parse_gate
+from protocol.quality import KINDS, Gate, ModelStats, QualitySummary, Verdict, judge, parse_gate
 from server.db import as_utc, utcnow
 from server.errors import Conflict, NotFound
 from server.orm import Line, QualityHistory, Rollout
@@ -120,6 +120,54 @@ class Merged:
     cars: int
 
 
+#: One side of a summary as nested tuples of ints: (errors, nonfinite, other, confidence, latency, classes as
+#: (index, count) pairs).  Why tuples: the collector stops tracking a tuple of ints, so ten thousand cars'
+#: summaries held here cost a full collection nothing; as dataclasses with lists they were ~100,000 tracked
+#: objects, and each full collection stopped the serving process for 100-160 ms (polls' p99, bench/load.py).
+_Side = tuple[int, int, int, tuple[int, ...], tuple[int, ...], tuple[tuple[int, int], ...]]
+_Flat = tuple[int, int, int, int, _Side, _Side]
+_Parsed = tuple[int, _Flat, str, int]  # a summary as held here: (seq, counts, line, baseline version)
+
+
+def _parsed_summary(s: QualitySummary) -> _Parsed:
+    return s.seq, flatten(s), s.line, s.baseline_version
+
+
+def _flat_side(m: ModelStats) -> _Side:
+    return (m.errors, m.nonfinite, m.other, tuple(m.confidence), tuple(m.latency),
+            tuple((i, n) for i, n in enumerate(m.class_counts) if n))
+
+
+def flatten(s: QualitySummary) -> _Flat:
+    """A summary's counts as nested tuples (see _Side)."""
+    return (s.frames, s.agree, s.sampled, s.dropped, _flat_side(s.candidate), _flat_side(s.baseline))
+
+
+def _add_side(m: ModelStats, side: _Side, sign: int) -> None:
+    errors, nonfinite, other, confidence, latency, classes = side
+    m.errors += sign * errors
+    m.nonfinite += sign * nonfinite
+    m.other += sign * other
+    for i, n in enumerate(confidence):
+        m.confidence[i] += sign * n
+    for i, n in enumerate(latency):
+        m.latency[i] += sign * n
+    counts = m.class_counts
+    for i, n in classes:
+        if i >= len(counts):
+            counts.extend([0] * (i + 1 - len(counts)))
+        counts[i] += sign * n
+
+
+def _add_flat(total: QualitySummary, f: _Flat, sign: int) -> None:
+    total.frames += sign * f[0]
+    total.agree += sign * f[1]
+    total.sampled += sign * f[2]
+    total.dropped += sign * f[3]
+    _add_side(total.candidate, f[4], sign)
+    _add_side(total.baseline, f[5], sign)
+
+
 @dataclass
 class _Total:
     """Running sum of the summaries of one stage's cars, and how many cars it holds."""
@@ -131,27 +179,36 @@ class _Total:
 class _Totals:
     """One (rollout, kind, candidate version)'s summaries as they stood when last read, and their sums by stage."""
 
-    def __init__(self) -> None:
-        self.rows: dict[int, tuple[int, int | None, QualitySummary]] = {}  # row id -> (seq, stage, summary)
+    def __init__(self, kind: str, rollout_id: int, candidate_version: int) -> None:
+        self.rows: dict[int, tuple[int, int | None, _Flat]] = {}  # row id -> (seq, stage, summary's counts)
         self.by_stage: dict[int | None, _Total] = {}
+        self.meta = (kind, rollout_id, candidate_version)
+        self.line, self.baseline_version = "", 0
 
     def take(self, row_id: int) -> None:
-        seq, stage, s = self.rows.pop(row_id)
+        seq, stage, f = self.rows.pop(row_id)
         t = self.by_stage[stage]
         t.cars -= 1
         if t.cars == 0:
             del self.by_stage[stage]
         else:
-            t.summary.add(s, -1)
+            _add_flat(t.summary, f, -1)
 
-    def put(self, row_id: int, seq: int, stage: int | None, s: QualitySummary) -> None:
-        self.rows[row_id] = (seq, stage, s)
+    def counts_of(self, s: _Parsed) -> _Flat:
+        """A parsed summary's counts (its line and baseline label the sums)."""
+        _seq, f, self.line, self.baseline_version = s
+        return f
+
+    def put(self, row_id: int, seq: int, stage: int | None, f: _Flat) -> None:
+        self.rows[row_id] = (seq, stage, f)
         t = self.by_stage.get(stage)
         if t is None:
-            self.by_stage[stage] = _Total(s.copy(), 1)
-        else:
-            t.summary.add(s)
-            t.cars += 1
+            kind, rollout_id, version = self.meta
+            t = self.by_stage[stage] = _Total(QualitySummary(kind=kind, line=self.line, rollout_id=rollout_id,
+                                                             candidate_version=version,
+                                                             baseline_version=self.baseline_version), 0)
+        _add_flat(t.summary, f, 1)
+        t.cars += 1
 
 
 class ParsedSummaries:
@@ -178,7 +235,7 @@ class ParsedSummaries:
     def __init__(self) -> None:
         self._totals: dict[tuple[int, str, int], _Totals] = {}
         self._held = 0
-        self._primed: dict[tuple[int, str, int], dict[int, tuple[int, QualitySummary]]] = {}
+        self._primed: dict[tuple[int, str, int], dict[int, _Parsed]] = {}
         self._primed_count = 0
         self._lock = threading.Lock()
         self.rows_read = 0  # summaries whose JSON a judgement read and parsed (tests read it)
@@ -196,7 +253,7 @@ class ParsedSummaries:
                     self._primed_count += 1
                 elif held[0] >= s.seq:
                     continue
-                per[device_pk] = (s.seq, s)
+                per[device_pk] = _parsed_summary(s)
 
     def by_stage(self, session: Session, rollout_id: int, kind: str, candidate_version: int
                  ) -> dict[int | None, Merged]:
@@ -207,7 +264,7 @@ class ParsedSummaries:
             held = self._totals.get(at)
             rows = held.rows if held is not None else {}
             primed = dict(self._primed.get(at, {}))
-        fresh: dict[int, tuple[int, QualitySummary]] = {}
+        fresh: dict[int, _Parsed] = {}
         stale = []
         for row_id, device_pk, seq, _stage in keys:
             if rows.get(row_id, (None,))[0] == seq:
@@ -219,7 +276,8 @@ class ParsedSummaries:
                 stale.append(row_id)
         for i in range(0, len(stale), self.FETCH):
             for row_id, seq, summary in store.quality_summaries(session, stale[i:i + self.FETCH]):
-                fresh[row_id] = (seq, QualitySummary.from_dict(summary))
+                _own_seq, counts, line, baseline = _parsed_summary(QualitySummary.from_dict(summary))
+                fresh[row_id] = (seq, counts, line, baseline)  # (the row's seq: the one ``keys`` compare)
                 self.rows_read += 1
         with self._lock:
             if self._held + len(fresh) > self.MAX_ROWS:
@@ -227,7 +285,7 @@ class ParsedSummaries:
                 self._held = 0
             totals = self._totals.get(at)
             if totals is None:
-                totals = self._totals[at] = _Totals()
+                totals = self._totals[at] = _Totals(kind, rollout_id, candidate_version)
             before = len(totals.rows)
             per = self._primed.get(at)
             if per:  # what the stored rows hold now or newer is of no more use (a newer one waits its turn)
@@ -244,14 +302,14 @@ class ParsedSummaries:
                     continue
                 got = fresh.get(row_id)  # (read after ``keys``: may be newer still, never older)
                 if got is not None and (cur is None or got[0] > cur[0]):
-                    new = got
+                    new_seq, counts = got[0], totals.counts_of(got)
                 elif cur is not None and cur[0] == seq:
-                    new = (cur[0], cur[2])  # the same summary, another stage
+                    new_seq, counts = cur[0], cur[2]  # the same summary, another stage
                 else:
                     continue  # another judgement holds a newer one, or it changed again since: the next reads it
                 if cur is not None:
                     totals.take(row_id)
-                totals.put(row_id, new[0], stage, new[1])
+                totals.put(row_id, new_seq, stage, counts)
             for row_id in [r for r in totals.rows if r not in seen]:  # deleted since
                 totals.take(row_id)
             self._held += len(totals.rows) - before
